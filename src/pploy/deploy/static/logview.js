@@ -1,0 +1,788 @@
+/*
+ * pploy live log viewer.
+ *
+ * Streams a job's terminal output (SSE or WebSocket) into a virtualised, CI-style log panel.
+ *
+ * Written from scratch on purpose: pploy installs from pip with no Node and no build step, and
+ * pages load nothing from a CDN, so no npm ANSI/terminal library is usable here. The terminal
+ * model below is deliberately small: it understands what deploy scripts actually print (SGR
+ * colours, \r progress lines, erase-line, cursor left/right/up/down) and drops everything else.
+ *
+ * Security: log output is untrusted. It only ever reaches the DOM through text nodes
+ * (createTextNode / textContent); styles are applied through classList and the CSSOM, never by
+ * building HTML strings.
+ */
+(function () {
+  'use strict';
+
+  // ---------------------------------------------------------------------------------------------
+  // Styles (SGR state). A style is an interned, frozen object so runs can be compared by identity
+  // and the DOM class/colour strings are computed once per distinct style. `null` = default.
+  // ---------------------------------------------------------------------------------------------
+
+  const DEFAULT = Object.freeze({
+    fg: null, bg: null, bold: false, dim: false, italic: false,
+    underline: false, inverse: false, hidden: false, strike: false,
+  });
+
+  const styleCache = new Map();
+
+  function intern(attrs) {
+    const key = [String(attrs.fg), String(attrs.bg), +attrs.bold, +attrs.dim, +attrs.italic,
+      +attrs.underline, +attrs.inverse, +attrs.hidden, +attrs.strike].join('|');
+    if (key === 'null|null|0|0|0|0|0|0|0') return null;
+    let style = styleCache.get(key);
+    if (style) return style;
+    // 24-bit colours could make this grow with the log; a bounded cache is plenty.
+    if (styleCache.size > 4096) styleCache.clear();
+    style = Object.freeze(Object.assign({}, attrs, render(attrs)));
+    styleCache.set(key, style);
+    return style;
+  }
+
+  // 256-colour palette entries 16..255 as CSS rgb(); 0..15 are themed through CSS classes.
+  function xterm256(n) {
+    if (n >= 232) {
+      const v = 8 + (n - 232) * 10;
+      return 'rgb(' + v + ',' + v + ',' + v + ')';
+    }
+    n -= 16;
+    const level = (x) => (x === 0 ? 0 : 55 + x * 40);
+    return 'rgb(' + level(Math.floor(n / 36)) + ',' + level(Math.floor(n / 6) % 6) + ',' +
+      level(n % 6) + ')';
+  }
+
+  // Turn SGR attributes into a class list (palette colours, so the theme owns them) and inline
+  // colours (256-colour cube and true colour). A colour is a palette index or a CSS string.
+  function render(a) {
+    let fg = a.fg;
+    let bg = a.bg;
+    const cls = [];
+    if (a.inverse) {
+      // Inverse with a default colour means "the panel's other colour": special classes.
+      [fg, bg] = [bg === null ? 'inv-fg' : bg, fg === null ? 'inv-bg' : fg];
+    }
+    let color = '';
+    let background = '';
+    if (typeof fg === 'number' && fg < 16) cls.push('ansi-fg-' + fg);
+    else if (typeof fg === 'number') color = xterm256(fg);
+    else if (fg === 'inv-fg') cls.push('ansi-fg-inverse');
+    else if (fg) color = fg;
+    if (typeof bg === 'number' && bg < 16) cls.push('ansi-bg-' + bg);
+    else if (typeof bg === 'number') background = xterm256(bg);
+    else if (bg === 'inv-bg') cls.push('ansi-bg-inverse');
+    else if (bg) background = bg;
+    if (a.bold) cls.push('ansi-bold');
+    if (a.dim) cls.push('ansi-dim');
+    if (a.italic) cls.push('ansi-italic');
+    if (a.underline) cls.push('ansi-underline');
+    if (a.strike) cls.push('ansi-strike');
+    if (a.hidden) cls.push('ansi-hidden');
+    return { cls: cls.join(' '), color: color, background: background };
+  }
+
+  function byte(s) {
+    const n = parseInt(s, 10);
+    return Number.isFinite(n) ? Math.max(0, Math.min(255, n)) : 0;
+  }
+
+  function hex2(n) {
+    return (n < 16 ? '0' : '') + n.toString(16);
+  }
+
+  function rgb(r, g, b) {
+    return '#' + hex2(byte(r)) + hex2(byte(g)) + hex2(byte(b));
+  }
+
+  // Apply one SGR sequence (the text between "ESC[" and "m") to a style; returns the new style.
+  function applySgr(style, paramText) {
+    const a = Object.assign({}, style || DEFAULT);
+    const ps = paramText === '' ? ['0'] : paramText.split(';');
+    for (let i = 0; i < ps.length; i++) {
+      const p = ps[i];
+      if (p.indexOf(':') >= 0) {
+        // ITU T.416 sub-parameter form: 38:2::r:g:b, 38:2:r:g:b, 38:5:n, 4:3 (curly underline).
+        const sub = p.split(':');
+        const head = +sub[0];
+        if (head === 38 || head === 48 || head === 58) {
+          let colour;
+          if (sub[1] === '5' && sub.length >= 3) {
+            const n = parseInt(sub[2], 10);
+            colour = n >= 0 && n <= 255 ? n : undefined;
+          } else if (sub[1] === '2' && sub.length >= 5) {
+            const c = sub.length >= 6 ? sub.slice(-3) : sub.slice(2, 5);
+            colour = rgb(c[0], c[1], c[2]);
+          }
+          if (colour !== undefined && head === 38) a.fg = colour;
+          if (colour !== undefined && head === 48) a.bg = colour;
+        } else if (head === 4) {
+          a.underline = sub[1] !== '0';
+        }
+        continue;
+      }
+      const code = p === '' ? 0 : parseInt(p, 10);
+      if (code === 0) Object.assign(a, DEFAULT);
+      else if (code === 1) a.bold = true;
+      else if (code === 2) a.dim = true;
+      else if (code === 3) a.italic = true;
+      else if (code === 4 || code === 21) a.underline = true;
+      else if (code === 7) a.inverse = true;
+      else if (code === 8) a.hidden = true;
+      else if (code === 9) a.strike = true;
+      else if (code === 22) a.bold = a.dim = false;
+      else if (code === 23) a.italic = false;
+      else if (code === 24) a.underline = false;
+      else if (code === 27) a.inverse = false;
+      else if (code === 28) a.hidden = false;
+      else if (code === 29) a.strike = false;
+      else if (code >= 30 && code <= 37) a.fg = code - 30;
+      else if (code === 39) a.fg = null;
+      else if (code >= 40 && code <= 47) a.bg = code - 40;
+      else if (code === 49) a.bg = null;
+      else if (code >= 90 && code <= 97) a.fg = code - 90 + 8;
+      else if (code >= 100 && code <= 107) a.bg = code - 100 + 8;
+      else if (code === 38 || code === 48 || code === 58) {
+        // Extended colour, semicolon form: 38;5;n or 38;2;r;g;b (58 = underline colour: skip).
+        let colour;
+        if (ps[i + 1] === '5') {
+          const n = parseInt(ps[i + 2], 10);
+          colour = n >= 0 && n <= 255 ? n : undefined;
+          i += 2;
+        } else if (ps[i + 1] === '2') {
+          colour = rgb(ps[i + 2], ps[i + 3], ps[i + 4]);
+          i += 4;
+        } else {
+          break; // malformed: the rest of the sequence cannot be interpreted reliably
+        }
+        if (colour !== undefined && code === 38) a.fg = colour;
+        if (colour !== undefined && code === 48) a.bg = colour;
+      }
+      // Anything else (blink, fonts, overline, ...) is ignored.
+    }
+    return intern(a);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Terminal model. Lines are kept as data, not DOM: a line is a plain string (no styling) or an
+  // array of runs {t: text, s: style}. The cursor (row, col) can move within existing lines so
+  // progress output that redraws with \r, ESC[K, ESC[nA ends up as its last state only.
+  // Columns are UTF-16 code units; wide characters are not measured (good enough for logs).
+  // ---------------------------------------------------------------------------------------------
+
+  const TEXT = 0;
+  const ESC = 1;
+  const CSI = 2;
+  const STR = 3; // OSC/DCS/APC/PM/SOS string: skipped until BEL or ST
+  const STR_ESC = 4;
+  const ESC_INTER = 5; // ESC + intermediate bytes, e.g. ESC ( B
+  const MAX_SEQ = 64;
+  const CONTROL = /[\x00-\x1f\x7f]/g;
+
+  function runsOf(line) {
+    if (typeof line !== 'string') return line;
+    return line === '' ? [] : [{ t: line, s: null }];
+  }
+
+  function runsLength(runs) {
+    let n = 0;
+    for (let i = 0; i < runs.length; i++) n += runs[i].t.length;
+    return n;
+  }
+
+  // Runs covering columns [from, to) of a line (to may be Infinity).
+  function sliceRuns(runs, from, to) {
+    const out = [];
+    let pos = 0;
+    for (let i = 0; i < runs.length && pos < to; i++) {
+      const r = runs[i];
+      const end = pos + r.t.length;
+      if (end > from) {
+        const a = Math.max(from, pos) - pos;
+        const b = Math.min(to, end) - pos;
+        out.push(a === 0 && b === r.t.length ? r : { t: r.t.slice(a, b), s: r.s });
+      }
+      pos = end;
+    }
+    return out;
+  }
+
+  function pushRun(runs, text, style) {
+    if (!text) return;
+    const last = runs[runs.length - 1];
+    if (last && last.s === style) {
+      runs[runs.length - 1] = { t: last.t + text, s: style };
+    } else {
+      runs.push({ t: text, s: style });
+    }
+  }
+
+  class Terminal {
+    constructor() {
+      this.lines = [''];
+      this.row = 0;
+      this.col = 0;
+      this.len = 0; // length of lines[row]
+      this.style = null;
+      this.mode = TEXT;
+      this.seq = '';
+      this.dirty = new Set(); // rows changed since the view last rendered
+    }
+
+    // Number of lines to display: a trailing empty line (after the final \n) is not shown.
+    count() {
+      const n = this.lines.length;
+      return n > 1 && this.lines[n - 1] === '' ? n - 1 : n;
+    }
+
+    // The cursor row as a mutable run array (the row's string form is expanded on demand).
+    editable() {
+      let line = this.lines[this.row];
+      if (typeof line === 'string') {
+        line = runsOf(line).slice();
+        this.lines[this.row] = line;
+      }
+      this.dirty.add(this.row);
+      return line;
+    }
+
+    // Store a row compactly once the cursor leaves it: most lines become plain strings.
+    compact(row) {
+      const line = this.lines[row];
+      if (typeof line === 'string') return;
+      if (line.length === 0) this.lines[row] = '';
+      else if (line.length === 1 && line[0].s === null) this.lines[row] = line[0].t;
+    }
+
+    moveTo(row, col) {
+      row = Math.max(0, row);
+      if (row !== this.row) {
+        this.compact(this.row);
+        while (row >= this.lines.length) this.lines.push('');
+        this.row = row;
+        const line = this.lines[row];
+        this.len = typeof line === 'string' ? line.length : runsLength(line);
+      }
+      this.col = Math.max(0, col);
+    }
+
+    put(text) {
+      let runs = this.editable();
+      if (this.col > this.len) {
+        pushRun(runs, ' '.repeat(this.col - this.len), null);
+        this.len = this.col;
+      }
+      if (this.col === this.len) {
+        pushRun(runs, text, this.style); // the common case: appending
+      } else {
+        // Overwrite from the cursor, as a terminal does after \r or a cursor move.
+        const end = this.col + text.length;
+        const next = sliceRuns(runs, 0, this.col);
+        pushRun(next, text, this.style);
+        for (const r of sliceRuns(runs, end, Infinity)) pushRun(next, r.t, r.s);
+        runs = this.lines[this.row] = next;
+      }
+      this.col += text.length;
+      this.len = Math.max(this.len, this.col);
+    }
+
+    eraseLine(mode) {
+      const runs = this.editable();
+      let next;
+      if (mode === 0) next = sliceRuns(runs, 0, this.col);
+      else if (mode === 1) {
+        next = [];
+        pushRun(next, ' '.repeat(Math.min(this.col + 1, this.len)), null);
+        for (const r of sliceRuns(runs, this.col + 1, Infinity)) pushRun(next, r.t, r.s);
+      } else next = [];
+      this.lines[this.row] = next;
+      this.len = runsLength(next);
+    }
+
+    csi(seq, final) {
+      const c0 = seq.charCodeAt(0);
+      if (c0 >= 0x3c && c0 <= 0x3f) return; // private modes (ESC[?25l etc.): nothing to show
+      if (/[\x20-\x2f]/.test(seq)) return; // sequences with intermediates: none we support
+      if (final === 'm') {
+        this.style = applySgr(this.style, seq);
+        return;
+      }
+      const n = Math.max(1, parseInt(seq, 10) || 1);
+      switch (final) {
+        case 'K': this.eraseLine(parseInt(seq, 10) || 0); break;
+        case 'G': case '`': this.moveTo(this.row, n - 1); break;
+        case 'C': this.moveTo(this.row, this.col + n); break;
+        case 'D': this.moveTo(this.row, this.col - n); break;
+        case 'A': this.moveTo(this.row - n, this.col); break;
+        case 'F': this.moveTo(this.row - n, 0); break;
+        // Down never scrolls a terminal: stay within the lines written so far.
+        case 'B': this.moveTo(Math.min(this.row + n, this.lines.length - 1), this.col); break;
+        case 'E': this.moveTo(Math.min(this.row + n, this.lines.length - 1), 0); break;
+        default: break; // clear screen, absolute positioning, scroll regions...: meaningless here
+      }
+    }
+
+    write(str) {
+      let i = 0;
+      const n = str.length;
+      while (i < n) {
+        if (this.mode === TEXT) {
+          CONTROL.lastIndex = i;
+          const m = CONTROL.exec(str);
+          const stop = m ? m.index : n;
+          if (stop > i) this.put(str.slice(i, stop));
+          if (!m) return;
+          i = stop + 1;
+          const ch = str[stop];
+          if (ch === '\n') this.moveTo(this.row + 1, 0);
+          else if (ch === '\r') this.col = 0;
+          else if (ch === '\t') this.put('\t');
+          else if (ch === '\b') this.col = Math.max(0, this.col - 1);
+          else if (ch === '\x1b') this.mode = ESC;
+          // Other C0 controls (BEL, NUL, ...) and DEL are dropped.
+          continue;
+        }
+        const ch = str[i++];
+        const code = ch.charCodeAt(0);
+        switch (this.mode) {
+          case ESC:
+            if (ch === '[') { this.mode = CSI; this.seq = ''; }
+            else if (']PX^_'.indexOf(ch) >= 0) this.mode = STR; // OSC, DCS, SOS, PM, APC
+            else if (code >= 0x20 && code <= 0x2f) this.mode = ESC_INTER;
+            else if (ch === '\x1b') this.mode = ESC;
+            else {
+              this.mode = TEXT; // two-byte escapes (ESC 7, ESC =, ...) are ignored
+              if (code < 0x20) i--; // a stray ESC before a line break must not eat the break
+            }
+            break;
+          case CSI:
+            if (code >= 0x40 && code <= 0x7e) {
+              this.mode = TEXT;
+              this.csi(this.seq, ch);
+            } else if (code >= 0x20 && code <= 0x3f && this.seq.length < MAX_SEQ) {
+              this.seq += ch;
+            } else if (ch === '\x1b') {
+              this.mode = ESC;
+            } else {
+              // Malformed or absurdly long: abandon it, and let a line break still count.
+              this.mode = TEXT;
+              if (code < 0x20) i--;
+            }
+            break;
+          case STR:
+            if (ch === '\x07') this.mode = TEXT;
+            else if (ch === '\x1b') this.mode = STR_ESC;
+            else if (ch === '\n') { this.mode = TEXT; i--; } // never let a stray OSC eat the log
+            break;
+          case STR_ESC:
+            this.mode = ch === '\\' ? TEXT : STR;
+            break;
+          case ESC_INTER:
+            if (code < 0x20 || code > 0x2f) this.mode = TEXT;
+            break;
+        }
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Small helpers shared by the view.
+  // ---------------------------------------------------------------------------------------------
+
+  function formatDuration(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    const h = Math.floor(seconds / 3600);
+    const m = Math.floor(seconds / 60) % 60;
+    const s = seconds % 60;
+    const pad = (x) => (x < 10 ? '0' : '') + x;
+    if (h) return h + 'h ' + pad(m) + 'm ' + pad(s) + 's';
+    if (m) return m + 'm ' + pad(s) + 's';
+    return s + 's';
+  }
+
+  function lineFromHash() {
+    const m = /^#L(\d+)$/.exec(location.hash);
+    return m ? parseInt(m[1], 10) : null;
+  }
+
+  const MARGIN = 40; // rows rendered above and below the visible window
+  const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
+  const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
+
+  // ---------------------------------------------------------------------------------------------
+  // The view: virtualised rendering, follow mode, line links, transports, status.
+  // ---------------------------------------------------------------------------------------------
+
+  class LogView {
+    constructor(el) {
+      this.el = el;
+      this.term = new Terminal();
+      this.queue = []; // decoded text chunks waiting for the next frame
+      this.frame = 0;
+      this.rendered = new Map(); // line index -> row element currently in the DOM
+      this.first = 0;
+      this.last = 0;
+      this.selected = null;
+      this.pendingLine = lineFromHash(); // #L123 on load: jump once the line has arrived
+      this.ended = false;
+      this.status = null;
+      this.offset = 0; // bytes received (WebSocket) / last SSE id
+      this.retries = 0;
+      this.source = null;
+      this.socket = null;
+
+      this.followBox = document.getElementById('log-follow');
+      this.follow = this.followBox ? this.followBox.checked : true;
+      if (this.pendingLine !== null) this.setFollow(false);
+
+      el.textContent = '';
+      el.setAttribute('role', 'log');
+      el.tabIndex = 0; // keyboard scrolling of the panel
+      this.top = document.createElement('div');
+      this.top.className = 'log-spacer';
+      this.rows = document.createElement('div');
+      this.rows.className = 'log-rows';
+      this.bottom = document.createElement('div');
+      this.bottom.className = 'log-spacer';
+      el.append(this.top, this.rows, this.bottom);
+      this.measure();
+
+      el.addEventListener('scroll', () => this.onScroll(), { passive: true });
+      el.addEventListener('click', (e) => this.onClick(e));
+      window.addEventListener('hashchange', () => this.jumpTo(lineFromHash()));
+      if (this.followBox) {
+        this.followBox.addEventListener('change', () => {
+          this.setFollow(this.followBox.checked);
+          if (this.follow) this.scrollToEnd();
+        });
+      }
+      if (window.ResizeObserver) new ResizeObserver(() => this.schedule()).observe(el);
+
+      this.startTicker();
+      document.body.dataset.jobStatus = el.dataset.status || 'running';
+      this.connect();
+    }
+
+    // Row height comes from the stylesheet; measure one real row rather than hard-coding it.
+    measure() {
+      const probe = this.buildRow(0);
+      this.rows.append(probe);
+      this.rowH = probe.getBoundingClientRect().height || 20;
+      probe.remove();
+      const cs = getComputedStyle(this.el);
+      this.padTop = parseFloat(cs.paddingTop) || 0;
+    }
+
+    // --- incoming data --------------------------------------------------------------------
+
+    push(text) {
+      if (!text) return;
+      this.queue.push(text);
+      this.schedule();
+    }
+
+    schedule() {
+      if (!this.frame) this.frame = requestAnimationFrame(() => this.onFrame());
+    }
+
+    onFrame() {
+      this.frame = 0;
+      // Parse within a time budget so a huge backlog never freezes the page; continue next frame.
+      const start = performance.now();
+      while (this.queue.length && performance.now() - start < FRAME_BUDGET_MS) {
+        this.term.write(this.queue.shift());
+      }
+      this.render();
+      if (this.queue.length) this.schedule();
+    }
+
+    // Parse everything queued now (before showing the final status).
+    drain() {
+      while (this.queue.length) this.term.write(this.queue.shift());
+      this.render();
+    }
+
+    // --- rendering ------------------------------------------------------------------------
+
+    buildRow(i) {
+      const row = document.createElement('div');
+      row.className = 'log-line';
+      if (i === this.selected) row.classList.add('log-line-selected');
+      row.dataset.line = String(i + 1);
+      const ln = document.createElement('a');
+      ln.className = 'log-ln';
+      ln.href = '#L' + (i + 1);
+      // The number is drawn by CSS from data-n, so copying log text never copies line numbers.
+      ln.dataset.n = String(i + 1);
+      ln.setAttribute('aria-label', 'Line ' + (i + 1));
+      const text = document.createElement('span');
+      text.className = 'log-text';
+      const line = this.term.lines[i];
+      if (typeof line === 'string') {
+        if (line) text.textContent = line;
+      } else {
+        for (const run of line) {
+          if (run.s === null) {
+            text.append(document.createTextNode(run.t));
+            continue;
+          }
+          const span = document.createElement('span');
+          if (run.s.cls) span.className = run.s.cls;
+          if (run.s.color) span.style.color = run.s.color;
+          if (run.s.background) span.style.backgroundColor = run.s.background;
+          span.textContent = run.t;
+          text.append(span);
+        }
+      }
+      row.append(ln, text);
+      return row;
+    }
+
+    render() {
+      const el = this.el;
+      const n = this.term.count();
+      const H = this.rowH;
+      const viewH = el.clientHeight || 600;
+      const total = n * H;
+      // Decide the scroll position first, so the window is computed once for where we will be.
+      let top = el.scrollTop;
+      if (this.pendingLine !== null && this.pendingLine <= n) {
+        top = this.lineTop(this.pendingLine);
+      } else if (this.follow) {
+        top = Math.max(0, total - viewH + this.padTop * 2);
+      }
+      const first = Math.max(0, Math.floor((top - this.padTop) / H) - MARGIN);
+      const last = Math.min(n, Math.ceil((top + viewH) / H) + MARGIN);
+      const dirty = this.term.dirty;
+
+      let changed = first !== this.first || last !== this.last;
+      for (const [i, node] of this.rendered) {
+        if (i < first || i >= last || dirty.has(i)) {
+          this.rendered.delete(i);
+          node.remove();
+          changed = true;
+        }
+      }
+      dirty.clear();
+      if (changed) {
+        const nodes = [];
+        for (let i = first; i < last; i++) {
+          let node = this.rendered.get(i);
+          if (!node) {
+            node = this.buildRow(i);
+            this.rendered.set(i, node);
+          }
+          nodes.push(node);
+        }
+        this.rows.replaceChildren(...nodes);
+        this.first = first;
+        this.last = last;
+      }
+      this.top.style.height = first * H + 'px';
+      this.bottom.style.height = (n - last) * H + 'px';
+      this.el.dataset.lines = String(n);
+
+      if (this.pendingLine !== null && this.pendingLine <= n) {
+        const line = this.pendingLine;
+        this.pendingLine = null;
+        this.select(line);
+        el.scrollTop = top;
+      } else if (this.follow) {
+        el.scrollTop = el.scrollHeight;
+      }
+    }
+
+    // Scroll position that shows line n (1-based) a third of the way down the panel.
+    lineTop(n) {
+      const H = this.rowH;
+      return Math.max(0, this.padTop + (n - 1) * H - Math.floor(this.el.clientHeight / 3));
+    }
+
+    select(n) {
+      this.selected = n === null ? null : n - 1;
+      for (const [i, node] of this.rendered) {
+        node.classList.toggle('log-line-selected', i === this.selected);
+      }
+    }
+
+    jumpTo(n) {
+      if (n === null) return;
+      this.setFollow(false);
+      this.pendingLine = n; // applied by render(), now or once the line has streamed in
+      this.render();
+    }
+
+    scrollToEnd() {
+      this.el.scrollTop = this.el.scrollHeight;
+      this.schedule();
+    }
+
+    setFollow(on) {
+      this.follow = on;
+      if (this.followBox) this.followBox.checked = on;
+      this.el.classList.toggle('log-following', on);
+    }
+
+    onScroll() {
+      // Follow tracks the user's intent: at the bottom means "keep up", anywhere else means stop.
+      // Our own scrolls land at the bottom (or jump to a line, where stopping is right too).
+      const el = this.el;
+      const atBottom = el.scrollHeight - el.scrollTop - el.clientHeight <= this.rowH / 2 + 1;
+      if (atBottom !== this.follow) this.setFollow(atBottom);
+      this.schedule();
+    }
+
+    onClick(e) {
+      const link = e.target.closest && e.target.closest('a.log-ln');
+      if (!link || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey) return;
+      e.preventDefault();
+      const n = parseInt(link.dataset.n, 10);
+      this.setFollow(false);
+      this.select(n);
+      // replaceState: no history entry per click and no native jump (rows are virtual anyway).
+      history.replaceState(history.state, '', '#L' + n);
+    }
+
+    // --- transports -----------------------------------------------------------------------
+
+    connect() {
+      const override = new URLSearchParams(location.search).get('transport');
+      const transport = override || this.el.dataset.transport || 'sse';
+      this.el.dataset.transportActive = transport;
+      if (transport === 'ws' && window.WebSocket) this.connectWs();
+      else this.connectSse();
+    }
+
+    setConnection(state) {
+      this.el.dataset.connection = state;
+    }
+
+    backoff() {
+      // 0.5 s, 1 s, 2 s ... capped at 15 s; reset as soon as data flows again.
+      const delay = Math.min(15000, 500 * 2 ** Math.min(this.retries, 5));
+      this.retries++;
+      return delay;
+    }
+
+    connectSse() {
+      const url = new URL(this.el.dataset.eventsUrl, location.href);
+      url.searchParams.set('offset', String(this.offset));
+      const source = new EventSource(url);
+      this.source = source;
+      this.setConnection('connecting');
+      source.onopen = () => this.setConnection('live');
+      source.addEventListener('log', (e) => {
+        this.retries = 0;
+        const id = parseInt(e.lastEventId, 10);
+        if (Number.isFinite(id)) this.offset = id;
+        this.push(JSON.parse(e.data));
+      });
+      source.addEventListener('status', (e) => {
+        source.close(); // otherwise EventSource reconnects once the server closes
+        this.finish(JSON.parse(e.data));
+      });
+      source.onerror = () => {
+        if (this.ended) return;
+        if (source.readyState === EventSource.CLOSED) {
+          // The browser gave up (HTTP error, wrong content type): retry ourselves from our offset.
+          this.setConnection('reconnecting');
+          setTimeout(() => this.ended || this.connectSse(), this.backoff());
+        } else {
+          // The browser reconnects by itself, sending Last-Event-ID.
+          this.setConnection('reconnecting');
+        }
+      };
+    }
+
+    connectWs() {
+      const url = new URL(this.el.dataset.wsUrl, location.href);
+      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+      url.searchParams.set('offset', String(this.offset));
+      // One decoder for the whole stream: a UTF-8 character split across frames, or across a
+      // reconnect (we resume at the byte after the last one received), still decodes.
+      if (!this.decoder) this.decoder = new TextDecoder('utf-8');
+      const ws = new WebSocket(url);
+      ws.binaryType = 'arraybuffer';
+      this.socket = ws;
+      this.setConnection('connecting');
+      ws.onopen = () => this.setConnection('live');
+      ws.onmessage = (e) => {
+        if (typeof e.data === 'string') {
+          this.finish(JSON.parse(e.data));
+          return;
+        }
+        this.retries = 0;
+        this.offset += e.data.byteLength;
+        this.push(this.decoder.decode(e.data, { stream: true }));
+      };
+      ws.onclose = (e) => {
+        if (this.ended) return;
+        // Policy/auth refusals will not get better by retrying.
+        if (e.code === 1008 || (e.code >= 4000 && e.code < 5000)) {
+          this.setConnection('closed');
+          return;
+        }
+        this.setConnection('reconnecting');
+        setTimeout(() => this.ended || this.connectWs(), this.backoff());
+      };
+    }
+
+    // --- job status -------------------------------------------------------------------------
+
+    finish(status) {
+      if (this.ended) return;
+      this.ended = true;
+      this.status = status;
+      if (this.decoder) this.push(this.decoder.decode());
+      if (this.frame) cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      this.drain();
+      this.setConnection('ended');
+
+      const name = FINAL.indexOf(status.status) >= 0 ? status.status : String(status.status);
+      this.el.dataset.status = name;
+      const badge = document.getElementById('job-status');
+      if (badge) {
+        badge.textContent = name;
+        badge.dataset.status = name;
+        for (const c of Array.from(badge.classList)) {
+          if (c.indexOf('status-') === 0) badge.classList.remove(c);
+        }
+        badge.classList.add('status-' + name);
+      }
+      const duration = document.getElementById('job-duration');
+      if (duration && status.ended_at) duration.dataset.endedAt = String(status.ended_at);
+      this.tick();
+      clearInterval(this.ticker);
+      document.body.dataset.jobStatus = name;
+      document.dispatchEvent(new CustomEvent('pploy:job-ended', { detail: status }));
+    }
+
+    // Elapsed time in #job-duration. Looked up by id on every tick: app.js may swap live sections.
+    tick() {
+      const d = document.getElementById('job-duration');
+      if (!d) return;
+      const started = parseFloat(d.dataset.startedAt);
+      if (!Number.isFinite(started)) return;
+      const ended = parseFloat(d.dataset.endedAt);
+      const end = Number.isFinite(ended) ? ended : Date.now() / 1000;
+      d.textContent = formatDuration(end - started);
+    }
+
+    startTicker() {
+      this.tick();
+      this.ticker = setInterval(() => this.tick(), 1000);
+    }
+  }
+
+  function mount() {
+    const el = document.getElementById('log');
+    if (!el || el.pployLog) return;
+    el.pployLog = new LogView(el);
+  }
+
+  // Exposed for tests and debugging only; the page contract is the DOM above.
+  window.pployLogview = { Terminal: Terminal, applySgr: applySgr, mount: mount };
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', mount);
+  else mount();
+})();
