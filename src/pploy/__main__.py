@@ -1,0 +1,3 @@
+from pploy.cli import main
+
+raise SystemExit(main())

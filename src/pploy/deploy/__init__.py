@@ -1,0 +1,1 @@
+"""The deploy manager: projects, locks, jobs under a pty, log following and the web app."""

@@ -1,0 +1,90 @@
+"""Who is making a request, in each of pploy's three modes.
+
+- standalone: the user picks a name from ``users``; it is remembered in the ``user`` cookie
+  (as the original pploy did). Meant for a trusted network or behind gate/nginx.
+- proxy: a header names the user, believed only from ``trusted_proxies`` addresses.
+- gate: gate's signed ``X-Gate-Assertion`` is verified; nothing else is believed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from pploy.deploy import names
+from pploy.deploy.config import AuthConfig
+from pploy.deploy.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from pploy.identity import AssertionVerifier
+
+USER_COOKIE = "user"
+ASSERTION_HEADER = "X-Gate-Assertion"
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig, users: list[str]) -> None:
+        self.config = config
+        self.mode = config.mode
+        self.users = list(users)
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self.verifier: AssertionVerifier | None = None
+        if self.mode == "gate":
+            from pploy.identity import AssertionVerifier
+
+            self.verifier = AssertionVerifier(
+                audience=config.gate_audience,
+                jwks_url=config.gate_jwks_url,
+                public_key_file=config.gate_public_key_file,
+            )
+
+    @property
+    def picks_name(self) -> bool:
+        """True when users choose their own name (standalone mode)."""
+        return self.mode == "standalone"
+
+    def trusted_peer(self, request: web.Request) -> bool:
+        try:
+            peer = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return any(peer in net for net in self.networks)
+
+    async def identify(self, request: web.Request) -> str | None:
+        """The user's name, None when the request names nobody; Unauthorized when it names
+        someone pploy must not believe."""
+        if self.mode == "standalone":
+            name = request.cookies.get(USER_COOKIE)
+            if name and name in self.users:
+                return name
+            return None
+        if self.mode == "proxy":
+            value = request.headers.get(self.config.header)
+            if not value:
+                return None
+            if not self.trusted_peer(request):
+                raise Unauthorized(
+                    f"{self.config.header} is only accepted from trusted proxies "
+                    f"(auth.trusted_proxies); {request.remote} is not one"
+                )
+            try:
+                return names.user_name(value)
+            except names.InvalidName as exc:
+                raise Unauthorized(str(exc)) from exc
+        token = request.headers.get(ASSERTION_HEADER)
+        if not token:
+            return None
+        assert self.verifier is not None
+        from pploy.identity import InvalidAssertion
+
+        try:
+            identity = await self.verifier.verify(token)
+        except InvalidAssertion as exc:
+            raise Unauthorized(f"invalid {ASSERTION_HEADER}: {exc}") from exc
+        return identity.user
+
+    async def close(self) -> None:
+        if self.verifier is not None:
+            await self.verifier.close()

@@ -1,0 +1,100 @@
+"""``pploy serve``: run the deploy manager."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+from aiohttp import web
+
+from pploy import log
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the deploy manager (web UI, JSON API, log streams)",
+        description=(
+            "Run pploy's deploy manager: projects, locks, jobs and their live logs. "
+            "Settings come from --config, then PPLOY_* environment variables, then these flags."
+        ),
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    parser.add_argument("--workdir", metavar="DIR", help="projects, logs and database live here")
+    parser.add_argument("--host", metavar="H", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", metavar="P", type=int, help="port to listen on (default 9000)")
+    parser.add_argument(
+        "--users", metavar="A,B", help="standalone mode: comma-separated deployer names"
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="add a demo project to the workdir (and users alice, bob if none are configured)",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pploy.deploy.config import ConfigError, load_config
+
+    overrides = {"workdir": args.workdir, "host": args.host, "port": args.port}
+    if args.users:
+        overrides["users"] = [u.strip() for u in args.users.split(",") if u.strip()]
+    try:
+        config = load_config(args.config, overrides)
+        if args.demo and not config.users:
+            from pploy.deploy.demo import DEMO_USERS
+
+            config = load_config(args.config, {**overrides, "users": DEMO_USERS})
+        if config.auth.mode == "standalone" and not config.users:
+            raise ConfigError(
+                "users: standalone mode needs at least one deployer (users: [alice, bob], "
+                "--users alice,bob or PPLOY_USERS), or set auth.mode"
+            )
+    except ConfigError as exc:
+        print(f"pploy: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"configuration OK (auth mode {config.auth.mode}, workdir {config.workdir})")
+        return 0
+    log.setup(config.log_level)
+    return serve(config, demo=args.demo)
+
+
+def serve(config: object, demo: bool = False) -> int:
+    from pploy.deploy.app import SERVICES, create_app
+    from pploy.deploy.config import Config
+
+    assert isinstance(config, Config)
+    try:
+        sock = socket.create_server((config.host, config.port), reuse_port=False)
+    except OSError as exc:
+        print(
+            f"pploy: cannot listen on {config.host}:{config.port}: {exc.strerror} "
+            "(choose another with --port)",
+            file=sys.stderr,
+        )
+        return 1
+    app = create_app(config)
+    if demo:
+        from pploy.deploy.demo import ensure_demo_project
+
+        async def add_demo(app: web.Application) -> None:
+            await ensure_demo_project(app[SERVICES].projects, config.workdir)
+
+        app.on_startup.append(add_demo)
+    host, port = sock.getsockname()[:2]
+    print(f"pploy: serving on http://{host}:{port}/ (workdir {config.workdir})", flush=True)
+    web.run_app(
+        app,
+        sock=sock,
+        print=None,
+        handler_cancellation=True,
+        shutdown_timeout=config.job.shutdown_grace_seconds + 15,
+        access_log=None,
+    )
+    return 0

@@ -1,0 +1,218 @@
+"""pploy's configuration: one YAML file, validated by pydantic, overridden by env vars and flags.
+
+Precedence, lowest first: defaults, the YAML file, ``PPLOY_*`` environment variables, command-line
+flags. Unknown keys are errors, and every error names the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pploy.deploy.names import USER_NAME_RE
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LockConfig(_Strict):
+    gain_minutes: float = Field(20, gt=0, description="How long a newly gained lock lasts.")
+    extend_minutes: float = Field(10, gt=0, description="How much an extend adds.")
+
+
+class JobConfig(_Strict):
+    timeout_minutes: float = Field(120, gt=0, description="A job running longer is cancelled.")
+    cancel_grace_seconds: list[float] = Field(
+        default=[5.0, 5.0],
+        description="Waits after SIGINT and after SIGTERM before the next signal (then SIGKILL).",
+    )
+    shutdown_grace_seconds: float = Field(
+        60, ge=0, description="On SIGTERM, how long pploy waits for running jobs before cancelling."
+    )
+    keep_logs: int = Field(50, ge=1, description="Jobs' logs kept per project; older ones deleted.")
+    max_log_bytes: int = Field(
+        1 << 30, ge=1024, description="A log stops growing past this size (the job goes on)."
+    )
+    pty_columns: int = Field(160, ge=20, le=1000)
+    pty_rows: int = Field(50, ge=5, le=1000)
+
+    @field_validator("cancel_grace_seconds")
+    @classmethod
+    def _two_waits(cls, value: list[float]) -> list[float]:
+        if len(value) != 2 or any(v < 0 for v in value):
+            raise ValueError("must be two non-negative numbers: [after SIGINT, after SIGTERM]")
+        return value
+
+
+class GitConfig(_Strict):
+    shallow: bool = Field(True, description="Clone with --depth (all branches).")
+    depth: int = Field(50, ge=1)
+    commits: int = Field(20, ge=1, le=500, description="Recent commits shown per project.")
+    timeout_seconds: float = Field(300, gt=0, description="Limit for clone and git reads.")
+
+
+class AuthConfig(_Strict):
+    mode: Literal["standalone", "proxy", "gate"] = Field(
+        "standalone",
+        description=(
+            "standalone: pick a name from `users` (the `user` cookie); proxy: trust `header` "
+            "from `trusted_proxies` only; gate: verify gate's signed X-Gate-Assertion."
+        ),
+    )
+    header: str = Field("X-Forwarded-User", description="proxy mode: the header naming the user.")
+    trusted_proxies: list[str] = Field(
+        default=["127.0.0.1/32", "::1/128"],
+        description="proxy mode: addresses (CIDR) whose identity header is believed.",
+    )
+    gate_jwks_url: str | None = Field(
+        None, description="gate mode: where gate serves its public keys."
+    )
+    gate_public_key_file: str | None = Field(
+        None, description="gate mode: a PEM public key or JWKS file instead of the URL."
+    )
+    gate_audience: str = Field("pploy", description="gate mode: the assertion's expected `aud`.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP network") from exc
+        return value
+
+
+class WebhookConfig(_Strict):
+    url: str = Field(description="Where to POST.")
+    format: Literal["slack", "json"] = "json"
+    events: list[Literal["lock.gained", "lock.extended", "lock.released", "job.finished"]] = Field(
+        default=["lock.gained", "lock.extended", "lock.released", "job.finished"]
+    )
+    templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="slack format: message text per event (Python format fields, see docs).",
+    )
+    timeout_seconds: float = Field(5, gt=0)
+    retries: int = Field(1, ge=0, le=5)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class Config(_Strict):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(9000, ge=0, le=65535)
+    workdir: Path = Field(Path("./pploy-work"), description="Holds projects/, logs/ and pploy.db.")
+    public_url: str | None = Field(
+        None, description="The URL users open (links in notifications; origin checks)."
+    )
+    users: list[str] = Field(default_factory=list, description="standalone mode: the deployers.")
+    lock: LockConfig = Field(default_factory=LockConfig)
+    job: JobConfig = Field(default_factory=JobConfig)
+    git: GitConfig = Field(default_factory=GitConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not USER_NAME_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid user name (letters, digits, ._@-)")
+        if len(set(value)) != len(value):
+            raise ValueError("names must be unique")
+        return value
+
+
+# Environment variables that override file values: PPLOY_<KEY>.
+ENV_KEYS = {
+    "PPLOY_HOST": "host",
+    "PPLOY_PORT": "port",
+    "PPLOY_WORKDIR": "workdir",
+    "PPLOY_PUBLIC_URL": "public_url",
+    "PPLOY_USERS": "users",
+    "PPLOY_AUTH_MODE": "auth.mode",
+    "PPLOY_LOG_LEVEL": "log_level",
+}
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {key} must be a mapping")
+    node[last] = value
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the configuration from a file, the environment and flag overrides (dotted keys)."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "config"
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        data = loaded
+    env = os.environ if environ is None else environ
+    for var, key in ENV_KEYS.items():
+        if var in env:
+            value: Any = env[var]
+            if key == "users":
+                value = [u.strip() for u in value.split(",") if u.strip()]
+            _set_dotted(data, key, value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    if config.auth.mode == "gate" and not (
+        config.auth.gate_jwks_url or config.auth.gate_public_key_file
+    ):
+        raise ConfigError(
+            f"{source}: auth.gate_jwks_url: required in gate mode (or auth.gate_public_key_file)"
+        )
+    return config

@@ -1,0 +1,163 @@
+"""Following a job's log: the durable file plus the live edge in memory.
+
+A job's output is appended to its log file as it arrives. Viewers follow by byte offset: a
+viewer at the live edge is served from an in-memory tail, one catching up reads the file.
+The job never waits for a viewer, and a slow viewer only holds the chunk it is sending, so
+memory stays bounded whatever the viewers do. Every transport (raw, SSE, WebSocket) is a view
+of :func:`follow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+READ_CHUNK = 64 * 1024
+TRUNCATED_NOTICE = "\r\n\x1b[1;33m[pploy] the log reached its maximum size ({limit} bytes); output after this point is not kept (the job goes on)\x1b[0m\r\n"  # noqa: E501
+
+
+class LogWriteError(Exception):
+    """The log file could not be written (disk full, I/O error)."""
+
+
+@dataclass
+class FollowItem:
+    """A piece of log (``data`` ending at byte ``offset``) or, last, the job's final status."""
+
+    data: bytes
+    offset: int
+    status: dict[str, Any] | None = None
+
+
+class LogBuffer:
+    """One job's log: appended by the job, read by any number of followers."""
+
+    def __init__(
+        self, path: Path, *, max_bytes: int = 1 << 30, memory_bytes: int = 1 << 20
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.memory_bytes = memory_bytes
+        self.size = 0
+        self.truncated = False
+        self.status: dict[str, Any] | None = None
+        self._tail = bytearray()
+        self._tail_start = 0
+        self._more = asyncio.Event()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    @property
+    def closed(self) -> bool:
+        return self.status is not None
+
+    def append(self, data: bytes) -> None:
+        """Write ``data`` to the file and the memory tail, then wake the followers.
+
+        Raises LogWriteError when the disk refuses it; the caller decides the job's fate."""
+        if not data or self.closed or self.truncated:
+            return
+        room = self.max_bytes - self.size
+        if len(data) > room:
+            data = data[:room] + TRUNCATED_NOTICE.format(limit=self.max_bytes).encode()
+            self.truncated = True
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except OSError as exc:
+                raise LogWriteError(f"cannot write the log {self.path}: {exc.strerror}") from exc
+            self._keep(view[:written])
+            view = view[written:]
+        self._wake()
+
+    def _keep(self, data: memoryview) -> None:
+        self._tail += data
+        self.size += len(data)
+        excess = len(self._tail) - self.memory_bytes
+        if excess > self.memory_bytes // 2:  # trim in large steps: amortised O(1) per byte
+            del self._tail[:excess]
+            self._tail_start += excess
+
+    def _wake(self) -> None:
+        self._more.set()
+        self._more = asyncio.Event()
+
+    def finish(self, status: dict[str, Any]) -> None:
+        """Mark the end of the log with the job's final status; followers drain and stop."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.status = status
+        self._wake()
+
+    async def read(self, offset: int, limit: int = READ_CHUNK) -> bytes:
+        """Up to ``limit`` bytes from ``offset``: from memory at the live edge, else the file."""
+        if offset >= self.size:
+            return b""
+        if offset >= self._tail_start:
+            start = offset - self._tail_start
+            return bytes(self._tail[start : start + limit])
+        end = min(self._tail_start, offset + limit)
+        return await asyncio.to_thread(read_file_range, self.path, offset, end - offset)
+
+    async def wait_beyond(self, offset: int, timeout: float | None = None) -> bool:
+        """Wait until the log is longer than ``offset`` or finished; False on timeout."""
+        if self.size > offset or self.closed:
+            return True
+        event = self._more
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def read_file_range(path: Path, offset: int, length: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+    except FileNotFoundError:
+        return b""
+
+
+async def follow(
+    buffer: LogBuffer | None,
+    path: Path,
+    offset: int = 0,
+    *,
+    final_status: dict[str, Any] | None = None,
+    heartbeat: float | None = None,
+) -> AsyncIterator[FollowItem | None]:
+    """Yield the log from ``offset`` to its end, then the final status.
+
+    ``buffer`` is the live job's buffer, or None for a finished job (``path`` and
+    ``final_status`` describe it). With ``heartbeat``, None is yielded after that many seconds
+    without output, so a transport can keep an idle connection alive.
+    """
+    offset = max(0, offset)
+    if buffer is None:
+        while True:
+            data = await asyncio.to_thread(read_file_range, path, offset, READ_CHUNK)
+            if not data:
+                break
+            offset += len(data)
+            yield FollowItem(data, offset)
+        yield FollowItem(b"", offset, final_status or {})
+        return
+    while True:
+        data = await buffer.read(offset)
+        if data:
+            offset += len(data)
+            yield FollowItem(data, offset)
+            continue
+        if buffer.closed and offset >= buffer.size:
+            yield FollowItem(b"", offset, buffer.status)
+            return
+        if not await buffer.wait_beyond(offset, heartbeat):
+            yield None

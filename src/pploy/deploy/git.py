@@ -1,0 +1,150 @@
+"""Reading and fetching git repositories, always with an argument list, never a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+
+# Transports git may use for clone and fetch: `ext::` (runs commands) and friends stay off.
+ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+FIELD = "\x1f"
+RECORD = "\x1e"
+LOG_FORMAT = RECORD + FIELD.join(["%H", "%an", "%ae", "%aI", "%D", "%s", "%b"]) + FIELD
+
+
+class GitError(Exception):
+    pass
+
+
+def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for git: never prompt, only safe transports, C locale for parsing."""
+    env = dict(os.environ)
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
+        LC_ALL="C",
+        GIT_ASKPASS="/bin/true",
+        SSH_ASKPASS="/bin/true",
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+async def run_git(*args: str, cwd: str | None = None, timeout: float = 60) -> str:
+    """Run ``git args…`` and return its stdout; GitError with stderr when it fails."""
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=cwd,
+        env=git_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise GitError(err.decode(errors="replace").strip() or f"git {args[0]} failed")
+    return out.decode(errors="replace")
+
+
+@dataclass
+class Commit:
+    sha: str
+    author: str
+    email: str
+    date: str
+    refs: list[str]
+    subject: str
+    body: str
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def short(self) -> str:
+        return self.sha[:10]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sha": self.sha,
+            "author": self.author,
+            "email": self.email,
+            "date": self.date,
+            "refs": self.refs,
+            "subject": self.subject,
+            "body": self.body,
+            "files": [{"status": s, "path": p} for s, p in self.files],
+        }
+
+
+def parse_log(text: str) -> list[Commit]:
+    """Parse ``git log`` output made with LOG_FORMAT and ``--name-status``."""
+    commits = []
+    for record in text.split(RECORD)[1:]:
+        parts = record.split(FIELD)
+        if len(parts) < 8:
+            continue
+        sha, author, email, date, refs, subject, body, rest = parts[:8]
+        files = []
+        for line in rest.splitlines():
+            cols = line.split("\t")
+            if len(cols) >= 2 and cols[0]:
+                files.append((cols[0], " → ".join(cols[1:])))
+        commits.append(
+            Commit(
+                sha=sha,
+                author=author,
+                email=email,
+                date=date,
+                refs=[r.strip() for r in refs.split(",") if r.strip()],
+                subject=subject,
+                body=body.strip(),
+                files=files,
+            )
+        )
+    return commits
+
+
+async def recent_commits(path: str, limit: int, revision: str = "HEAD") -> list[Commit]:
+    out = await run_git(
+        "log", f"--max-count={limit}", f"--format={LOG_FORMAT}", "--name-status",
+        "--first-parent", "-m", "--end-of-options", revision, "--",
+        cwd=path,
+    )  # fmt: skip
+    return parse_log(out)
+
+
+async def resolve_commit(path: str, ref: str) -> str | None:
+    """The commit a ref names, trying remote branch, tag, then the ref itself (a SHA)."""
+    for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
+        try:
+            out = await run_git(
+                "rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}",
+                cwd=path,
+            )  # fmt: skip
+        except GitError:
+            continue
+        if out.strip():
+            return out.strip()
+    return None
+
+
+async def head_sha(path: str) -> str | None:
+    try:
+        return (await run_git("rev-parse", "--verify", "--quiet", "HEAD", cwd=path)).strip()
+    except GitError:
+        return None
+
+
+async def default_branch(path: str) -> str | None:
+    try:
+        out = await run_git("symbolic-ref", "--short", "refs/remotes/origin/HEAD", cwd=path)
+    except GitError:
+        return None
+    return out.strip().removeprefix("origin/") or None

@@ -1,0 +1,108 @@
+"""English and Japanese, chosen from Accept-Language (the original pploy shipped both).
+
+A plain dictionary: the UI has few strings, and gettext catalogues would need a compile step.
+English strings are the keys; a missing translation falls back to English.
+"""
+
+# ruff: noqa: E501
+from __future__ import annotations
+
+LANGUAGES = ("en", "ja")
+
+JA: dict[str, str] = {
+    "Projects": "プロジェクト",
+    "Project": "プロジェクト",
+    "Add project": "プロジェクトを追加",
+    "Git URL": "Git URL",
+    "Add": "追加",
+    "Remove project": "プロジェクトを削除",
+    "Remove": "削除",
+    "Really remove this project, its clone and its logs?": "このプロジェクトとクローン・ログを本当に削除しますか？",
+    "Lock": "ロック",
+    "Locked by": "ロック中",
+    "Not locked": "ロックされていません",
+    "left": "残り",
+    "expired": "期限切れ",
+    "Gain lock": "ロックを取得",
+    "Extend": "延長",
+    "Release": "解放",
+    "Checkout": "チェックアウト",
+    "Deploy": "デプロイ",
+    "Deploy to": "デプロイ先",
+    "Ref (branch, tag or commit)": "ref（ブランチ・タグ・コミット）",
+    "Recent jobs": "最近のジョブ",
+    "History": "履歴",
+    "Commits": "コミット",
+    "Readme": "Readme",
+    "Status": "状態",
+    "User": "ユーザー",
+    "Started": "開始",
+    "Duration": "所要時間",
+    "Kind": "種類",
+    "Environment": "環境",
+    "Job": "ジョブ",
+    "Cancel": "キャンセル",
+    "Cancel this job?": "このジョブをキャンセルしますか？",
+    "Raw log": "生ログ",
+    "Follow": "追従",
+    "running": "実行中",
+    "succeeded": "成功",
+    "failed": "失敗",
+    "cancelled": "キャンセル",
+    "interrupted": "中断",
+    "timed_out": "タイムアウト",
+    "cancelled by": "キャンセルした人",
+    "exit code": "終了コード",
+    "Who are you?": "あなたは誰ですか？",
+    "Choose": "選択",
+    "Signed in as": "ログイン中",
+    "Change user": "ユーザー変更",
+    "No projects yet.": "プロジェクトはまだありません。",
+    "No jobs yet.": "ジョブはまだありません。",
+    "Last deployed": "最終デプロイ",
+    "never": "なし",
+    "Pending commits": "未デプロイのコミット",
+    "up to date": "最新",
+    "Checked out": "チェックアウト中",
+    "Only the lock holder can check out or deploy.": "チェックアウトとデプロイはロック保持者のみ可能です。",
+    "The log of this job was removed (only the newest are kept).": "このジョブのログは削除されました（新しいもののみ保持）。",
+    "Error": "エラー",
+    "Back": "戻る",
+    "files": "ファイル",
+    "Deploys": "デプロイ",
+    "last status": "最終状態",
+    "Running job": "実行中のジョブ",
+    "Transport": "転送方式",
+}
+
+CATALOGUES = {"ja": JA}
+
+
+def negotiate(accept_language: str | None) -> str:
+    """The best of LANGUAGES for an Accept-Language header (q-values respected)."""
+    best, best_q = "en", 0.0
+    for index, item in enumerate((accept_language or "").split(",")):
+        parts = item.strip().split(";")
+        tag = parts[0].strip().lower()
+        q = 1.0
+        for param in parts[1:]:
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        primary = tag.split("-")[0]
+        q -= index * 1e-6  # earlier wins ties
+        if primary in LANGUAGES and q > best_q:
+            best, best_q = primary, q
+    return best
+
+
+def translator(language: str):  # noqa: ANN201 - returns a plain callable for Jinja
+    catalogue = CATALOGUES.get(language, {})
+
+    def translate(text: str) -> str:
+        return catalogue.get(text, text)
+
+    return translate

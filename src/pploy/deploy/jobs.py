@@ -1,0 +1,409 @@
+"""Jobs: checkouts and deploys running in the background under a pty.
+
+A job is started by a request but never runs inside it: closing the tab neither stops nor
+orphans a deploy. Its output goes to its log (see follow.LogBuffer), its record to SQLite.
+One job per project at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pploy import log
+from pploy.deploy import git, names
+from pploy.deploy.config import Config
+from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
+from pploy.deploy.follow import LogBuffer, LogWriteError
+from pploy.deploy.locks import Locks
+from pploy.deploy.projects import Project, Projects
+from pploy.deploy.store import JobRecord, Store
+from pploy.deploy.terminal import PtyProcess
+
+# How long before expiry a running job's lock is pushed further out, and by how much.
+LOCK_KEEP_MARGIN = 120.0
+
+
+def _note(text: str) -> bytes:
+    """A line pploy itself writes into a log, set apart in bold cyan."""
+    return f"\x1b[1;36m{text}\x1b[0m\n".encode()
+
+
+@dataclass
+class RunningJob:
+    record: JobRecord
+    buffer: LogBuffer
+    task: asyncio.Task[None] | None = None
+    process: PtyProcess | None = None
+    cancelled_by: str | None = None
+    timed_out: bool = False
+    failure: str | None = None
+    message: str | None = None
+    stopping: asyncio.Task[str] | None = None
+    watchers: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Jobs:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        projects: Projects,
+        locks: Locks,
+        on_finish: Callable[[JobRecord], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.projects = projects
+        self.locks = locks
+        self.on_finish = on_finish
+        self.running: dict[int, RunningJob] = {}
+        self.accepting = True
+
+    # -- queries -------------------------------------------------------------
+
+    def running_for(self, project: str) -> RunningJob | None:
+        for job in self.running.values():
+            if job.record.project == project:
+                return job
+        return None
+
+    def get(self, job_id: int) -> JobRecord:
+        record = self.store.get_job(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id}")
+        return record
+
+    def log_path(self, record: JobRecord) -> Path:
+        return self.projects.log_dir(record.project) / f"{record.id}.log"
+
+    def live_buffer(self, job_id: int) -> LogBuffer | None:
+        job = self.running.get(job_id)
+        return job.buffer if job else None
+
+    @staticmethod
+    def final_status(record: JobRecord) -> dict[str, Any]:
+        return {
+            "id": record.id,
+            "status": record.status,
+            "exit_code": record.exit_code,
+            "signal": record.signal,
+            "ended_at": record.ended_at,
+            "cancelled_by": record.cancelled_by,
+            "message": record.message,
+        }
+
+    # -- start ---------------------------------------------------------------
+
+    def _check_can_start(self, project: Project, user: str) -> None:
+        if not self.accepting:
+            raise Unavailable("pploy is shutting down and takes no new jobs")
+        self.locks.require_holder(project.name, user)
+        running = self.running_for(project.name)
+        if running:
+            raise Conflict(
+                f"{running.record.kind} job #{running.record.id} by {running.record.user} "
+                f"is still running on {project.name}"
+            )
+
+    async def start_deploy(self, project: Project, env: str, user: str) -> JobRecord:
+        try:
+            names.env_name(env)
+        except names.InvalidName as exc:
+            raise BadRequest(str(exc)) from exc
+        self._check_can_start(project, user)
+        envs = project.deploy_envs()
+        if env not in envs:
+            raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
+        problem = project.deploy_problem()
+        if problem:
+            raise BadRequest(problem)
+        sha = await git.head_sha(str(project.path))
+        self._check_can_start(project, user)  # again: the await above let others in
+        record = self.store.create_job(
+            project=project.name, kind="deploy", env=env, user=user, sha=sha,
+            ref=None,
+        )  # fmt: skip
+        env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
+        steps = [([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")]
+        self._launch(record, project, steps)
+        return record
+
+    async def start_checkout(self, project: Project, ref: str, user: str) -> JobRecord:
+        try:
+            names.ref_name(ref)
+        except names.InvalidName as exc:
+            raise BadRequest(str(exc)) from exc
+        self._check_can_start(project, user)
+        record = self.store.create_job(project=project.name, kind="checkout", ref=ref, user=user)
+        self._launch(record, project, None)
+        return record
+
+    def _launch(
+        self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
+    ) -> None:
+        buffer = LogBuffer(self.log_path(record), max_bytes=self.config.job.max_log_bytes)
+        job = RunningJob(record, buffer)
+        self.running[record.id] = job
+        job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
+        log.event(
+            "job.start", job=record.id, project=record.project, kind=record.kind,
+            env=record.env, ref=record.ref, user=record.user,
+        )  # fmt: skip
+
+    # -- run -----------------------------------------------------------------
+
+    def _child_env(self, project: Project, extra: dict[str, str]) -> dict[str, str]:
+        env = git.git_env() | {
+            "TERM": "xterm-256color",
+            "DEPLOY_PROJECT": project.name,
+            "COLUMNS": str(self.config.job.pty_columns),
+            "LINES": str(self.config.job.pty_rows),
+        }
+        env.pop("LC_ALL", None)  # git_env sets C for parsing; the script gets the user's locale
+        if "LC_ALL" in os.environ:
+            env["LC_ALL"] = os.environ["LC_ALL"]
+        return env | extra
+
+    def _write(self, job: RunningJob, data: bytes) -> None:
+        if job.failure:
+            return
+        try:
+            job.buffer.append(data)
+        except LogWriteError as exc:
+            job.failure = str(exc)
+            log.event("job.log_write_failed", level="error", job=job.record.id, error=str(exc))
+            self._stop(job)
+
+    async def _run_step(
+        self, job: RunningJob, project: Project, argv: Sequence[str], extra: dict[str, str]
+    ) -> int:
+        job.stopping = None
+        job.process = await PtyProcess.start(
+            argv,
+            cwd=str(project.path),
+            env=self._child_env(project, extra),
+            on_output=lambda data: self._write(job, data),
+            columns=self.config.job.pty_columns,
+            rows=self.config.job.pty_rows,
+        )
+        if self._stopped(job):
+            self._stop(job)
+        try:
+            return await job.process.wait()
+        finally:
+            if job.stopping is not None:
+                await asyncio.shield(job.stopping)
+
+    async def _run(
+        self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
+    ) -> None:
+        record = job.record
+        keeper = asyncio.get_running_loop().create_task(self._keep_lock(job))
+        timeout = asyncio.get_running_loop().call_later(
+            self.config.job.timeout_minutes * 60, self._time_out, job
+        )
+        exit_code: int | None = None
+        sig: int | None = None
+        status = "failed"
+        message: str | None = None
+        try:
+            returncode = await self._run_steps(job, project, steps)
+            if returncode is None:
+                message = job.failure or job.message
+                exit_code = 1
+            elif returncode < 0:
+                sig = -returncode
+            else:
+                exit_code = returncode
+            if job.failure:
+                status, message = "failed", job.failure
+            elif job.timed_out:
+                status = "timed_out"
+            elif job.cancelled_by:
+                status = "cancelled"
+            elif returncode == 0:
+                status = "succeeded"
+        except Exception as exc:  # a bug or OS error must still close the job cleanly
+            message = f"{type(exc).__name__}: {exc}"
+            log.event("job.error", level="error", job=record.id, error=message)
+            self._write(job, _note(f"[pploy] job failed to run: {message}"))
+        finally:
+            timeout.cancel()
+            keeper.cancel()
+            if job.process:
+                job.process.close()
+        if record.kind == "checkout" and status == "succeeded":
+            sha = await git.head_sha(str(project.path))
+            self.store.update_job(record.id, sha=sha)
+        summary = f"[pploy] {record.kind} {status}"
+        if job.cancelled_by:
+            summary += f" (cancelled by {job.cancelled_by})"
+        if job.timed_out:
+            summary += f" (timed out after {self.config.job.timeout_minutes:g} min)"
+        if exit_code is not None:
+            summary += f", exit code {exit_code}"
+        if sig is not None:
+            summary += (
+                f", killed by {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"  # noqa: E501
+            )
+        if message:
+            summary += f": {message}"
+        self._write(job, _note(summary))
+        self.store.update_job(
+            record.id, status=status, exit_code=exit_code, signal=sig, ended_at=time.time(),
+            cancelled_by=job.cancelled_by, message=message, log_bytes=job.buffer.size,
+        )  # fmt: skip
+        final = self.get(record.id)
+        job.buffer.finish(self.final_status(final))
+        del self.running[record.id]
+        log.event(
+            "job.end", job=record.id, project=record.project, status=status,
+            exit_code=exit_code, signal=sig, seconds=round(final.duration, 3),
+        )  # fmt: skip
+        self._prune_logs(record.project)
+        if self.on_finish:
+            self.on_finish(final)
+
+    async def _run_steps(
+        self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
+    ) -> int | None:
+        """Run the job's commands in order; stop at the first failure. None = could not run."""
+        if steps is None:  # a checkout: fetch, then resolve the ref, then the rest
+            if project.checkout_script:
+                steps = [(
+                    [str(project.checkout_script)], {"DEPLOY_COMMIT": job.record.ref or ""},
+                    "$ DEPLOY_COMMIT=... .deploy/bin/checkout_overwrite",
+                )]  # fmt: skip
+            else:
+                return await self._default_checkout(job, project)
+        returncode = 0
+        for argv, extra, echo in steps:
+            if echo:
+                self._write(job, _note(echo))
+            returncode = await self._run_step(job, project, argv, extra)
+            if returncode != 0 or job.cancelled_by or job.timed_out or job.failure:
+                break
+        return returncode
+
+    async def _default_checkout(self, job: RunningJob, project: Project) -> int | None:
+        ref = job.record.ref or ""
+        fetch = ["git", "fetch", "--prune", "--tags", "--force", "origin"]
+        rc = await self._echo_and_run(job, project, fetch)
+        if rc != 0 or self._stopped(job):
+            return rc
+        sha = await git.resolve_commit(str(project.path), ref)
+        if sha is None:
+            job.message = f"{ref!r} is not a branch, tag or commit of origin"
+            self._write(job, _note(f"[pploy] {job.message}"))
+            return None
+        self.store.update_job(job.record.id, sha=sha)
+        self._write(job, _note(f"[pploy] {ref} is {sha}"))
+        for argv in (
+            ["git", "checkout", "-f", "--detach", sha],
+            ["git", "reset", "--hard", sha],
+            ["git", "clean", "-fdx"],
+            ["git", "submodule", "sync", "--recursive"],
+            ["git", "submodule", "update", "--init", "--recursive"],
+        ):
+            rc = await self._echo_and_run(job, project, argv)
+            if rc != 0 or self._stopped(job):
+                return rc
+        return 0
+
+    async def _echo_and_run(self, job: RunningJob, project: Project, argv: list[str]) -> int:
+        self._write(job, _note("$ " + " ".join(argv)))
+        return await self._run_step(job, project, argv, {"DEPLOY_COMMIT": job.record.ref or ""})
+
+    @staticmethod
+    def _stopped(job: RunningJob) -> bool:
+        return bool(job.cancelled_by or job.timed_out or job.failure)
+
+    async def _keep_lock(self, job: RunningJob) -> None:
+        """While the job runs, its user's lock never gets within LOCK_KEEP_MARGIN of expiring."""
+        while True:
+            self.locks.keep_until(
+                job.record.project, job.record.user, time.time() + LOCK_KEEP_MARGIN
+            )
+            await asyncio.sleep(LOCK_KEEP_MARGIN / 4)
+
+    # -- stop ----------------------------------------------------------------
+
+    def cancel(self, job_id: int, user: str) -> JobRecord:
+        """Cancel a running job; only the project's lock holder may."""
+        record = self.get(job_id)
+        job = self.running.get(job_id)
+        if job is None:
+            raise Conflict(f"job #{job_id} is not running (it is {record.status})")
+        self.locks.require_holder(record.project, user)
+        if not job.cancelled_by:
+            job.cancelled_by = user
+            self._write(job, _note(f"[pploy] cancelled by {user}"))
+            log.event("job.cancel", job=job_id, user=user)
+        self._stop(job)
+        return record
+
+    def _time_out(self, job: RunningJob) -> None:
+        job.timed_out = True
+        self._write(job, _note("[pploy] timed out"))
+        self._stop(job)
+
+    def _stop(self, job: RunningJob) -> None:
+        """Signal the running step's process group (INT, TERM, KILL), once."""
+        if job.process is None or job.stopping is not None:
+            return
+        if job.process.proc.returncode is not None and not job.process.group_alive():
+            return
+        job.stopping = asyncio.get_running_loop().create_task(
+            job.process.terminate_group(self.config.job.cancel_grace_seconds)
+        )
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Mark jobs a crash left ``running`` as interrupted, keeping their logs."""
+        ids = []
+        for record in self.store.running_jobs():
+            path = self.log_path(record)
+            size = path.stat().st_size if path.exists() else 0
+            if path.exists():
+                with open(path, "ab") as fh:
+                    fh.write(_note("[pploy] interrupted: pploy stopped while this job ran"))
+                size = path.stat().st_size
+            self.store.update_job(
+                record.id, status="interrupted", ended_at=time.time(), log_bytes=size,
+                message="pploy stopped while this job ran",
+            )  # fmt: skip
+            ids.append(record.id)
+            log.event("job.interrupted", level="warning", job=record.id, project=record.project)
+        return ids
+
+    async def shutdown(self, grace: float) -> None:
+        """Take no new jobs; wait up to ``grace`` seconds for running ones, then cancel them."""
+        self.accepting = False
+        tasks = [job.task for job in self.running.values() if job.task]
+        if not tasks:
+            return
+        log.event("shutdown.waiting", jobs=len(tasks), grace=grace)
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            for job in list(self.running.values()):
+                if not job.cancelled_by:
+                    job.cancelled_by = "pploy (shutdown)"
+                    self._write(job, _note("[pploy] cancelled: pploy is shutting down"))
+                self._stop(job)
+            await asyncio.wait(pending, timeout=sum(self.config.job.cancel_grace_seconds) + 10)
+
+    def _prune_logs(self, project: str) -> None:
+        for job_id in self.store.job_ids_beyond(project, self.config.job.keep_logs):
+            path = self.projects.log_dir(project) / f"{job_id}.log"
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass

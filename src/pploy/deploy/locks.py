@@ -1,0 +1,98 @@
+"""Project locks: one user holds a project for a while; only the holder may act on it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pploy.deploy.errors import BadRequest, Conflict, Forbidden
+from pploy.deploy.store import Lock, Store
+
+OPERATIONS = ("gain", "extend", "release")
+
+
+def describe_left(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class Locks:
+    """Gain, extend and release, with expiry checked on every read (see Store.get_lock)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        gain_minutes: float = 20,
+        extend_minutes: float = 10,
+        on_change: Callable[[str, Lock], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.gain_seconds = gain_minutes * 60
+        self.extend_seconds = extend_minutes * 60
+        self.on_change = on_change
+        self.clock = clock
+
+    def get(self, project: str) -> Lock | None:
+        return self.store.get_lock(project, self.clock())
+
+    def apply(self, project: str, user: str, operation: str) -> Lock | None:
+        if operation == "gain":
+            return self.gain(project, user)
+        if operation == "extend":
+            return self.extend(project, user)
+        if operation == "release":
+            self.release(project, user)
+            return None
+        raise BadRequest(f"operation must be one of {', '.join(OPERATIONS)}")
+
+    def gain(self, project: str, user: str) -> Lock:
+        """Take the lock; fails if someone else holds it. The holder gaining again renews it."""
+        now = self.clock()
+        current = self.store.get_lock(project, now)
+        if current and current.user != user:
+            raise Conflict(
+                f"{project} is locked by {current.user} for another "
+                f"{describe_left(current.seconds_left(now))}"
+            )
+        expires_at = max(now + self.gain_seconds, current.expires_at if current else 0.0)
+        lock = Lock(project, user, current.gained_at if current else now, expires_at)
+        self.store.put_lock(lock)
+        self._changed("lock.gained", lock)
+        return lock
+
+    def extend(self, project: str, user: str) -> Lock:
+        current = self.require_holder(project, user)
+        lock = Lock(project, user, current.gained_at, current.expires_at + self.extend_seconds)
+        self.store.put_lock(lock)
+        self._changed("lock.extended", lock)
+        return lock
+
+    def release(self, project: str, user: str) -> None:
+        current = self.require_holder(project, user)
+        self.store.delete_lock(project)
+        self._changed("lock.released", current)
+
+    def require_holder(self, project: str, user: str) -> Lock:
+        """The lock if ``user`` holds it; otherwise a 403 (someone else) or 409 (nobody)."""
+        now = self.clock()
+        current = self.store.get_lock(project, now)
+        if current is None:
+            raise Conflict(f"you must hold the lock on {project} first")
+        if current.user != user:
+            raise Forbidden(
+                f"{project} is locked by {current.user} for another "
+                f"{describe_left(current.seconds_left(now))}; only the holder can do this"
+            )
+        return current
+
+    def keep_until(self, project: str, user: str, until: float) -> None:
+        """Make sure the holder's lock lasts at least until ``until`` (a job is running)."""
+        current = self.store.get_lock(project, self.clock())
+        if current and current.user == user and current.expires_at < until:
+            self.store.put_lock(Lock(project, user, current.gained_at, until))
+
+    def _changed(self, event: str, lock: Lock) -> None:
+        if self.on_change:
+            self.on_change(event, lock)

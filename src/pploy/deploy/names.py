@@ -1,0 +1,114 @@
+"""Validators for everything a user names: projects, refs, repository URLs, users, envs.
+
+Each returns the value or raises ``InvalidName`` with a message fit to show the user. They run
+before anything touches the disk or starts a process, so a bad name never runs a command.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+PROJECT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
+_URL_SCHEMES = {"https", "http", "ssh", "git", "file"}
+MAX_REF_LENGTH = 255
+
+
+class InvalidName(ValueError):
+    """A user-supplied name that pploy refuses, with the reason."""
+
+
+def project_name(name: str) -> str:
+    """A project name must be one safe path segment (no `/`, no leading dot, not `.git`)."""
+    if not isinstance(name, str) or not PROJECT_NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"invalid project name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if name.endswith((".git", ".lock")) or ".." in name:
+        raise InvalidName(f"invalid project name {name!r}")
+    return name
+
+
+def ref_name(ref: str) -> str:
+    """A branch, tag or commit as git would accept it, and never something that looks like an
+    option. Implements the rules of ``git check-ref-format`` (one-level names allowed)."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidName("a ref is required")
+    problem = None
+    if len(ref) > MAX_REF_LENGTH:
+        problem = "is too long"
+    elif ref.startswith("-"):
+        problem = "starts with '-'"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in ref):
+        problem = "contains a control character"
+    elif any(c in ref for c in " ~^:?*[\\"):
+        problem = "contains one of space ~ ^ : ? * [ \\"
+    elif ".." in ref or "@{" in ref or ref == "@":
+        problem = "contains '..' or '@{'"
+    elif ref.startswith("/") or ref.endswith(("/", ".")) or "//" in ref:
+        problem = "has an empty path component or ends with '/' or '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in ref.split("/")):
+        problem = "has a component starting with '.' or ending with '.lock'"
+    if problem:
+        raise InvalidName(f"invalid ref {ref!r}: it {problem}")
+    return ref
+
+
+def repository_url(url: str) -> str:
+    """A clone URL: a URL with a known scheme, scp-like ``user@host:path``, or an absolute path.
+
+    Anything starting with ``-`` (an option to git) or using another transport (``ext::`` runs
+    commands) is refused.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidName("a repository URL is required")
+    if url != url.strip() or any(ord(c) < 0x20 for c in url):
+        raise InvalidName("the repository URL contains whitespace or control characters")
+    if url.startswith("-"):
+        raise InvalidName(f"invalid repository URL {url!r}: it starts with '-'")
+    if "::" in url.split("/", 1)[0]:
+        raise InvalidName(f"invalid repository URL {url!r}: remote helpers are not allowed")
+    if url.startswith("/"):
+        return url
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in _URL_SCHEMES:
+            raise InvalidName(
+                f"invalid repository URL {url!r}: scheme must be one of "
+                + ", ".join(sorted(_URL_SCHEMES))
+            )
+        if parts.scheme.lower() != "file" and not parts.hostname:
+            raise InvalidName(f"invalid repository URL {url!r}: no host")
+        if parts.hostname and parts.hostname.startswith("-"):
+            raise InvalidName(f"invalid repository URL {url!r}: host starts with '-'")
+        return url
+    if _SCP_LIKE_RE.fullmatch(url):
+        return url
+    raise InvalidName(
+        f"invalid repository URL {url!r}: use https://, ssh://, git://, file://, "
+        "user@host:path or an absolute path"
+    )
+
+
+def project_name_from_url(url: str) -> str:
+    """``…/testploy.git`` → ``testploy``, validated as a project name."""
+    tail = url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    if tail.endswith(".git"):
+        tail = tail[:-4]
+    return project_name(tail)
+
+
+def user_name(name: str) -> str:
+    if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name):
+        raise InvalidName(f"invalid user name {name!r}")
+    return name
+
+
+def env_name(name: str) -> str:
+    if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+        raise InvalidName(f"invalid environment name {name!r}")
+    return name

@@ -1,0 +1,190 @@
+"""Server-rendered HTML pages and their forms (each form CSRF-checked, then redirected)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import web
+
+from pploy.deploy import api, names, security, views
+from pploy.deploy.app import redirect_with_flash, render, services
+from pploy.deploy.auth import USER_COOKIE
+from pploy.deploy.errors import BadRequest, PployError
+
+routes = web.RouteTableDef()
+
+
+def safe_next(target: object) -> str:
+    """Only a same-site path may follow the user picker: ``/x``, never ``//host`` or ``/\\host``."""
+    if (
+        not isinstance(target, str)
+        or not target.startswith("/")
+        or target.startswith(("//", "/\\"))
+        or any(ord(c) < 0x21 or c == "\\" for c in target)
+    ):
+        return "/"
+    return target
+
+
+async def form_field(request: web.Request, key: str) -> str:
+    await security.check_form_token(request)
+    value = (await request.post()).get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{key} is required")
+    return value.strip()
+
+
+def project_url(name: str) -> str:
+    return f"/projects/{quote(name)}"
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.Response:
+    svc = services(request)
+    projects = [views.project_summary(svc, p) for p in svc.projects.list()]
+    return render(request, "index.html", projects=projects, jobs=svc.store.list_jobs(limit=20))
+
+
+@routes.post("/projects")
+async def add_project(request: web.Request) -> web.Response:
+    svc = services(request)
+    url = await form_field(request, "url")
+    try:
+        project = await svc.projects.clone(url)
+    except PployError as exc:
+        raise redirect_with_flash("/", exc.message) from None
+    raise redirect_with_flash(project_url(project.name), f"added {project.name}")
+
+
+@routes.get("/login")
+async def login_page(request: web.Request) -> web.Response:
+    svc = services(request)
+    if not svc.auth.picks_name:
+        raise web.HTTPSeeOther("/")
+    return render(
+        request, "login.html", users=svc.config.users, next=safe_next(request.query.get("next"))
+    )
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    svc = services(request)
+    if not svc.auth.picks_name:
+        raise web.HTTPSeeOther("/")
+    name = await form_field(request, "user")
+    if name not in svc.config.users:
+        raise BadRequest(f"{name!r} is not one of the configured users")
+    target = safe_next((await request.post()).get("next"))
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(
+        USER_COOKIE, names.user_name(name), path="/", max_age=365 * 86400, httponly=True,
+        samesite="Lax", secure=request.secure,
+    )  # fmt: skip
+    raise response
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.Response:
+    await security.check_form_token(request)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(USER_COOKIE, path="/")
+    raise response
+
+
+@routes.get("/projects/{name}")
+async def project_page(request: web.Request) -> web.Response:
+    svc = services(request)
+    project = svc.projects.get(request.match_info["name"])
+    detail = views.project_detail(svc, project)
+    commits = await views.commits_view(svc, project)
+    return render(
+        request,
+        "project.html",
+        project=detail,
+        commits=commits,
+        readme=project.readme_html(),
+        jobs=svc.store.list_jobs(project.name, 30),
+    )
+
+
+@routes.post("/projects/{name}/lock")
+async def lock(request: web.Request) -> web.Response:
+    svc = services(request)
+    project = svc.projects.get(request.match_info["name"])
+    operation = await form_field(request, "operation")
+    try:
+        svc.locks.apply(project.name, request["user"], operation)
+    except PployError as exc:
+        raise redirect_with_flash(project_url(project.name), exc.message) from None
+    raise web.HTTPSeeOther(project_url(project.name))
+
+
+@routes.post("/projects/{name}/checkout")
+async def checkout(request: web.Request) -> web.Response:
+    svc = services(request)
+    project = svc.projects.get(request.match_info["name"])
+    ref = await form_field(request, "ref")
+    try:
+        record = await svc.jobs.start_checkout(project, ref, request["user"])
+    except PployError as exc:
+        raise redirect_with_flash(project_url(project.name), exc.message) from None
+    raise web.HTTPSeeOther(f"/jobs/{record.id}")
+
+
+@routes.post("/projects/{name}/deploy")
+async def deploy(request: web.Request) -> web.Response:
+    svc = services(request)
+    project = svc.projects.get(request.match_info["name"])
+    env = await form_field(request, "env")
+    try:
+        record = await svc.jobs.start_deploy(project, env, request["user"])
+    except PployError as exc:
+        raise redirect_with_flash(project_url(project.name), exc.message) from None
+    raise web.HTTPSeeOther(f"/jobs/{record.id}")
+
+
+@routes.post("/projects/{name}/remove")
+async def remove(request: web.Request) -> web.Response:
+    svc = services(request)
+    name = request.match_info["name"]
+    await security.check_form_token(request)
+    try:
+        await api.remove(svc, name, request["user"])
+    except PployError as exc:
+        raise redirect_with_flash(project_url(name), exc.message) from None
+    raise redirect_with_flash("/", f"removed {name}")
+
+
+@routes.get("/jobs/{job_id}")
+async def job_page(request: web.Request) -> web.Response:
+    svc = services(request)
+    record = svc.jobs.get(api.job_id(request))
+    path = svc.jobs.log_path(record)
+    transport = request.query.get("transport", "sse")
+    if transport not in ("sse", "ws"):
+        transport = "sse"
+    lock = svc.locks.get(record.project)
+    return render(
+        request,
+        "job.html",
+        job=record,
+        lock=lock,
+        transport=transport,
+        log_removed=not path.exists() and record.log_bytes > 0,
+    )
+
+
+@routes.post("/jobs/{job_id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    svc = services(request)
+    record = svc.jobs.get(api.job_id(request))
+    await security.check_form_token(request)
+    try:
+        svc.jobs.cancel(record.id, request["user"])
+    except PployError as exc:
+        raise redirect_with_flash(f"/jobs/{record.id}", exc.message) from None
+    raise web.HTTPSeeOther(f"/jobs/{record.id}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(routes)

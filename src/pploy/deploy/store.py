@@ -1,0 +1,216 @@
+"""SQLite persistence for locks and job history (standard library sqlite3, WAL).
+
+Every call is a short statement on one connection owned by the event loop's thread; SQLite
+answers in microseconds, so there is no thread pool and no ORM.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS locks (
+    project    TEXT PRIMARY KEY,
+    user       TEXT NOT NULL,
+    gained_at  REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    project      TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('checkout', 'deploy')),
+    env          TEXT,
+    ref          TEXT,
+    sha          TEXT,
+    user         TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    ended_at     REAL,
+    exit_code    INTEGER,
+    signal       INTEGER,
+    status       TEXT NOT NULL,
+    cancelled_by TEXT,
+    message      TEXT,
+    log_bytes    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
+
+
+@dataclass(frozen=True)
+class Lock:
+    project: str
+    user: str
+    gained_at: float
+    expires_at: float
+
+    def seconds_left(self, now: float | None = None) -> float:
+        return max(0.0, self.expires_at - (time.time() if now is None else now))
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        return {**asdict(self), "seconds_left": round(self.seconds_left(now), 1)}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    project: str
+    kind: str
+    env: str | None
+    ref: str | None
+    sha: str | None
+    user: str
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    signal: int | None
+    status: str
+    cancelled_by: str | None
+    message: str | None
+    log_bytes: int
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def duration(self) -> float:
+        return (self.ended_at or time.time()) - self.started_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "duration": round(self.duration, 3)}
+
+
+class Store:
+    """Locks and jobs in one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- locks ---------------------------------------------------------------
+
+    def get_lock(self, project: str, now: float | None = None) -> Lock | None:
+        """The project's lock, or None when there is none or it has expired (expiry is checked
+        here, on every read, so no background sweeper is needed)."""
+        now = time.time() if now is None else now
+        row = self.db.execute("SELECT * FROM locks WHERE project = ?", (project,)).fetchone()
+        if row is None:
+            return None
+        if row["expires_at"] <= now:
+            self.db.execute(
+                "DELETE FROM locks WHERE project = ? AND expires_at <= ?", (project, now)
+            )
+            return None
+        return Lock(**dict(row))
+
+    def put_lock(self, lock: Lock) -> None:
+        self.db.execute(
+            "INSERT INTO locks (project, user, gained_at, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (project) DO UPDATE SET user = excluded.user, "
+            "gained_at = excluded.gained_at, expires_at = excluded.expires_at",
+            (lock.project, lock.user, lock.gained_at, lock.expires_at),
+        )
+
+    def delete_lock(self, project: str) -> None:
+        self.db.execute("DELETE FROM locks WHERE project = ?", (project,))
+
+    # -- jobs ----------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        project: str,
+        kind: str,
+        user: str,
+        env: str | None = None,
+        ref: str | None = None,
+        sha: str | None = None,
+        started_at: float | None = None,
+    ) -> JobRecord:
+        cur = self.db.execute(
+            "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+            (project, kind, env, ref, sha, user, started_at or time.time()),
+        )
+        job = self.get_job(int(cur.lastrowid or 0))
+        assert job is not None
+        return job
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        allowed = {
+            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
+            "log_bytes",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        if not fields:
+            return
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
+
+    def get_job(self, job_id: int) -> JobRecord | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord(**dict(row)) if row else None
+
+    def list_jobs(self, project: str | None = None, limit: int = 50) -> list[JobRecord]:
+        if project is None:
+            rows = self.db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM jobs WHERE project = ? ORDER BY id DESC LIMIT ?", (project, limit)
+            )
+        return [JobRecord(**dict(row)) for row in rows]
+
+    def running_jobs(self) -> list[JobRecord]:
+        rows = self.db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
+        return [JobRecord(**dict(row)) for row in rows]
+
+    def last_successful_deploys(self, project: str) -> dict[str, JobRecord]:
+        """Per environment, the newest deploy that succeeded."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs WHERE project = ? "
+            "AND kind = 'deploy' AND status = 'succeeded' GROUP BY env)",
+            (project,),
+        )
+        return {row["env"]: JobRecord(**dict(row)) for row in rows}
+
+    def last_job(self, project: str, kind: str | None = None) -> JobRecord | None:
+        if kind:
+            row = self.db.execute(
+                "SELECT * FROM jobs WHERE project = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+                (project, kind),
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT * FROM jobs WHERE project = ? ORDER BY id DESC LIMIT 1", (project,)
+            ).fetchone()
+        return JobRecord(**dict(row)) if row else None
+
+    def job_ids_beyond(self, project: str, keep: int) -> list[int]:
+        """Finished jobs of a project older than the newest ``keep`` (their logs may go)."""
+        rows = self.db.execute(
+            "SELECT id FROM jobs WHERE project = ? AND status != 'running' AND id NOT IN "
+            "(SELECT id FROM jobs WHERE project = ? ORDER BY id DESC LIMIT ?)",
+            (project, project, keep),
+        )
+        return [row["id"] for row in rows]
+
+    def delete_project(self, project: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE project = ?", (project,))
+        self.db.execute("DELETE FROM locks WHERE project = ?", (project,))

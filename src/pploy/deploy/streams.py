@@ -1,0 +1,264 @@
+"""Log transports, each a view of follow.follow(): raw chunked text, SSE and WebSocket, plus
+the pploy-style one-shot ``POST /{project}/deploy`` that starts a job and streams it back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from pploy.deploy import api
+from pploy.deploy.app import Services, services
+from pploy.deploy.errors import BadRequest, PployError
+from pploy.deploy.follow import FollowItem, follow
+from pploy.deploy.store import JobRecord
+
+HEARTBEAT_SECONDS = 15.0
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    # nginx buffers proxied responses unless told not to (it matters over TLS).
+    "X-Accel-Buffering": "no",
+}
+
+routes = web.RouteTableDef()
+
+
+def parse_offset(value: str | None) -> int:
+    if value is None or value == "":
+        return 0
+    if not value.isdigit() or len(value) > 18:
+        raise BadRequest(f"offset must be a non-negative byte offset, not {value!r}")
+    return int(value)
+
+
+def job_log(svc: Services, record: JobRecord, offset: int, heartbeat: float | None = None):
+    """Follow a job's log from ``offset`` whether it is running or finished."""
+    path = svc.jobs.log_path(record)
+    buffer = svc.jobs.live_buffer(record.id)
+    if buffer is None:
+        record = svc.jobs.get(record.id)  # it may have finished since it was read
+        if record.running:  # a record left running by a crash that recover() has not seen
+            raise PployError("job is not running in this pploy", status=409)
+        if not path.exists() and record.log_bytes:
+            raise PployError(
+                "the log of this job was removed (only the newest logs are kept)", status=410
+            )
+    return follow(
+        buffer, path, offset, final_status=svc.jobs.final_status(record), heartbeat=heartbeat
+    )
+
+
+def utf8_complete(data: bytes) -> int:
+    """Length of ``data`` without a trailing incomplete UTF-8 sequence (held for the next
+    chunk, so an SSE event id never falls inside a character)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+            continue
+        if byte & 0x80 == 0:
+            return len(data)
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+        return len(data) - back if back < need else len(data)
+    return len(data)
+
+
+async def start_stream(
+    request: web.Request, content_type: str, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**STREAM_HEADERS, **(headers or {})})
+    response.content_type = content_type
+    if content_type.startswith("text/plain"):
+        response.charset = "utf-8"
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    return response
+
+
+async def write_raw(response: web.StreamResponse, items: AsyncIterator[FollowItem | None]) -> None:
+    async for item in items:
+        if item is not None and item.data:
+            await response.write(item.data)
+
+
+@routes.get("/api/jobs/{job_id}/log")
+async def raw_log(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    record = svc.jobs.get(api.job_id(request))
+    offset = parse_offset(request.query.get("offset"))
+    following = request.query.get("follow") in ("1", "true", "yes")
+    items = job_log(svc, record, offset)
+    if not following:
+        path = svc.jobs.log_path(record)
+        size = path.stat().st_size if path.exists() else 0
+        response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+        response.content_type = "text/plain"
+        response.charset = "utf-8"
+        response.content_length = max(0, size - offset)
+        if request.query.get("download"):
+            response.headers["Content-Disposition"] = (
+                f'attachment; filename="{record.project}-{record.id}.log"'
+            )
+        await response.prepare(request)
+        sent = 0
+        async for item in follow(None, path, offset):
+            if item.data:
+                chunk = item.data[: response.content_length - sent]
+                await response.write(chunk)
+                sent += len(chunk)
+                if sent >= response.content_length:
+                    break
+        await response.write_eof()
+        await items.aclose()
+        return response
+    response = await start_stream(request, "text/plain")
+    await write_raw(response, items)
+    await response.write_eof()
+    return response
+
+
+def sse_event(event: str, data: str, event_id: int | None = None) -> bytes:
+    lines = [f"event: {event}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"data: {data}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+@routes.get("/api/jobs/{job_id}/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: ``log`` events (JSON string data, id = byte offset after it), a
+    ``status`` event at the end, a comment every HEARTBEAT_SECONDS of silence."""
+    svc = services(request)
+    record = svc.jobs.get(api.job_id(request))
+    offset = parse_offset(request.headers.get("Last-Event-ID") or request.query.get("offset"))
+    items = job_log(svc, record, offset, heartbeat=HEARTBEAT_SECONDS)
+    response = await start_stream(request, "text/event-stream")
+    await response.write(b"retry: 2000\n\n")
+    pending = b""
+    async for item in items:
+        if item is None:
+            await response.write(b": ping\n\n")
+            continue
+        if item.status is not None:
+            if pending:
+                text = pending.decode(errors="replace")
+                await response.write(sse_event("log", json.dumps(text), item.offset))
+            await response.write(sse_event("status", json.dumps(item.status)))
+            break
+        data = pending + item.data
+        cut = utf8_complete(data)
+        pending = data[cut:]
+        if cut:
+            text = data[:cut].decode(errors="replace")
+            await response.write(sse_event("log", json.dumps(text), item.offset - len(pending)))
+    await response.write_eof()
+    return response
+
+
+@routes.get("/api/jobs/{job_id}/ws")
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Binary frames of raw log bytes, then one text frame with the JSON status, then close
+    1000. The client may send ``{"action": "cancel"}`` (lock holder only)."""
+    svc = services(request)
+    record = svc.jobs.get(api.job_id(request))
+    offset = parse_offset(request.query.get("offset"))
+    items = job_log(svc, record, offset)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+
+    async def send_log() -> None:
+        async for item in items:
+            if item is None:
+                continue
+            if item.status is not None:
+                await ws.send_str(json.dumps(item.status))
+                break
+            await ws.send_bytes(item.data)
+        await ws.close(code=1000, message=b"job finished")
+
+    async def receive_commands() -> None:
+        while True:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(json.dumps(handle_command(svc, request, record, msg.data)))
+
+    sender = asyncio.create_task(send_log())
+    receiver = asyncio.create_task(receive_commands())
+    try:
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await items.aclose()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def handle_command(
+    svc: Services, request: web.Request, record: JobRecord, text: str
+) -> dict[str, Any]:
+    try:
+        command = json.loads(text)
+    except json.JSONDecodeError:
+        return {"error": "commands are JSON objects"}
+    if not isinstance(command, dict) or command.get("action") != "cancel":
+        return {"error": 'unknown command; the only one is {"action": "cancel"}'}
+    try:
+        svc.jobs.cancel(record.id, request["user"])
+    except PployError as exc:
+        return {"error": exc.message, "status": exc.status}
+    return {"cancelling": record.id}
+
+
+async def one_shot_params(request: web.Request, key: str) -> str:
+    value = request.query.get(key)
+    if value is None and request.can_read_body:
+        if request.content_type == "application/json":
+            body = await api.read_json(request)
+            value = body.get(key)
+        else:
+            form = await request.post()
+            value = form.get(key)  # type: ignore[assignment]
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key!r} is required (query string or form field)")
+    return value
+
+
+async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
+    """Start a job and answer with its output, chunked, as the original pploy did."""
+    svc = services(request)
+    project = svc.projects.get(request.match_info["project"])
+    user = request["user"]
+    if kind == "deploy":
+        record = await svc.jobs.start_deploy(project, await one_shot_params(request, "env"), user)
+    else:
+        record = await svc.jobs.start_checkout(project, await one_shot_params(request, "ref"), user)
+    response = await start_stream(request, "text/plain", {"X-Pploy-Job": str(record.id)})
+    await write_raw(response, job_log(svc, record, 0))
+    await response.write_eof()
+    return response
+
+
+async def one_shot_deploy(request: web.Request) -> web.StreamResponse:
+    return await one_shot(request, "deploy")
+
+
+async def one_shot_checkout(request: web.Request) -> web.StreamResponse:
+    return await one_shot(request, "checkout")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(routes)
+
+
+def add_one_shot_routes(app: web.Application) -> None:
+    """Registered last: ``/{project}/…`` must not shadow any other route."""
+    app.router.add_post("/{project}/deploy", one_shot_deploy)
+    app.router.add_post("/{project}/checkout", one_shot_checkout)

@@ -1,0 +1,163 @@
+"""Run a command under a pseudo-terminal and read its output as it is written.
+
+Why a pty: libc fully buffers stdout (4 KiB) when it is a pipe, so a deploy script's output
+would arrive in lumps; on a terminal it is line-buffered, and stdout and stderr interleave
+exactly as written. Output post-processing is switched off (no ``\\n`` → ``\\r\\n``), so the
+log holds the script's bytes exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import termios
+from collections.abc import Callable, Sequence
+
+
+class PtyProcess:
+    """A child in its own session and process group, its stdout and stderr on a pty."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, master_fd: int) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.master_fd = master_fd
+        self._eof = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        on_output: Callable[[bytes], None],
+        columns: int = 160,
+        rows: int = 50,
+    ) -> PtyProcess:
+        """Spawn ``argv``; ``on_output`` is called with each chunk read from the pty."""
+        master_fd, slave_fd = os.openpty()
+        try:
+            fcntl.ioctl(slave_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+            attrs = termios.tcgetattr(slave_fd)
+            attrs[1] &= ~termios.OPOST  # oflag: keep the script's bytes as they are
+            attrs[3] &= ~termios.ECHO  # lflag
+            termios.tcsetattr(slave_fd, termios.TCSANOW, attrs)
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=slave_fd,
+                stderr=slave_fd,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(master_fd)
+            raise
+        finally:
+            # The parent must not keep the slave open, or EIO (end of output) never comes.
+            os.close(slave_fd)
+        os.set_blocking(master_fd, False)
+        self = cls(proc, master_fd)
+        self._on_output = on_output
+        asyncio.get_running_loop().add_reader(master_fd, self._readable)
+        return self
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master_fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # every writer closed the slave: end of output
+                    self._finish_reading()
+                    return
+                raise
+            if not data:
+                self._finish_reading()
+                return
+            self._on_output(data)
+            if len(data) < 65536:
+                return
+
+    def _finish_reading(self) -> None:
+        if self.master_fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.master_fd)
+        if not self._eof.done():
+            self._eof.set_result(None)
+
+    async def wait(self, drain_seconds: float = 1.0) -> int:
+        """Wait for the child to exit, then for the rest of its output.
+
+        Returns the exit status as asyncio reports it (negative = killed by that signal).
+        A background process that inherited the pty can keep it open forever, so reading
+        stops ``drain_seconds`` after the child exits even without EOF.
+        """
+        returncode = await self.proc.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._eof), drain_seconds)
+        except TimeoutError:
+            self._readable()  # take what is buffered before giving up
+        self.close()
+        return returncode
+
+    def close(self) -> None:
+        if self.master_fd >= 0:
+            self._finish_reading()
+            os.close(self.master_fd)
+            self.master_fd = -1
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal_group(self, sig: int) -> bool:
+        """Send ``sig`` to the whole process group; False when nothing is left to signal."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def terminate_group(self, waits: Sequence[float] = (5.0, 5.0)) -> str:
+        """SIGINT, then SIGTERM, then SIGKILL to the group, waiting ``waits`` between them,
+        until no process of the group is left. Returns the last signal's name."""
+        last = "none"
+        for sig, wait in ((signal.SIGINT, waits[0]), (signal.SIGTERM, waits[1])):
+            if not self.signal_group(sig):
+                return last
+            last = sig.name
+            if await self._group_gone_within(wait):
+                return last
+        self.signal_group(signal.SIGKILL)
+        await self._group_gone_within(5.0)
+        return signal.SIGKILL.name
+
+    async def _group_gone_within(self, seconds: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            if self.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.proc.wait()), 0.05)
+                except TimeoutError:
+                    pass
+            elif not self.group_alive():
+                return True
+            else:
+                await asyncio.sleep(0.05)
+            if self.proc.returncode is not None and not self.group_alive():
+                return True
+            if loop.time() >= deadline:
+                return False

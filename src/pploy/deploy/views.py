@@ -1,0 +1,69 @@
+"""What the JSON API and the HTML pages both show: one place builds each view of the state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pploy.deploy import git
+from pploy.deploy.app import Services
+from pploy.deploy.projects import Project
+
+
+def project_summary(svc: Services, project: Project) -> dict[str, Any]:
+    lock = svc.locks.get(project.name)
+    running = svc.jobs.running_for(project.name)
+    last = svc.store.last_job(project.name)
+    last_deploy = svc.store.last_job(project.name, "deploy")
+    return {
+        "name": project.name,
+        "lock": lock.to_json() if lock else None,
+        "running_job": running.record.to_json() if running else None,
+        "last_job": last.to_json() if last else None,
+        "last_deploy": last_deploy.to_json() if last_deploy else None,
+    }
+
+
+def project_detail(svc: Services, project: Project) -> dict[str, Any]:
+    deployed = svc.store.last_successful_deploys(project.name)
+    return {
+        **project_summary(svc, project),
+        "envs": project.deploy_envs(),
+        "deploy_problem": project.deploy_problem(),
+        "checkout_overwrite": project.checkout_script is not None,
+        "last_deployed": {env: job.to_json() for env, job in deployed.items()},
+    }
+
+
+async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
+    """Recent commits, HEAD, and per environment the last successful deploy and the commits
+    between it and HEAD (None when that commit is not in the clone)."""
+    path = str(project.path)
+    head = await git.head_sha(path)
+    commits = []
+    error = None
+    try:
+        commits = await git.recent_commits(path, svc.config.git.commits)
+    except git.GitError as exc:
+        error = str(exc)
+    envs: dict[str, Any] = {}
+    deployed = svc.store.last_successful_deploys(project.name)
+    for env in project.deploy_envs():
+        job = deployed.get(env)
+        pending: list[dict[str, Any]] | None = []
+        if job is None or not job.sha:
+            pending = None
+        elif head and job.sha != head:
+            try:
+                pending = [
+                    c.to_json() for c in await git.recent_commits(path, 100, f"{job.sha}..{head}")
+                ]
+            except (git.GitError, TimeoutError):
+                pending = None
+        envs[env] = {"last_deployed": job.to_json() if job else None, "pending": pending}
+    return {
+        "head": head,
+        "default_branch": await git.default_branch(path),
+        "commits": [c.to_json() for c in commits],
+        "envs": envs,
+        "error": error,
+    }
