@@ -15,6 +15,7 @@ from pploy import __version__
 # Order is the order shown in --help.
 SUBCOMMAND_MODULES = [
     "pploy.deploy.cli",
+    "pploy.gate.cli",
 ]
 
 

@@ -1,0 +1,121 @@
+"""Header hygiene between client, gate and upstream.
+
+Hop-by-hop headers never cross gate. Identity headers are gate's to set: whatever a client sent
+under any spelling of an identity header (case, ``_`` for ``-``) is removed before gate adds
+its own, so an upstream can trust ``X-Forwarded-User`` only because gate put it there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Names under which proxies and auth layers pass identity; a client must never set them.
+IDENTITY_NAMES = frozenset(
+    {
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-preferred-username",
+        "x-forwarded-groups",
+        "x-forwarded-access-token",
+        "x-forwarded-login",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-preferred-username",
+        "x-auth-request-groups",
+        "x-auth-request-access-token",
+        "x-remote-user",
+        "x-remote-email",
+        "remote-user",
+        "x-user",
+        "x-email",
+        "x-webauth-user",
+        "x-authenticated-user",
+        "x-pploy-user",
+    }
+)
+IDENTITY_PREFIXES = ("x-gate-",)
+
+# Set by gate from what it saw; a client's values are discarded (or extended when trusted).
+FORWARDING_NAMES = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "forwarded",
+        "x-real-ip",
+        "x-request-id",
+    }
+)
+
+# The WebSocket handshake is redone by gate's client towards the upstream.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+    }
+)
+
+
+def canonical(name: str) -> str:
+    """One spelling per header: lower case, ``_`` read as ``-`` (as CGI-style servers do)."""
+    return name.strip().lower().replace("_", "-")
+
+
+def is_identity_header(name: str, extra: Iterable[str] = ()) -> bool:
+    key = canonical(name)
+    if key in IDENTITY_NAMES or key.startswith(IDENTITY_PREFIXES):
+        return True
+    return key in {canonical(e) for e in extra}
+
+
+def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    """Headers named in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    tokens: set[str] = set()
+    getall = getattr(headers, "getall", None)
+    values = getall("Connection", []) if getall else [headers.get("Connection", "")]
+    for value in values:
+        tokens |= {canonical(t) for t in value.split(",") if t.strip()}
+    return tokens
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Upstream response headers minus hop-by-hop ones."""
+    drop = HOP_BY_HOP | connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if canonical(name) not in drop:
+            out.add(name, value)
+    return out
+
+
+def strip_cookies(header: str, names: Iterable[str]) -> str:
+    """Remove gate's own cookies from a Cookie header before it goes upstream."""
+    unwanted = set(names)
+    kept = []
+    for part in header.split(";"):
+        name = part.split("=", 1)[0].strip()
+        if name and name not in unwanted:
+            kept.append(part.strip())
+    return "; ".join(kept)

@@ -1,0 +1,91 @@
+"""Prometheus metrics in the text exposition format, kept in memory.
+
+Written by hand (a few counters, gauges and one histogram) to avoid a dependency; label values
+come from the configuration (route labels), never from the request, so cardinality is bounded.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def _labels(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
+    items = key + extra
+    if not items:
+        return ""
+    escaped = (
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in items
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+class Metrics:
+    """gate's counters: requests, latency, upstream errors, open streams/WebSockets, logins."""
+
+    def __init__(self) -> None:
+        self.requests: dict[LabelKey, int] = defaultdict(int)
+        self.upstream_errors: dict[LabelKey, int] = defaultdict(int)
+        self.logins: dict[LabelKey, int] = defaultdict(int)
+        self.open_streams = 0
+        self.open_websockets = 0
+        self._hist: dict[LabelKey, list[int]] = {}
+        self._hist_sum: dict[LabelKey, float] = defaultdict(float)
+        self._hist_count: dict[LabelKey, int] = defaultdict(int)
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests[(("route", route), ("method", method), ("code", str(status)))] += 1
+        key = (("route", route),)
+        counts = self._hist.setdefault(key, [0] * len(BUCKETS))
+        index = bisect.bisect_left(BUCKETS, seconds)
+        if index < len(BUCKETS):
+            counts[index] += 1
+        self._hist_sum[key] += seconds
+        self._hist_count[key] += 1
+
+    def upstream_error(self, route: str, kind: str) -> None:
+        self.upstream_errors[(("route", route), ("kind", kind))] += 1
+
+    def login(self, provider: str, result: str) -> None:
+        self.logins[(("provider", provider), ("result", result))] += 1
+
+    def render(self) -> str:
+        lines: list[str] = []
+
+        def counter(name: str, help_text: str, values: dict[LabelKey, int]) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} counter")
+            for key, value in sorted(values.items()):
+                lines.append(f"{name}{_labels(key)} {value}")
+
+        counter(
+            "gate_requests_total", "Requests answered, by route, method and status.", self.requests
+        )
+        counter(
+            "gate_upstream_errors_total",
+            "Upstream failures, by route and kind.",
+            self.upstream_errors,
+        )
+        counter("gate_logins_total", "Login attempts, by provider and result.", self.logins)
+        lines.append("# HELP gate_open_streams Proxied HTTP responses being streamed now.")
+        lines.append("# TYPE gate_open_streams gauge")
+        lines.append(f"gate_open_streams {self.open_streams}")
+        lines.append("# HELP gate_open_websockets Proxied WebSocket connections open now.")
+        lines.append("# TYPE gate_open_websockets gauge")
+        lines.append(f"gate_open_websockets {self.open_websockets}")
+        name = "gate_request_duration_seconds"
+        lines.append(f"# HELP {name} Time to answer a request (whole stream), by route.")
+        lines.append(f"# TYPE {name} histogram")
+        for key, counts in sorted(self._hist.items()):
+            running = 0
+            for bound, count in zip(BUCKETS, counts, strict=True):
+                running += count
+                lines.append(f"{name}_bucket{_labels(key, (('le', repr(bound)),))} {running}")
+            lines.append(f"{name}_bucket{_labels(key, (('le', '+Inf'),))} {self._hist_count[key]}")
+            lines.append(f"{name}_sum{_labels(key)} {self._hist_sum[key]:.6f}")
+            lines.append(f"{name}_count{_labels(key)} {self._hist_count[key]}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,307 @@
+"""Forwarding to upstreams: HTTP without buffering, and WebSockets with their close intact.
+
+HTTP: each chunk the upstream sends is written to the client as soon as it arrives
+(``iter_any``); there is no total timeout, only an idle one between reads; when the client goes
+away (aiohttp cancels the handler), the upstream connection is closed at once.
+
+WebSocket: gate completes the upstream handshake first, so an upstream that refuses the upgrade
+gets its status passed back and no tunnel is ever opened. Messages are relayed both ways by two
+tasks reading with ``receive()`` (``async for`` would swallow the CLOSE frame and its code), and
+the close code and reason are carried across; codes that may not appear on the wire (1005,
+1006, 1015) become 1000 or 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from pploy import log
+from pploy.gate import requestkeys as keys
+from pploy.gate.config import UpstreamConf
+from pploy.gate.headers import response_headers
+from pploy.gate.metrics import Metrics
+from pploy.gate.pages import page
+
+NO_BODY_STATUSES = {204, 304}
+CLOSE_TIMEOUT = 5.0
+
+
+def wire_close_code(code: Any) -> int:
+    """A close code that may be sent in a CLOSE frame (RFC 6455 §7.4)."""
+    if not isinstance(code, int) or code in (0, 1005):
+        return 1000
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1011
+
+
+def _streaming(headers: CIMultiDict[str]) -> bool:
+    content_type = headers.get("Content-Type", "").lower()
+    return "content-length" not in headers or content_type.startswith("text/event-stream")
+
+
+async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
+    """The client's body, passed on chunk by chunk (never read whole)."""
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+class UpstreamProxy:
+    """Holds the client session used for every upstream; one per gate process."""
+
+    def __init__(self, conf: UpstreamConf, metrics: Metrics) -> None:
+        self.conf = conf
+        self.metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # limit=0: no pool cap, or 100 long streams would block every other request.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=None,
+            sock_connect=self.conf.connect_timeout,
+            sock_read=self.conf.idle_timeout or None,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "UpstreamProxy.start() was not called"
+        return self._session
+
+    def _unavailable(self, request: web.Request, route: str, exc: BaseException) -> web.Response:
+        timeout = isinstance(exc, asyncio.TimeoutError)
+        kind = "timeout" if timeout else "connect"
+        self.metrics.upstream_error(route, kind)
+        log.event(
+            "gate.upstream.error",
+            level="warning",
+            route=route,
+            kind=kind,
+            error=f"{type(exc).__name__}: {exc}",
+            rid=request.get(keys.REQUEST_ID),
+        )
+        status = 504 if timeout else 502
+        return page(
+            status,
+            "Upstream unavailable" if status == 502 else "Upstream timed out",
+            message="The application behind gate is not answering. Try again shortly.",
+            request_id=request.get(keys.REQUEST_ID),
+        )
+
+    async def http(
+        self, request: web.Request, url: str, headers: CIMultiDict[str], route: str
+    ) -> web.StreamResponse:
+        body = _request_body(request) if request.body_exists else None
+        try:
+            upstream = await self.session.request(
+                request.method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                compress=None,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return self._unavailable(request, route, exc)
+
+        finished = False
+        try:
+            out_headers = response_headers(upstream.headers)
+            has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
+            if has_body and _streaming(out_headers):
+                # Tell a buffering proxy in front (nginx) to pass this through at once.
+                out_headers.setdefault("X-Accel-Buffering", "no")
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(out_headers)
+            if keys.REQUEST_ID in request:
+                response.headers["X-Request-Id"] = request[keys.REQUEST_ID]
+            await response.prepare(request)
+            request[keys.SENT_STATUS] = response.status
+            self.metrics.open_streams += 1
+            try:
+                if has_body:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                await response.write_eof()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                # Headers are gone already: cut the client connection so a truncated body
+                # is never mistaken for a complete one.
+                self._midstream(request, route, "broken", exc)
+                raise
+            except TimeoutError as exc:
+                self._midstream(request, route, "idle_timeout", exc)
+                raise
+            finally:
+                self.metrics.open_streams -= 1
+            finished = True
+            return response
+        finally:
+            if finished:
+                upstream.release()
+            else:
+                # Client gone, or upstream broken: drop the upstream connection now.
+                upstream.close()
+
+    def _midstream(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
+        self.metrics.upstream_error(route, kind)
+        log.event(
+            "gate.upstream.error",
+            level="warning",
+            route=route,
+            kind=kind,
+            error=f"{type(exc).__name__}: {exc}",
+            rid=request.get(keys.REQUEST_ID),
+        )
+        if request.transport is not None:
+            request.transport.close()
+
+    async def websocket(
+        self, request: web.Request, url: str, headers: CIMultiDict[str], route: str
+    ) -> web.StreamResponse:
+        protocols = [
+            p.strip()
+            for value in request.headers.getall("Sec-WebSocket-Protocol", [])
+            for p in value.split(",")
+            if p.strip()
+        ]
+        heartbeat = self.conf.websocket_heartbeat or None
+        try:
+            upstream = await self.session.ws_connect(
+                URL(url, encoded=True),
+                headers=headers,
+                protocols=protocols,
+                autoclose=False,
+                autoping=True,
+                heartbeat=heartbeat,
+                max_msg_size=self.conf.websocket_max_message,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            # The upstream said no (401, 403, 404…): say the same, and open nothing.
+            status = exc.status if 300 <= exc.status <= 599 else 502
+            self.metrics.upstream_error(route, "ws_refused")
+            log.event(
+                "gate.ws.refused",
+                level="warning",
+                route=route,
+                status=exc.status,
+                rid=request.get(keys.REQUEST_ID),
+            )
+            passed = {}
+            for name in ("WWW-Authenticate", "Location", "Retry-After"):
+                if exc.headers and name in exc.headers:
+                    passed[name] = exc.headers[name]
+            return web.Response(
+                status=status,
+                text=f"upstream refused the WebSocket: {exc.message}\n",
+                headers=passed,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return self._unavailable(request, route, exc)
+
+        client = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (),
+            autoclose=False,
+            autoping=True,
+            heartbeat=heartbeat,
+            max_msg_size=self.conf.websocket_max_message,
+            timeout=CLOSE_TIMEOUT,
+        )
+        try:
+            await client.prepare(request)
+        except BaseException:
+            await upstream.close(code=1011)
+            raise
+        request[keys.SENT_STATUS] = 101
+        self.metrics.open_websockets += 1
+        to_upstream = asyncio.create_task(_pump(client, upstream))
+        to_client = asyncio.create_task(_pump(upstream, client))
+        try:
+            done, _ = await asyncio.wait(
+                {to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED
+            )
+            first = to_client if to_client in done else to_upstream
+            code, reason = first.result()
+            for task in (to_upstream, to_client):
+                task.cancel()
+            await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            source, other = (upstream, client) if first is to_client else (client, upstream)
+            wire = wire_close_code(code)
+            message = reason.encode("utf-8")[:123] if wire == code else b""
+            log.event(
+                "gate.ws.close",
+                route=route,
+                by="upstream" if source is upstream else "client",
+                code=code,
+                sent=wire,
+                rid=request.get(keys.REQUEST_ID),
+            )
+            # Shielded: the client hanging up right after its CLOSE must not cut our reply
+            # to the upstream short.
+            await asyncio.shield(
+                asyncio.gather(_close(other, wire, message), _close(source, wire, message))
+            )
+        finally:
+            for task in (to_upstream, to_client):
+                task.cancel()
+            self.metrics.open_websockets -= 1
+            if not upstream.closed:
+                # The client left without a close (or the handler was cancelled).
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(upstream.close(code=1001), CLOSE_TIMEOUT)
+        return client
+
+
+async def _close(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int, message: bytes
+) -> None:
+    if ws.closed:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> tuple[int, str]:
+    """Relay messages until the source closes; return its close code and reason."""
+    while True:
+        msg = await source.receive()
+        try:
+            if msg.type == WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+            elif msg.type == WSMsgType.CLOSE:
+                return msg.data, msg.extra or ""
+            elif msg.type == WSMsgType.ERROR:
+                code = getattr(msg.data, "code", 1011)
+                return (code if isinstance(code, int) else 1011), ""
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                # The peer vanished without a CLOSE frame: abnormal closure.
+                return 1006, ""
+        except (ConnectionError, RuntimeError):
+            # The sink is gone; whoever pumps the other way will see why.
+            return 1011, ""

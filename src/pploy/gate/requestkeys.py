@@ -1,0 +1,17 @@
+"""Typed keys for what gate stores on a request while handling it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from pploy.gate.auth import Principal
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("gate_request_id", str)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("gate_principal", object)  # type: ignore[arg-type]
+ROUTE: web.RequestKey[str] = web.RequestKey("gate_route", str)
+SENT_STATUS: web.RequestKey[int] = web.RequestKey("gate_sent_status", int)
+ABORTED: web.RequestKey[bool] = web.RequestKey("gate_aborted", bool)
+TARGET: web.RequestKey[Any] = web.RequestKey("gate_target", object)

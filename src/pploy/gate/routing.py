@@ -1,0 +1,140 @@
+"""Request paths made unambiguous, and matched to proxy routes.
+
+A path is split on ``/`` and each segment percent-decoded once; gate decides on those decoded
+segments and re-encodes them for the upstream, so gate and upstream can never disagree about
+where ``/app%2f..%2fadmin`` or ``/app%23/x`` points. Dot segments (raw or encoded, once or
+twice) are refused, and empty segments (``//``) are collapsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_to_bytes, urlsplit
+
+from pploy.gate.config import ProxyConf
+
+_SAFE = "!$&'()*+,;=:@-._~"
+
+
+class BadPath(Exception):
+    """The request target cannot be mapped to a path safely; answered with 400."""
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    segments: tuple[bytes, ...]
+    trailing_slash: bool
+    query: str  # raw query string, without "?"
+
+    @property
+    def path(self) -> str:
+        return encode_path(self.segments, self.trailing_slash)
+
+    @property
+    def path_qs(self) -> str:
+        return self.path + (f"?{self.query}" if self.query else "")
+
+
+def _dangerous(segment: bytes) -> bool:
+    if b"\x00" in segment:
+        return True
+    for candidate in (segment, unquote_to_bytes(segment)):
+        for part in candidate.replace(b"\\", b"/").split(b"/"):
+            if part in (b".", b".."):
+                return True
+    return False
+
+
+def parse_target(raw_target: str) -> RequestPath:
+    """Split the raw request target (path and query, as sent) into decoded segments."""
+    path, _, query = raw_target.partition("?")
+    if not path.startswith("/") or "#" in path:
+        raise BadPath("request target must be an absolute path")
+    segments = []
+    for raw in path.split("/")[1:]:
+        if raw == "":
+            continue
+        decoded = unquote_to_bytes(raw)
+        if _dangerous(decoded) or raw in (".", ".."):
+            raise BadPath("dot segments are not allowed in paths")
+        segments.append(decoded)
+    trailing = path.endswith("/") and bool(segments)
+    return RequestPath(tuple(segments), trailing, query)
+
+
+def encode_path(segments: tuple[bytes, ...] | list[bytes], trailing_slash: bool) -> str:
+    if not segments:
+        return "/"
+    text = "/" + "/".join(quote(s, safe=_SAFE) for s in segments)
+    return text + "/" if trailing_slash else text
+
+
+def config_segments(path: str) -> tuple[bytes, ...]:
+    return tuple(s.encode() for s in path.split("/") if s)
+
+
+@dataclass(frozen=True)
+class Route:
+    conf: ProxyConf
+    prefix: tuple[bytes, ...]
+    dest_origin: str
+    dest_prefix: tuple[bytes, ...]
+    host: str | None
+
+    @classmethod
+    def from_conf(cls, conf: ProxyConf) -> Route:
+        parts = urlsplit(conf.dest)
+        dest_prefix = tuple(unquote_to_bytes(s) for s in parts.path.split("/") if s)
+        return cls(
+            conf=conf,
+            prefix=config_segments(conf.path),
+            dest_origin=f"{parts.scheme}://{parts.netloc}",
+            dest_prefix=dest_prefix,
+            host=conf.host.lower() if conf.host else None,
+        )
+
+    @property
+    def label(self) -> str:
+        return (self.host or "") + (encode_path(self.prefix, False))
+
+    def matches(self, host: str, target: RequestPath) -> bool:
+        if self.host is not None and self.host != host:
+            return False
+        return target.segments[: len(self.prefix)] == self.prefix
+
+    def needs_slash_redirect(self, target: RequestPath) -> bool:
+        """gate's ``/prefix`` → ``/prefix/`` redirect."""
+        return bool(self.prefix) and target.segments == self.prefix and not target.trailing_slash
+
+    def upstream_url(self, target: RequestPath) -> str:
+        rest = target.segments[len(self.prefix) :] if self.conf.strip_path else target.segments
+        segments = self.dest_prefix + rest
+        # Nothing left after the prefix means the request was for the prefix's directory.
+        trailing = target.trailing_slash if rest else True
+        url = self.dest_origin + encode_path(segments, trailing)
+        return url + (f"?{target.query}" if target.query else "")
+
+
+class Router:
+    """Longest path prefix wins; among equals, a route for this host beats a hostless one."""
+
+    def __init__(self, confs: list[ProxyConf]) -> None:
+        self.routes = [Route.from_conf(c) for c in confs]
+
+    def match(self, host: str, target: RequestPath) -> Route | None:
+        best: Route | None = None
+        best_key = (-1, False)
+        for route in self.routes:
+            if route.matches(host, target):
+                key = (len(route.prefix), route.host is not None)
+                if key > best_key:
+                    best, best_key = route, key
+        return best
+
+
+def request_host(host_header: str | None) -> str:
+    """The Host header's name, lower case, without the port."""
+    host = (host_header or "").strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
