@@ -105,7 +105,12 @@
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible') refreshLive();
     });
-    document.addEventListener('pploy:job-ended', refreshLive);
+    document.addEventListener('pploy:job-ended', () => {
+      // A finished job cannot be cancelled: drop the button even if the page is not live.
+      const cancel = document.getElementById('cancel-form');
+      if (cancel) cancel.hidden = true;
+      refreshLive();
+    });
   }
 
   // --- forms ---------------------------------------------------------------------------------

@@ -394,8 +394,9 @@
     const m = Math.floor(seconds / 60) % 60;
     const s = seconds % 60;
     const pad = (x) => (x < 10 ? '0' : '') + x;
-    if (h) return h + 'h ' + pad(m) + 'm ' + pad(s) + 's';
-    if (m) return m + 'm ' + pad(s) + 's';
+    // Same format as the server's `duration` template filter: 5s, 3m05s, 1h02m03s.
+    if (h) return h + 'h' + pad(m) + 'm' + pad(s) + 's';
+    if (m) return m + 'm' + pad(s) + 's';
     return s + 's';
   }
 
@@ -430,8 +431,8 @@
       this.source = null;
       this.socket = null;
 
-      this.followBox = document.getElementById('log-follow');
-      this.follow = this.followBox ? this.followBox.checked : true;
+      const box = document.getElementById('log-follow');
+      this.follow = box ? box.checked : true;
       if (this.pendingLine !== null) this.setFollow(false);
 
       el.textContent = '';
@@ -449,12 +450,13 @@
       el.addEventListener('scroll', () => this.onScroll(), { passive: true });
       el.addEventListener('click', (e) => this.onClick(e));
       window.addEventListener('hashchange', () => this.jumpTo(lineFromHash()));
-      if (this.followBox) {
-        this.followBox.addEventListener('change', () => {
-          this.setFollow(this.followBox.checked);
-          if (this.follow) this.scrollToEnd();
-        });
-      }
+      // #log-follow is looked up by id, never kept: app.js may swap the section holding it.
+      document.addEventListener('change', (e) => {
+        if (e.target.id !== 'log-follow') return;
+        this.setFollow(e.target.checked);
+        if (this.follow) this.scrollToEnd();
+      });
+      document.addEventListener('pploy:live-updated', () => this.setFollow(this.follow));
       if (window.ResizeObserver) new ResizeObserver(() => this.schedule()).observe(el);
 
       this.startTicker();
@@ -618,7 +620,8 @@
 
     setFollow(on) {
       this.follow = on;
-      if (this.followBox) this.followBox.checked = on;
+      const box = document.getElementById('log-follow');
+      if (box) box.checked = on;
       this.el.classList.toggle('log-following', on);
     }
 
