@@ -175,9 +175,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 continue
             if item.status is not None:
                 await ws.send_str(json.dumps(item.status))
-                break
+                return
             await ws.send_bytes(item.data)
-        await ws.close(code=1000, message=b"job finished")
 
     async def receive_commands() -> None:
         while True:
@@ -189,15 +188,20 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
     sender = asyncio.create_task(send_log())
     receiver = asyncio.create_task(receive_commands())
+    code, reason = 1001, b"going away"
     try:
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        failed = sender.done() and not sender.cancelled() and sender.exception() is not None
+        code, reason = (1011, b"log unavailable") if failed else (1000, b"job finished")
     finally:
+        # Stop reading before closing: close() itself waits for the client's close reply,
+        # which is what makes the close a clean 1000 on the client's side.
         for task in (sender, receiver):
             task.cancel()
         await asyncio.gather(sender, receiver, return_exceptions=True)
         await items.aclose()
         if not ws.closed:
-            await ws.close()
+            await ws.close(code=code, message=reason)
     return ws
 
 
