@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -144,9 +143,9 @@ async def test_late_joiner_and_last_event_id_resume_lose_nothing(tmp_path):
     fifo = Fifo(tmp_path / "go")
     script = (
         "#!/bin/sh\n"
-        "i=0; while [ $i -lt 200 ]; do echo \"row $i é✓\"; i=$((i+1)); done\n"
+        'i=0; while [ $i -lt 200 ]; do echo "row $i é✓"; i=$((i+1)); done\n'
         f"{fifo.script_open()}\n{fifo.wait_cmd}\n"
-        "i=200; while [ $i -lt 400 ]; do echo \"row $i\"; i=$((i+1)); done\n"
+        'i=200; while [ $i -lt 400 ]; do echo "row $i"; i=$((i+1)); done\n'
     )
     pploy = await start_pploy(tmp_path / "work")
     try:
@@ -234,7 +233,7 @@ async def test_pty_makes_stdio_line_buffered(tmp_path):
     fifo = Fifo(tmp_path / "go")
     script = (
         "#!/bin/sh\nunset PYTHONUNBUFFERED\n"
-        f"exec python3 -c 'print(\"first\"); open(\"{fifo.path}\").readline(); print(\"second\")'\n"
+        f'exec python3 -c \'print("first"); open("{fifo.path}").readline(); print("second")\'\n'
     )
     pploy = await start_pploy(tmp_path / "work")
     try:
