@@ -565,7 +565,8 @@ def test_100k_line_log_is_virtualised(page, server):
 def test_ws_transport_binary_frames_status_and_close(page, server):
     job = new_id()
     status = ok("failed", 3)
-    server.add_job(job, [b"hello ", b"over ws\r\n", b"bye\r\n"], status)
+    # Bare \n line ends too: the real server's pty does no \n -> \r\n translation.
+    server.add_job(job, [b"hello ", b"over ws\n", b"bye\n"], status)
     page.add_init_script(
         "document.addEventListener('pploy:job-ended', e => { window.__ended = e.detail; })"
     )
@@ -600,6 +601,7 @@ def test_sse_status_event_ends_stream_and_updates_page(page, server):
     open_job(page, server, job, "sse", started=time.time() - 65)
     page.wait_for_selector("text=building")
     assert page.inner_text("#job-status") == "running"
+    assert page.is_visible("#cancel-form")
     assert re.fullmatch(r"1m0[5-9]s", page.inner_text("#job-duration"))
 
     status = {
@@ -619,6 +621,7 @@ def test_sse_status_event_ends_stream_and_updates_page(page, server):
     assert "status-cancelled" in badge.get_attribute("class")
     assert "status-running" not in badge.get_attribute("class")
     assert page.get_attribute("body", "data-job-status") == "cancelled"
+    assert page.is_hidden("#cancel-form")  # app.js: a finished job cannot be cancelled
     # The EventSource was closed by the viewer (else it would reconnect after the server's close).
     assert page.evaluate("document.getElementById('log').pployLog.source.readyState") == 2
     assert server.jobs[job].connections == [("sse", 0)]

@@ -131,8 +131,8 @@
   });
 
   function init() {
+    startLive(); // first: it snapshots the server's markup before countdowns change it
     startCountdowns();
-    startLive();
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);

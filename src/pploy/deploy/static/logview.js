@@ -710,7 +710,10 @@
       ws.onopen = () => this.setConnection('live');
       ws.onmessage = (e) => {
         if (typeof e.data === 'string') {
-          this.finish(JSON.parse(e.data));
+          // The final status; other text frames (replies to client commands such as
+          // {"action": "cancel"}) carry no string `status` and are not ours to handle.
+          const msg = JSON.parse(e.data);
+          if (msg && typeof msg.status === 'string') this.finish(msg);
           return;
         }
         this.retries = 0;
