@@ -16,6 +16,7 @@ from pploy import __version__
 SUBCOMMAND_MODULES = [
     "pploy.deploy.cli",
     "pploy.gate.cli",
+    "pploy.chain.cli",
 ]
 
 

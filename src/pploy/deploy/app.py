@@ -249,6 +249,9 @@ def create_app(config: Config) -> web.Application:
     app[SERVICES] = build_services(config)
     streams.add_routes(app)
     api.add_routes(app)
+    from pploy.chain import streamtest  # stream-test endpoints for `pploy doctor`
+
+    streamtest.add_routes(app, "/api/stream-test")
     pages.add_routes(app)
     app.router.add_static("/static/", HERE / "static", append_version=True)
     streams.add_one_shot_routes(app)

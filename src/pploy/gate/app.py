@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from pploy import log
+from pploy.chain import streamtest
 from pploy.gate import login
 from pploy.gate import requestkeys as keys
 from pploy.gate.auth import Authenticator, Principal
@@ -249,6 +250,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             rid=request[keys.REQUEST_ID],
         )
         return web.Response(status=403, text="WebSocket Origin does not match this host\n")
+    if (stream_test := await streamtest.serve_gate(request, path)) is not None:
+        return stream_test  # /.gate/stream-test…, for `pploy doctor` (authenticated above)
 
     route = gate.router.match(request_host(request.host), target)
     if route is None:
