@@ -95,7 +95,9 @@ class Pploy:
         if key not in self.sessions:
             cookies = {"user": user} if user else {}
             self.sessions[key] = aiohttp.ClientSession(
-                cookies=cookies, timeout=aiohttp.ClientTimeout(total=60)
+                cookies=cookies,
+                cookie_jar=aiohttp.CookieJar(unsafe=True),  # keep cookies set by 127.0.0.1
+                timeout=aiohttp.ClientTimeout(total=60),
             )
         return self.sessions[key]
 
@@ -117,9 +119,7 @@ class Pploy:
         assert status == 200, body
 
     async def deploy(self, project: str, env: str = "staging", user: str = "alice") -> int:
-        status, body = await self.api(
-            "POST", f"/api/projects/{project}/deploy", user, {"env": env}
-        )
+        status, body = await self.api("POST", f"/api/projects/{project}/deploy", user, {"env": env})
         assert status == 202, body
         return body["job"]["id"]
 

@@ -8,6 +8,7 @@ One job per project at a time.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -24,7 +25,7 @@ from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
 from pploy.deploy.store import JobRecord, Store
-from pploy.deploy.terminal import PtyProcess
+from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
 LOCK_KEEP_MARGIN = 120.0
@@ -65,6 +66,11 @@ class Jobs:
         self.on_finish = on_finish
         self.running: dict[int, RunningJob] = {}
         self.accepting = True
+        # Job ids repeat across workdirs; the tag that marks a job's processes must not.
+        self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
+
+    def job_tag(self, job_id: int) -> str:
+        return f"{self._tag_prefix}-{job_id}"
 
     # -- queries -------------------------------------------------------------
 
@@ -159,10 +165,13 @@ class Jobs:
 
     # -- run -----------------------------------------------------------------
 
-    def _child_env(self, project: Project, extra: dict[str, str]) -> dict[str, str]:
+    def _child_env(
+        self, job: RunningJob, project: Project, extra: dict[str, str]
+    ) -> dict[str, str]:
         env = git.git_env() | {
             "TERM": "xterm-256color",
             "DEPLOY_PROJECT": project.name,
+            JOB_TAG_VAR: self.job_tag(job.record.id),
             "COLUMNS": str(self.config.job.pty_columns),
             "LINES": str(self.config.job.pty_rows),
         }
@@ -188,7 +197,7 @@ class Jobs:
         job.process = await PtyProcess.start(
             argv,
             cwd=str(project.path),
-            env=self._child_env(project, extra),
+            env=self._child_env(job, project, extra),
             on_output=lambda data: self._write(job, data),
             columns=self.config.job.pty_columns,
             rows=self.config.job.pty_rows,
@@ -200,6 +209,10 @@ class Jobs:
         finally:
             if job.stopping is not None:
                 await asyncio.shield(job.stopping)
+                # Daemons that left the process group (setsid) carry the job's tag.
+                killed = kill_tagged(self.job_tag(job.record.id))
+                if killed:
+                    self._write(job, _note(f"[pploy] killed {killed} process(es) left behind"))
 
     async def _run(
         self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
@@ -376,6 +389,9 @@ class Jobs:
                 with open(path, "ab") as fh:
                     fh.write(_note("[pploy] interrupted: pploy stopped while this job ran"))
                 size = path.stat().st_size
+            killed = kill_tagged(self.job_tag(record.id))
+            if killed:
+                log.event("job.orphans_killed", level="warning", job=record.id, count=killed)
             self.store.update_job(
                 record.id, status="interrupted", ended_at=time.time(), log_bytes=size,
                 message="pploy stopped while this job ran",

@@ -161,3 +161,41 @@ class PtyProcess:
                 return True
             if loop.time() >= deadline:
                 return False
+
+
+JOB_TAG_VAR = "PPLOY_JOB_ID"
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment carries ``PPLOY_JOB_ID=<tag>``: every process a job
+    started, including daemons that left its process group with setsid (Linux /proc)."""
+    needle = f"{JOB_TAG_VAR}={tag}".encode()
+    found = []
+    own = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def kill_tagged(tag: str) -> int:
+    """SIGKILL every process of a job that is still alive; returns how many were signalled."""
+    count = 0
+    for pid in tagged_pids(tag):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            count += 1
+        except (ProcessLookupError, PermissionError):
+            continue
+    return count
