@@ -147,7 +147,8 @@ class AssertionVerifier:
         self._own_session = False
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
-        self._last_attempt = -REFETCH_INTERVAL
+        # When an unknown kid last caused a refetch (rate-limits forged or stale kids).
+        self._last_refetch = -float("inf")
         self._lock = asyncio.Lock()
         if public_key_file:
             self._keys = _read_key_file(public_key_file)
@@ -165,7 +166,6 @@ class AssertionVerifier:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
             self._own_session = True
         assert self.jwks_url
-        self._last_attempt = time.monotonic()
         try:
             async with self._session.get(self.jwks_url, allow_redirects=False) as resp:
                 if resp.status != 200:
@@ -186,7 +186,8 @@ class AssertionVerifier:
                 await self._fetch()
             key = self._find(kid)
             if key is None and self.jwks_url:
-                if time.monotonic() - self._last_attempt >= REFETCH_INTERVAL:
+                if time.monotonic() - self._last_refetch >= REFETCH_INTERVAL:
+                    self._last_refetch = time.monotonic()
                     await self._fetch()
                     key = self._find(kid)
             if key is None:

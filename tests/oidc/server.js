@@ -38,16 +38,6 @@ server.listen(port, '127.0.0.1', () => {
         grant_types: ['authorization_code'],
         response_types: ['code'],
       },
-      {
-        // Same, authenticating with client_secret_post, to exercise both methods.
-        client_id: 'gate-post',
-        client_secret: 'gate-test-secret-post',
-        application_type: 'native',
-        redirect_uris: ['http://127.0.0.1/oauth2callback'],
-        token_endpoint_auth_method: 'client_secret_post',
-        grant_types: ['authorization_code'],
-        response_types: ['code'],
-      },
     ],
     pkce: { required: () => true },
     claims: {

@@ -131,10 +131,10 @@ class InfoConf(_Model):
         if self.service != "dev":
             for key in ("client_id", "client_secret", "redirect_url"):
                 if not getattr(self, key):
-                    raise ValueError(f"auth.info.{key} is required for service {self.service}")
+                    raise ValueError(f"auth.info.{key}: required for service {self.service}")
             _check_url("auth.info.redirect_url", self.redirect_url)
         if self.service == "oidc" and not self.issuer:
-            raise ValueError("auth.info.issuer is required for service oidc")
+            raise ValueError("auth.info.issuer: required for service oidc")
         for key in ("endpoint", "api_endpoint", "issuer"):
             value = getattr(self, key)
             if value:
@@ -361,7 +361,10 @@ def format_validation_error(exc: ValidationError) -> str:
             message = "unknown key (see docs/gate.md for the keys gate understands)"
         elif error["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{loc or '(top level)'}: {message}")
+        if loc and message.startswith(loc + "."):
+            lines.append(message)  # the message already names the exact key
+        else:
+            lines.append(f"{loc or '(top level)'}: {message}")
     return "\n".join(lines)
 
 

@@ -180,17 +180,17 @@ class OIDCProvider(Provider):
             "code_verifier": verifier,
         }
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
-        auth = None
+        headers = {"Accept": "application/json"}
         if "client_secret_basic" in methods:
-            auth = aiohttp.BasicAuth(_form(self.client_id), _form(self.client_secret))
+            pair = f"{_form(self.client_id)}:{_form(self.client_secret)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         else:
             data.update(client_id=self.client_id, client_secret=self.client_secret)
         try:
             async with self.http.post(
                 meta["token_endpoint"],
                 data=data,
-                auth=auth,
-                headers={"Accept": "application/json"},
+                headers=headers,
                 allow_redirects=False,
             ) as resp:
                 tokens = await self.check_response(resp, "code exchange")

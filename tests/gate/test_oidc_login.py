@@ -1,0 +1,376 @@
+"""Login through a real OpenID provider (panva's oidc-provider on Node, on loopback).
+
+The test client plays the browser: it follows gate's redirect to the provider, fills in the
+provider's login form, and follows the provider's redirect back to gate's callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.gate.conftest import REPO, SESSION_KEY, client_session, start_gate
+from tests.gate.upstream import Upstream
+from tests.helpers import REQUIRE_ALL, require_binary
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+OIDC_DIR = REPO / "tests" / "oidc"
+HTML = {"Accept": "text/html"}
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[str]:
+    """Start tests/oidc/server.js on a free port; yield its issuer URL."""
+    node = require_binary("node")
+    if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
+        message = "tests/oidc has no node_modules: run `npm ci --prefix tests/oidc`"
+        if REQUIRE_ALL:
+            pytest.fail(message)
+        pytest.skip(message)
+    proc = subprocess.Popen(
+        [node, "server.js", "0"],
+        cwd=OIDC_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "NODE_ENV": "test"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the server prints its address
+        if not line.startswith("listening "):
+            pytest.fail(f"oidc-provider did not start: {line!r}")
+        yield line.split(" ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def upstream():
+    server = Upstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gate(provider, upstream):
+    config = {
+        "address": "127.0.0.1:0",
+        "auth": {
+            "session": {"key": SESSION_KEY, "lifetime": "1h"},
+            "info": {
+                "service": "oidc",
+                "issuer": provider,
+                "client_id": "gate",
+                "client_secret": "gate-test-secret",
+                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
+            },
+        },
+        "restrictions": ["example.com", "bob@other.test"],
+        "htdocs": None,
+        "proxy": [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+    }
+    running = await start_gate(config)
+    yield running
+    await running.server.stop()
+
+
+def _with_param(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    query.update(changes)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def start_login(client: aiohttp.ClientSession, gate_url: str, next_path: str) -> str:
+    """Ask gate to log in; return the provider's authorization URL it redirects to."""
+    async with client.get(
+        f"{gate_url}/login", params={"next": next_path}, allow_redirects=False
+    ) as resp:
+        assert resp.status == 302, await resp.text()
+        return resp.headers["Location"]
+
+
+async def at_provider(
+    client: aiohttp.ClientSession, auth_url: str, user: str, gate_url: str, *, abort: bool = False
+) -> str:
+    """Play the user at the provider; return the callback URL the provider sends us to."""
+    url = auth_url
+    for _ in range(10):
+        async with client.get(url, allow_redirects=False) as resp:
+            if resp.status in (302, 303):
+                url = resp.headers["Location"]
+                if not url.startswith("http"):
+                    url = urlunsplit(urlsplit(auth_url)[:2] + urlsplit(url)[2:])
+                if url.startswith(gate_url):
+                    return url
+                continue
+            assert resp.status == 200, await resp.text()
+            page = await resp.text()
+        if abort:
+            url = url + "/abort"
+            continue
+        if 'value="consent"' in page:  # the provider asks native clients to confirm
+            form = {"prompt": "consent"}
+        else:
+            assert 'name="login"' in page, page[:500]
+            form = {"prompt": "login", "login": user, "password": "any"}
+        async with client.post(url, data=form, allow_redirects=False) as resp:
+            assert resp.status in (302, 303), await resp.text()
+            url = resp.headers["Location"]
+            if not url.startswith("http"):
+                url = urlunsplit(urlsplit(auth_url)[:2] + urlsplit(url)[2:])
+            if url.startswith(gate_url):
+                return url
+    raise AssertionError("the provider never redirected back to gate")
+
+
+async def full_login(client, gate, user: str, next_path: str = "/app/after?x=1"):
+    auth_url = await start_login(client, gate.url, next_path)
+    callback = await at_provider(client, auth_url, user, gate.url)
+    return await client.get(callback, allow_redirects=False)
+
+
+def session_cookie(client: aiohttp.ClientSession) -> str | None:
+    for cookie in client.cookie_jar:
+        if cookie.key == "_gate_session" and cookie.value:
+            return cookie.value
+    return None
+
+
+async def test_authorization_request_uses_pkce_state_and_nonce(gate, provider):
+    async with client_session() as client:
+        auth_url = await start_login(client, gate.url, "/")
+    assert auth_url.startswith(provider + "/auth?")
+    query = parse_qs(urlsplit(auth_url).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert len(query["code_challenge"][0]) == 43
+    assert len(query["state"][0]) >= 32 and len(query["nonce"][0]) >= 32
+    assert query["redirect_uri"] == [f"{gate.url}/oauth2callback"]
+    assert "openid" in query["scope"][0].split()
+
+
+async def test_allowed_user_logs_in_and_returns_where_they_were(gate, upstream):
+    async with client_session() as client:
+        resp = await full_login(client, gate, "alice")
+        assert resp.status == 303
+        assert resp.headers["Location"] == "/app/after?x=1"
+        cookie = resp.cookies["_gate_session"]
+        assert cookie["httponly"] and cookie["samesite"] == "Lax"
+        resp.release()
+        async with client.get(gate.url + "/app/after?x=1") as r:
+            record = await r.json()
+        headers = {k.lower(): v for k, v in record["headers"]}
+        assert headers["x-forwarded-user"] == "alice@example.com"
+        assert headers["x-forwarded-email"] == "alice@example.com"
+        # The browser never sees the provider's tokens: the cookie is opaque ciphertext.
+        value = session_cookie(client)
+        assert value and "alice" not in value and "eyJ" not in value
+
+
+async def test_exact_address_restriction_admits_that_address(gate):
+    async with client_session() as client:
+        resp = await full_login(client, gate, "bob")
+        assert resp.status == 303
+        resp.release()
+        async with client.get(gate.url + "/app/x") as r:
+            assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    ("user", "shown"),
+    [
+        ("eve", "eve@badexample.com"),  # a domain that merely ends with the allowed one
+        ("trick", "a@evil.test@example.com"),  # two @: the part after the last is not enough
+        ("carol", "carol@example.com"),  # right domain, address not verified
+        ("noemail", "noemail"),  # nothing to check the restrictions against
+    ],
+)
+async def test_restricted_users_get_a_clear_403(gate, user, shown):
+    async with client_session() as client:
+        resp = await full_login(client, gate, user)
+        text = await resp.text()
+        assert resp.status == 403
+        assert "Access denied" in text and shown in text
+        assert session_cookie(client) is None
+        async with client.get(gate.url + "/app/x", allow_redirects=False) as r:
+            assert r.status == 401
+
+
+async def test_tampered_state_is_refused(gate):
+    async with client_session() as client:
+        auth_url = await start_login(client, gate.url, "/")
+        callback = await at_provider(client, auth_url, "alice", gate.url)
+        state = parse_qs(urlsplit(callback).query)["state"][0]
+        forged = _with_param(callback, state=state[:-2] + ("AA" if state[-2:] != "AA" else "BB"))
+        async with client.get(forged, allow_redirects=False) as resp:
+            assert resp.status == 400
+            assert "not started from this browser" in await resp.text()
+        assert session_cookie(client) is None
+
+
+async def test_callback_in_another_browser_is_refused(gate):
+    async with client_session() as victim, client_session() as attacker:
+        auth_url = await start_login(attacker, gate.url, "/")
+        callback = await at_provider(attacker, auth_url, "alice", gate.url)
+        # Login CSRF: the attacker's callback URL opened in the victim's browser.
+        async with victim.get(callback, allow_redirects=False) as resp:
+            assert resp.status == 400
+        assert session_cookie(victim) is None
+
+
+async def test_callback_cannot_be_replayed(gate):
+    async with client_session() as client:
+        auth_url = await start_login(client, gate.url, "/")
+        callback = await at_provider(client, auth_url, "alice", gate.url)
+        async with client.get(callback, allow_redirects=False) as resp:
+            assert resp.status == 303
+        client.cookie_jar.clear(lambda c: c.key == "_gate_session")
+        async with client.get(callback, allow_redirects=False) as resp:
+            assert resp.status == 400
+
+
+async def test_tampered_nonce_is_refused(gate):
+    async with client_session() as client:
+        auth_url = await start_login(client, gate.url, "/")
+        # The provider will sign an ID token with this nonce, which is not the one gate chose.
+        forged = _with_param(auth_url, nonce="attacker-chosen-nonce-value-1234567890")
+        callback = await at_provider(client, forged, "alice", gate.url)
+        async with client.get(callback, allow_redirects=False) as resp:
+            assert resp.status == 400
+            assert "nonce" in await resp.text()
+        assert session_cookie(client) is None
+
+
+async def test_tampered_pkce_challenge_fails_the_exchange(gate):
+    async with client_session() as client:
+        auth_url = await start_login(client, gate.url, "/")
+        forged = _with_param(auth_url, code_challenge="A" * 43)
+        callback = await at_provider(client, forged, "alice", gate.url)
+        async with client.get(callback, allow_redirects=False) as resp:
+            assert resp.status in (400, 502)
+            assert "code exchange failed" in await resp.text()
+        assert session_cookie(client) is None
+
+
+async def test_user_cancelling_at_provider(gate):
+    async with client_session() as client:
+        auth_url = await start_login(client, gate.url, "/")
+        callback = await at_provider(client, auth_url, "alice", gate.url, abort=True)
+        async with client.get(callback, allow_redirects=False) as resp:
+            assert resp.status == 403
+            assert "access_denied" in await resp.text()
+
+
+async def test_expired_session_sends_user_back_to_login(gate):
+    async with client_session() as client:
+        (await full_login(client, gate, "alice")).release()
+        async with client.get(gate.url + "/app/x") as r:
+            assert r.status == 200
+        real_clock = gate.gate.clock
+        gate.gate.clock = lambda: real_clock() + 3601
+        try:
+            async with client.get(gate.url + "/app/x", headers=HTML, allow_redirects=False) as r:
+                assert r.status == 302
+                assert r.headers["Location"].startswith("/login?next=")
+            async with client.get(gate.url + "/app/x", allow_redirects=False) as r:
+                assert r.status == 401
+        finally:
+            gate.gate.clock = real_clock
+
+
+async def test_logout_clears_the_session(gate):
+    async with client_session() as client:
+        (await full_login(client, gate, "alice")).release()
+        stolen = session_cookie(client)
+        async with client.get(gate.url + "/logout") as r:
+            assert r.status == 200
+            assert "signed out" in (await r.text()).lower()
+        assert session_cookie(client) is None
+        async with client.get(gate.url + "/app/x", allow_redirects=False) as r:
+            assert r.status == 401
+    # A cookie is a bearer token until it expires; rotation or the lifetime bounds it.
+    assert stolen
+
+
+async def test_session_key_rotation(gate, provider, upstream):
+    async with client_session() as client:
+        (await full_login(client, gate, "alice")).release()
+        cookie = session_cookie(client)
+    rotated = {
+        "address": "127.0.0.1:0",
+        "auth": {
+            "session": {"key": "a-brand-new-key-0123456789abcdef", "old_keys": [SESSION_KEY]},
+            "info": {
+                "service": "oidc",
+                "issuer": provider,
+                "client_id": "gate",
+                "client_secret": "gate-test-secret",
+                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
+            },
+        },
+        "restrictions": ["example.com", "bob@other.test"],
+        "htdocs": None,
+        "proxy": [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+    }
+    other = await start_gate(rotated)
+    try:
+        async with client_session() as client:
+            client.cookie_jar.update_cookies({"_gate_session": cookie})
+            async with client.get(other.url + "/app/x", allow_redirects=False) as r:
+                assert r.status == 200
+        # Dropping the old key logs those sessions out.
+        rotated["auth"]["session"]["old_keys"] = []
+        strict = await start_gate(rotated)
+        try:
+            async with client_session() as client:
+                client.cookie_jar.update_cookies({"_gate_session": cookie})
+                async with client.get(strict.url + "/app/x", allow_redirects=False) as r:
+                    assert r.status == 401
+        finally:
+            await strict.server.stop()
+    finally:
+        await other.server.stop()
+
+
+async def test_discovery_failure_is_a_clear_502(upstream):
+    config = {
+        "address": "127.0.0.1:0",
+        "auth": {
+            "session": {"key": SESSION_KEY},
+            "info": {
+                "service": "oidc",
+                "issuer": upstream.url + "/no-such-issuer",
+                "client_id": "gate",
+                "client_secret": "x",
+                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
+            },
+        },
+        "htdocs": None,
+    }
+    running = await start_gate(config)
+    try:
+        async with client_session() as client:
+            started = time.monotonic()
+            async with client.get(running.url + "/login", allow_redirects=False) as resp:
+                assert resp.status == 502
+                assert "discovery" in await resp.text()
+            assert time.monotonic() - started < 5
+    finally:
+        await running.server.stop()
+    await asyncio.sleep(0)
