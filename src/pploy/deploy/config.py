@@ -22,7 +22,7 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LockConfig(_Strict):
@@ -183,12 +183,15 @@ def load_config(
     source = str(path) if path else "config"
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
         try:
             loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            # PyYAML's constructors raise plain ValueError for bad scalars (`2001-13-45`).
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is None:
             loaded = {}

@@ -113,6 +113,8 @@ def parse_log(text: str) -> list[Commit]:
 
 async def recent_commits(path: str, limit: int, revision: str = "HEAD") -> list[Commit]:
     out = await run_git(
+        # quotePath=false: a non-ASCII file name is shown as itself, not as octal escapes.
+        "-c", "core.quotePath=false",
         "log", f"--max-count={limit}", f"--format={LOG_FORMAT}", "--name-status",
         "--first-parent", "-m", "--end-of-options", revision, "--",
         cwd=path,

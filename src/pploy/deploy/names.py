@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 PROJECT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
+_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]+")
 _URL_SCHEMES = {"https", "http", "ssh", "git", "file"}
 MAX_REF_LENGTH = 255
 
@@ -66,7 +66,7 @@ def repository_url(url: str) -> str:
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidName("a repository URL is required")
-    if url != url.strip() or any(ord(c) < 0x20 for c in url):
+    if url != url.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         raise InvalidName("the repository URL contains whitespace or control characters")
     if url.startswith("-"):
         raise InvalidName(f"invalid repository URL {url!r}: it starts with '-'")

@@ -25,17 +25,26 @@ DEFAULT_TEMPLATES = {
 }
 
 
-class _Missing(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
 def render_template(template: str, payload: dict[str, Any]) -> str:
-    """Fill ``template`` from ``payload``; unknown fields stay as written instead of failing."""
+    """Fill ``template`` from ``payload``; a field that cannot be filled (unknown, positional,
+    a bad attribute or format spec) stays as written, and the other fields are still filled."""
+    formatter = string.Formatter()
     try:
-        return string.Formatter().vformat(template, (), _Missing(payload))
-    except (ValueError, IndexError, AttributeError, TypeError):
+        pieces = list(formatter.parse(template))
+    except ValueError:  # unbalanced braces: nothing to fill
         return template
+    out = []
+    for literal, field_name, spec, conversion in pieces:
+        out.append(literal)
+        if field_name is None:
+            continue
+        field = "{" + field_name + (f"!{conversion}" if conversion else "")
+        field += (f":{spec}" if spec else "") + "}"
+        try:
+            out.append(formatter.vformat(field, (), payload))
+        except (ValueError, IndexError, KeyError, AttributeError, TypeError):
+            out.append(field)
+    return "".join(out)
 
 
 class Notifier:

@@ -1,0 +1,383 @@
+"""store.py and locks.py on a real SQLite file, with time supplied by a hand-driven clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pploy.deploy.errors import BadRequest, Conflict, Forbidden
+from pploy.deploy.locks import Locks, describe_left
+from pploy.deploy.store import Lock, Store
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "pploy.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def events() -> list[tuple[str, Lock]]:
+    return []
+
+
+@pytest.fixture
+def locks(store: Store, clock: Clock, events: list[tuple[str, Lock]]) -> Locks:
+    return Locks(
+        store,
+        gain_minutes=20,
+        extend_minutes=10,
+        clock=clock,
+        on_change=lambda event, lock: events.append((event, lock)),
+    )
+
+
+# -- locks ---------------------------------------------------------------------------------------
+
+
+def test_gain_gives_the_lock_for_gain_minutes(locks: Locks, clock: Clock, events) -> None:
+    lock = locks.gain("app", "alice")
+    assert lock == Lock("app", "alice", T0, T0 + 20 * 60)
+    assert locks.get("app") == lock
+    assert lock.seconds_left(T0 + 60) == 19 * 60
+    assert lock.to_json(T0)["seconds_left"] == 1200.0
+    assert events == [("lock.gained", lock)]
+
+
+def test_locks_are_per_project(locks: Locks) -> None:
+    locks.gain("app", "alice")
+    locks.gain("web", "bob")
+    assert locks.get("app").user == "alice"
+    assert locks.get("web").user == "bob"
+    assert locks.get("other") is None
+
+
+def test_an_expired_lock_disappears_on_read(locks: Locks, store: Store, clock: Clock) -> None:
+    locks.gain("app", "alice")
+    clock.advance(20 * 60 - 1)
+    assert locks.get("app") is not None
+    clock.advance(1)
+    assert locks.get("app") is None
+    # ...and it is gone from the file, not just hidden.
+    assert store.db.execute("SELECT COUNT(*) FROM locks").fetchone()[0] == 0
+
+
+def test_someone_elses_lock_is_a_conflict_naming_holder_and_time_left(
+    locks: Locks, clock: Clock, events
+) -> None:
+    locks.gain("app", "alice")
+    clock.advance(5 * 60 + 30)
+    with pytest.raises(Conflict) as info:
+        locks.gain("app", "bob")
+    assert info.value.status == 409
+    assert "alice" in info.value.message
+    assert "14 min 30 s" in info.value.message
+    assert locks.get("app").user == "alice"
+    assert [e for e, _ in events] == ["lock.gained"]
+
+
+def test_an_expired_lock_can_be_taken_by_someone_else(locks: Locks, clock: Clock) -> None:
+    locks.gain("app", "alice")
+    clock.advance(20 * 60)
+    lock = locks.gain("app", "bob")
+    assert (lock.user, lock.gained_at, lock.expires_at) == ("bob", clock.now, clock.now + 1200)
+
+
+def test_holder_regain_renews(locks: Locks, clock: Clock) -> None:
+    first = locks.gain("app", "alice")
+    clock.advance(15 * 60)
+    again = locks.gain("app", "alice")
+    assert again.gained_at == first.gained_at
+    assert again.expires_at == clock.now + 20 * 60
+
+
+def test_holder_regain_never_shortens_an_extended_lock(locks: Locks, clock: Clock) -> None:
+    locks.gain("app", "alice")
+    for _ in range(3):
+        locks.extend("app", "alice")
+    assert locks.get("app").expires_at == T0 + 50 * 60
+    clock.advance(60)
+    assert locks.gain("app", "alice").expires_at == T0 + 50 * 60
+
+
+def test_extend_adds_extend_minutes(locks: Locks, clock: Clock, events) -> None:
+    locks.gain("app", "alice")
+    clock.advance(19 * 60)
+    lock = locks.extend("app", "alice")
+    assert lock.expires_at == T0 + 30 * 60 and lock.gained_at == T0
+    assert locks.get("app") == lock
+    assert [e for e, _ in events] == ["lock.gained", "lock.extended"]
+
+
+def test_release_frees_the_project(locks: Locks, events) -> None:
+    lock = locks.gain("app", "alice")
+    locks.release("app", "alice")
+    assert locks.get("app") is None
+    assert events[-1] == ("lock.released", lock)
+    assert locks.gain("app", "bob").user == "bob"
+
+
+@pytest.mark.parametrize("operation", ["extend", "release"])
+def test_non_holder_extend_or_release_is_forbidden(locks: Locks, clock: Clock, operation) -> None:
+    locks.gain("app", "alice")
+    clock.advance(61)
+    with pytest.raises(Forbidden) as info:
+        locks.apply("app", "bob", operation)
+    assert info.value.status == 403
+    assert "alice" in info.value.message and "18 min 59 s" in info.value.message
+    assert locks.get("app").expires_at == T0 + 1200  # untouched
+
+
+@pytest.mark.parametrize("operation", ["extend", "release"])
+def test_extend_or_release_with_nobody_holding_is_a_conflict(
+    locks: Locks, clock: Clock, operation
+) -> None:
+    with pytest.raises(Conflict, match="hold the lock"):
+        locks.apply("app", "alice", operation)
+    locks.gain("app", "alice")
+    clock.advance(20 * 60)  # expired: same as nobody
+    with pytest.raises(Conflict, match="hold the lock"):
+        locks.apply("app", "alice", operation)
+
+
+def test_require_holder(locks: Locks) -> None:
+    with pytest.raises(Conflict):
+        locks.require_holder("app", "alice")
+    lock = locks.gain("app", "alice")
+    assert locks.require_holder("app", "alice") == lock
+    with pytest.raises(Forbidden):
+        locks.require_holder("app", "bob")
+
+
+def test_apply_dispatches_and_refuses_unknown_operations(locks: Locks) -> None:
+    assert locks.apply("app", "alice", "gain").user == "alice"
+    assert locks.apply("app", "alice", "extend").expires_at == T0 + 30 * 60
+    assert locks.apply("app", "alice", "release") is None
+    assert locks.get("app") is None
+    with pytest.raises(BadRequest, match="gain, extend, release"):
+        locks.apply("app", "alice", "steal")
+
+
+def test_keep_until_lengthens_only_the_holders_lock(locks: Locks, clock: Clock, events) -> None:
+    locks.gain("app", "alice")
+    n_events = len(events)
+    locks.keep_until("app", "alice", T0 + 3600)
+    assert locks.get("app").expires_at == T0 + 3600
+    locks.keep_until("app", "alice", T0 + 60)  # never shortens
+    assert locks.get("app").expires_at == T0 + 3600
+    locks.keep_until("app", "bob", T0 + 7200)  # not bob's lock
+    assert locks.get("app") == Lock("app", "alice", T0, T0 + 3600)
+    locks.keep_until("web", "alice", T0 + 7200)  # no lock there: nothing is created
+    assert locks.get("web") is None
+    clock.advance(3599)
+    assert locks.get("app").user == "alice"
+    assert len(events) == n_events
+
+
+def test_describe_left() -> None:
+    assert describe_left(0) == "0 s"
+    assert describe_left(59.9) == "59 s"
+    assert describe_left(60) == "1 min 00 s"
+    assert describe_left(20 * 60 - 1) == "19 min 59 s"
+
+
+def test_locks_survive_a_restart(db_path: Path, clock: Clock) -> None:
+    first = Store(db_path)
+    Locks(first, clock=clock).gain("app", "alice")
+    first.close()
+    second = Store(db_path)
+    try:
+        again = Locks(second, clock=clock)
+        assert again.get("app") == Lock("app", "alice", T0, T0 + 1200)
+        with pytest.raises(Conflict, match="alice"):
+            again.gain("app", "bob")
+        clock.advance(1200)
+        assert again.get("app") is None
+    finally:
+        second.close()
+
+
+def test_two_stores_on_one_file_see_each_others_writes(db_path: Path, clock: Clock) -> None:
+    a, b = Store(db_path), Store(db_path)
+    try:
+        Locks(a, clock=clock).gain("app", "alice")
+        with pytest.raises(Conflict):
+            Locks(b, clock=clock).gain("app", "bob")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_file_is_a_real_sqlite_database_in_wal_mode(store: Store, db_path: Path) -> None:
+    store.put_lock(Lock("app", "alice", T0, T0 + 10))
+    other = sqlite3.connect(db_path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert other.execute("SELECT project, user FROM locks").fetchall() == [("app", "alice")]
+    finally:
+        other.close()
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+def finish(store: Store, job_id: int, status: str, at: float, **extra) -> None:
+    store.update_job(job_id, status=status, ended_at=at, **extra)
+
+
+def test_create_and_update_a_job(store: Store) -> None:
+    job = store.create_job(project="app", kind="deploy", user="alice", env="staging", started_at=T0)
+    assert job.status == "running" and job.running
+    assert (job.project, job.kind, job.user, job.env, job.started_at) == (
+        "app", "deploy", "alice", "staging", T0,
+    )  # fmt: skip
+    assert job.ended_at is None and job.exit_code is None and job.sha is None
+    finish(store, job.id, "failed", T0 + 12.5, exit_code=3, sha="a" * 40, log_bytes=42)
+    done = store.get_job(job.id)
+    assert (done.status, done.exit_code, done.sha, done.log_bytes) == ("failed", 3, "a" * 40, 42)
+    assert not done.running
+    assert done.duration == 12.5
+    assert done.to_json()["duration"] == 12.5
+    assert store.get_job(job.id + 1000) is None
+
+
+def test_update_job_refuses_unknown_fields(store: Store) -> None:
+    job = store.create_job(project="app", kind="checkout", user="alice", ref="main")
+    with pytest.raises(ValueError, match="project"):
+        store.update_job(job.id, project="other")
+    with pytest.raises(ValueError):
+        store.update_job(job.id, **{"status = 'x', user": "mallory"})
+    assert store.get_job(job.id).user == "alice"
+    store.update_job(job.id)  # nothing to do is fine
+
+
+def test_kind_is_checked_by_the_database(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        store.create_job(project="app", kind="rm -rf", user="alice")
+
+
+def test_listing_jobs(store: Store) -> None:
+    ids = [
+        store.create_job(project=p, kind="deploy", user="u", env="staging").id
+        for p in ["app", "web", "app", "app"]
+    ]
+    assert [j.id for j in store.list_jobs()] == ids[::-1]
+    assert [j.id for j in store.list_jobs("app")] == [ids[3], ids[2], ids[0]]
+    assert [j.id for j in store.list_jobs("app", limit=2)] == [ids[3], ids[2]]
+    finish(store, ids[0], "succeeded", T0)
+    assert [j.id for j in store.running_jobs()] == ids[1:]
+    assert store.last_job("app").id == ids[3]
+    assert store.last_job("nope") is None
+
+
+def test_last_job_of_a_kind(store: Store) -> None:
+    c = store.create_job(project="app", kind="checkout", user="u", ref="main")
+    d = store.create_job(project="app", kind="deploy", user="u", env="staging")
+    assert store.last_job("app", "checkout").id == c.id
+    assert store.last_job("app", "deploy").id == d.id
+    assert store.last_job("app").id == d.id
+
+
+def test_last_successful_deploys_per_env(store: Store) -> None:
+    def deploy(env: str, status: str, project: str = "app", kind: str = "deploy") -> int:
+        job = store.create_job(project=project, kind=kind, user="u", env=env)
+        if status != "running":
+            finish(store, job.id, status, T0)
+        return job.id
+
+    s1 = deploy("staging", "succeeded")
+    s2 = deploy("staging", "succeeded")
+    deploy("staging", "failed")
+    deploy("staging", "running")
+    p1 = deploy("production", "succeeded")
+    deploy("production", "cancelled")
+    deploy("qa", "failed")
+    deploy("staging", "succeeded", project="web")
+    deploy("staging", "succeeded", kind="checkout")
+
+    best = store.last_successful_deploys("app")
+    assert set(best) == {"staging", "production"}
+    assert best["staging"].id == s2 != s1
+    assert best["production"].id == p1
+    assert store.last_successful_deploys("nothing") == {}
+
+
+def test_job_ids_beyond_retention(store: Store) -> None:
+    ids = []
+    for _ in range(6):
+        job = store.create_job(project="app", kind="deploy", user="u", env="staging")
+        finish(store, job.id, "succeeded", T0)
+        ids.append(job.id)
+    store.create_job(project="web", kind="deploy", user="u", env="staging")
+    assert store.job_ids_beyond("app", 6) == []
+    assert sorted(store.job_ids_beyond("app", 4)) == ids[:2]
+    assert sorted(store.job_ids_beyond("app", 1)) == ids[:5]
+    assert store.job_ids_beyond("web", 0) == []  # running: its log is being written
+
+
+def test_running_jobs_are_never_beyond_retention(store: Store) -> None:
+    old = store.create_job(project="app", kind="deploy", user="u", env="staging")  # still running
+    newer = []
+    for _ in range(3):
+        job = store.create_job(project="app", kind="deploy", user="u", env="staging")
+        finish(store, job.id, "failed", T0)
+        newer.append(job.id)
+    assert store.job_ids_beyond("app", 2) == [newer[0]]
+    assert old.id not in store.job_ids_beyond("app", 0)
+
+
+def test_jobs_survive_a_restart(db_path: Path) -> None:
+    first = Store(db_path)
+    job = first.create_job(project="app", kind="deploy", user="alice", env="production")
+    finish(first, job.id, "succeeded", T0 + 5, exit_code=0)
+    running = first.create_job(project="app", kind="checkout", user="alice", ref="main")
+    first.close()
+    second = Store(db_path)
+    try:
+        assert second.get_job(job.id).status == "succeeded"
+        assert [j.id for j in second.running_jobs()] == [running.id]
+        assert second.last_successful_deploys("app")["production"].id == job.id
+        # Ids keep counting up after a restart (AUTOINCREMENT), so logs are never reused.
+        assert second.create_job(project="app", kind="deploy", user="u").id > running.id
+    finally:
+        second.close()
+
+
+def test_delete_project_forgets_its_jobs_and_lock(store: Store, clock: Clock) -> None:
+    locks = Locks(store, clock=clock)
+    locks.gain("app", "alice")
+    locks.gain("web", "bob")
+    store.create_job(project="app", kind="deploy", user="alice", env="staging")
+    keep = store.create_job(project="web", kind="deploy", user="bob", env="staging")
+    store.delete_project("app")
+    assert store.list_jobs("app") == [] and locks.get("app") is None
+    assert [j.id for j in store.list_jobs()] == [keep.id] and locks.get("web").user == "bob"
