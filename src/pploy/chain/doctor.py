@@ -255,7 +255,10 @@ async def _read_websocket(session: aiohttp.ClientSession, probe: Probe, options:
                     continue
                 tick = _parse_tick(msg.data)
                 _record(probe, at, len(msg.data), [tick] if tick else [])
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            elif msg.type == aiohttp.WSMsgType.CLOSE:
+                probe.close_code = int(msg.data)  # the code the server sent
+                break
+            elif msg.type == aiohttp.WSMsgType.CLOSED:
                 break
             elif msg.type == aiohttp.WSMsgType.ERROR:
                 probe.error = f"WebSocket error: {ws.exception()}"
@@ -263,7 +266,8 @@ async def _read_websocket(session: aiohttp.ClientSession, probe: Probe, options:
         probe.ended_at = clock()
     finally:
         await ws.close()
-        probe.close_code = ws.close_code
+        if probe.close_code is None:
+            probe.close_code = ws.close_code or 1006
 
 
 async def _http_error(response: aiohttp.ClientResponse) -> str:
@@ -317,7 +321,7 @@ def front_hop(headers: dict[str, str]) -> str:
     if lowered.startswith("nginx") or "openresty" in lowered:
         return "nginx"
     if "aiohttp" in lowered:
-        return headers.get("X-Stream-Test-Origin") or "aiohttp"
+        return headers.get("X-Stream-Test-Origin") or "gate or pploy (aiohttp)"
     if server:
         return f"another proxy (Server: {server})"
     return "an unknown proxy"
@@ -423,10 +427,11 @@ def judge(probe: Probe, options: Options) -> None:
         probe.fix = _fix(probe.hop, "buffered")
         return
     probe.verdict = "streaming"
-    probe.detail = (
-        f"{got}/{probe.expected} ticks, each as sent (spread {held * 1000:.0f} ms, "
-        f"median lag {statistics.median(lags) * 1000:.0f} ms)"
-    )
+    gaps = [b.at - a.at for a, b in zip(probe.ticks, probe.ticks[1:], strict=False)]
+    probe.detail = f"{got}/{probe.expected} ticks, each as sent (held at most {held * 1000:.0f} ms"
+    if gaps:
+        probe.detail += f", median gap {statistics.median(gaps) * 1000:.0f} ms"
+    probe.detail += ")"
 
 
 def _largest_silence(probe: Probe, options: Options) -> float:
@@ -526,9 +531,18 @@ def summarise(probes: list[Probe]) -> list[str]:
     by_key = {(p.endpoint, p.transport): p for p in probes}
     if not any(p.available for p in probes):
         return ["no stream-test endpoint answered: is this a pploy or gate URL?"]
+    if any(p.status in (401, 403) or (p.status or 0) // 100 == 3 for p in probes):
+        lines.append(
+            "authentication needed: sign in with a browser, copy gate's session cookie "
+            "(_gate_session unless auth.session.cookie_name says otherwise) and pass "
+            "--cookie _gate_session=VALUE"
+        )
     for transport in TRANSPORTS:
         gate = by_key.get(("gate", transport))
         pploy = by_key.get(("pploy", transport))
+        refused = {401, 403, 301, 302, 303, 307, 308}
+        if any(p is not None and p.status in refused for p in (gate, pploy)):
+            continue
         if gate and pploy and gate.available and pploy.available:
             if gate.verdict == "streaming" and pploy.verdict != "streaming":
                 lines.append(
