@@ -234,7 +234,7 @@ KEYS = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=8), st.integers()
 VALUES = st.recursive(
     SCALARS,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
-    max_leaves=12,
+    max_leaves=8,
 )
 DOCUMENTS = st.dictionaries(KEYS, VALUES, max_size=6)
 ENVIRONS = st.dictionaries(
@@ -257,7 +257,7 @@ def _load_text(text: str | bytes, environ: dict[str, str]) -> Config | None:
 
 
 @given(DOCUMENTS, ENVIRONS)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 def test_arbitrary_mappings_raise_only_config_errors(doc: dict, environ: dict[str, str]) -> None:
     config = _load_text(yaml.safe_dump(doc, allow_unicode=True), environ)
     if config is not None:
