@@ -344,7 +344,9 @@ FIXES = {
     ("nginx", "cut"): (
         "nginx closed the stream during a silence: `proxy_read_timeout` is shorter than the "
         "gap between two writes. Keep heartbeats on (pploy and gate send one at least every "
-        "15 s) and set `proxy_read_timeout` well above them (the shipped config uses 3600s)."
+        "15 s) and set `proxy_read_timeout` well above them (the shipped config uses 3600s). "
+        "WebSocket pings go hop by hop: between nginx and gate they are gate's "
+        "(`upstream.websocket_heartbeat`, 30 s by default)."
     ),
     ("gate", "buffered"): (
         "gate answered and still batched the ticks: this is a gate bug (gate writes every "

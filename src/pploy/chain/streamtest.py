@@ -189,8 +189,9 @@ def handlers(prefix: str, origin: str | None = None) -> dict[str, Handler]:
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         params = parse_params(request)
-        # Pings only when the client asked for a heartbeat: "heartbeat=0" means real silence.
-        ws = web.WebSocketResponse(heartbeat=params.heartbeat)
+        # Pings on the heartbeat schedule (none with "heartbeat=0": real silence); sent by
+        # hand so that a slow pong never closes the test stream.
+        ws = web.WebSocketResponse()
         ws.headers.update(_headers(name, params))
         await ws.prepare(request)
         log.event("stream_test.start", transport="websocket", origin=name, **params.to_json())
@@ -210,6 +211,8 @@ def handlers(prefix: str, origin: str | None = None) -> dict[str, Handler]:
                     break
                 if kind == "tick":
                     await ws.send_str(json.dumps(payload))
+                else:
+                    await ws.ping(b"heartbeat")
             else:
                 await ws.send_str(json.dumps({"done": True}))
                 await ws.close(code=1000, message=b"stream test done")
