@@ -375,7 +375,7 @@ async def test_authentication_and_csrf(tmp_path):
             assert resp.status == 303 and resp.headers["Location"].startswith("/login")
         async with pploy.client("mallory").get(pploy.url("/api/status")) as resp:
             assert resp.status == 401
-        async with anon.ws_connect(pploy.url("/api/jobs/1/ws")) as ws:
+        async with anon.ws_connect(pploy.url("/api/jobs/1/ws")):
             raise AssertionError("an anonymous WebSocket was accepted")
     except aiohttp.WSServerHandshakeError as exc:
         assert exc.status == 401
@@ -432,7 +432,10 @@ async def test_pages_render_and_escape(tmp_path):
         "webapp",
         f"#!/bin/sh\necho '{evil}'\n",
         files={
-            ".deploy/config/readme.html": f'<h3>Read me</h3>{evil}<a href="javascript:alert(1)">x</a><img src=x onerror=alert(1)>',
+            ".deploy/config/readme.html": (
+                f'<h3>Read me</h3>{evil}<a href="javascript:alert(1)">x</a>'
+                "<img src=x onerror=alert(1)>"
+            ),
             ".deploy/config/deploy_envs": "test\n\nstaging\nproduction\n",
         },
     )

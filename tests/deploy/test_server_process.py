@@ -72,7 +72,10 @@ def write_config(path: Path) -> Path:
 async def test_sigkill_then_restart_marks_job_interrupted_and_keeps_everything(tmp_path):
     fifo = Fifo(tmp_path / "go")
     pidfile = tmp_path / "pid"
-    script = f"#!/bin/sh\necho $$ > {pidfile}\necho line one\n{fifo.script_open()}\n{fifo.wait_cmd}\necho never\n"
+    script = (
+        f"#!/bin/sh\necho $$ > {pidfile}\necho line one\n"
+        f"{fifo.script_open()}\n{fifo.wait_cmd}\necho never\n"
+    )
     remote = make_remote(tmp_path, deploy_script=script)
     config = write_config(tmp_path / "pploy.yml")
     workdir = tmp_path / "work"
