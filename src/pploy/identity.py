@@ -94,6 +94,7 @@ class AssertionSigner:
         self.lifetime = lifetime
         self.key = key or ECKey.generate_key("P-256", auto_kid=True)
         self._published = [self.key, *(extra_public_keys or [])]
+        self._cache: dict[Identity, tuple[str, int]] = {}
 
     @property
     def kid(self) -> str:
@@ -107,6 +108,24 @@ class AssertionSigner:
             public.update({"use": "sig", "alg": ALGORITHM})
             keys.append(public)
         return {"keys": keys}
+
+    def token_for(self, identity: Identity, *, now: float | None = None) -> str:
+        """A fresh-enough assertion for ``identity``, reused for a few seconds.
+
+        Signing costs ~0.15 ms; re-using a token while at least 3/4 of its lifetime remains
+        takes that off every proxied request without letting any token live longer.
+        """
+        current = time.time() if now is None else now
+        cached = self._cache.get(identity)
+        if cached is not None:
+            token, issued = cached
+            if 0 <= current - issued <= self.lifetime / 4:
+                return token
+        token = self.sign(identity, now=current)
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[identity] = (token, int(current))
+        return token
 
     def sign(self, identity: Identity, *, now: float | None = None) -> str:
         issued = int(now if now is not None else time.time())

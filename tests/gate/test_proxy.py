@@ -226,6 +226,14 @@ async def test_chunked_drip_arrives_chunk_by_chunk(gate, client, upstream):
         assert await asyncio.wait_for(resp.content.read(), 5) == b""
 
 
+async def test_sized_body_arriving_in_pieces_is_not_held(gate, client, upstream):
+    async with client.get(gate.url + "/app/sized-drip") as resp:
+        assert resp.headers["Content-Length"] == "14"
+        assert await asyncio.wait_for(resp.content.readline(), 5) == b"part 0\n"
+        await upstream.acks.put(0)
+        assert await asyncio.wait_for(resp.content.read(), 5) == b"part 1\n"
+
+
 async def test_sse_events_arrive_one_by_one(gate, client, upstream):
     async with client.get(gate.url + "/app/sse?n=4", headers={"Accept": "text/event-stream"}) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
@@ -633,3 +641,44 @@ async def test_other_upgrade_is_not_tunnelled(gate, client):
     ) as resp:
         sent = header_map(await resp.json())
     assert "upgrade" not in sent
+
+
+async def test_metrics_on_their_own_address(upstream):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = dev_config(proxy=[{"path": "/", "dest": upstream.url}])
+    config["metrics"] = {"address": f"127.0.0.1:{port}"}
+    config["access_log"] = {"format": False}  # YAML's unquoted `off`
+    running = await start_gate(config)
+    try:
+        async with client_session() as session:
+            async with session.get(running.url + "/_gate/metrics", allow_redirects=False) as r:
+                assert r.status == 401  # not served on the main address at all
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 200
+                assert "gate_requests_total" in await r.text()
+    finally:
+        await running.server.stop()
+
+
+async def test_websocket_heartbeat_keeps_idle_tunnel_open(upstream):
+    config = dev_config(proxy=[{"path": "/", "dest": upstream.url}])
+    config["upstream"] = {"websocket_heartbeat": 0.1}
+    running = await start_gate(config)
+    try:
+        async with client_session() as session:
+            await dev_login(session, running.url)
+            async with session.ws_connect(running.url + "/ws", autoping=False) as ws:
+                # gate pings the idle client; answer, and the tunnel stays up.
+                msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.PING
+                await ws.pong(msg.data)
+                await ws.send_str("still here")
+                reply = await ws.receive(timeout=5)
+                while reply.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(reply.data)
+                    reply = await ws.receive(timeout=5)
+                assert reply.data == "echo:still here"
+    finally:
+        await running.server.stop()

@@ -35,6 +35,7 @@ class Upstream:
         app = web.Application()
         app.router.add_route("*", "/drip", self.drip)
         app.router.add_get("/sse", self.sse)
+        app.router.add_get("/sized-drip", self.sized_drip)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/ws", self.ws_echo)
         app.router.add_get("/ws-bye", self.ws_bye)
@@ -82,6 +83,17 @@ class Upstream:
             # Wait until the test has seen this line through gate.
             got = await asyncio.wait_for(self.acks.get(), 10)
             assert got == i
+        await response.write_eof()
+        return response
+
+    async def sized_drip(self, request: web.Request) -> web.StreamResponse:
+        """A response with Content-Length whose body still arrives in pieces."""
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.content_length = 14
+        await response.prepare(request)
+        await response.write(b"part 0\n")
+        assert await asyncio.wait_for(self.acks.get(), 10) == 0
+        await response.write(b"part 1\n")
         await response.write_eof()
         return response
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from pploy.gate.headers import (
     WEBSOCKET_HANDSHAKE,
     canonical,
     connection_tokens,
+    identity_names,
     is_identity_header,
     strip_cookies,
 )
@@ -83,8 +84,8 @@ class Gate:
         self._provider: Provider | None = None
         self.gate_cookies = {config.auth.session.cookie_name, login.STATE_COOKIE}
         headers = config.identity_headers
-        self.extra_identity = [h for h in (headers.user, headers.email, headers.assertion) if h]
-        self.extra_identity += headers.strip
+        extra = [h for h in (headers.user, headers.email, headers.assertion) if h]
+        self.identity_names = identity_names([*extra, *headers.strip])
 
     @property
     def provider(self) -> Provider:
@@ -123,7 +124,7 @@ class Gate:
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             key = canonical(name)
-            if key in drop or is_identity_header(name, self.extra_identity):
+            if key in drop or is_identity_header(name, self.identity_names):
                 continue
             if key == "cookie":
                 value = strip_cookies(value, self.gate_cookies)
@@ -155,7 +156,7 @@ class Gate:
                 out[names.email] = principal.email
             if names.assertion:
                 identity = Identity(user=principal.user, email=principal.email)
-                out[names.assertion] = self.signer.sign(identity, now=self.clock())
+                out[names.assertion] = self.signer.token_for(identity, now=self.clock())
         return out
 
 
@@ -281,7 +282,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     gate = request.app[GATE_KEY]
     incoming = request.headers.get("X-Request-Id", "")
     trusted = gate.auth.from_trusted_proxy(request)
-    request_id = incoming if trusted and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if trusted and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
     request[keys.REQUEST_ID] = request_id
     started = time.monotonic()
     status = 500

@@ -223,10 +223,19 @@ class UpstreamConf(_Model):
     websocket_max_message: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
+def _log_format(value: Any) -> Any:
+    # YAML 1.1 reads an unquoted `off` as false.
+    if value is False:
+        return "off"
+    if value is True:
+        return "kv"
+    return value
+
+
 class AccessLogConf(_Model):
     """Extension: access log format (`kv` key=value lines, `json`, or `off`)."""
 
-    format: Literal["kv", "json", "off"] = "kv"
+    format: Annotated[Literal["kv", "json", "off"], BeforeValidator(_log_format)] = "kv"
 
 
 class MetricsConf(_Model):

@@ -83,11 +83,15 @@ def canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def is_identity_header(name: str, extra: Iterable[str] = ()) -> bool:
+def identity_names(extra: Iterable[str] = ()) -> frozenset[str]:
+    """Every identity header name (canonical), including configured ones."""
+    return IDENTITY_NAMES | {canonical(e) for e in extra}
+
+
+def is_identity_header(name: str, names: frozenset[str] = IDENTITY_NAMES) -> bool:
+    """``names`` from :func:`identity_names`; any ``X-Gate-*`` header counts too."""
     key = canonical(name)
-    if key in IDENTITY_NAMES or key.startswith(IDENTITY_PREFIXES):
-        return True
-    return key in {canonical(e) for e in extra}
+    return key in names or key.startswith(IDENTITY_PREFIXES)
 
 
 def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:

@@ -48,6 +48,25 @@ def _streaming(headers: CIMultiDict[str]) -> bool:
     return "content-length" not in headers or content_type.startswith("text/event-stream")
 
 
+def _complete_small_body(upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> bool:
+    length = headers.get("Content-Length", "")
+    if not length.isdigit() or int(length) > 65536:
+        return False
+    if headers.get("Content-Type", "").lower().startswith("text/event-stream"):
+        return False
+    # End of body already seen, and nothing read yet: the whole body is in the buffer.
+    return upstream.content.is_eof()
+
+
+def _whole(
+    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], body: bytes
+) -> web.Response:
+    response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+    headers.popall("Content-Length", None)
+    response.headers.extend(headers)
+    return response
+
+
 async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
     """The client's body, passed on chunk by chunk (never read whole)."""
     async for chunk in request.content.iter_any():
@@ -132,10 +151,21 @@ class UpstreamProxy:
             if has_body and _streaming(out_headers):
                 # Tell a buffering proxy in front (nginx) to pass this through at once.
                 out_headers.setdefault("X-Accel-Buffering", "no")
+            if keys.REQUEST_ID in request:
+                out_headers["X-Request-Id"] = request[keys.REQUEST_ID]
+            if has_body and _complete_small_body(upstream, out_headers):
+                # The whole (small, sized) body has already arrived: send it with the headers
+                # in one write. Nothing waits for this; it only coalesces what is here.
+                try:
+                    body = upstream.content.read_nowait()
+                except aiohttp.ClientPayloadError as exc:
+                    return self._unavailable(request, route, exc)
+                if len(body) != int(out_headers["Content-Length"]):
+                    return self._unavailable(request, route, ValueError("truncated body"))
+                finished = True
+                return _whole(upstream, out_headers, body)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(out_headers)
-            if keys.REQUEST_ID in request:
-                response.headers["X-Request-Id"] = request[keys.REQUEST_ID]
             await response.prepare(request)
             request[keys.SENT_STATUS] = response.status
             self.metrics.open_streams += 1
