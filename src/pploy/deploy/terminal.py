@@ -18,6 +18,8 @@ import subprocess
 import termios
 from collections.abc import Callable, Sequence
 
+READ_BATCH = 256 * 1024
+
 
 class PtyProcess:
     """A child in its own session and process group, its stdout and stderr on a pty."""
@@ -69,22 +71,31 @@ class PtyProcess:
         return self
 
     def _readable(self) -> None:
-        while True:
+        # A pty hands out at most about 4 KiB per read: drain what is there (up to a bound,
+        # so one chatty job cannot starve the loop) and pass it on as one chunk, so a fast
+        # writer costs one log write and one wake-up per batch rather than per read.
+        chunks: list[bytes] = []
+        size = 0
+        eof = False
+        while size < READ_BATCH:
             try:
                 data = os.read(self.master_fd, 65536)
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
-                if exc.errno == errno.EIO:  # every writer closed the slave: end of output
-                    self._finish_reading()
-                    return
-                raise
+                if exc.errno != errno.EIO:  # EIO: every writer closed the slave
+                    raise
+                eof = True
+                break
             if not data:
-                self._finish_reading()
-                return
-            self._on_output(data)
-            if len(data) < 65536:
-                return
+                eof = True
+                break
+            chunks.append(data)
+            size += len(data)
+        if chunks:
+            self._on_output(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if eof:
+            self._finish_reading()
 
     def _finish_reading(self) -> None:
         if self.master_fd >= 0:
