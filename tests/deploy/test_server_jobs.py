@@ -517,3 +517,18 @@ async def test_signal_group_is_gone_after_cancel_even_if_leader_exits_first(tmp_
         assert signal.SIGKILL  # escalation reached KILL
     finally:
         await pploy.close()
+
+
+async def test_a_foreign_host_is_refused_dns_rebinding(tmp_path):
+    pploy = await start_pploy(tmp_path / "work", allowed_hosts=["deploy.internal"])
+    try:
+        client = pploy.client("alice")
+        async with client.get(
+            pploy.url("/api/status"), headers={"Host": "evil.example:80"}
+        ) as resp:
+            assert resp.status == 400 and "allowed_hosts" in (await resp.json())["error"]
+        for host in ("deploy.internal", "localhost:1234", "127.0.0.1"):
+            async with client.get(pploy.url("/api/status"), headers={"Host": host}) as resp:
+                assert resp.status == 200, host
+    finally:
+        await pploy.close()

@@ -15,7 +15,7 @@ from pploy import log
 from pploy.deploy import i18n, security
 from pploy.deploy.auth import Authenticator
 from pploy.deploy.config import Config
-from pploy.deploy.errors import PployError, Unauthorized
+from pploy.deploy.errors import BadRequest, PployError, Unauthorized
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
@@ -193,7 +193,14 @@ def error_response(request: web.Request, status: int, message: str) -> web.Respo
 @web.middleware
 async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
     svc = services(request)
-    public = request.path.startswith(PUBLIC_PREFIXES) or request.path == "/ping"
+    if request.path != "/ping" and not security.host_allowed(
+        request, svc.config.public_url, svc.config.allowed_hosts
+    ):
+        raise BadRequest(
+            f"this pploy does not serve the host {request.host!r}; "
+            "add it to allowed_hosts (or set public_url)"
+        )
+    public = request.path.startswith(PUBLIC_PREFIXES)
     try:
         request["user"] = await svc.auth.identify(request)
     except Unauthorized:

@@ -121,6 +121,11 @@ class Config(_Strict):
     public_url: str | None = Field(
         None, description="The URL users open (links in notifications; origin checks)."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names served besides IP literals, localhost, this machine's names "
+        "and public_url's host (guards against DNS rebinding).",
+    )
     users: list[str] = Field(default_factory=list, description="standalone mode: the deployers.")
     lock: LockConfig = Field(default_factory=LockConfig)
     job: JobConfig = Field(default_factory=JobConfig)

@@ -10,7 +10,10 @@ bodies must be ``application/json``, which no cross-site form can send.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
+import socket
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -76,3 +79,32 @@ async def check_form_token(request: web.Request) -> None:
     cookie = request.cookies.get(CSRF_COOKIE)
     if not isinstance(sent, str) or not cookie or not hmac.compare_digest(sent, cookie):
         raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+
+
+@lru_cache(maxsize=1)
+def _machine_names() -> frozenset[str]:
+    names = {"localhost", socket.gethostname().lower()}
+    try:
+        names.add(socket.getfqdn().lower())
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def host_allowed(request: web.Request, public_url: str | None, extra: list[str]) -> bool:
+    """Refuse a Host pploy does not serve: a DNS-rebinding page (evil.example resolving to
+    127.0.0.1) would otherwise be same-origin with pploy and could pick any user's name.
+
+    Allowed: IP literals, localhost and this machine's names, public_url's host, and
+    ``allowed_hosts``."""
+    host = urlsplit("//" + (request.host or "")).hostname or ""
+    host = host.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    allowed = set(_machine_names()) | {h.lower() for h in extra}
+    if public_url:
+        allowed.add((urlsplit(public_url).hostname or "").lower())
+    return host in allowed
