@@ -263,3 +263,61 @@ async def test_stdout_and_stderr_interleave_in_order(tmp_path):
         assert b"out1\nerr1\nout2\nerr2\nout3\nerr3\n" in log
     finally:
         await pploy.close()
+
+
+async def test_a_viewer_that_never_reads_neither_slows_the_job_nor_grows_memory(tmp_path):
+    script = "#!/bin/sh\nyes 'a line of deploy output' | head -c 20000000\necho end\n"
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
+        await pploy.gain(name)
+        job = await pploy.deploy(name)
+        # A viewer that asks for the stream and then never reads a byte.
+        reader, writer = await asyncio.open_connection("127.0.0.1", pploy.server.port)
+        writer.write(
+            f"GET /api/jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Cookie: user=alice\r\n\r\n".encode()
+        )
+        await writer.drain()
+        record = await pploy.wait_job(job, timeout=60)
+        assert record["status"] == "succeeded"
+        assert record["log_bytes"] > 20_000_000
+        buffer = pploy.services.jobs.running.get(job)
+        assert buffer is None  # finished and released; nothing held for the stuck viewer
+        writer.close()
+    finally:
+        await pploy.close()
+
+
+async def test_log_size_limit_says_so_and_the_job_goes_on(tmp_path):
+    script = "#!/bin/sh\nyes 0123456789 | head -c 100000\necho after-the-limit >&2\nexit 0\n"
+    pploy = await start_pploy(tmp_path / "work", **{"job.max_log_bytes": 4096})
+    try:
+        name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
+        await pploy.gain(name)
+        record = await pploy.wait_job(await pploy.deploy(name))
+        assert record["status"] == "succeeded"
+        log = await pploy.log(record["id"])
+        assert len(log) < 4096 + 300
+        assert b"reached its maximum size (4096 bytes)" in log
+        assert b"after-the-limit" not in log
+    finally:
+        await pploy.close()
+
+
+async def test_memory_tail_stays_bounded():
+    import tempfile
+    from pathlib import Path
+
+    from pploy.deploy.follow import LogBuffer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        buffer = LogBuffer(Path(tmp) / "x.log", memory_bytes=64 * 1024)
+        for _ in range(2000):
+            buffer.append(b"x" * 1000)
+        assert buffer.size == 2_000_000
+        assert len(buffer._tail) <= 64 * 1024 * 3 // 2
+        # old bytes come from the file, recent ones from memory, identical either way
+        assert await buffer.read(0, 10) == b"x" * 10
+        assert await buffer.read(buffer.size - 5) == b"x" * 5
+        buffer.finish({"status": "succeeded"})
