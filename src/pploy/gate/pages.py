@@ -18,7 +18,8 @@ SECURITY_HEADERS = {
     "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it browsers send `Origin: null` on the login form POST.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
