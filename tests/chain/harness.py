@@ -45,7 +45,9 @@ printf '\033[1;34m==> deploying %s to %s as %s\033[0m\n' \
 i=1
 while [ $i -le {lines} ]; do
   printf '\033[32mline %d\033[0m of the deploy\n' "$i"
-  if [ -p "$fifo" ]; then read _ < "$fifo"; fi
+  # A read that meets EOF without a line (it opened the fifo just before the test's write
+  # end closed) is not a release: wait again.
+  if [ -p "$fifo" ]; then until read _ < "$fifo"; do :; done; fi
   i=$((i + 1))
 done
 printf 'warning: on stderr\n' >&2
