@@ -747,7 +747,9 @@
       const name = FINAL.indexOf(status.status) >= 0 ? status.status : String(status.status);
       this.el.dataset.status = name;
       const badge = document.getElementById('job-status');
-      if (badge) {
+      // A badge that already shows this status keeps the server's (translated) label; a changed
+      // one shows the raw name until app.js swaps in the server's fresh, translated #job-meta.
+      if (badge && badge.dataset.status !== name) {
         badge.textContent = name;
         badge.dataset.status = name;
         for (const c of Array.from(badge.classList)) {
