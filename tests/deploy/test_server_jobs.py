@@ -532,3 +532,43 @@ async def test_a_foreign_host_is_refused_dns_rebinding(tmp_path):
                 assert resp.status == 200, host
     finally:
         await pploy.close()
+
+
+async def test_gate_mode_takes_the_user_from_a_verified_assertion_only(tmp_path):
+    from pploy.identity import AssertionSigner, Identity
+
+    signer = AssertionSigner(audience="pploy")
+    keys = tmp_path / "gate-jwks.json"
+    keys.write_text(json.dumps(signer.jwks()))
+    pploy = await start_pploy(
+        tmp_path / "work", **{"auth.mode": "gate", "auth.gate_public_key_file": str(keys)}
+    )
+    try:
+        anon = pploy.client(None)
+        token = signer.sign(Identity("dana", "dana@example.com"))
+        async with anon.get(pploy.url("/api/status"), headers={"X-Gate-Assertion": token}) as resp:
+            assert resp.status == 200 and (await resp.json())["user"] == "dana"
+        # no assertion, a plain identity header, a cookie name, or a forged token: refused
+        for headers in (
+            {},
+            {"X-Forwarded-User": "dana"},
+            {"Cookie": "user=alice"},
+            {"X-Gate-Assertion": token[:-4] + "AAAA"},
+            {"X-Gate-Assertion": AssertionSigner(audience="pploy").sign(Identity("eve", None))},
+            {"X-Gate-Assertion": AssertionSigner(audience="other").sign(Identity("eve", None))},
+        ):
+            async with anon.get(pploy.url("/api/status"), headers=headers) as resp:
+                assert resp.status == 401, headers
+        # deploys are attributed to the assertion's user
+        remote = make_remote(tmp_path)
+        as_dana = {"X-Gate-Assertion": token}
+        async with anon.post(
+            pploy.url("/api/projects"), json={"url": str(remote)}, headers=as_dana
+        ) as resp:
+            name = (await resp.json())["project"]["name"]
+        async with anon.post(
+            pploy.url(f"/api/projects/{name}/lock"), json={"operation": "gain"}, headers=as_dana
+        ) as resp:
+            assert (await resp.json())["lock"]["user"] == "dana"
+    finally:
+        await pploy.close()
