@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from aiohttp import web
 from pploy.deploy import names
 from pploy.deploy.config import AuthConfig
 from pploy.deploy.errors import Unauthorized
+from pploy.networks import address_in, parse_networks
 
 if TYPE_CHECKING:
     from pploy.identity import AssertionVerifier
@@ -29,7 +29,7 @@ class Authenticator:
         self.config = config
         self.mode = config.mode
         self.users = list(users)
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self.networks = parse_networks(config.trusted_proxies)
         self.verifier: AssertionVerifier | None = None
         if self.mode == "gate":
             from pploy.identity import AssertionVerifier
@@ -46,11 +46,7 @@ class Authenticator:
         return self.mode == "standalone"
 
     def trusted_peer(self, request: web.Request) -> bool:
-        try:
-            peer = ipaddress.ip_address(request.remote or "")
-        except ValueError:
-            return False
-        return any(peer in net for net in self.networks)
+        return address_in(request.remote, self.networks)
 
     async def identify(self, request: web.Request) -> str | None:
         """The user's name, None when the request names nobody; Unauthorized when it names

@@ -6,7 +6,6 @@ flags. Unknown keys are errors, and every error names the key that is wrong.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pploy.deploy.names import USER_NAME_RE
+from pploy.networks import check_networks
 
 
 class ConfigError(Exception):
@@ -85,12 +85,7 @@ class AuthConfig(_Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP network") from exc
-        return value
+        return check_networks(value)
 
 
 class WebhookConfig(_Strict):

@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ from aiohttp import web
 from pploy import log
 from pploy.gate.config import GateConfig
 from pploy.gate.session import CookieCodec, Session
+from pploy.networks import address_in, parse_networks
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 BASIC_CACHE_SECONDS = 300.0
 BASIC_CACHE_SIZE = 1024
 
@@ -38,22 +37,6 @@ class Principal:
     email: str | None
     via: str  # "session", "htpasswd" or "network"
     session: Session | None = None
-
-
-def _networks(items: list[str]) -> list[Network]:
-    return [ipaddress.ip_network(i, strict=False) for i in items]
-
-
-def _in(address: str | None, networks: list[Network]) -> bool:
-    if not address or not networks:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.strip().strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return any(ip.version == n.version and ip in n for n in networks)
 
 
 def policy_fingerprint(config: GateConfig) -> str:
@@ -106,8 +89,8 @@ class Authenticator:
         self.config = config
         self.codec = codec
         self.cookie_name = config.auth.session.cookie_name
-        self.allowed = _networks(config.auth.allow_networks)
-        self.trusted = _networks(config.trusted_proxies)
+        self.allowed = parse_networks(config.auth.allow_networks)
+        self.trusted = parse_networks(config.trusted_proxies)
         self.policy = policy_fingerprint(config)
         self.htpasswd = (
             Htpasswd(config.resolve(config.auth.htpasswd)) if config.auth.htpasswd else None
@@ -119,7 +102,7 @@ class Authenticator:
 
     def client_ip(self, request: web.Request) -> str:
         peer = request.remote or ""
-        if not _in(peer, self.trusted):
+        if not address_in(peer, self.trusted):
             return peer
         chain = [
             p.strip()
@@ -128,19 +111,19 @@ class Authenticator:
             if p.strip()
         ]
         for hop in reversed(chain):
-            if not _in(hop, self.trusted):
+            if not address_in(hop, self.trusted):
                 return hop
         return chain[0] if chain else peer
 
     def client_proto(self, request: web.Request) -> str:
-        if _in(request.remote, self.trusted):
+        if address_in(request.remote, self.trusted):
             proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
             if proto in ("http", "https"):
                 return proto
         return "https" if request.secure else "http"
 
     def from_trusted_proxy(self, request: web.Request) -> bool:
-        return _in(request.remote, self.trusted)
+        return address_in(request.remote, self.trusted)
 
     # --- credentials --------------------------------------------------------------------
 
@@ -195,6 +178,6 @@ class Authenticator:
         user = await self.basic(request)
         if user is not None:
             return Principal(user, None, "htpasswd")
-        if _in(self.client_ip(request), self.allowed):
+        if address_in(self.client_ip(request), self.allowed):
             return Principal(None, None, "network")
         return None

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from pploy.networks import check_networks
+
 SERVICES = ("google", "github", "oidc", "dev")
 DEFAULT_PATHS = {
     "login": "/login",
@@ -162,12 +164,7 @@ class AuthConf(_Model):
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP network") from exc
-        return value
+        return check_networks(value)
 
 
 class ProxyConf(_Model):
@@ -288,12 +285,7 @@ class GateConfig(_Model):
     @field_validator("trusted_proxies")
     @classmethod
     def _trusted(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP network") from exc
-        return value
+        return check_networks(value)
 
     @field_validator("address")
     @classmethod
