@@ -12,7 +12,9 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import http.server
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -288,13 +290,41 @@ async def test_nginx_buffers_an_upstream_that_does_not_opt_out(
     assert first_reads[False] == b"line 1\nline 2\n"
 
 
+class RecordingUpstream:
+    """A plain HTTP upstream that answers 200 and remembers the headers it received."""
+
+    def __init__(self) -> None:
+        seen: list[dict[str, str]] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                seen.append(dict(self.headers.items()))
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"ok\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.mark.parametrize(
     ("allow", "credentials", "expected"),
     [
         (["10.0.0.0/8"], None, 401),  # not in the office, no password: refused
         (["10.0.0.0/8"], "ops:wrong", 401),
-        (["10.0.0.0/8"], "ops:s3cret", 502),  # the password lets it through (to no upstream)
-        (["127.0.0.0/8"], None, 502),  # the office network needs no password
+        (["10.0.0.0/8"], "ops:s3cret", 200),  # the password lets it through
+        (["127.0.0.0/8"], None, 200),  # the office network needs no password
     ],
 )
 def test_allowlist_or_basic_auth_is_satisfy_any(
@@ -302,9 +332,10 @@ def test_allowlist_or_basic_auth_is_satisfy_any(
 ) -> None:
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("ops:{PLAIN}s3cret\n")
+    upstream = RecordingUpstream()
     port = free_port()
     site = shipped_site(
-        port, f"127.0.0.1:{free_port()}", certs, allow=allow, htpasswd=str(htpasswd)
+        port, f"127.0.0.1:{upstream.port}", certs, allow=allow, htpasswd=str(htpasswd)
     )
     assert "satisfy any;" in site and "deny all;" in site
     server = Nginx(nginx_binary, tmp_path / "n", site, port).start()
@@ -320,3 +351,9 @@ def test_allowlist_or_basic_auth_is_satisfy_any(
         connection.close()
     finally:
         server.stop()
+        upstream.stop()
+    assert len(upstream.seen) == (1 if expected == 200 else 0)
+    for headers_seen in upstream.seen:
+        # The office password stays at nginx; gate and pploy never see it.
+        assert "Authorization" not in headers_seen
+        assert headers_seen["X-Forwarded-Proto"] == "https"
