@@ -95,6 +95,7 @@ def build_services(config: Config) -> Services:
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
     )
     templates.filters["duration"] = format_duration
+    templates.filters["isodate"] = lambda text: text[:16].replace("T", " ")
     auth = Authenticator(config.auth, config.users)
     svc = Services(config, store, projects, locks, jobs, notifier, auth, templates)
     return svc
