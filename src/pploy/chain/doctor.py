@@ -601,7 +601,7 @@ def render_text(report: dict[str, Any]) -> str:
                 f"  {'':<10} answered by {probe['hop']}" + (f" ({headers})" if headers else "")
             )
         if probe["ticks"]:
-            times = " ".join(f"{t['at'] * 1000:.0f}" for t in probe["ticks"])
+            times = _arrivals([round(t["at"] * 1000) for t in probe["ticks"]])
             out.append(f"  {'':<10} arrivals (ms): {times}")
         if probe["fix"]:
             out.append(f"  {'':<10} likely fix: {probe['fix']}")
@@ -609,6 +609,19 @@ def render_text(report: dict[str, Any]) -> str:
     for line in report["summary"]:
         out.append(f"=> {line}")
     return "\n".join(out)
+
+
+def _arrivals(ms: list[int]) -> str:
+    """Arrival times in ms; a batch of ticks that came together shows as ``3024×30``."""
+    parts: list[str] = []
+    i = 0
+    while i < len(ms):
+        j = i
+        while j + 1 < len(ms) and ms[j + 1] - ms[i] <= 1:
+            j += 1
+        parts.append(f"{ms[i]}" if j == i else f"{ms[i]}×{j - i + 1}")
+        i = j + 1
+    return " ".join(parts)
 
 
 def parse_cookie(text: str) -> tuple[str, str]:
