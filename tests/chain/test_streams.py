@@ -357,3 +357,15 @@ def test_allowlist_or_basic_auth_is_satisfy_any(
         # The office password stays at nginx; gate and pploy never see it.
         assert "Authorization" not in headers_seen
         assert headers_seen["X-Forwarded-Proto"] == "https"
+
+
+def test_stream_tests_need_authentication_at_pploy_too(chain: Chain) -> None:
+    """pploy's stream test sits behind its auth like every route: straight to pploy, without
+    gate's signed assertion (a plain identity header is not enough), it is refused."""
+    for headers in ({}, {"X-Forwarded-User": "mallory"}, {"X-Gate-Assertion": "x.y.z"}):
+        connection = http.client.HTTPConnection("127.0.0.1", chain.pploy_port, timeout=10)
+        connection.request("GET", "/api/stream-test?duration=0.1", headers=headers)
+        response = connection.getresponse()
+        assert response.status == 401, (headers, response.status)
+        assert response.getheader("X-Accel-Buffering") is None  # no stream was started
+        connection.close()
