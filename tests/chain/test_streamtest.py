@@ -121,6 +121,13 @@ def test_judge_tells_streaming_from_buffered_from_cut() -> None:
     judge(steady, options)
     assert steady.verdict == "streaming"
 
+    # One hiccup (three ticks delayed together by 0.3 s) is not buffering.
+    hiccup = [(0.05 + 0.1 * i, 0.1 * i) for i in range(10)]
+    hiccup[3:6] = [(0.65, 0.3), (0.65, 0.4), (0.65, 0.5)]
+    bumpy = probe_with(hiccup)
+    judge(bumpy, options)
+    assert bumpy.verdict == "streaming", bumpy.detail
+
     lumped = probe_with([(1.02, 0.1 * i) for i in range(10)])
     judge(lumped, options)
     assert lumped.verdict == "buffered" and lumped.hop == "nginx"
