@@ -86,11 +86,9 @@ def _version(cmd: list[str]) -> str | None:
 
 def event_loop_name() -> str:
     """The event loop pploy and gate run on here: uvloop when it is installed, else asyncio."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop" if os.environ.get("PPLOY_EVENT_LOOP", "auto") != "asyncio" else "asyncio"
+    from pploy import eventloop
+
+    return eventloop.name()
 
 
 def machine() -> dict[str, object]:

@@ -171,6 +171,7 @@ async def backlog_phase(
     lines: int,
     joiners: int,
     routes: dict[str, tuple[str, str]],
+    servers: dict[str, int],
 ) -> dict:
     stop.unlink(missing_ok=True)
     job = await pploy.deploy(http, project)
@@ -203,12 +204,19 @@ async def backlog_phase(
             )
             for _ in range(procs)
         ]
+        cpu_before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+        started = time.monotonic()
         results = await asyncio.wait_for(asyncio.gather(*(read_json_line(g) for g in gens)), 300)
+        elapsed = time.monotonic() - started
         times = [t for r in results for t in r["seconds"]]
         out[route] = {
             "joiners": sum(r["viewers"] for r in results),
             "completed": len(times),
             "seconds": summary(times),
+            "cpu_percent_of_one_core": {
+                name: round((cpu_seconds(pid) - cpu_before[name]) / elapsed * 100, 1)
+                for name, pid in servers.items()
+            },
         }
     stop.touch()
     await pploy.wait_job(http, job, 30)
@@ -253,6 +261,7 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
             late = await backlog_phase(
                 pploy, http, late_project, stop, backlog_lines, joiners,
                 {"pploy": (pploy.base, "user=alice"), "gate": (gate.url, gate.cookie)},
+                servers,
             )  # fmt: skip
     finally:
         for server in (gate, pploy):
@@ -313,7 +322,8 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
                 "ratio": round(s["median"] / late["pploy"]["seconds"]["median"], 2)
                 if route == "gate" and late["pploy"]["seconds"]["median"]
                 else None,
-                "extra": f"{figures['completed']}/{figures['joiners']} got it all",
+                "extra": f"{figures['completed']}/{figures['joiners']} got it all; CPU "
+                + ", ".join(f"{k} {v}%" for k, v in figures["cpu_percent_of_one_core"].items()),
             }
         )
     return {

@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 
-from pploy import log
+from pploy import eventloop, log
 from pploy.gate.config import ConfigError, GateConfig, load_config, warnings
 from pploy.gate.server import GateServer, StartupRefused, startup_problems
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: configuration OK")
         return 0
     try:
-        return asyncio.run(_serve(config))
+        return eventloop.run(_serve(config))
     except StartupRefused as exc:
         print(f"gate refuses to start:\n{exc}", file=sys.stderr)
         return 2
