@@ -65,7 +65,11 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, r
     if not mask:
         return head + payload
     key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    stream = (key * (len(payload) // 4 + 1))[: len(payload)]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(
+        len(payload), "big"
+    )
+    return head + key + masked
 
 
 async def read_close(reader: asyncio.StreamReader, timeout: float = 10) -> int | str | None:

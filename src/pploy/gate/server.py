@@ -12,6 +12,11 @@ from pploy import log
 from pploy.gate.app import Gate, build_app, build_metrics_app
 from pploy.gate.config import GateConfig, check_files, is_loopback_address, parse_address, warnings
 
+# How long a connection may sit without a complete request: idle keep-alive connections and
+# clients that send half a request and stall (slowloris). aiohttp's AppRunner default is an
+# hour; a request being handled or streamed is never cut by it.
+IDLE_CONNECTION_TIMEOUT = 75.0
+
 
 class StartupRefused(Exception):
     """gate will not start with this configuration (the message says why)."""
@@ -67,7 +72,12 @@ class GateServer:
         app = build_app(self.gate)
         # handler_cancellation: a client that leaves cancels its handler, and with it the
         # upstream request, instead of the upstream running on until its next write.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=IDLE_CONNECTION_TIMEOUT,
+        )
         await runner.setup()
         self.runners.append(runner)
         context = _ssl_context(self.config)
@@ -80,7 +90,11 @@ class GateServer:
         self.urls.append(site.name)
         if self.config.metrics.address:
             mhost, mport = parse_address(self.config.metrics.address)
-            mrunner = web.AppRunner(build_metrics_app(self.gate), access_log=None)
+            mrunner = web.AppRunner(
+                build_metrics_app(self.gate),
+                access_log=None,
+                keepalive_timeout=IDLE_CONNECTION_TIMEOUT,
+            )
             await mrunner.setup()
             self.runners.append(mrunner)
             msite = web.TCPSite(mrunner, mhost, mport)
