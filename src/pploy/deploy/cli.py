@@ -8,7 +8,7 @@ import sys
 
 from aiohttp import web
 
-from pploy import log
+from pploy import eventloop, log
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,6 +92,7 @@ def serve(config: object, demo: bool = False) -> int:
     web.run_app(
         app,
         sock=sock,
+        loop=eventloop.new_event_loop(),  # uvloop when installed (the `speed` extra)
         print=None,
         handler_cancellation=True,
         shutdown_timeout=config.job.shutdown_grace_seconds + 15,
