@@ -10,6 +10,7 @@ from aiohttp import web
 from pploy.deploy import views
 from pploy.deploy.app import services
 from pploy.deploy.errors import BadRequest, Forbidden
+from pploy.deploy.requestkeys import USER
 
 routes = web.RouteTableDef()
 
@@ -48,7 +49,7 @@ async def status(request: web.Request) -> web.Response:
     svc = services(request)
     return web.json_response(
         {
-            "user": request["user"],
+            "user": request[USER],
             "auth_mode": svc.auth.mode,
             "projects": [views.project_summary(svc, p) for p in svc.projects.list()],
             "jobs": [j.to_json() for j in svc.store.list_jobs(limit=20)],
@@ -74,7 +75,7 @@ async def get_project(request: web.Request) -> web.Response:
 @routes.delete("/api/projects/{name}")
 async def remove_project(request: web.Request) -> web.Response:
     svc = services(request)
-    await remove(svc, request.match_info["name"], request["user"])
+    await remove(svc, request.match_info["name"], request[USER])
     return web.json_response({"removed": request.match_info["name"]})
 
 
@@ -98,7 +99,7 @@ async def lock(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    result = svc.locks.apply(project.name, request["user"], string_field(body, "operation"))
+    result = svc.locks.apply(project.name, request[USER], string_field(body, "operation"))
     return web.json_response({"lock": result.to_json() if result else None})
 
 
@@ -107,7 +108,7 @@ async def checkout(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    record = await svc.jobs.start_checkout(project, string_field(body, "ref"), request["user"])
+    record = await svc.jobs.start_checkout(project, string_field(body, "ref"), request[USER])
     return web.json_response({"job": record.to_json()}, status=202)
 
 
@@ -116,7 +117,7 @@ async def deploy(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    record = await svc.jobs.start_deploy(project, string_field(body, "env"), request["user"])
+    record = await svc.jobs.start_deploy(project, string_field(body, "env"), request[USER])
     return web.json_response({"job": record.to_json()}, status=202)
 
 
@@ -148,7 +149,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     svc = services(request)
     await read_json(request)
-    record = svc.jobs.cancel(job_id(request), request["user"])
+    record = svc.jobs.cancel(job_id(request), request[USER])
     return web.json_response({"job": record.to_json()}, status=202)
 
 

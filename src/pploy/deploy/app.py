@@ -20,6 +20,7 @@ from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
 from pploy.deploy.projects import Projects
+from pploy.deploy.requestkeys import NEW_CSRF_TOKEN, REQUEST_ID, USER
 from pploy.deploy.store import JobRecord, Lock, Store
 
 HERE = Path(__file__).parent
@@ -126,7 +127,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     html = svc.templates.get_template(template).render(
         _=i18n.translator(language),
         lang=language,
-        user=request.get("user"),
+        user=request.get(USER),
         picks_name=svc.auth.picks_name,
         csrf_token=security.csrf_token(request),
         csrf_field=security.CSRF_FIELD,
@@ -152,7 +153,7 @@ def redirect_with_flash(location: str, message: str | None = None) -> web.HTTPSe
 async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, access log line, errors rendered as JSON or HTML, and the CSRF cookie."""
     request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
     try:
@@ -167,7 +168,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         status = response.status
         if not response.prepared:
             response.headers.setdefault("X-Request-Id", request_id)
-            new_token = request.get("csrf_new")
+            new_token = request.get(NEW_CSRF_TOKEN)
             if new_token:
                 response.set_cookie(
                     security.CSRF_COOKIE, new_token, path="/", httponly=True, samesite="Lax",
@@ -180,7 +181,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     finally:
         log.event(
             "http.request", request_id=request_id, method=request.method, path=request.path,
-            status=status, user=request.get("user"), remote=request.remote,
+            status=status, user=request.get(USER), remote=request.remote,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )  # fmt: skip
 
@@ -203,12 +204,12 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
         )
     public = request.path.startswith(PUBLIC_PREFIXES)
     try:
-        request["user"] = await svc.auth.identify(request)
+        request[USER] = await svc.auth.identify(request)
     except Unauthorized:
         if not public:
             raise
-        request["user"] = None
-    if request["user"] is None and not public:
+        request[USER] = None
+    if request[USER] is None and not public:
         if svc.auth.picks_name and not wants_json(request) and request.method == "GET":
             raise web.HTTPSeeOther("/login?" + _next_query(request.path_qs))
         raise Unauthorized(

@@ -10,6 +10,7 @@ from pploy.deploy import api, names, security, views
 from pploy.deploy.app import redirect_with_flash, render, services
 from pploy.deploy.auth import USER_COOKIE
 from pploy.deploy.errors import BadRequest, PployError
+from pploy.deploy.requestkeys import USER
 
 routes = web.RouteTableDef()
 
@@ -113,7 +114,7 @@ async def lock(request: web.Request) -> web.Response:
     project = svc.projects.get(request.match_info["name"])
     operation = await form_field(request, "operation")
     try:
-        svc.locks.apply(project.name, request["user"], operation)
+        svc.locks.apply(project.name, request[USER], operation)
     except PployError as exc:
         raise redirect_with_flash(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(project_url(project.name))
@@ -125,7 +126,7 @@ async def checkout(request: web.Request) -> web.Response:
     project = svc.projects.get(request.match_info["name"])
     ref = await form_field(request, "ref")
     try:
-        record = await svc.jobs.start_checkout(project, ref, request["user"])
+        record = await svc.jobs.start_checkout(project, ref, request[USER])
     except PployError as exc:
         raise redirect_with_flash(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
@@ -137,7 +138,7 @@ async def deploy(request: web.Request) -> web.Response:
     project = svc.projects.get(request.match_info["name"])
     env = await form_field(request, "env")
     try:
-        record = await svc.jobs.start_deploy(project, env, request["user"])
+        record = await svc.jobs.start_deploy(project, env, request[USER])
     except PployError as exc:
         raise redirect_with_flash(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
@@ -149,7 +150,7 @@ async def remove(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await security.check_form_token(request)
     try:
-        await api.remove(svc, name, request["user"])
+        await api.remove(svc, name, request[USER])
     except PployError as exc:
         raise redirect_with_flash(project_url(name), exc.message) from None
     raise redirect_with_flash("/", f"removed {name}")
@@ -180,7 +181,7 @@ async def cancel(request: web.Request) -> web.Response:
     record = svc.jobs.get(api.job_id(request))
     await security.check_form_token(request)
     try:
-        svc.jobs.cancel(record.id, request["user"])
+        svc.jobs.cancel(record.id, request[USER])
     except PployError as exc:
         raise redirect_with_flash(f"/jobs/{record.id}", exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")

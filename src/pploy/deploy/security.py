@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from pploy.deploy.errors import BadRequest, Forbidden
+from pploy.deploy.requestkeys import NEW_CSRF_TOKEN
 
 CSRF_COOKIE = "csrf"
 CSRF_FIELD = "csrf_token"
@@ -64,10 +65,10 @@ def check_origin(request: web.Request, public_url: str | None, trust_forwarded: 
 
 def csrf_token(request: web.Request) -> str:
     """The request's token: its cookie's, or a new one the response will set."""
-    token = request.get("csrf_new") or request.cookies.get(CSRF_COOKIE)
+    token = request.get(NEW_CSRF_TOKEN) or request.cookies.get(CSRF_COOKIE)
     if not token or len(token) > 100:
         token = secrets.token_urlsafe(32)
-        request["csrf_new"] = token
+        request[NEW_CSRF_TOKEN] = token
     return token
 
 

@@ -14,6 +14,7 @@ from pploy.deploy import api
 from pploy.deploy.app import Services, services
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
+from pploy.deploy.requestkeys import USER
 from pploy.deploy.store import JobRecord
 
 HEARTBEAT_SECONDS = 15.0
@@ -215,7 +216,7 @@ def handle_command(
     if not isinstance(command, dict) or command.get("action") != "cancel":
         return {"error": 'unknown command; the only one is {"action": "cancel"}'}
     try:
-        svc.jobs.cancel(record.id, request["user"])
+        svc.jobs.cancel(record.id, request[USER])
     except PployError as exc:
         return {"error": exc.message, "status": exc.status}
     return {"cancelling": record.id}
@@ -239,7 +240,7 @@ async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
     """Start a job and answer with its output, chunked, as the original pploy did."""
     svc = services(request)
     project = svc.projects.get(request.match_info["project"])
-    user = request["user"]
+    user = request[USER]
     if kind == "deploy":
         record = await svc.jobs.start_deploy(project, await one_shot_params(request, "env"), user)
     else:
