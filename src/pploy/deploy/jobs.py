@@ -31,6 +31,13 @@ from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
 LOCK_KEEP_MARGIN = 120.0
 
 
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _note(text: str) -> bytes:
     """A line pploy itself writes into a log, set apart in bold cyan."""
     return f"\x1b[1;36m{text}\x1b[0m\n".encode()
@@ -252,6 +259,24 @@ class Jobs:
             keeper.cancel()
             if job.process:
                 job.process.close()
+        try:
+            await self._record_end(job, project, status, exit_code, sig, message)
+        finally:
+            # Whatever failed above, viewers must see an end and the project must be free.
+            if not job.buffer.closed:
+                job.buffer.finish({"id": record.id, "status": status, "exit_code": exit_code})
+            self.running.pop(record.id, None)
+
+    async def _record_end(
+        self,
+        job: RunningJob,
+        project: Project,
+        status: str,
+        exit_code: int | None,
+        sig: int | None,
+        message: str | None,
+    ) -> None:
+        record = job.record
         if record.kind == "checkout" and status == "succeeded":
             sha = await git.head_sha(str(project.path))
             self.store.update_job(record.id, sha=sha)
@@ -263,9 +288,7 @@ class Jobs:
         if exit_code is not None:
             summary += f", exit code {exit_code}"
         if sig is not None:
-            summary += (
-                f", killed by {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"  # noqa: E501
-            )
+            summary += f", killed by {signal_name(sig)}"
         if message:
             summary += f": {message}"
         self._write(job, _note(summary))
@@ -275,7 +298,7 @@ class Jobs:
         )  # fmt: skip
         final = self.get(record.id)
         job.buffer.finish(self.final_status(final))
-        del self.running[record.id]
+        self.running.pop(record.id, None)
         log.event(
             "job.end", job=record.id, project=record.project, status=status,
             exit_code=exit_code, signal=sig, seconds=round(final.duration, 3),
@@ -292,7 +315,7 @@ class Jobs:
             if project.checkout_script:
                 steps = [(
                     [str(project.checkout_script)], {"DEPLOY_COMMIT": job.record.ref or ""},
-                    "$ DEPLOY_COMMIT=... .deploy/bin/checkout_overwrite",
+                    f"$ DEPLOY_COMMIT={job.record.ref} .deploy/bin/checkout_overwrite",
                 )]  # fmt: skip
             else:
                 return await self._default_checkout(job, project)
