@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pploy import log
+from pploy import eventloop, log
 
 DEFAULT_PORT = 9999
 HOST = "127.0.0.1"
@@ -333,7 +333,7 @@ def run(workdir: Path | None, port: int, tls: bool, log_level: str = "info") -> 
     log.setup(log_level)
     directory = (workdir or default_workdir()).expanduser().resolve()
     try:
-        return asyncio.run(serve(directory, port, tls, log_level))
+        return eventloop.run(serve(directory, port, tls, log_level))
     except PortTaken as exc:
         print(f"pploy up: {exc}", file=sys.stderr)
         return 1
