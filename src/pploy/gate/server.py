@@ -16,6 +16,9 @@ from pploy.gate.config import GateConfig, check_files, is_loopback_address, pars
 # clients that send half a request and stall (slowloris). aiohttp's AppRunner default is an
 # hour; a request being handled or streamed is never cut by it.
 IDLE_CONNECTION_TIMEOUT = 75.0
+# On stop, how long requests in progress get to finish before they are cancelled. Streams and
+# WebSockets never finish by themselves: without a bound, a restart waited a minute for them.
+SHUTDOWN_GRACE = 3.0
 
 
 class StartupRefused(Exception):
@@ -77,6 +80,7 @@ class GateServer:
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=IDLE_CONNECTION_TIMEOUT,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         await runner.setup()
         self.runners.append(runner)
@@ -94,6 +98,7 @@ class GateServer:
                 build_metrics_app(self.gate),
                 access_log=None,
                 keepalive_timeout=IDLE_CONNECTION_TIMEOUT,
+                shutdown_timeout=SHUTDOWN_GRACE,
             )
             await mrunner.setup()
             self.runners.append(mrunner)
