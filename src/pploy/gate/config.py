@@ -384,11 +384,14 @@ def load_config(path: str | Path) -> GateConfig:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text: {exc.reason}") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # PyYAML's constructors raise plain ValueError for bad scalars (`2001-13-45`).
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    if "base_dir" in (data or {}):
+    if isinstance(data, dict) and "base_dir" in data:
         raise ConfigError("base_dir: unknown key")
     return parse_config(data, file.resolve().parent)
 
