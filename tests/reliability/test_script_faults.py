@@ -199,7 +199,7 @@ async def test_invalid_utf8_and_nul_bytes(tmp_path):
 async def test_a_silent_script_gets_heartbeats_past_the_interval(tmp_path, monkeypatch):
     """A script that prints nothing for longer than the heartbeat: SSE viewers get `: ping`
     comments and WebSocket viewers pings, then the output and the status when it resumes."""
-    monkeypatch.setattr(streams, "HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr(streams, "HEARTBEAT_SECONDS", 1.0)
     fifo = Fifo(tmp_path / "go")
     script = f"#!/bin/sh\n{fifo.script_open()}\n{fifo.wait_cmd}\necho woke\n"
     pploy, name = await project_with(tmp_path, script)
@@ -220,7 +220,7 @@ async def test_a_silent_script_gets_heartbeats_past_the_interval(tmp_path, monke
             async with pploy.client().get(pploy.url(f"/api/jobs/{job}/events")) as resp:
                 events = sse_events(resp.content)
                 pings = 0
-                while pings < 3:  # several: the stream stays alive, not just one comment
+                while pings < 2:  # more than one: the stream stays alive, not just one comment
                     event = await asyncio.wait_for(anext(events), 10)
                     # Only pploy's own "$ DEPLOY_ENV=… .deploy/bin/deploy" line: the script
                     # is silent.
