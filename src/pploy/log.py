@@ -38,9 +38,22 @@ def event(name: str, level: str = "info", **fields: Any) -> None:
         _logger.log(lvl, format_event(level, name, fields))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is written, not when set up (so a
+    replaced stderr, as under a test runner, is never written to after it was closed)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup(level: str = "info", stream: Any = None) -> None:
     """Send pploy's event lines to stderr (or ``stream``), unadorned."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     _logger.handlers[:] = [handler]
     _logger.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -237,6 +237,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if principal is None:
         return _unauthenticated(gate, request, target)
     request[keys.PRINCIPAL] = principal
+    if principal.via == "network" and not gate.config.serves_host(request_host(request.host)):
+        # Admitted by address alone, without a cookie: a DNS-rebinding page on another name
+        # that resolves here would otherwise read upstreams with the victim's network access.
+        log.event(
+            "gate.host_refused", level="warning", host=request.host, rid=request[keys.REQUEST_ID]
+        )
+        return web.Response(
+            status=421,
+            text=f"this gate does not serve the host {request.host!r} (add it to allowed_hosts)\n",
+        )
 
     if gate.metrics_path and path == gate.metrics_path:
         return web.Response(text=gate.metrics.render(), content_type="text/plain", charset="utf-8")

@@ -273,6 +273,7 @@ class GateConfig(_Model):
     metrics: MetricsConf = MetricsConf()
     identity_headers: IdentityHeadersConf = IdentityHeadersConf()
     trusted_proxies: StrList = []
+    allowed_hosts: StrList = []
 
     # Where the file was, to resolve relative paths (htdocs, ssl, htpasswd, key files).
     base_dir: Path = Path(".")
@@ -292,6 +293,28 @@ class GateConfig(_Model):
     def _address(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    def serves_host(self, host: str) -> bool:
+        """Whether ``host`` (no port) is a name this gate is meant to answer: an IP literal,
+        localhost, the redirect URL's host, a proxy entry's host, under the cookie domain, or
+        in ``allowed_hosts``. A DNS-rebinding page's own name is none of these."""
+        host = host.lower().rstrip(".").strip("[]")
+        if not host:
+            return False
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            pass
+        names = {"localhost", *(h.lower() for h in self.allowed_hosts)}
+        names |= {p.host.lower() for p in self.proxy if p.host}
+        redirect = urlsplit(self.auth.info.redirect_url or "").hostname
+        if redirect:
+            names.add(redirect.lower())
+        if host in names:
+            return True
+        domain = (self.auth.session.cookie_domain or "").lower().lstrip(".")
+        return bool(domain) and (host == domain or host.endswith("." + domain))
 
     @property
     def all_restrictions(self) -> list[str]:

@@ -1,0 +1,50 @@
+"""Requests admitted by address alone (auth.allow_networks) must name a host gate serves:
+a DNS-rebinding page's own name resolving to gate must not borrow the victim's network."""
+
+from __future__ import annotations
+
+from pploy.gate.config import GateConfig
+from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.upstream import Upstream
+
+
+def test_serves_host_names():
+    data = dev_config(proxy=[{"path": "/", "dest": "http://127.0.0.1:1", "host": "Docs.Test"}])
+    data["auth"]["session"]["cookie_domain"] = ".corp.example"
+    data["auth"]["info"]["redirect_url"] = "https://deploy.example.com/oauth2callback"
+    data["allowed_hosts"] = ["deploy.internal"]
+    config = GateConfig.model_validate(data)
+    served = ["127.0.0.1", "[::1]", "localhost", "docs.test", "deploy.example.com"]
+    served += ["corp.example", "a.corp.example", "deploy.internal", "DEPLOY.INTERNAL."]
+    for host in served:
+        assert config.serves_host(host), host
+    for host in ("", "evil.example", "corp.example.evil.test", "xcorp.example", "deploy.example"):
+        assert not config.serves_host(host), host
+
+
+async def test_network_admission_only_for_known_host_names():
+    upstream = Upstream()
+    await upstream.start()
+    config = dev_config(proxy=[{"path": "/", "dest": upstream.url}])
+    config["auth"]["allow_networks"] = ["127.0.0.0/8"]
+    config["allowed_hosts"] = ["deploy.internal"]
+    gate = await start_gate(config)
+    try:
+        port = gate.url.rsplit(":", 1)[1].rstrip("/")
+        async with client_session() as anon:
+            for host in ("evil.example", f"evil.example:{port}"):
+                async with anon.get(gate.url + "/x", headers={"Host": host}) as resp:
+                    assert resp.status == 421, host
+                    assert "allowed_hosts" in await resp.text()
+            assert upstream.requests == []  # nothing reached the upstream
+            for host in (f"127.0.0.1:{port}", "deploy.internal", "localhost"):
+                async with anon.get(gate.url + "/x", headers={"Host": host}) as resp:
+                    assert resp.status == 200, host
+        # A logged-in user is admitted by the session cookie, not by address.
+        async with client_session() as client:
+            await dev_login(client, gate.url, "alice@example.com")
+            async with client.get(gate.url + "/x", headers={"Host": "other.test"}) as resp:
+                assert resp.status == 200
+    finally:
+        await gate.server.stop()
+        await upstream.stop()
