@@ -115,7 +115,8 @@ def markdown(results: dict) -> str:
         "set beside a baseline measured in the same run, because this machine is shared and "
         "noisy; the load average before and after each benchmark is shown with it. "
         "The raw numbers are in `docs/benchmarks.json`; how each is measured is in "
-        "`bench/<name>.py`.",
+        "`bench/<name>.py`; what limits the figures and what would lift them is in "
+        "`bench/README.md`.",
         "",
         "| machine | |",
         "|---|---|",
@@ -168,6 +169,16 @@ def markdown(results: dict) -> str:
         if result.get("note"):
             out += ["", result["note"]]
         out.append("")
+    missed = [
+        f"- {TITLES.get(name, name)}: {row['case']}, {row['metric']}: "
+        f"{row.get('value')} {row.get('unit', '')} (target {row.get('target')})"
+        for name, result in results["benchmarks"].items()
+        for row in result.get("rows", [])
+        if row.get("met") is False
+    ]
+    out += ["## Targets missed in this run", ""]
+    out += missed or ["None."]
+    out.append("")
     return "\n".join(out)
 
 

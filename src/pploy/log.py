@@ -7,25 +7,39 @@ Values with spaces or quotes are quoted, so lines stay machine-readable.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 _logger = logging.getLogger("pploy")
+_NEEDS_QUOTES = re.compile(r'[ "=\n\r\t]')
+# gate writes an access-log line per request: the formatting is kept cheap (one regex
+# search per value, the date formatted once a second).
+_stamp_second = -1
+_stamp_text = ""
 
 
 def _format_value(value: Any) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\r\t'):
+    text = value if type(value) is str else str(value)
+    if not text or _NEEDS_QUOTES.search(text):
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
         return f'"{escaped}"'
     return text
 
 
+def _timestamp(now: float) -> str:
+    global _stamp_second, _stamp_text
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_second = second
+    return f"{_stamp_text}.{int(now % 1 * 1000):03d}Z"
+
+
 def format_event(level: str, event: str, fields: dict[str, Any]) -> str:
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    stamp = _timestamp(time.time())
     parts = [f"ts={stamp}", f"level={level}", f"event={_format_value(event)}"]
     parts += [f"{key}={_format_value(val)}" for key, val in fields.items() if val is not None]
     return " ".join(parts)

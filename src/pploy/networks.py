@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,10 +26,19 @@ def address_in(address: str | None, networks: list[Network]) -> bool:
     """Whether ``address`` (IPv4, IPv6, IPv4-mapped IPv6, bracketed) is in one of ``networks``."""
     if not address or not networks:
         return False
+    ip = _parse_address(address)
+    if ip is None:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # Cached: gate asks several times per request about the same few peer addresses.
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
+        return ip.ipv4_mapped
+    return ip
