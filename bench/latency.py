@@ -2,12 +2,14 @@
 20 ms, on chunked, SSE and WebSocket, at the pty itself (the floor), pploy direct, through gate,
 and through nginx (TLS, the shipped config) + gate.
 
-All nine viewers follow the same job at once, and the floor (the same script under a pty,
-read with blocking reads by a process of its own) runs at the same moment, so every path sees
-the same machine load. Lines carry their CLOCK_MONOTONIC write time, which every process on
-the machine shares.
+All nine viewers follow the same job at once, each in a process of its own (as nine browsers
+would: none waits behind another's parsing or TLS), and the floor (the same script under a
+pty, read with blocking reads by a process of its own) runs at the same moment, so every path
+sees the same machine load. Lines carry their CLOCK_MONOTONIC write time, which every process
+on the machine shares.
 
-    python -m bench.latency floor SCRIPT    # the floor reader (used by the benchmark)
+    python -m bench.latency floor SCRIPT      # the floor reader (used by the benchmark)
+    python -m bench.latency viewer CONF_JSON  # one viewer (used by the benchmark)
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ async def viewer(
         connected.set()
 
 
+async def viewer_main(conf: dict) -> None:
+    """One viewer in its own process: ``ready`` once connected, then the latencies as JSON."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=conf["cafile"]) if conf.get("cafile") else None
+    connected = asyncio.Event()
+
+    async def announce() -> None:
+        await connected.wait()
+        print("ready", flush=True)
+
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(), cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
+        announcer = asyncio.create_task(announce())
+        latencies = await viewer(
+            http, conf["url"], conf["transport"], conf["headers"], context, connected
+        )
+        await announcer
+    print(json.dumps(latencies), flush=True)
+
+
 async def one_run(
     root: Path,
     pploy: PployProcess,
@@ -121,25 +145,32 @@ async def one_run(
         stdout=subprocess.PIPE, env=child_env(),
     )  # fmt: skip
     job = await pploy.deploy(http, project)
-    events: list[asyncio.Event] = []
-    tasks: dict[str, asyncio.Task[list[float]]] = {}
-    for path, (base, headers, ssl_context) in paths.items():
+    viewers: dict[str, asyncio.subprocess.Process] = {}
+    for path, (base, headers, cafile) in paths.items():
         for transport, template in TRANSPORTS.items():
-            event = asyncio.Event()
-            events.append(event)
-            url = base + template.format(job=job)
-            tasks[f"{path}/{transport}"] = asyncio.create_task(
-                viewer(http, url, transport, headers, ssl_context, event)
-            )
-    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 30)
+            conf = {
+                "url": base + template.format(job=job),
+                "transport": transport,
+                "headers": headers,
+                "cafile": cafile,
+            }
+            viewers[f"{path}/{transport}"] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.latency", "viewer", json.dumps(conf),
+                stdout=subprocess.PIPE, env=child_env(),
+            )  # fmt: skip
+    for key, proc in viewers.items():
+        assert proc.stdout is not None
+        ready = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert ready.strip() == b"ready", (key, ready)
     await asyncio.sleep(0.2)  # let every stream settle at the live edge
     go.touch()
     timeout = lines * interval + 30
     results = {"pty_floor": []}
     stdout, _ = await asyncio.wait_for(floor.communicate(), timeout)
     results["pty_floor"] = json.loads(stdout)
-    for key, task in tasks.items():
-        results[key] = await asyncio.wait_for(task, timeout)
+    for key, proc in viewers.items():
+        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        results[key] = json.loads(stdout)
     await pploy.wait_job(http, job, 30)
     return results
 
@@ -165,7 +196,7 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
         paths = {
             "pploy": (pploy.base, {"Cookie": "user=alice"}, None),
             "gate": (gate.url, {"Cookie": gate.cookie}, None),
-            "nginx_tls_gate": (nginx.url, {"Cookie": gate.cookie}, nginx.ssl_context()),
+            "nginx_tls_gate": (nginx.url, {"Cookie": gate.cookie}, str(nginx.certs.cafile)),
         }
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(
@@ -232,5 +263,7 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "floor":
         floor_main(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "viewer":
+        asyncio.run(viewer_main(json.loads(sys.argv[2])))
     else:
         sys.exit(__doc__)
