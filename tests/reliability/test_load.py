@@ -27,17 +27,29 @@ def load_script(fifo: Fifo) -> str:
     )
 
 
-def job_fds() -> list[str]:
-    """This process's descriptors that belong to jobs: log files and ptys."""
-    found = []
+def _open_fds() -> dict[str, str]:
+    found = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.endswith(".log") or target.startswith(("/dev/ptmx", "/dev/pts")):
-            found.append(target)
     return found
+
+
+# What the process had open before any job ran (its stdout may itself be a *.log file, or a
+# terminal): only descriptors opened since count as a job's.
+_BEFORE = _open_fds()
+
+
+def job_fds() -> list[str]:
+    """This process's descriptors that belong to jobs: log files and ptys."""
+    return [
+        target
+        for fd, target in _open_fds().items()
+        if _BEFORE.get(fd) != target
+        and (target.endswith(".log") or target.startswith(("/dev/ptmx", "/dev/pts")))
+    ]
 
 
 async def settle(baseline: int) -> int:
