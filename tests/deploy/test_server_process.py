@@ -45,6 +45,20 @@ class Server:
                 raise AssertionError(self.proc.stdout.read().decode())
             await asyncio.sleep(0.05)
 
+    async def start_deploy(self, http: aiohttp.ClientSession, remote: Path) -> int:
+        """Wait for the server, add ``remote``, gain its lock and start a deploy."""
+        await self.ready(http)
+        async with http.post(self.base + "/api/projects", json={"url": str(remote)}) as resp:
+            assert resp.status == 201
+        async with http.post(
+            self.base + "/api/projects/testploy/lock", json={"operation": "gain"}
+        ) as resp:
+            assert resp.status == 200
+        async with http.post(
+            self.base + "/api/projects/testploy/deploy", json={"env": "staging"}
+        ) as resp:
+            return (await resp.json())["job"]["id"]
+
     def stop(self, sig: int | None = signal.SIGKILL) -> str:
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -82,17 +96,7 @@ async def test_sigkill_then_restart_marks_job_interrupted_and_keeps_everything(t
     server = Server(workdir, config)
     async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
         try:
-            await server.ready(http)
-            async with http.post(server.base + "/api/projects", json={"url": str(remote)}) as resp:
-                assert resp.status == 201
-            async with http.post(
-                server.base + "/api/projects/testploy/lock", json={"operation": "gain"}
-            ) as resp:
-                assert resp.status == 200
-            async with http.post(
-                server.base + "/api/projects/testploy/deploy", json={"env": "staging"}
-            ) as resp:
-                job = (await resp.json())["job"]["id"]
+            job = await server.start_deploy(http, remote)
             async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
                 seen = bytearray()
                 while b"line one" not in seen:
@@ -139,17 +143,7 @@ async def test_sigterm_waits_then_cancels_and_viewers_get_a_final_status(tmp_pat
     server = Server(workdir, config)
     async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
         try:
-            await server.ready(http)
-            async with http.post(server.base + "/api/projects", json={"url": str(remote)}) as resp:
-                assert resp.status == 201
-            async with http.post(
-                server.base + "/api/projects/testploy/lock", json={"operation": "gain"}
-            ) as resp:
-                assert resp.status == 200
-            async with http.post(
-                server.base + "/api/projects/testploy/deploy", json={"env": "staging"}
-            ) as resp:
-                job = (await resp.json())["job"]["id"]
+            job = await server.start_deploy(http, remote)
             text = ""
             async with http.get(server.base + f"/api/jobs/{job}/events") as resp:
                 async for raw in resp.content:
