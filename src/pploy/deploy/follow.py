@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ class LogBuffer:
         self._tail = bytearray()
         self._tail_start = 0
         self._more = asyncio.Event()
+        # Transports' encodings of recent pieces, shared by the viewers at the live edge:
+        # they all read the same range after a wake-up, so it is encoded once, not per viewer.
+        self.encoded: dict[tuple[str, int, int], bytes] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
@@ -86,6 +89,15 @@ class LogBuffer:
     def _wake(self) -> None:
         self._more.set()
         self._more = asyncio.Event()
+
+    def encode_once(self, key: tuple[str, int, int], encode: Callable[[], bytes]) -> bytes:
+        """``encode()``'s result for ``key`` (transport, start, end), computed once."""
+        found = self.encoded.get(key)
+        if found is None:
+            if len(self.encoded) >= 16:
+                self.encoded.clear()
+            found = self.encoded[key] = encode()
+        return found
 
     def finish(self, status: dict[str, Any]) -> None:
         """Mark the end of the log with the job's final status; followers drain and stop."""

@@ -136,6 +136,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     record = svc.jobs.get(api.job_id(request))
     offset = parse_offset(request.headers.get("Last-Event-ID") or request.query.get("offset"))
     items = job_log(svc, record, offset, heartbeat=HEARTBEAT_SECONDS)
+    live = svc.jobs.live_buffer(record.id)
     response = await start_stream(request, "text/event-stream")
     await response.write(b"retry: 2000\n\n")
     pending = b""
@@ -153,8 +154,17 @@ async def events(request: web.Request) -> web.StreamResponse:
         cut = utf8_complete(data)
         pending = data[cut:]
         if cut:
-            text = data[:cut].decode(errors="replace")
-            await response.write(sse_event("log", json.dumps(text), item.offset - len(pending)))
+            end = item.offset - len(pending)
+            piece = data[:cut]
+
+            def encode(piece: bytes = piece, end: int = end) -> bytes:
+                return sse_event("log", json.dumps(piece.decode(errors="replace")), end)
+
+            if live is not None:
+                event = live.encode_once(("sse", end - cut, end), encode)
+            else:
+                event = encode()
+            await response.write(event)
     await response.write_eof()
     return response
 
