@@ -8,6 +8,7 @@ line 2 is printed while gate is down, line 3 only after the page has caught up w
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -35,8 +36,9 @@ SGR = re.compile(r"\x1b\[[0-9;]*m")  # the only escapes in this log (pploy's own
 
 async def wait_for_log(buffer, text: bytes, timeout: float = 20) -> None:
     """Wait (on pploy's own log buffer, no polling) until the job's log holds ``text``."""
-    while text not in await buffer.read(0, 1 << 20):
-        assert await buffer.wait_beyond(buffer.size, timeout), f"{text!r} never printed"
+    async with asyncio.timeout(timeout):
+        while text not in await buffer.read(0, 1 << 20):
+            await buffer.wait_beyond(buffer.size)
 
 
 def log_row(page, text: str):

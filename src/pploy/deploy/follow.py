@@ -51,6 +51,8 @@ class LogBuffer:
         # Transports' encodings of recent pieces, shared by the viewers at the live edge:
         # they all read the same range after a wake-up, so it is encoded once, not per viewer.
         self.encoded: dict[tuple[str, int, int], bytes] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._tick_interval = float("inf")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
@@ -105,6 +107,8 @@ class LogBuffer:
             os.close(self._fd)
             self._fd = -1
         self.status = status
+        if self._ticker is not None:
+            self._ticker.cancel()
         self._wake()
 
     async def read(self, offset: int, limit: int = READ_CHUNK) -> bytes:
@@ -117,23 +121,31 @@ class LogBuffer:
         end = min(self._tail_start, offset + limit)
         return await asyncio.to_thread(read_file_range, self.path, offset, end - offset)
 
-    async def wait_beyond(self, offset: int, timeout: float | None = None) -> bool:
-        """Wait until the log is longer than ``offset`` or finished; False on timeout."""
-        if self.size > offset or self.closed:
-            return True
-        event = self._more
-        if timeout is None:
-            await event.wait()
-            return True
-        # asyncio.timeout, not wait_for: wait_for wraps the wait in a new task each time,
-        # which was a fifth of pploy's CPU with 1,000 SSE viewers (every viewer waits once
-        # per line); timeout() only arms a timer.
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
+    async def wait_beyond(self, offset: int, heartbeat: float | None = None) -> bool:
+        """Wait until the log is longer than ``offset`` or finished (True), or, with
+        ``heartbeat``, until the buffer's next heartbeat tick (False)."""
+        while not (self.size > offset or self.closed):
+            if heartbeat is not None:
+                self._tick_every(heartbeat)
+            await self._more.wait()
+            if heartbeat is not None and not (self.size > offset or self.closed):
+                return False
         return True
+
+    def _tick_every(self, interval: float) -> None:
+        """One heartbeat timer per job, not one per viewer: with 1,000 viewers, arming and
+        cancelling a timer around every wait cost more than the waits themselves."""
+        if self._ticker is not None and not self._ticker.done():
+            if self._tick_interval <= interval:
+                return
+            self._ticker.cancel()
+        self._tick_interval = interval
+        self._ticker = asyncio.get_running_loop().create_task(self._tick(interval))
+
+    async def _tick(self, interval: float) -> None:
+        while not self.closed:
+            await asyncio.sleep(interval)
+            self._wake()
 
 
 def read_file_range(path: Path, offset: int, length: int) -> bytes:
