@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,13 +18,9 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.helpers import free_port, wait_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:
@@ -229,19 +224,6 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float 
             proc.wait()
 
 
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
-
-
 class Upstream:
     """``python -m bench.upstream``: the plain upstream, or a bare aiohttp proxy to one."""
 
@@ -256,7 +238,7 @@ class Upstream:
             stderr=open(root / f"{name}-{self.port}.err", "wb"),  # noqa: SIM115
             env=child_env(),
         )
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, timeout=30)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -292,7 +274,7 @@ class GateProcess:
             stderr=open(root / f"gate-{self.port}.log", "wb"),  # noqa: SIM115
             env=child_env(),
         )
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, timeout=30)
         self.cookie = ""
 
     async def login(self) -> str:

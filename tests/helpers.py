@@ -1,5 +1,9 @@
 import os
 import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +20,39 @@ def require_binary(name: str) -> str:
     if REQUIRE_ALL:
         pytest.fail(message + " (PPLOY_REQUIRE_ALL=1 turns this skip into a failure)")
     pytest.skip(message)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} unreadable)"
+
+
+def wait_port(
+    port: int,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    timeout: float = 15,
+) -> None:
+    """Wait until something listens on ``port``; fail early (with ``log``'s tail) if ``proc``
+    exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            detail = f":\n{tail(log)}" if log is not None else ""
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}{detail}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    detail = f":\n{tail(log)}" if log is not None else ""
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s{detail}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.chain.harness import Certs, Chain, Client, Nginx, free_port, make_certs, shipped_site
-from tests.helpers import require_binary
+from tests.chain.harness import Certs, Chain, Client, Nginx, make_certs, shipped_site
+from tests.helpers import free_port, require_binary
 
 USER = "alice"
 

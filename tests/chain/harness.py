@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import aiohttp
 import trustme
 
 from pploy.chain.nginx import NginxOptions, render
+from tests.helpers import free_port, tail, wait_port
 
 GIT_ENV = {
     **os.environ,
@@ -55,34 +55,6 @@ printf '\033[1;32mdeployed\033[0m\n'
 """
 
 ENVS = ["chunked", "sse", "ws", "reconnect", "test", "staging", "production"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(
-    port: int, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float = 15
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s:\n{tail(log)}")
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} unreadable)"
 
 
 def stop_process(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.chain.harness import free_port
+from tests.helpers import free_port
 
 URL_LINE = re.compile(r"pploy is up: open (\S+)")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,12 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.deploy.support import Fifo, make_remote
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port
 
 
 class Server:
