@@ -65,6 +65,19 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_level_argument(parser: Any) -> None:
+    """The ``--log-level`` option every long-running subcommand takes."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=LEVELS,
+        help="lowest level of log lines written to stderr (default: info)",
+    )
+
+
 def setup(level: str = "info", stream: Any = None) -> None:
     """Send pploy's event lines to stderr (or ``stream``), unadorned."""
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()

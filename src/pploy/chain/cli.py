@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from pploy import log
+
 UP_DESCRIPTION = """\
 Run the whole local stack: gate (with the dev login: any name, no password) on the port you
 open, in front of pploy (which believes only gate's signed assertion) on an internal loopback
@@ -99,12 +101,7 @@ def _register_up(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         action="store_true",
         help="serve HTTPS with a self-signed certificate generated into the workdir",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="lowest level of log lines written to stderr (default: info)",
-    )
+    log.add_level_argument(parser)
     parser.set_defaults(func=_run_up)
 
 

@@ -44,12 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_true",
         help="validate the configuration (keys, values, named files) and exit",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="lowest level of log lines written to stderr (default: info)",
-    )
+    log.add_level_argument(parser)
     parser.set_defaults(func=run)
 
 
