@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from pploy.chain import streamtest
+from pploy import streamtest
 from pploy.chain.doctor import Batch, Options, Probe, Tick, front_hop, judge
 
 

@@ -1,3 +1,3 @@
 """The whole chain: ``pploy up`` (gate + pploy in one process), the shipped nginx
-configuration, the stream-test endpoints and ``pploy doctor``, which finds the hop that
-buffers a stream."""
+configuration and ``pploy doctor``, which reads the stream-test endpoints
+(:mod:`pploy.streamtest`) to find the hop that buffers a stream."""

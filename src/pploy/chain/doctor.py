@@ -1,6 +1,6 @@
 """``pploy doctor URL``: find the hop that holds a stream back.
 
-The doctor reads the stream-test endpoints (see :mod:`pploy.chain.streamtest`) of the site at
+The doctor reads the stream-test endpoints (see :mod:`pploy.streamtest`) of the site at
 URL over all three transports — chunked text, Server-Sent Events and WebSocket — from both
 gate (``/.gate/stream-test``) and pploy (``/api/stream-test``) when both answer, notes when each
 tick arrives and gives a verdict per transport:

@@ -2,46 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
-from pploy.deploy import views
-from pploy.deploy.app import services
-from pploy.deploy.errors import BadRequest, Forbidden
+from pploy.deploy import actions, views
+from pploy.deploy.errors import BadRequest
+from pploy.deploy.params import job_id, read_json, string_field
 from pploy.deploy.requestkeys import USER
+from pploy.deploy.services import services
 
 routes = web.RouteTableDef()
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body; an empty body is an empty object."""
-    if not request.can_read_body:
-        return {}
-    if request.content_type != "application/json":
-        raise BadRequest("send the body as application/json")
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
-def string_field(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{key!r} is required and must be a non-empty string")
-    return value
-
-
-def job_id(request: web.Request) -> int:
-    raw = request.match_info["job_id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise BadRequest(f"job id must be a number, not {raw!r}")
-    return int(raw)
 
 
 @routes.get("/api/status")
@@ -75,23 +44,8 @@ async def get_project(request: web.Request) -> web.Response:
 @routes.delete("/api/projects/{name}")
 async def remove_project(request: web.Request) -> web.Response:
     svc = services(request)
-    await remove(svc, request.match_info["name"], request[USER])
+    await actions.remove_project(svc, request.match_info["name"], request[USER])
     return web.json_response({"removed": request.match_info["name"]})
-
-
-async def remove(svc: Any, name: str, user: str) -> None:
-    """Remove a project unless a job runs or someone else holds its lock."""
-    project = svc.projects.get(name)
-    running = svc.jobs.running_for(name)
-    if running:
-        raise BadRequest(
-            f"job #{running.record.id} is running on {name}; cancel it or wait", status=409
-        )
-    lock = svc.locks.get(name)
-    if lock and lock.user != user:
-        raise Forbidden(f"{name} is locked by {lock.user}; only they can remove it now")
-    await svc.projects.remove(project.name)
-    svc.store.delete_project(project.name)
 
 
 @routes.post("/api/projects/{name}/lock")

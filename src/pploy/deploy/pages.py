@@ -6,11 +6,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import api, names, security, views
-from pploy.deploy.app import redirect_with_flash, render, services
+from pploy.deploy import names, security, views
+from pploy.deploy.actions import remove_project
 from pploy.deploy.auth import USER_COOKIE
 from pploy.deploy.errors import BadRequest, PployError
+from pploy.deploy.params import job_id
+from pploy.deploy.rendering import redirect_with_flash, render
 from pploy.deploy.requestkeys import USER
+from pploy.deploy.services import services
 
 routes = web.RouteTableDef()
 
@@ -150,7 +153,7 @@ async def remove(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await security.check_form_token(request)
     try:
-        await api.remove(svc, name, request[USER])
+        await remove_project(svc, name, request[USER])
     except PployError as exc:
         raise redirect_with_flash(project_url(name), exc.message) from None
     raise redirect_with_flash("/", f"removed {name}")
@@ -159,7 +162,7 @@ async def remove(request: web.Request) -> web.Response:
 @routes.get("/jobs/{job_id}")
 async def job_page(request: web.Request) -> web.Response:
     svc = services(request)
-    record = svc.jobs.get(api.job_id(request))
+    record = svc.jobs.get(job_id(request))
     path = svc.jobs.log_path(record)
     transport = request.query.get("transport", "sse")
     if transport not in ("sse", "ws"):
@@ -178,7 +181,7 @@ async def job_page(request: web.Request) -> web.Response:
 @routes.post("/jobs/{job_id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
     svc = services(request)
-    record = svc.jobs.get(api.job_id(request))
+    record = svc.jobs.get(job_id(request))
     await security.check_form_token(request)
     try:
         svc.jobs.cancel(record.id, request[USER])

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from pploy.deploy import api
-from pploy.deploy.app import Services, services
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
+from pploy.deploy.params import job_id, read_json
 from pploy.deploy.requestkeys import USER
+from pploy.deploy.services import Services, services
 from pploy.deploy.store import JobRecord
 
 HEARTBEAT_SECONDS = 15.0
@@ -87,7 +87,7 @@ async def write_raw(response: web.StreamResponse, items: AsyncIterator[FollowIte
 @routes.get("/api/jobs/{job_id}/log")
 async def raw_log(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    record = svc.jobs.get(api.job_id(request))
+    record = svc.jobs.get(job_id(request))
     offset = parse_offset(request.query.get("offset"))
     following = request.query.get("follow") in ("1", "true", "yes")
     items = job_log(svc, record, offset)
@@ -133,7 +133,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: ``log`` events (JSON string data, id = byte offset after it), a
     ``status`` event at the end, a comment every HEARTBEAT_SECONDS of silence."""
     svc = services(request)
-    record = svc.jobs.get(api.job_id(request))
+    record = svc.jobs.get(job_id(request))
     offset = parse_offset(request.headers.get("Last-Event-ID") or request.query.get("offset"))
     items = job_log(svc, record, offset, heartbeat=HEARTBEAT_SECONDS)
     live = svc.jobs.live_buffer(record.id)
@@ -174,7 +174,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Binary frames of raw log bytes, then one text frame with the JSON status, then close
     1000. The client may send ``{"action": "cancel"}`` (lock holder only)."""
     svc = services(request)
-    record = svc.jobs.get(api.job_id(request))
+    record = svc.jobs.get(job_id(request))
     offset = parse_offset(request.query.get("offset"))
     items = job_log(svc, record, offset)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=64 * 1024)
@@ -236,7 +236,7 @@ async def one_shot_params(request: web.Request, key: str) -> str:
     value = request.query.get(key)
     if value is None and request.can_read_body:
         if request.content_type == "application/json":
-            body = await api.read_json(request)
+            body = await read_json(request)
             value = body.get(key)
         else:
             form = await request.post()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pploy.deploy import git
-from pploy.deploy.app import Services
 from pploy.deploy.projects import Project
+from pploy.deploy.services import Services
 
 
 def project_summary(svc: Services, project: Project) -> dict[str, Any]:

@@ -22,8 +22,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from pploy import log
-from pploy.chain import streamtest
+from pploy import log, streamtest
 from pploy.gate import login
 from pploy.gate import requestkeys as keys
 from pploy.gate.auth import Authenticator, Principal

@@ -1,0 +1,90 @@
+"""What runs around every request: its id, access log line and error rendering
+(:func:`request_context`), then host, identity and cross-site checks (:func:`authenticate`)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from pploy import log
+from pploy.deploy import security
+from pploy.deploy.errors import BadRequest, PployError, Unauthorized
+from pploy.deploy.rendering import error_response, wants_json
+from pploy.deploy.requestkeys import NEW_CSRF_TOKEN, REQUEST_ID, USER
+from pploy.deploy.services import services
+
+PUBLIC_PREFIXES = ("/static/", "/ping", "/login", "/favicon.ico")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Request id, access log line, errors rendered as JSON or HTML, and the CSRF cookie."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except PployError as exc:
+            response = error_response(request, exc.status, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_response(request, exc.status, exc.reason)
+        status = response.status
+        if not response.prepared:
+            response.headers.setdefault("X-Request-Id", request_id)
+            new_token = request.get(NEW_CSRF_TOKEN)
+            if new_token:
+                response.set_cookie(
+                    security.CSRF_COOKIE, new_token, path="/", httponly=True, samesite="Lax",
+                    secure=request.secure,
+                )  # fmt: skip
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        log.event(
+            "http.request", request_id=request_id, method=request.method, path=request.path,
+            status=status, user=request.get(USER), remote=request.remote,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )  # fmt: skip
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse hosts pploy does not serve, identify the user (public paths may stay
+    anonymous), and refuse unsafe requests a browser sent from another site."""
+    svc = services(request)
+    if request.path != "/ping" and not security.host_allowed(
+        request, svc.config.public_url, svc.config.allowed_hosts
+    ):
+        raise BadRequest(
+            f"this pploy does not serve the host {request.host!r}; "
+            "add it to allowed_hosts (or set public_url)"
+        )
+    public = request.path.startswith(PUBLIC_PREFIXES)
+    try:
+        request[USER] = await svc.auth.identify(request)
+    except Unauthorized:
+        if not public:
+            raise
+        request[USER] = None
+    if request[USER] is None and not public:
+        if svc.auth.picks_name and not wants_json(request) and request.method == "GET":
+            raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
+        raise Unauthorized(
+            "choose who you are first (the `user` cookie)"
+            if svc.auth.picks_name
+            else "not authenticated"
+        )
+    if request.method not in security.SAFE_METHODS or request.headers.get("Upgrade"):
+        trust = svc.auth.mode != "standalone" and svc.auth.trusted_peer(request)
+        security.check_origin(request, svc.config.public_url, trust)
+    return await handler(request)

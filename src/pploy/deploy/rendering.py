@@ -1,0 +1,60 @@
+"""Answers in the form the client reads: HTML pages for browsers, ``{"error": ...}`` JSON for
+the API and scripts, redirects that carry a one-time flash message."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from pploy.deploy import i18n, security
+from pploy.deploy.requestkeys import USER
+from pploy.deploy.services import services
+
+
+def wants_json(request: web.Request) -> bool:
+    """True for the API and for clients that ask for JSON rather than HTML."""
+    if request.path.startswith("/api/"):
+        return True
+    accept = request.headers.get("Accept", "")
+    return "text/html" not in accept and "application/json" in accept
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    """The HTML page ``template`` in the request's language, with the user, CSRF token and
+    flash message every page shows."""
+    svc = services(request)
+    language = i18n.negotiate(request.headers.get("Accept-Language"))
+    flash = request.cookies.get("flash")
+    html = svc.templates.get_template(template).render(
+        _=i18n.translator(language),
+        lang=language,
+        user=request.get(USER),
+        picks_name=svc.auth.picks_name,
+        csrf_token=security.csrf_token(request),
+        csrf_field=security.CSRF_FIELD,
+        flash=flash[:500] if flash else None,
+        request_path=request.path_qs,
+        now=time.time(),
+        **context,
+    )
+    response = web.Response(text=html, status=status, content_type="text/html")
+    if flash:
+        response.del_cookie("flash", path="/")
+    return response
+
+
+def redirect_with_flash(location: str, message: str | None = None) -> web.HTTPSeeOther:
+    """A 303 to ``location`` that shows ``message`` once on the next page."""
+    response = web.HTTPSeeOther(location)
+    if message:
+        response.set_cookie("flash", message[:500], path="/", httponly=True, samesite="Lax")
+    return response
+
+
+def error_response(request: web.Request, status: int, message: str) -> web.Response:
+    """An error as ``{"error": message}`` for JSON clients, else as the error page."""
+    if wants_json(request):
+        return web.json_response({"error": message}, status=status)
+    return render(request, "error.html", status=status, message=message, status_code=status)
