@@ -103,6 +103,18 @@ def test_default_ports_are_the_same_origin() -> None:
     assert not allowed({"Host": "example.com:80", "Origin": "https://example.com"}, tls=True)
 
 
+def test_the_scheme_is_part_of_the_origin() -> None:
+    """Same host and port over another scheme is another origin (a TLS page on :80, an
+    http page where pploy is https)."""
+    assert not allowed({"Host": "example.com:80", "Origin": "https://example.com:80"})
+    assert not allowed({"Host": "example.com:8443", "Origin": "http://example.com:8443"}, tls=True)
+    headers = {"Host": "10.0.0.5:9000", "Origin": "http://deploy.example.com"}
+    assert not allowed(headers, public_url="https://deploy.example.com")
+    forwarded = {**headers, "X-Forwarded-Host": "deploy.example.com", "X-Forwarded-Proto": "https"}
+    assert not allowed(forwarded, trust=True)
+    assert allowed({**forwarded, "Origin": "https://deploy.example.com"}, trust=True)
+
+
 def test_public_url_is_an_allowed_origin() -> None:
     headers = {"Host": "127.0.0.1:9000", "Origin": "https://deploy.example.com"}
     assert not allowed(headers)

@@ -96,7 +96,7 @@ class World:
         kwargs: dict[str, Any] = {"allow_redirects": False, "headers": headers or {}}
         url = self.pploy.url(route.path)
         form = route.form if as_form is None else as_form
-        if route.one_shot:
+        if route.one_shot and not as_form:
             kwargs["params"] = fields
         elif form:
             kwargs["data"] = {**fields, **({"csrf_token": token} if token else {})}
@@ -197,6 +197,20 @@ async def test_forms_without_the_right_csrf_token_are_refused(world):
             continue
         for token in (None, "", "wrong", bob if bob != alice else "x" + bob):
             status, body = await world.send(route, "alice", token=token)
+            assert status == 403 and "CSRF" in body, (route, token, status, body)
+        assert world.snapshot() == before, route
+
+
+async def test_one_shot_routes_posted_as_forms_need_the_csrf_token(world):
+    """A foreign page's form to ``/{project}/deploy`` carries alice's cookie: like every other
+    form it needs her token (a script's bodyless POST is covered by the Origin check)."""
+    before = world.snapshot()
+    bob = await world.token("bob")
+    for route in world.routes:
+        if not route.one_shot:
+            continue
+        for token in (None, "", "wrong", bob):
+            status, body = await world.send(route, "alice", token=token, as_form=True)
             assert status == 403 and "CSRF" in body, (route, token, status, body)
         assert world.snapshot() == before, route
 

@@ -57,7 +57,7 @@ class Authenticator:
                 return name
             return None
         if self.mode == "proxy":
-            value = request.headers.get(self.config.header)
+            value = self._one_header(request, self.config.header)
             if not value:
                 return None
             if not self.trusted_peer(request):
@@ -65,11 +65,8 @@ class Authenticator:
                     f"{self.config.header} is only accepted from trusted proxies "
                     f"(auth.trusted_proxies); {request.remote} is not one"
                 )
-            try:
-                return names.user_name(value)
-            except names.InvalidName as exc:
-                raise Unauthorized(str(exc)) from exc
-        token = request.headers.get(ASSERTION_HEADER)
+            return self._valid_name(value, self.config.header)
+        token = self._one_header(request, ASSERTION_HEADER)
         if not token:
             return None
         assert self.verifier is not None
@@ -79,7 +76,25 @@ class Authenticator:
             identity = await self.verifier.verify(token)
         except InvalidAssertion as exc:
             raise Unauthorized(f"invalid {ASSERTION_HEADER}: {exc}") from exc
-        return identity.user
+        return self._valid_name(identity.user, ASSERTION_HEADER)
+
+    @staticmethod
+    def _one_header(request: web.Request, name: str) -> str | None:
+        """The header's value; Unauthorized when it comes more than once (proxies that add
+        the header without removing the client's would otherwise let the client's win)."""
+        values = request.headers.getall(name, [])
+        if len(values) > 1:
+            raise Unauthorized(f"{name} was sent {len(values)} times; a request must name one user")
+        return values[0] if values else None
+
+    @staticmethod
+    def _valid_name(value: str, source: str) -> str:
+        """The same rule for every mode: a name with control characters, spaces or other
+        odd characters would be written to the audit trail as if it were a person."""
+        try:
+            return names.user_name(value)
+        except names.InvalidName as exc:
+            raise Unauthorized(f"{exc} (from {source})") from exc
 
     async def close(self) -> None:
         if self.verifier is not None:

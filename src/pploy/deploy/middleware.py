@@ -62,11 +62,14 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
     """Refuse hosts pploy does not serve, identify the user (public paths may stay
     anonymous), and refuse unsafe requests a browser sent from another site."""
     svc = services(request)
-    if request.path != "/ping" and not security.host_allowed(
-        request, svc.config.public_url, svc.config.allowed_hosts
+    trust = svc.auth.mode != "standalone" and svc.auth.trusted_peer(request)
+    if request.path != "/ping" and (
+        host := security.refused_host(
+            request, svc.config.public_url, svc.config.allowed_hosts, trust
+        )
     ):
         raise BadRequest(
-            f"this pploy does not serve the host {request.host!r}; "
+            f"this pploy does not serve the host {host!r}; "
             "add it to allowed_hosts (or set public_url)"
         )
     public = request.path.startswith(PUBLIC_PREFIXES)
@@ -85,6 +88,5 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
             else "not authenticated"
         )
     if request.method not in security.SAFE_METHODS or request.headers.get("Upgrade"):
-        trust = svc.auth.mode != "standalone" and svc.auth.trusted_peer(request)
         security.check_origin(request, svc.config.public_url, trust)
     return await handler(request)

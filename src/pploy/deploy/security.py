@@ -25,29 +25,48 @@ CSRF_COOKIE = "csrf"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 FORM_TYPES = {"application/x-www-form-urlencoded", "multipart/form-data"}
+# What a foreign page may send without a CORS preflight (forms, fetch in no-cors mode).
+SIMPLE_TYPES = FORM_TYPES | {"text/plain"}
 
 
-def _netloc(scheme: str, host: str) -> str:
+def _origin(scheme: str, host: str) -> str:
+    """``scheme://host[:port]`` lower-cased, without the scheme's default port: two origins
+    are the same only when scheme, host and port all are."""
+    scheme = scheme.strip().lower()
     host = host.strip().lower()
-    default = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}.get(scheme, "")
-    return host[: -len(default)] if default and host.endswith(default) else host
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    return f"{scheme}://{host}"
 
 
-def allowed_hosts(request: web.Request, public_url: str | None, trust_forwarded: bool) -> set[str]:
-    hosts = {_netloc(request.scheme, request.host)}
+def forwarded(request: web.Request) -> tuple[str, str] | None:
+    """``(scheme, host)`` the client used according to the proxy's ``X-Forwarded-Host`` and
+    ``-Proto`` (the first hop's), or None without ``X-Forwarded-Host``. Only meaningful from a
+    trusted peer."""
+    host = request.headers.get("X-Forwarded-Host")
+    if not host:
+        return None
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+    return proto.split(",")[0].strip(), host.split(",")[0].strip()
+
+
+def allowed_origins(
+    request: web.Request, public_url: str | None, trust_forwarded: bool
+) -> set[str]:
+    """The origins pploy is reached by: its own scheme and Host, public_url's, and, from a
+    trusted proxy, the forwarded scheme and host."""
+    origins = {_origin(request.scheme, request.host)}
     if public_url:
         parts = urlsplit(public_url)
-        hosts.add(_netloc(parts.scheme, parts.netloc))
-    if trust_forwarded:
-        forwarded = request.headers.get("X-Forwarded-Host")
-        proto = request.headers.get("X-Forwarded-Proto", request.scheme)
-        if forwarded:
-            hosts.add(_netloc(proto.split(",")[0].strip(), forwarded.split(",")[0]))
-    return hosts
+        origins.add(_origin(parts.scheme, parts.netloc))
+    if trust_forwarded and (hop := forwarded(request)):
+        origins.add(_origin(*hop))
+    return origins
 
 
 def check_origin(request: web.Request, public_url: str | None, trust_forwarded: bool) -> None:
-    """Refuse a request a browser sent from another site."""
+    """Refuse a request a browser sent from another site (another scheme, host or port)."""
     site = request.headers.get("Sec-Fetch-Site")
     if site and site not in ("same-origin", "none"):
         raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
@@ -57,10 +76,13 @@ def check_origin(request: web.Request, public_url: str | None, trust_forwarded: 
     parts = urlsplit(origin)
     if origin == "null" or not parts.netloc:
         raise Forbidden("cross-site request refused (opaque Origin)")
-    if _netloc(parts.scheme, parts.netloc) not in allowed_hosts(
+    if _origin(parts.scheme, parts.netloc) not in allowed_origins(
         request, public_url, trust_forwarded
     ):
-        raise Forbidden(f"cross-site request refused (Origin {origin})")
+        raise Forbidden(
+            f"cross-site request refused (Origin {origin}); if pploy is served over https by "
+            "a proxy, set public_url"
+        )
 
 
 def csrf_token(request: web.Request) -> str:
@@ -92,20 +114,31 @@ def _machine_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def host_allowed(request: web.Request, public_url: str | None, extra: list[str]) -> bool:
-    """Refuse a Host pploy does not serve: a DNS-rebinding page (evil.example resolving to
-    127.0.0.1) would otherwise be same-origin with pploy and could pick any user's name.
-
-    Allowed: IP literals, localhost and this machine's names, public_url's host, and
-    ``allowed_hosts``."""
-    host = urlsplit("//" + (request.host or "")).hostname or ""
-    host = host.lower().rstrip(".")
+def _host_served(host: str, public_url: str | None, extra: list[str]) -> bool:
+    name = (urlsplit("//" + host).hostname or "").lower().rstrip(".")
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(name)
         return True
     except ValueError:
         pass
     allowed = set(_machine_names()) | {h.lower() for h in extra}
     if public_url:
         allowed.add((urlsplit(public_url).hostname or "").lower())
-    return host in allowed
+    return name in allowed
+
+
+def refused_host(
+    request: web.Request, public_url: str | None, extra: list[str], trust_forwarded: bool
+) -> str | None:
+    """The host pploy does not serve that this request was addressed to, else None.
+
+    A DNS-rebinding page (evil.example resolving to 127.0.0.1) would otherwise be same-origin
+    with pploy and could act as anyone. Both the Host header and, from a trusted proxy (gate
+    passes on the Host it was reached by), ``X-Forwarded-Host`` must name a served host: IP
+    literals, localhost and this machine's names, public_url's host, and ``allowed_hosts``."""
+    if not _host_served(request.host or "", public_url, extra):
+        return request.host
+    if trust_forwarded and (hop := forwarded(request)):
+        if not _host_served(hop[1], public_url, extra):
+            return hop[1]
+    return None

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from pploy.deploy import security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
 from pploy.deploy.params import job_id, read_json
@@ -233,16 +234,30 @@ def handle_command(
 
 
 async def one_shot_params(request: web.Request, key: str) -> str:
+    """``key`` from the query string or the body.
+
+    A body must be JSON (no cross-site page can send it) or a form carrying the CSRF token
+    like every other form: a foreign page's ``<form>`` always sends a form content type, even
+    with an empty body and its parameters in the action URL, or ``text/plain``. A ``POST``
+    with no body and no such type (``curl -X POST '…?env=staging'``) is nothing a foreign
+    page can send without a CORS preflight, which pploy never grants."""
+    body: Mapping[str, Any] = {}
+    if request.content_type == "application/json":
+        body = await read_json(request)
+    elif request.content_type in security.FORM_TYPES:
+        await security.check_form_token(request)
+        body = await request.post()
+    elif request.can_read_body or request.content_type in security.SIMPLE_TYPES:
+        raise BadRequest(
+            "send the parameters in the query string (with no body), as JSON, or as a "
+            "form with its CSRF token",
+            status=415,
+        )
     value = request.query.get(key)
-    if value is None and request.can_read_body:
-        if request.content_type == "application/json":
-            body = await read_json(request)
-            value = body.get(key)
-        else:
-            form = await request.post()
-            value = form.get(key)  # type: ignore[assignment]
+    if value is None:
+        value = body.get(key)
     if not isinstance(value, str) or not value:
-        raise BadRequest(f"{key!r} is required (query string or form field)")
+        raise BadRequest(f"{key!r} is required (query string, JSON or form field)")
     return value
 
 
