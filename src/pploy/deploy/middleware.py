@@ -17,7 +17,17 @@ from pploy.deploy.rendering import error_response, wants_json
 from pploy.deploy.requestkeys import NEW_CSRF_TOKEN, REQUEST_ID, USER
 from pploy.deploy.services import services
 
-PUBLIC_PREFIXES = ("/static/", "/ping", "/login", "/favicon.ico")
+# Paths anyone may reach, matched as whole paths: a project named "pingtest" or "login-svc"
+# is not public because its name starts like one. Static files are public by the route that
+# serves them, not by a "/static/" prefix (``POST /static/deploy`` deploys a project "static").
+PUBLIC_PATHS = frozenset({"/ping", "/login", "/favicon.ico"})
+
+
+def is_public(request: web.Request) -> bool:
+    """True for the requests an anonymous caller may make."""
+    if request.path in PUBLIC_PATHS:
+        return True
+    return isinstance(request.match_info.route.resource, web.StaticResource)
 
 
 @web.middleware
@@ -72,7 +82,7 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
             f"this pploy does not serve the host {host!r}; "
             "add it to allowed_hosts (or set public_url)"
         )
-    public = request.path.startswith(PUBLIC_PREFIXES)
+    public = is_public(request)
     try:
         request[USER] = await svc.auth.identify(request)
     except Unauthorized:

@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 from pploy.deploy import security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
-from pploy.deploy.params import job_id, read_json
+from pploy.deploy.params import job_id, parse_json_object, read_json
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import Services, services
 from pploy.deploy.store import JobRecord
@@ -221,10 +221,10 @@ def handle_command(
     svc: Services, request: web.Request, record: JobRecord, text: str
 ) -> dict[str, Any]:
     try:
-        command = json.loads(text)
-    except json.JSONDecodeError:
+        command = parse_json_object(text)
+    except BadRequest:
         return {"error": "commands are JSON objects"}
-    if not isinstance(command, dict) or command.get("action") != "cancel":
+    if command.get("action") != "cancel":
         return {"error": 'unknown command; the only one is {"action": "cancel"}'}
     try:
         svc.jobs.cancel(record.id, request[USER])
