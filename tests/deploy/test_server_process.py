@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.deploy.support import Fifo, make_remote
 from tests.helpers import free_port
@@ -161,3 +163,77 @@ async def test_sigterm_waits_then_cancels_and_viewers_get_a_final_status(tmp_pat
     ).fetchone()
     assert (status, cancelled_by) == ("cancelled", "pploy (shutdown)")
     fifo.close()
+
+
+async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flowing(tmp_path):
+    """SIGTERM with a deploy running: for job.shutdown_grace_seconds pploy keeps its port,
+    answers work-starting requests 503 "shutting down" (JSON for the API, a page for a
+    browser), serves reads and the running job's stream, then cancels the job and exits 0."""
+    fifo = Fifo(tmp_path / "go")
+    script = (
+        f"#!/bin/sh\necho working\n{fifo.script_open()}\n{fifo.wait_cmd}\n"
+        f"echo during the grace\n{fifo.wait_cmd}\necho never\n"
+    )
+    remote = make_remote(tmp_path, deploy_script=script)
+    grace = 4
+    config = tmp_path / "pploy.yml"
+    config.write_text(
+        f"users: [alice, bob]\njob:\n  shutdown_grace_seconds: {grace}\n"
+        "  cancel_grace_seconds: [1, 1]\n"
+    )
+    server = Server(tmp_path / "work", config)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            async with http.get(server.base + "/") as resp:
+                token = re.search(r'name="csrf_token" value="([^"]+)"', await resp.text())[1]
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as stream:
+                seen = bytearray()
+                while b"working" not in seen:
+                    seen.extend(await asyncio.wait_for(stream.content.readany(), 10))
+                server.proc.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                deploy = server.base + "/api/projects/testploy/deploy"
+                while True:  # until the signal is handled: 409 (a job runs) before, 503 after
+                    async with http.post(deploy, json={"env": "staging"}) as resp:
+                        if resp.status == 503:
+                            answer = await resp.json()
+                            break
+                        assert resp.status == 409 and time.monotonic() - signalled < 2
+                    await asyncio.sleep(0.05)
+                assert set(answer) == {"error"} and "shutting down" in answer["error"]
+                async with http.post(
+                    server.base + "/api/projects", json={"url": str(remote)}
+                ) as resp:
+                    assert resp.status == 503  # a clone is work too
+                async with http.post(
+                    server.base + "/projects/testploy/deploy",
+                    data={"env": "staging", "csrf_token": token},
+                    headers={"Accept": "text/html"},
+                    allow_redirects=False,
+                ) as resp:
+                    assert resp.status == 503 and resp.content_type == "text/html"
+                    assert "shutting down" in await resp.text()
+                async with http.post(
+                    server.base + "/testploy/checkout", params={"ref": "main"}
+                ) as resp:
+                    assert resp.status == 503
+                async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                    assert (await resp.json())["job"]["status"] == "running"  # reads still work
+                await fifo.release()  # the job goes on during the grace...
+                while b"during the grace" not in seen:
+                    seen.extend(await asyncio.wait_for(stream.content.readany(), 10))
+                assert time.monotonic() - signalled < grace
+                seen.extend(await asyncio.wait_for(stream.content.read(), grace + 10))
+            assert b"cancelled: pploy is shutting down" in seen and b"never" not in seen
+            out = server.stop(None)
+            stopped = time.monotonic() - signalled
+        finally:
+            if server.proc.poll() is None:
+                server.stop(signal.SIGKILL)
+            fifo.close()
+    assert server.proc.returncode == 0, out
+    assert grace <= stopped < grace + 8, stopped  # the grace, then the cancel (1 s + 1 s)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as http, http.get(server.base + "/ping"):
+            pass

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from pploy.deploy import actions, views
 from pploy.deploy.errors import BadRequest
+from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, read_json, string_field
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import services
@@ -27,6 +28,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/projects")
+@starts_work
 async def add_project(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_json(request)
@@ -58,6 +60,7 @@ async def lock(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/projects/{name}/checkout")
+@starts_work
 async def checkout(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
@@ -67,6 +70,7 @@ async def checkout(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/projects/{name}/deploy")
+@starts_work
 async def deploy(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(config: object, demo: bool = False) -> int:
+    from pploy.deploy import server
     from pploy.deploy.app import SERVICES, create_app
     from pploy.deploy.config import Config
 
@@ -89,13 +90,5 @@ def serve(config: object, demo: bool = False) -> int:
         app.on_startup.append(add_demo)
     host, port = sock.getsockname()[:2]
     print(f"pploy: serving on http://{host}:{port}/ (workdir {config.workdir})", flush=True)
-    web.run_app(
-        app,
-        sock=sock,
-        loop=eventloop.new_event_loop(),  # uvloop when installed (the `speed` extra)
-        print=None,
-        handler_cancellation=True,
-        shutdown_timeout=config.job.shutdown_grace_seconds + 15,
-        access_log=None,
-    )
+    eventloop.run(server.serve(app, sock))  # uvloop when installed (the `speed` extra)
     return 0

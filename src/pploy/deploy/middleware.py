@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from pploy import log
 from pploy.deploy import security
-from pploy.deploy.errors import BadRequest, PployError, Unauthorized
+from pploy.deploy.errors import BadRequest, PployError, Unauthorized, Unavailable
 from pploy.deploy.rendering import error_response, wants_json
 from pploy.deploy.requestkeys import NEW_CSRF_TOKEN, REQUEST_ID, USER
 from pploy.deploy.services import services
@@ -28,6 +29,17 @@ def is_public(request: web.Request) -> bool:
     if request.path in PUBLIC_PATHS:
         return True
     return isinstance(request.match_info.route.resource, web.StaticResource)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+_STARTS_WORK: set[Callable[..., Any]] = set()
+
+
+def starts_work(handler: Handler) -> Handler:
+    """Mark a route that starts a job or a clone: during the shutdown grace pploy keeps
+    serving (log streams, pages, cancel) but answers these with 503 "shutting down"."""
+    _STARTS_WORK.add(handler)
+    return handler
 
 
 @web.middleware
@@ -99,4 +111,6 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
         )
     if request.method not in security.SAFE_METHODS or request.headers.get("Upgrade"):
         security.check_origin(request, svc.config.public_url, trust)
+    if not svc.jobs.accepting and request.match_info.handler in _STARTS_WORK:
+        raise Unavailable("pploy is shutting down and takes no new work; try again once it is back")
     return await handler(request)

@@ -10,6 +10,7 @@ from pploy.deploy import names, security, views
 from pploy.deploy.actions import remove_project
 from pploy.deploy.auth import USER_COOKIE
 from pploy.deploy.errors import BadRequest, PployError
+from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
 from pploy.deploy.rendering import redirect_with_flash, render
 from pploy.deploy.requestkeys import USER
@@ -50,6 +51,7 @@ async def index(request: web.Request) -> web.Response:
 
 
 @routes.post("/projects")
+@starts_work
 async def add_project(request: web.Request) -> web.Response:
     svc = services(request)
     url = await form_field(request, "url")
@@ -124,6 +126,7 @@ async def lock(request: web.Request) -> web.Response:
 
 
 @routes.post("/projects/{name}/checkout")
+@starts_work
 async def checkout(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
@@ -136,6 +139,7 @@ async def checkout(request: web.Request) -> web.Response:
 
 
 @routes.post("/projects/{name}/deploy")
+@starts_work
 async def deploy(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])

@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 from pploy.deploy import security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
+from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, parse_json_object, read_json
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import Services, services
@@ -276,10 +277,12 @@ async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
     return response
 
 
+@starts_work
 async def one_shot_deploy(request: web.Request) -> web.StreamResponse:
     return await one_shot(request, "deploy")
 
 
+@starts_work
 async def one_shot_checkout(request: web.Request) -> web.StreamResponse:
     return await one_shot(request, "checkout")
 

@@ -1,0 +1,48 @@
+"""``pploy serve``'s life on its socket: serve until SIGTERM or SIGINT, then a shutdown grace
+during which pploy keeps listening, so that running jobs' log streams keep flowing and a new
+request that would start work is answered ``503 shutting down`` rather than refused by a
+closed port; then the jobs still running are cancelled and the server stops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+from aiohttp import web
+
+from pploy import log
+from pploy.deploy.services import SERVICES
+
+# After the grace: how long open responses (log streams of jobs now ended) may take to finish.
+CLOSE_TIMEOUT = 10.0
+
+
+async def drain(app: web.Application) -> None:
+    """Take no new work, wait ``job.shutdown_grace_seconds`` for running jobs, then cancel
+    what is left (the app's on_shutdown then finds nothing to do)."""
+    svc = app[SERVICES]
+    await svc.jobs.shutdown(svc.config.job.shutdown_grace_seconds)
+
+
+async def serve(app: web.Application, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` until the first SIGTERM or SIGINT, then drain and stop."""
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=CLOSE_TIMEOUT
+    )
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            log.event("pploy.signal", signal=sig.name, stopping=stop.is_set())
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await stop.wait()
+        await drain(app)
+    finally:
+        await runner.cleanup()
