@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -163,3 +164,39 @@ async def test_public_paths_stay_public(lookalikes: Pploy) -> None:
     for path in ("/ping", "/login", "/static/style.css", "/static/logview.js"):
         async with anon.get(lookalikes.url(path), allow_redirects=False) as resp:
             assert resp.status in (200, 303), path  # /login redirects only outside standalone
+
+
+# -- store errors ----------------------------------------------------------------------------
+
+
+async def test_a_store_error_is_a_json_503_and_pploy_recovers(tmp_path: Path, caplog) -> None:
+    """Another process holds pploy.db's write lock (a backup tool, a second pploy, an admin's
+    sqlite3 shell): a write fails with sqlite's "database is locked"; the answer is JSON 503
+    naming the database (an error page for a browser), logged; once released, all works."""
+    pploy = await start_pploy(tmp_path / "work")
+    other = sqlite3.connect(tmp_path / "work" / "pploy.db", isolation_level=None)
+    try:
+        name = await pploy.add_project(make_remote(tmp_path))
+        # Fail fast instead of after the shipped 5 s busy wait (same error, same path).
+        pploy.services.store.db.execute("PRAGMA busy_timeout=50")
+        other.execute("BEGIN EXCLUSIVE")
+        status, body = await pploy.api(
+            "POST", f"/api/projects/{name}/lock", "alice", {"operation": "gain"}
+        )
+        assert status == 503, body
+        assert body == {"error": "pploy's database is unavailable: database is locked"}
+        async with pploy.client("alice").post(
+            pploy.url(f"/projects/{name}/lock"),
+            data={"operation": "gain", "csrf_token": "t"},
+            cookies={"csrf": "t"},
+            headers={"Accept": "text/html"},
+        ) as resp:
+            assert resp.status == 503 and resp.content_type == "text/html"
+            assert "database is locked" in await resp.text()
+        assert "event=store.error" in caplog.text and "database is locked" in caplog.text
+        other.execute("ROLLBACK")
+        await pploy.gain(name)  # recovered: no restart needed
+        assert pploy.services.locks.get(name).user == "alice"
+    finally:
+        other.close()
+        await pploy.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -58,6 +59,16 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
             if exc.status < 400:
                 raise
             response = error_response(request, exc.status, exc.reason)
+        except sqlite3.Error as exc:
+            # The store failed (disk full, I/O error, locked by another process): say so in
+            # the client's format rather than aiohttp's plain-text 500.
+            log.event(
+                "store.error", level="error", request_id=request_id, path=request.path,
+                error=f"{type(exc).__name__}: {exc}",
+            )  # fmt: skip
+            response = error_response(
+                request, Unavailable.status, f"pploy's database is unavailable: {exc}"
+            )
         status = response.status
         if not response.prepared:
             response.headers.setdefault("X-Request-Id", request_id)
