@@ -23,6 +23,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -54,7 +55,7 @@ class TickParams:
     def count(self) -> int:
         return max(1, round(self.duration / self.interval))
 
-    def to_json(self) -> dict[str, float | int | None]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "interval": self.interval,
             "duration": self.duration,

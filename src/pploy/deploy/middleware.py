@@ -107,12 +107,14 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
         )
     public = is_public(request)
     try:
-        request[USER] = await svc.auth.identify(request)
+        user = await svc.auth.identify(request)
     except Unauthorized:
         if not public:
             raise
-        request[USER] = None
-    if request[USER] is None and not public:
+        user = None
+    if user is not None:
+        request[USER] = user  # absent for an anonymous request to a public path
+    elif not public:
         if svc.auth.picks_name and not wants_json(request) and request.method == "GET":
             raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
         raise Unauthorized(

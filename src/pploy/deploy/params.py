@@ -40,7 +40,7 @@ def parse_json_object(data: bytes | str) -> dict[str, Any]:
         text = data.decode() if isinstance(data, bytes) else data
         body = json.loads(text, parse_constant=_no_constant)
         _check_strings(body)
-    except UnicodeError as exc:
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
         raise BadRequest(f"the body is not valid UTF-8 JSON: {exc.reason}") from None
     except RecursionError:
         raise BadRequest("the body is not valid JSON: nested too deeply") from None

@@ -107,7 +107,7 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         sent = 0
         async for item in follow(None, path, offset):
-            if item.data:
+            if item is not None and item.data:
                 chunk = item.data[: response.content_length - sent]
                 await response.write(chunk)
                 sent += len(chunk)
