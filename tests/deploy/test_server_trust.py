@@ -7,8 +7,11 @@ the state compared before and after."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +280,32 @@ async def test_one_shot_with_the_token_or_as_a_script_still_works(
         assert resp.status == 200 and b"deployed staging" in await resp.read()
     statuses = [j.status for j in pploy.services.store.list_jobs(name)]
     assert statuses == ["succeeded"] * 3
+
+
+def documented_one_shot_commands() -> list[list[str]]:
+    """The curl commands of docs/api.md's one-shot section, as argument lists."""
+    text = (Path(__file__).resolve().parents[2] / "docs/api.md").read_text()
+    section = text.split("## One-shot endpoints", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("curl ")]
+
+
+async def test_the_documented_curl_commands_work_and_a_curl_form_is_refused(
+    locked: tuple[Pploy, str],
+) -> None:
+    pploy, name = locked
+    commands = documented_one_shot_commands()
+    assert len(commands) == 2, commands
+    for argv in commands:
+        argv = [
+            arg.replace("http://127.0.0.1:9000", pploy.base).replace("/myapp/", f"/{name}/")
+            for arg in argv
+        ]
+        result = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=60
+        )
+        assert "deployed staging" in result.stdout, (argv, result.stdout, result.stderr)
+    form = ["curl", "-sS", "-b", "user=alice", "-d", "env=staging", pploy.url(f"/{name}/deploy")]
+    result = await asyncio.to_thread(subprocess.run, form, capture_output=True, text=True)
+    assert "CSRF" in result.stdout and "deployed" not in result.stdout, result.stdout
+    assert [j.status for j in pploy.services.store.list_jobs(name)] == ["succeeded"] * 2

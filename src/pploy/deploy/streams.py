@@ -18,13 +18,9 @@ from pploy.deploy.params import job_id, parse_json_object, read_json
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import Services, services
 from pploy.deploy.store import JobRecord
+from pploy.streamtest import STREAM_HEADERS  # the headers every stream needs to pass proxies
 
 HEARTBEAT_SECONDS = 15.0
-STREAM_HEADERS = {
-    "Cache-Control": "no-cache, no-transform",
-    # nginx buffers proxied responses unless told not to (it matters over TLS).
-    "X-Accel-Buffering": "no",
-}
 
 routes = web.RouteTableDef()
 
