@@ -16,7 +16,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +40,7 @@ from pploy.gate.headers import (
 from pploy.gate.metrics import Metrics
 from pploy.gate.providers import Provider, make_provider
 from pploy.gate.proxy import UpstreamProxy
+from pploy.gate.recheck import Rechecker
 from pploy.gate.routing import BadPath, RequestPath, Router, parse_target, request_host
 from pploy.gate.session import CookieCodec
 from pploy.gate.static import StaticFiles
@@ -69,20 +69,24 @@ class Gate:
         key = load_private_key(config.resolve(assertion.key_file)) if assertion.key_file else None
         extra = [load_private_key_public(config.resolve(p)) for p in assertion.extra_public_keys]
         self.signer = AssertionSigner(
-            audience=assertion.audience,
             lifetime=int(assertion.lifetime),
             key=key,
             extra_public_keys=extra,
         )
         self.metrics = Metrics()
         self.router = Router(config.proxy)
-        self.static = StaticFiles(config.resolve(config.htdocs)) if config.htdocs else None
+        self.static = (
+            StaticFiles(config.resolve(config.htdocs), never_serve=config.files_read())
+            if config.htdocs
+            else None
+        )
         self.upstream = UpstreamProxy(config.upstream, self.metrics)
         self.metrics_path = (
             None if config.metrics.address else (config.metrics.path or DEFAULT_METRICS_PATH)
         )
         self._http: aiohttp.ClientSession | None = None
         self._provider: Provider | None = None
+        self._rechecker: Rechecker | None = None
         self.gate_cookies = {config.auth.session.cookie_name, login.STATE_COOKIE}
         headers = config.identity_headers
         extra = [h for h in (headers.user, headers.email, headers.assertion) if h]
@@ -93,6 +97,11 @@ class Gate:
         assert self._provider is not None, "gate is not started"
         return self._provider
 
+    @property
+    def rechecker(self) -> Rechecker:
+        assert self._rechecker is not None, "gate is not started"
+        return self._rechecker
+
     async def start(self, _app: web.Application | None = None) -> None:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15),
@@ -100,6 +109,7 @@ class Gate:
             headers={"User-Agent": "pploy-gate"},
         )
         self._provider = make_provider(self.config, self._http)
+        self._rechecker = Rechecker(self._provider, self.config.auth.info.recheck_interval)
         await self.upstream.start()
 
     async def stop(self, _app: web.Application | None = None) -> None:
@@ -116,8 +126,10 @@ class Gate:
         *,
         host: str | None,
         websocket: bool,
+        audience: str | None = None,
     ) -> CIMultiDict[str]:
-        """The client's headers, cleaned, plus forwarding and identity headers."""
+        """The client's headers, cleaned, plus forwarding and identity headers; the signed
+        assertion only with an ``audience`` (the route's ``assertion_audience``)."""
         drop = HOP_BY_HOP | connection_tokens(request.headers) | FORWARDING_NAMES
         drop |= {"host", "expect"}
         if websocket:
@@ -155,9 +167,11 @@ class Gate:
                 out[names.user] = principal.user
             if names.email and principal.email:
                 out[names.email] = principal.email
-            if names.assertion:
+            if names.assertion and audience:
                 identity = Identity(user=principal.user, email=principal.email)
-                out[names.assertion] = self.signer.token_for(identity, now=self.clock())
+                out[names.assertion] = self.signer.token_for(
+                    identity, audience=audience, now=self.clock()
+                )
         return out
 
 
@@ -185,15 +199,36 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "").lower()
 
 
-def _origin_ok(request: web.Request) -> bool:
-    """Cross-site WebSocket hijacking: a browser's Origin must be the host the user is on."""
+def _origin_ok(gate: Gate, request: web.Request) -> bool:
+    """Cross-site WebSocket hijacking: a browser's Origin must be the origin the user is on,
+    scheme included (http://host is another origin than https://host)."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser; browsers always send Origin on WebSocket handshakes
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return False
-    return parts.netloc.lower() == (request.host or "").lower()
+    return origin.lower() == gate.auth.own_origin(request)
+
+
+def _host_refused(gate: Gate, request: web.Request) -> web.Response | None:
+    """DNS rebinding: a page on another name that resolves to gate's address is same-origin
+    with itself, not with us. Only names gate is configured for (or IP literals and localhost,
+    which no attacker can point elsewhere) are served; checked before anything else."""
+    host = request.headers.get("Host")
+    if host is not None and gate.config.serves_host(request_host(host)):
+        return None
+    log.event(
+        "gate.host_refused",
+        level="warning",
+        host=host,
+        client=gate.auth.client_ip(request),
+        rid=request[keys.REQUEST_ID],
+    )
+    text = (
+        f"this gate does not serve the host {host!r}; if it should, add the name to "
+        "allowed_hosts in gate's configuration\n"
+        if host is not None
+        else "a Host header is required\n"
+    )
+    return web.Response(status=421 if host is not None else 400, text=text)
 
 
 def _unauthenticated(gate: Gate, request: web.Request, target: RequestPath) -> web.Response:
@@ -216,6 +251,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     except BadPath as exc:
         return web.Response(status=400, text=f"bad request: {exc}\n")
     request[keys.TARGET] = target
+    if (refused := _host_refused(gate, request)) is not None:
+        return refused
     path = target.path
     paths = gate.config.paths
 
@@ -238,22 +275,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if principal is None:
         return _unauthenticated(gate, request, target)
     request[keys.PRINCIPAL] = principal
-    if principal.via == "network" and not gate.config.serves_host(request_host(request.host)):
-        # Admitted by address alone, without a cookie: a DNS-rebinding page on another name
-        # that resolves here would otherwise read upstreams with the victim's network access.
-        log.event(
-            "gate.host_refused", level="warning", host=request.host, rid=request[keys.REQUEST_ID]
-        )
-        return web.Response(
-            status=421,
-            text=f"this gate does not serve the host {request.host!r} (add it to allowed_hosts)\n",
-        )
+    if principal.session is not None:
+        ended = await login.recheck_session(gate, request, principal.session)
+        if ended is not None:
+            return ended
 
     if gate.metrics_path and path == gate.metrics_path:
         return web.Response(text=gate.metrics.render(), content_type="text/plain", charset="utf-8")
 
     websocket = _is_websocket(request)
-    if websocket and not _origin_ok(request):
+    if websocket and not _origin_ok(gate, request):
         log.event(
             "gate.ws.origin_refused",
             level="warning",
@@ -277,7 +308,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently(location)
 
     upstream_host = request.host if route.conf.preserve_host and request.host else None
-    headers = gate.upstream_headers(request, principal, host=upstream_host, websocket=websocket)
+    headers = gate.upstream_headers(
+        request,
+        principal,
+        host=upstream_host,
+        websocket=websocket,
+        audience=route.conf.assertion_audience,
+    )
     url = route.upstream_url(target)
     if websocket:
         return await gate.upstream.websocket(request, url, headers, route.label)
