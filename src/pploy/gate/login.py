@@ -20,8 +20,8 @@ from pploy.gate.pages import page
 from pploy.gate.providers import Forbidden, LoginFailed, UserInfo
 from pploy.gate.providers.base import new_token, pkce_challenge
 from pploy.gate.providers.dev import DevProvider
-from pploy.gate.redirects import safe_return_path
 from pploy.gate.session import Session
+from pploy.redirects import safe_return_path
 
 if TYPE_CHECKING:
     from pploy.gate.app import Gate
