@@ -1,4 +1,4 @@
-"""Login, callback, logout: the authorization code flow with PKCE, state and nonce.
+"""Login and callback: the authorization code flow with PKCE, state and nonce.
 
 The in-flight login (state, nonce, PKCE verifier, where to return) lives in a short-lived
 encrypted cookie, so the ``state`` that comes back must match one this browser started: a
@@ -7,15 +7,16 @@ callback replayed into another browser, or with an altered state, is refused.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from pploy import log
 from pploy.gate import requestkeys as keys
+from pploy.gate.cookies import clear_cookie, same_origin_post, set_cookie
+from pploy.gate.core import STATE_COOKIE, Gate
 from pploy.gate.pages import page
 from pploy.gate.providers import Forbidden, LoginFailed, UserInfo
 from pploy.gate.providers.base import new_token, pkce_challenge
@@ -23,10 +24,6 @@ from pploy.gate.providers.dev import DevProvider
 from pploy.gate.session import Session
 from pploy.redirects import safe_return_path
 
-if TYPE_CHECKING:
-    from pploy.gate.app import Gate
-
-STATE_COOKIE = "_gate_login"
 STATE_LIFETIME = 600
 MAX_PENDING = 4
 
@@ -37,30 +34,6 @@ def redirect(location: str, status: int = 302) -> web.Response:
 
 def login_url(gate: Gate, next_path: str) -> str:
     return f"{gate.config.paths.login}?next={quote(safe_return_path(next_path), safe='/')}"
-
-
-def _set_cookie(gate: Gate, response: web.StreamResponse, name: str, value: str, age: int) -> None:
-    response.set_cookie(
-        name,
-        value,
-        max_age=age,
-        path="/",
-        domain=gate.config.auth.session.cookie_domain or None,
-        secure=gate.config.secure_cookies,
-        httponly=True,
-        samesite="Lax",
-    )
-
-
-def clear_cookie(gate: Gate, response: web.StreamResponse, name: str) -> None:
-    response.del_cookie(
-        name,
-        path="/",
-        domain=gate.config.auth.session.cookie_domain or None,
-        secure=gate.config.secure_cookies,
-        httponly=True,
-        samesite="Lax",
-    )
 
 
 def _pending(gate: Gate, request: web.Request) -> list[dict[str, Any]]:
@@ -91,9 +64,7 @@ def start_session(gate: Gate, response: web.StreamResponse, info: UserInfo) -> S
         token=info.token,
     )
     value = gate.codec.seal(gate.auth.cookie_name, session.to_payload())
-    _set_cookie(
-        gate, response, gate.auth.cookie_name, value, int(gate.config.auth.session.lifetime)
-    )
+    set_cookie(gate, response, gate.auth.cookie_name, value, int(gate.config.auth.session.lifetime))
     return session
 
 
@@ -153,20 +124,11 @@ def _success(gate: Gate, request: web.Request, info: UserInfo, next_path: str) -
     return response
 
 
-def _same_origin_post(gate: Gate, request: web.Request) -> bool:
-    """A form post from another site (login CSRF) carries that site's Origin; scheme, host and
-    port must all be ours. No Origin at all is a non-browser client."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return origin.lower() == gate.auth.own_origin(request)
-
-
 async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
     provider = gate.provider
     if isinstance(provider, DevProvider):
         if request.method == "POST":
-            if not _same_origin_post(gate, request):
+            if not same_origin_post(gate, request):
                 return page(403, "Sign-in refused", message="Cross-site sign-in is not allowed.")
             form = await request.post()
             next_path = str(form.get("next") or "/")
@@ -197,7 +159,7 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
 
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-    flow = {
+    flow: dict[str, Any] = {
         "s": new_token(),
         "n": new_token(),
         "v": new_token(48),
@@ -217,7 +179,7 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
     pending = [flow, *_pending(gate, request)][:MAX_PENDING]
     response = redirect(url)
     value = gate.state_codec.seal(STATE_COOKIE, {"f": pending})
-    _set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
+    set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
     return response
 
 
@@ -261,104 +223,9 @@ async def handle_callback(gate: Gate, request: web.Request) -> web.StreamRespons
     rest = [f for f in pending if f is not flow]
     if rest:
         value = gate.state_codec.seal(STATE_COOKIE, {"f": rest})
-        _set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
+        set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
     else:
         clear_cookie(gate, response, STATE_COOKIE)
-    return response
-
-
-def logout_token(gate: Gate, request: web.Request) -> str:
-    """The token the logout form carries: bound to this browser's session cookie, which
-    another site can neither read nor guess, so it cannot sign the user out."""
-    cookie = request.cookies.get(gate.auth.cookie_name, "")
-    key = hashlib.sha256(b"gate-logout\0" + gate.config.auth.session.key.encode()).digest()
-    return hmac.new(key, cookie.encode(), "sha256").hexdigest()
-
-
-def _logout_form(gate: Gate, request: web.Request, status: int, message: str) -> web.Response:
-    return page(
-        status,
-        "Sign out",
-        message=message,
-        error=status >= 400,
-        confirm={
-            "action": gate.config.paths.logout,
-            "fields": {"token": logout_token(gate, request)},
-            "button": "Sign out",
-        },
-        request_id=request.get(keys.REQUEST_ID),
-    )
-
-
-async def handle_logout(gate: Gate, request: web.Request) -> web.StreamResponse:
-    """GET asks (a link or an image on another site must not sign anyone out); POST with the
-    form's token signs out."""
-    if request.method in ("GET", "HEAD"):
-        return _logout_form(gate, request, 200, "Sign out of gate?")
-    if request.method != "POST":
-        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
-    token = str((await request.post()).get("token") or "")
-    if not _same_origin_post(gate, request) or not hmac.compare_digest(
-        token, logout_token(gate, request)
-    ):
-        log.event("gate.logout.refused", level="warning", rid=request.get(keys.REQUEST_ID))
-        return _logout_form(
-            gate, request, 403, "That sign-out did not come from this site. Sign out here:"
-        )
-    response = page(
-        200,
-        "Signed out",
-        message="You are signed out of gate.",
-        links=[(gate.config.paths.login, "Sign in again")],
-    )
-    clear_cookie(gate, response, gate.auth.cookie_name)
-    clear_cookie(gate, response, STATE_COOKIE)
-    gate.auth.forget(request.cookies.get(gate.auth.cookie_name))
-    log.event("gate.logout", rid=request.get(keys.REQUEST_ID))
-    return response
-
-
-async def recheck_session(
-    gate: Gate, request: web.Request, session: Session
-) -> web.Response | None:
-    """None while the session still passes the provider's restrictions; otherwise the answer
-    that ends it (403, cookie cleared), or 502 when the provider cannot answer right now."""
-    cookie = request.cookies.get(gate.auth.cookie_name, "")
-    try:
-        verdict = await gate.rechecker.verdict(cookie, session, gate.clock())
-    except LoginFailed as exc:
-        log.event(
-            "gate.recheck.failed",
-            level="warning",
-            reason=str(exc),
-            rid=request.get(keys.REQUEST_ID),
-        )
-        return page(
-            502,
-            "Cannot confirm access",
-            message="gate cannot confirm your access with the sign-in provider right now. "
-            "Try again shortly.",
-            request_id=request.get(keys.REQUEST_ID),
-        )
-    if verdict.reason is None:
-        return None
-    gate.auth.forget(cookie)
-    log.event(
-        "gate.session.ended",
-        level="warning",
-        user=session.user,
-        reason=verdict.reason,
-        rid=request.get(keys.REQUEST_ID),
-    )
-    response = page(
-        403,
-        "Access ended",
-        message="This site no longer admits your account.",
-        reason=verdict.reason,
-        links=[(gate.config.paths.login, "Sign in again")],
-        request_id=request.get(keys.REQUEST_ID),
-    )
-    clear_cookie(gate, response, gate.auth.cookie_name)
     return response
 
 
