@@ -5,6 +5,8 @@ before any login or proxying, cookie or not."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import pytest_asyncio
 
@@ -143,4 +145,16 @@ async def test_rebound_host_is_refused_before_login_or_proxying(gate, upstream):
                 assert resp.status == 421
         async with client.get(gate.url + "/logout", headers=hostile) as resp:
             assert resp.status == 421
+    assert upstream.requests == []
+
+
+async def test_a_request_without_host_is_refused(gate, upstream):
+    upstream.reset()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /x HTTP/1.0\r\n\r\n")
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.0 400") or data.startswith(b"HTTP/1.1 400"), data[:80]
+    assert b"Host header is required" in data
     assert upstream.requests == []

@@ -1,5 +1,5 @@
-"""Requests admitted by address alone (auth.allow_networks) must name a host gate serves:
-a DNS-rebinding page's own name resolving to gate must not borrow the victim's network."""
+"""Every request must name a host gate serves: a DNS-rebinding page's own name resolving to
+gate must neither borrow the victim's network (auth.allow_networks) nor ride a session."""
 
 from __future__ import annotations
 
