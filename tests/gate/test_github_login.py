@@ -207,3 +207,23 @@ async def test_a_member_stays_in_and_a_revoked_token_ends_the_session(gate, gith
 
 def session_cookie_value(client) -> str:
     return next(c.value for c in client.cookie_jar if c.key == "_gate_session")
+
+
+async def test_github_down_at_a_recheck_keeps_the_session(gate, github):
+    github.login_as = "octocat"
+    real_clock = gate.gate.clock
+    try:
+        async with client_session() as client:
+            (await github_login(client, gate))[1].release()
+            gate.gate.clock = lambda: real_clock() + 301
+            github.orgs_status = 503
+            async with client.get(gate.url + "/x", allow_redirects=False) as r:
+                assert r.status == 502
+                assert "cannot confirm your access" in await r.text()
+                assert "_gate_session" not in r.cookies  # not signed out
+            github.orgs_status = 200
+            async with client.get(gate.url + "/x") as r:
+                assert r.status == 200
+    finally:
+        github.orgs_status = 200
+        gate.gate.clock = real_clock
