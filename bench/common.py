@@ -262,7 +262,7 @@ class GateProcess:
                         "info": {"service": "dev"},
                     },
                     "htdocs": None,
-                    "proxy": [{"path": "/", "dest": dest}],
+                    "proxy": [{"path": "/", "dest": dest, "assertion_audience": "pploy"}],
                     "trusted_proxies": ["127.0.0.1/32"],
                 }
             )

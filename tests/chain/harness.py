@@ -287,7 +287,7 @@ class Chain:
                             {"key_file": str(self.assertion_key)} if self.assertion_key else {}
                         ),
                     },
-                    "proxy": [{"path": "/", "dest": self.pploy_url}],
+                    "proxy": [{"path": "/", "dest": self.pploy_url, "assertion_audience": "pploy"}],
                     "htdocs": None,
                     "trusted_proxies": ["127.0.0.1/32"],
                 }

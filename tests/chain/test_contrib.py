@@ -48,7 +48,7 @@ def test_contrib_configs_load_and_point_at_each_other() -> None:
     assert (dest.hostname, dest.port) == (pploy_conf.host, pploy_conf.port)
     jwks = urlsplit(pploy_conf.auth.gate_jwks_url or "")
     assert f"{jwks.hostname}:{jwks.port}" == gate_conf.address
-    assert pploy_conf.auth.gate_audience == gate_conf.auth.assertion.audience
+    assert pploy_conf.auth.gate_audience == gate_conf.proxy[0].assertion_audience
     # nginx proxies to gate, and gate believes nginx's forwarding headers.
     assert NginxOptions().upstream == gate_conf.address
     assert "127.0.0.1/32" in gate_conf.trusted_proxies

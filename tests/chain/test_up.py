@@ -214,3 +214,43 @@ async def test_up_tls_generates_a_certificate_once_under_the_data_dir(tmp_path: 
             assert up.interrupt() == 0
         finally:
             up.kill()
+
+
+async def test_a_dns_rebinding_page_cannot_drive_pploy_up(tmp_path: Path) -> None:
+    """A page at http://evil.test:PORT whose name the attacker re-points to 127.0.0.1: the
+    browser sends evil.test as Host, a matching Origin and Sec-Fetch-Site: same-origin. It
+    must not sign in, add a repository, take a lock or deploy (issue 10)."""
+    port = free_port()
+    up = Up("--workdir", str(tmp_path / "stack"), "--port", str(port))
+    try:
+        url = up.url()
+        evil = f"evil.test:{port}"
+        hostile = {"Host": evil, "Origin": f"http://{evil}", "Sec-Fetch-Site": "same-origin"}
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            async with session.post(
+                url + "login", data={"user": "mallory"}, headers=hostile, allow_redirects=False
+            ) as resp:
+                assert resp.status == 421, await resp.text()
+                assert "_gate_session" not in resp.cookies
+            # Even a session cookie (the browser would not send it to evil.test) is no help.
+            cookie = await login(session, url, "dora")
+            attempts = [
+                ("GET", "", None),
+                ("POST", "projects", {"url": "https://example.invalid/evil.git"}),
+                ("POST", "api/projects", {"url": "https://example.invalid/evil.git"}),
+                ("POST", "api/projects/demo/lock", {"operation": "gain"}),
+                ("POST", "api/projects/demo/deploy", {"env": "staging"}),
+            ]
+            for method, path, body in attempts:
+                async with session.request(
+                    method, url + path, json=body, headers={**hostile, "Cookie": cookie}
+                ) as resp:
+                    assert resp.status == 421, (path, resp.status)
+            async with session.get(url + "api/status", headers={"Cookie": cookie}) as resp:
+                status = await resp.json()
+        assert [p["name"] for p in status["projects"]] == ["demo"]
+        assert status["jobs"] == []
+        assert all(not p.get("lock") for p in status["projects"]), status["projects"]
+        assert up.interrupt() == 0
+    finally:
+        up.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,22 @@ async def dev_login(client: aiohttp.ClientSession, gate_url: str, user: str = "a
         f"{gate_url}/login", data={"user": user, "next": "/"}, allow_redirects=False
     ) as resp:
         assert resp.status == 303, await resp.text()
+
+
+LOGOUT_TOKEN = re.compile(r'name="token" value="([0-9a-f]+)"')
+
+
+async def gate_logout(client: aiohttp.ClientSession, gate_url: str) -> None:
+    """Sign out the way a browser does: GET the confirmation page, POST its form."""
+    async with client.get(f"{gate_url}/logout") as resp:
+        assert resp.status == 200
+        match = LOGOUT_TOKEN.search(await resp.text())
+    assert match, "the logout page has no form token"
+    async with client.post(
+        f"{gate_url}/logout", data={"token": match.group(1)}, headers={"Origin": gate_url}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert "signed out" in (await resp.text()).lower()
 
 
 @pytest.fixture

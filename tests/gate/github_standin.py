@@ -38,6 +38,7 @@ class GitHubStandIn:
         self.client_id = client_id
         self.client_secret = client_secret
         self.login_as = "octocat"
+        self.orgs_status = 200  # set to 5xx to play GitHub being down
         self.codes: dict[str, dict[str, str]] = {}
         self.tokens: dict[str, str] = {}
         self.calls: Counter[str] = Counter()
@@ -114,6 +115,8 @@ class GitHubStandIn:
 
     async def orgs(self, request: web.Request) -> web.Response:
         self.calls["orgs"] += 1
+        if self.orgs_status != 200:
+            return web.json_response({"message": "unavailable"}, status=self.orgs_status)
         orgs = USERS[self._who(request)]["orgs"]
         page = int(request.query.get("page", "1"))
         chunk = orgs[(page - 1) * PER_PAGE : page * PER_PAGE]

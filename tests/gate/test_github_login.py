@@ -8,7 +8,7 @@ import pytest
 import pytest_asyncio
 
 from tests.gate.conftest import SESSION_KEY, client_session, start_gate
-from tests.gate.github_standin import GitHubStandIn
+from tests.gate.github_standin import USERS, GitHubStandIn
 from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -143,3 +143,87 @@ async def test_bad_client_secret_is_reported(github, upstream):
             assert "incorrect_client_credentials" in await resp.text()
     finally:
         await running.server.stop()
+
+
+async def test_removed_from_the_org_loses_access_at_the_next_recheck(gate, github, upstream):
+    """Membership is re-checked from the token kept in the session, every
+    auth.info.recheck_interval (5 minutes by default); not on every request."""
+    github.login_as = "octocat"
+    orgs = USERS["octocat"]["orgs"]
+    real_clock = gate.gate.clock
+    try:
+        async with client_session() as client:
+            (await github_login(client, gate))[1].release()
+            cookie = session_cookie_value(client)
+            USERS["octocat"]["orgs"] = [o for o in orgs if o != "Pixiv"]
+            calls = github.calls["orgs"]
+            async with client.get(gate.url + "/x") as r:
+                assert r.status == 200  # within the interval: no API call
+            assert github.calls["orgs"] == calls
+            gate.gate.clock = lambda: real_clock() + 299
+            async with client.get(gate.url + "/x") as r:
+                assert r.status == 200
+            upstream.reset()
+            gate.gate.clock = lambda: real_clock() + 301
+            async with client.get(gate.url + "/x", allow_redirects=False) as r:
+                assert r.status == 403
+                text = await r.text()
+                assert "no longer a member of an allowed organisation" in text
+                assert r.cookies["_gate_session"].value == ""  # cleared
+            assert github.calls["orgs"] > calls
+            # The old cookie, replayed, stays refused; nothing reached the upstream.
+            async with client_session() as replay:
+                async with replay.get(
+                    gate.url + "/x", headers={"Cookie": f"_gate_session={cookie}"}
+                ) as r:
+                    assert r.status == 403
+            assert upstream.requests == []
+    finally:
+        USERS["octocat"]["orgs"] = orgs
+        gate.gate.clock = real_clock
+
+
+async def test_a_member_stays_in_and_a_revoked_token_ends_the_session(gate, github):
+    github.login_as = "octocat"
+    real_clock = gate.gate.clock
+    try:
+        async with client_session() as client:
+            (await github_login(client, gate))[1].release()
+            gate.gate.clock = lambda: real_clock() + 301
+            calls = github.calls["orgs"]
+            for _ in range(3):
+                async with client.get(gate.url + "/x") as r:
+                    assert r.status == 200
+            assert github.calls["orgs"] == calls + 3  # one check (three pages), then cached
+            # The user revokes gate's access at GitHub: the token stops working.
+            github.tokens.clear()
+            gate.gate.clock = lambda: real_clock() + 700
+            async with client.get(gate.url + "/x", allow_redirects=False) as r:
+                assert r.status == 403
+                assert "sign in again" in await r.text()
+    finally:
+        gate.gate.clock = real_clock
+
+
+def session_cookie_value(client) -> str:
+    return next(c.value for c in client.cookie_jar if c.key == "_gate_session")
+
+
+async def test_github_down_at_a_recheck_keeps_the_session(gate, github):
+    github.login_as = "octocat"
+    real_clock = gate.gate.clock
+    try:
+        async with client_session() as client:
+            (await github_login(client, gate))[1].release()
+            gate.gate.clock = lambda: real_clock() + 301
+            github.orgs_status = 503
+            async with client.get(gate.url + "/x", allow_redirects=False) as r:
+                assert r.status == 502
+                assert "cannot confirm your access" in await r.text()
+                assert "_gate_session" not in r.cookies  # not signed out
+            github.orgs_status = 200
+            async with client.get(gate.url + "/x") as r:
+                assert r.status == 200
+    finally:
+        github.orgs_status = 200
+        gate.gate.clock = real_clock

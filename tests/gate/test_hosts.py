@@ -1,5 +1,5 @@
-"""Requests admitted by address alone (auth.allow_networks) must name a host gate serves:
-a DNS-rebinding page's own name resolving to gate must not borrow the victim's network."""
+"""Every request must name a host gate serves: a DNS-rebinding page's own name resolving to
+gate must neither borrow the victim's network (auth.allow_networks) nor ride a session."""
 
 from __future__ import annotations
 
@@ -40,11 +40,15 @@ async def test_network_admission_only_for_known_host_names():
             for host in (f"127.0.0.1:{port}", "deploy.internal", "localhost"):
                 async with anon.get(gate.url + "/x", headers={"Host": host}) as resp:
                     assert resp.status == 200, host
-        # A logged-in user is admitted by the session cookie, not by address.
+        # A logged-in user's cookie does not lift the check either: every request must name
+        # a host gate serves, or a rebinding page would ride the session.
         async with client_session() as client:
             await dev_login(client, gate.url, "alice@example.com")
             async with client.get(gate.url + "/x", headers={"Host": "other.test"}) as resp:
+                assert resp.status == 421
+            async with client.get(gate.url + "/x") as resp:
                 assert resp.status == 200
+        assert [r["raw_path"] for r in upstream.requests] == ["/x"] * 4
     finally:
         await gate.server.stop()
         await upstream.stop()

@@ -62,7 +62,12 @@ async def gate(upstream, htdocs, htpasswd):
     config = dev_config(
         htdocs=str(htdocs),
         proxy=[
-            {"path": "/app", "dest": upstream.url, "strip_path": True},
+            {
+                "path": "/app",
+                "dest": upstream.url,
+                "strip_path": True,
+                "assertion_audience": "pploy",
+            },
             {"path": "/app/deep", "dest": upstream.url + "/base", "strip_path": True},
             {"path": "/keep", "dest": upstream.url},
             {"path": "/vhost", "dest": upstream.url + "/vhost-a", "host": "a.test"},
@@ -73,6 +78,7 @@ async def gate(upstream, htdocs, htpasswd):
     config["auth"]["htpasswd"] = str(htpasswd)
     config["auth"]["allow_networks"] = ["192.0.2.0/24"]
     config["identity_headers"] = {"strip": ["X-Employee"]}
+    config["allowed_hosts"] = ["b.test"]
     running = await start_gate(config)
     yield running
     await running.server.stop()
@@ -493,7 +499,8 @@ async def test_dot_segments_are_refused(gate, client, upstream, path):
     reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
     cookie = "; ".join(f"{c.key}={c.value}" for c in client.cookie_jar)
     writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n".encode()
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\nCookie: {cookie}\r\n"
+        "Connection: close\r\n\r\n".encode()
     )
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 5)
@@ -546,7 +553,8 @@ async def test_htdocs_refuses_escapes_and_dotfiles(gate, client, path):
     reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
     cookie = "; ".join(f"{c.key}={c.value}" for c in client.cookie_jar)
     writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n".encode()
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\nCookie: {cookie}\r\n"
+        "Connection: close\r\n\r\n".encode()
     )
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 5)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pploy.deploy import names
 from pploy.deploy.pages import safe_next
 from pploy.gate.config import ConfigError, load_config, parse_config
-from pploy.gate.redirects import safe_return_path
+from pploy.redirects import safe_return_path
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Text biased towards the characters that matter here.

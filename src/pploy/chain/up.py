@@ -30,6 +30,7 @@ from pploy import eventloop, log
 DEFAULT_PORT = 9999
 HOST = "127.0.0.1"
 SHUTDOWN_GRACE_SECONDS = 5.0
+GATE_AUDIENCE = "pploy"  # pploy's auth.gate_audience = gate's assertion_audience on its route
 
 
 def default_workdir() -> Path:
@@ -168,7 +169,7 @@ def pploy_config(files: StackFiles, public_url: str, log_level: str) -> Any:
             "public_url": public_url,
             "auth.mode": "gate",
             "auth.gate_public_key_file": str(files.assertion_public_key),
-            "auth.gate_audience": "pploy",
+            "auth.gate_audience": GATE_AUDIENCE,
             "job.shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
             "log_level": log_level,
         },
@@ -185,9 +186,16 @@ def gate_config(files: StackFiles, port: int, pploy_port: int) -> Any:
         "auth": {
             "session": {"key": files.session_key},
             "info": {"service": "dev"},
-            "assertion": {"audience": "pploy", "key_file": str(files.assertion_key)},
+            "assertion": {"key_file": str(files.assertion_key)},
         },
-        "proxy": [{"path": "/", "dest": f"http://{HOST}:{pploy_port}"}],
+        # Only pploy's route gets the signed identity, minted for pploy's gate_audience.
+        "proxy": [
+            {
+                "path": "/",
+                "dest": f"http://{HOST}:{pploy_port}",
+                "assertion_audience": GATE_AUDIENCE,
+            }
+        ],
         "htdocs": None,
     }
     if files.cert and files.key:

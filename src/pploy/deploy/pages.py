@@ -15,20 +15,9 @@ from pploy.deploy.params import job_id
 from pploy.deploy.rendering import redirect_with_flash, render
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import services
+from pploy.redirects import safe_return_path as safe_next  # the project's one validator
 
 routes = web.RouteTableDef()
-
-
-def safe_next(target: object) -> str:
-    """Only a same-site path may follow the user picker: ``/x``, never ``//host`` or ``/\\host``."""
-    if (
-        not isinstance(target, str)
-        or not target.startswith("/")
-        or target.startswith(("//", "/\\"))
-        or any(ord(c) < 0x21 or c == "\\" for c in target)
-    ):
-        return "/"
-    return target
 
 
 async def form_field(request: web.Request, key: str) -> str:

@@ -1,9 +1,9 @@
-"""gate's web application: one entry point that authenticates, then proxies or serves.
+"""gate's web application: one entry point that checks, then answers, proxies or serves.
 
-Order for every request: parse the path safely → gate's own endpoints (ping, JWKS, login,
-callback, logout) → authenticate (session, htpasswd, allowed network) → WebSocket Origin check
-→ route → proxy (HTTP or WebSocket) or static file. Nothing reaches an upstream or htdocs
-before authentication, WebSocket upgrades included.
+Order for every request: parse the path safely → the Host guard → gate's public endpoints
+(ping, JWKS, login, callback, logout) → the guards before the proxy (identity, restrictions,
+WebSocket Origin) → gate's private endpoints (metrics, stream test) → the proxy route (HTTP or
+WebSocket) or a static file. Nothing reaches an upstream or htdocs without every guard.
 """
 
 from __future__ import annotations
@@ -15,272 +15,48 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from pploy import log, streamtest
-from pploy.gate import login
+from pploy.gate import guards
 from pploy.gate import requestkeys as keys
-from pploy.gate.auth import Authenticator, Principal
-from pploy.gate.config import GateConfig
-from pploy.gate.headers import (
-    FORWARDING_NAMES,
-    HOP_BY_HOP,
-    WEBSOCKET_HANDSHAKE,
-    canonical,
-    connection_tokens,
-    identity_names,
-    is_identity_header,
-    strip_cookies,
-)
-from pploy.gate.metrics import Metrics
-from pploy.gate.providers import Provider, make_provider
-from pploy.gate.proxy import UpstreamProxy
-from pploy.gate.routing import BadPath, RequestPath, Router, parse_target, request_host
-from pploy.gate.session import CookieCodec
-from pploy.gate.static import StaticFiles
-from pploy.identity import JWKS_PATH, AssertionSigner, Identity, load_private_key
+from pploy.gate.auth import Principal
+from pploy.gate.core import Gate
+from pploy.gate.endpoints import Endpoints
+from pploy.gate.forwarding import forward
+from pploy.gate.headers import is_websocket
+from pploy.gate.routing import BadPath, parse_target
 
-PING_PATH = "/ping"
-DEFAULT_METRICS_PATH = "/_gate/metrics"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Upper bound on all request headers together; aiohttp also limits each line to 8190 bytes.
 MAX_HEADER_BYTES = 64 * 1024
 
-GATE_KEY: web.AppKey[Gate] = web.AppKey("gate", None)  # type: ignore[arg-type]
-
-
-class Gate:
-    """Everything one running gate needs, built from the configuration."""
-
-    def __init__(self, config: GateConfig, *, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
-        self.clock = clock
-        secrets = [config.auth.session.key, *config.auth.session.old_keys]
-        self.codec = CookieCodec(secrets, purpose="session")
-        self.state_codec = CookieCodec(secrets, purpose="login-state")
-        self.auth = Authenticator(config, self.codec)
-        assertion = config.auth.assertion
-        key = load_private_key(config.resolve(assertion.key_file)) if assertion.key_file else None
-        extra = [load_private_key_public(config.resolve(p)) for p in assertion.extra_public_keys]
-        self.signer = AssertionSigner(
-            audience=assertion.audience,
-            lifetime=int(assertion.lifetime),
-            key=key,
-            extra_public_keys=extra,
-        )
-        self.metrics = Metrics()
-        self.router = Router(config.proxy)
-        self.static = StaticFiles(config.resolve(config.htdocs)) if config.htdocs else None
-        self.upstream = UpstreamProxy(config.upstream, self.metrics)
-        self.metrics_path = (
-            None if config.metrics.address else (config.metrics.path or DEFAULT_METRICS_PATH)
-        )
-        self._http: aiohttp.ClientSession | None = None
-        self._provider: Provider | None = None
-        self.gate_cookies = {config.auth.session.cookie_name, login.STATE_COOKIE}
-        headers = config.identity_headers
-        extra = [h for h in (headers.user, headers.email, headers.assertion) if h]
-        self.identity_names = identity_names([*extra, *headers.strip])
-
-    @property
-    def provider(self) -> Provider:
-        assert self._provider is not None, "gate is not started"
-        return self._provider
-
-    async def start(self, _app: web.Application | None = None) -> None:
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=15),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": "pploy-gate"},
-        )
-        self._provider = make_provider(self.config, self._http)
-        await self.upstream.start()
-
-    async def stop(self, _app: web.Application | None = None) -> None:
-        await self.upstream.close()
-        if self._http is not None:
-            await self._http.close()
-
-    # --- identity -----------------------------------------------------------------------
-
-    def upstream_headers(
-        self,
-        request: web.Request,
-        principal: Principal,
-        *,
-        host: str | None,
-        websocket: bool,
-    ) -> CIMultiDict[str]:
-        """The client's headers, cleaned, plus forwarding and identity headers."""
-        drop = HOP_BY_HOP | connection_tokens(request.headers) | FORWARDING_NAMES
-        drop |= {"host", "expect"}
-        if websocket:
-            drop |= WEBSOCKET_HANDSHAKE
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in request.headers.items():
-            key = canonical(name)
-            if key in drop or is_identity_header(name, self.identity_names):
-                continue
-            if key == "cookie":
-                value = strip_cookies(value, self.gate_cookies)
-                if not value:
-                    continue
-            if key == "authorization" and principal.via == "htpasswd":
-                continue  # gate's own credentials are not the upstream's business
-            out.add(name, value)
-
-        client_ip = self.auth.client_ip(request)
-        if self.auth.from_trusted_proxy(request):
-            chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
-            forwarded_for = f"{chain}, {request.remote}" if chain else (request.remote or "")
-        else:
-            forwarded_for = client_ip
-        out["X-Forwarded-For"] = forwarded_for
-        out["X-Forwarded-Proto"] = self.auth.client_proto(request)
-        if request.host:
-            out["X-Forwarded-Host"] = request.host
-        out["X-Request-Id"] = request[keys.REQUEST_ID]
-        if host is not None:
-            out["Host"] = host
-
-        names = self.config.identity_headers
-        if principal.user:
-            if names.user:
-                out[names.user] = principal.user
-            if names.email and principal.email:
-                out[names.email] = principal.email
-            if names.assertion:
-                identity = Identity(user=principal.user, email=principal.email)
-                out[names.assertion] = self.signer.token_for(identity, now=self.clock())
-        return out
-
-
-def load_private_key_public(path: Path):  # type: ignore[no-untyped-def]
-    """A published extra key: accept a private or public PEM, publish only the public part."""
-    from joserfc.jwk import ECKey
-
-    key = ECKey.import_key(path.read_bytes())
-    return ECKey.import_key(key.as_dict(private=False), {"kid": key.thumbprint()})
-
-
-def _is_websocket(request: web.Request) -> bool:
-    upgrade = request.headers.get("Upgrade", "").lower()
-    return upgrade == "websocket" and "upgrade" in connection_tokens(request.headers)
-
-
-def _wants_html(request: web.Request) -> bool:
-    """A browser navigation: may be redirected to the login page; others get 401."""
-    if request.method not in ("GET", "HEAD"):
-        return False
-    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
-        return False
-    if request.headers.get("Sec-Fetch-Mode", "navigate") not in ("navigate", "nested-navigate"):
-        return False
-    return "text/html" in request.headers.get("Accept", "").lower()
-
-
-def _origin_ok(request: web.Request) -> bool:
-    """Cross-site WebSocket hijacking: a browser's Origin must be the host the user is on."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser; browsers always send Origin on WebSocket handshakes
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return False
-    return parts.netloc.lower() == (request.host or "").lower()
-
-
-def _unauthenticated(gate: Gate, request: web.Request, target: RequestPath) -> web.Response:
-    if _wants_html(request) and not _is_websocket(request):
-        return login.redirect(login.login_url(gate, target.path_qs))
-    headers = {"Cache-Control": "no-store"}
-    if gate.auth.htpasswd is not None:
-        headers["WWW-Authenticate"] = 'Basic realm="gate", charset="UTF-8"'
-    return web.json_response(
-        {"error": "unauthenticated", "login": gate.config.paths.login},
-        status=401,
-        headers=headers,
-    )
+GATE_KEY: web.AppKey[Gate] = web.AppKey("gate", Gate)
+ENDPOINTS_KEY: web.AppKey[Endpoints] = web.AppKey("gate_endpoints", Endpoints)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     gate = request.app[GATE_KEY]
+    endpoints = request.app[ENDPOINTS_KEY]
     try:
         target = parse_target(request.raw_path)
     except BadPath as exc:
         return web.Response(status=400, text=f"bad request: {exc}\n")
     request[keys.TARGET] = target
-    path = target.path
-    paths = gate.config.paths
-
-    if path == PING_PATH and not target.segments[1:]:
-        return web.Response(text="pong\n", headers={"Cache-Control": "no-store"})
-    if path == JWKS_PATH:
-        return web.json_response(
-            gate.signer.jwks(), headers={"Cache-Control": "public, max-age=300"}
-        )
-    if path == paths.login:
-        return await login.handle_login(gate, request)
-    if path == paths.callback:
-        return await login.handle_callback(gate, request)
-    if path == paths.logout:
-        return await login.handle_logout(gate, request)
-    if path == paths.error:
-        return await login.handle_error(gate, request)
-
-    principal = await gate.auth.authenticate(request, gate.clock())
-    if principal is None:
-        return _unauthenticated(gate, request, target)
-    request[keys.PRINCIPAL] = principal
-    if principal.via == "network" and not gate.config.serves_host(request_host(request.host)):
-        # Admitted by address alone, without a cookie: a DNS-rebinding page on another name
-        # that resolves here would otherwise read upstreams with the victim's network access.
-        log.event(
-            "gate.host_refused", level="warning", host=request.host, rid=request[keys.REQUEST_ID]
-        )
-        return web.Response(
-            status=421,
-            text=f"this gate does not serve the host {request.host!r} (add it to allowed_hosts)\n",
-        )
-
-    if gate.metrics_path and path == gate.metrics_path:
-        return web.Response(text=gate.metrics.render(), content_type="text/plain", charset="utf-8")
-
-    websocket = _is_websocket(request)
-    if websocket and not _origin_ok(request):
-        log.event(
-            "gate.ws.origin_refused",
-            level="warning",
-            origin=request.headers.get("Origin"),
-            host=request.host,
-            rid=request[keys.REQUEST_ID],
-        )
-        return web.Response(status=403, text="WebSocket Origin does not match this host\n")
-    if (stream_test := await streamtest.serve_gate(request, path)) is not None:
+    if (refused := await guards.host(gate, request)) is not None:
+        return refused
+    if (public := endpoints.public.get(target.path)) is not None:
+        return await public(gate, request)
+    for guard in guards.BEFORE_PROXY:
+        if (refused := await guard(gate, request)) is not None:
+            return refused
+    if (private := endpoints.private.get(target.path)) is not None:
+        return await private(gate, request)
+    if (stream_test := await streamtest.serve_gate(request, target.path)) is not None:
         return stream_test  # /.gate/stream-test…, for `pploy doctor` (authenticated above)
-
-    route = gate.router.match(request_host(request.host), target)
-    if route is None:
-        if gate.static is not None and not websocket:
-            request[keys.ROUTE] = "static"
-            return await gate.static.handle(request, target)
-        raise web.HTTPNotFound()
-    request[keys.ROUTE] = route.label
-    if route.needs_slash_redirect(target):
-        location = target.path + "/" + (f"?{target.query}" if target.query else "")
-        raise web.HTTPMovedPermanently(location)
-
-    upstream_host = request.host if route.conf.preserve_host and request.host else None
-    headers = gate.upstream_headers(request, principal, host=upstream_host, websocket=websocket)
-    url = route.upstream_url(target)
-    if websocket:
-        return await gate.upstream.websocket(request, url, headers, route.label)
-    return await gate.upstream.http(request, url, headers, route.label)
+    return await forward(gate, request)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -343,7 +119,7 @@ def _write_access_log(
     if fmt == "off":
         return
     principal: Principal | None = request.get(keys.PRINCIPAL)
-    fields = {
+    fields: dict[str, Any] = {
         "rid": request[keys.REQUEST_ID],
         "client": gate.auth.client_ip(request),
         "method": request.method,
@@ -354,7 +130,7 @@ def _write_access_log(
         "route": request.get(keys.ROUTE),
         "user": principal.user if principal else None,
         "via": principal.via if principal else None,
-        "ws": "1" if _is_websocket(request) else None,
+        "ws": "1" if is_websocket(request.headers) else None,
         "aborted": "client" if request.get(keys.ABORTED) else None,
     }
     if fmt == "json":
@@ -367,6 +143,7 @@ def _write_access_log(
 def build_app(gate: Gate) -> web.Application:
     app = web.Application(middlewares=[access_log])
     app[GATE_KEY] = gate
+    app[ENDPOINTS_KEY] = Endpoints(gate)
     app.on_startup.append(gate.start)
     app.on_cleanup.append(gate.stop)
     app.router.add_route("*", "/{tail:.*}", dispatch)

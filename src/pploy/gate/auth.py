@@ -127,6 +127,11 @@ class Authenticator:
                 return proto
         return "https" if request.secure else "http"
 
+    def own_origin(self, request: web.Request) -> str:
+        """The origin the client is on: scheme (as nginx saw it, if trusted) and Host. A
+        browser's ``Origin`` must equal it, scheme included, to count as same-origin."""
+        return f"{self.client_proto(request)}://{(request.host or '').lower()}"
+
     def from_trusted_proxy(self, request: web.Request) -> bool:
         return address_in(request.remote, self.trusted)
 
@@ -150,6 +155,11 @@ class Authenticator:
         if not session.valid(now) or session.policy != self.policy:
             return None
         return session
+
+    def forget(self, cookie: str | None) -> None:
+        """Drop an opened session from the cache (logout, or the session ended)."""
+        if cookie:
+            self._sessions.pop(cookie, None)
 
     async def basic(self, request: web.Request) -> str | None:
         """The htpasswd user named by a valid ``Authorization: Basic`` header, if any."""

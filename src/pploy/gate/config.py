@@ -120,6 +120,9 @@ class InfoConf(_Model):
     force: bool = False
     # Extension: also allow restrictions here, next to the provider they apply to.
     restrictions: StrList = []
+    # Extension: how often a session's restrictions are re-checked with the provider from
+    # the token stored in the session (GitHub organisations); 0 = on every request.
+    recheck_interval: Duration = 300
 
     @field_validator("service")
     @classmethod
@@ -145,12 +148,25 @@ class InfoConf(_Model):
 
 
 class AssertionConf(_Model):
-    """Extension: the signed identity assertion sent upstream."""
+    """Extension: the signed identity assertion sent upstream (to routes that ask for it)."""
 
-    audience: str = "pploy"
+    # Removed: one audience for every route let any app behind gate replay a visitor's token
+    # to pploy. Kept as a field only to say where the setting went.
+    audience: str | None = None
     lifetime: Duration = 60
     key_file: str | None = None
     extra_public_keys: StrList = []
+
+    @field_validator("audience")
+    @classmethod
+    def _moved(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "moved: set `assertion_audience: "
+                f"{value}` on the proxy entry (or entries) that should receive X-Gate-Assertion; "
+                "entries without it get no assertion (docs/gate.md)"
+            )
+        return value
 
 
 class AuthConf(_Model):
@@ -174,6 +190,8 @@ class ProxyConf(_Model):
     host: str | None = None
     # Extension: send the client's Host upstream instead of the destination's.
     preserve_host: bool = False
+    # Extension: send X-Gate-Assertion with this `aud` (only entries that set it get one).
+    assertion_audience: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:/\-]{1,128}$")
 
     @field_validator("path")
     @classmethod
@@ -265,7 +283,8 @@ class GateConfig(_Model):
     auth: AuthConf
     restrictions: StrList = []
     proxy: list[ProxyConf] = []
-    htdocs: str | None = "."
+    # typester/gate served the config's directory by default; here no htdocs = no files.
+    htdocs: str | None = None
     paths: PathsConf = PathsConf()
     # Extensions.
     upstream: UpstreamConf = UpstreamConf()
@@ -277,6 +296,8 @@ class GateConfig(_Model):
 
     # Where the file was, to resolve relative paths (htdocs, ssl, htpasswd, key files).
     base_dir: Path = Path(".")
+    # The file itself (never served as a static file); None when not loaded from a file.
+    config_file: Path | None = None
 
     @field_validator("proxy", mode="before")
     @classmethod
@@ -315,6 +336,14 @@ class GateConfig(_Model):
             return True
         domain = (self.auth.session.cookie_domain or "").lower().lstrip(".")
         return bool(domain) and (host == domain or host.endswith("." + domain))
+
+    def files_read(self) -> list[Path]:
+        """Every file gate reads: the configuration and each key, certificate and password
+        file it names. None of them may ever be served from htdocs."""
+        names = [self.ssl.cert, self.ssl.key, self.auth.htpasswd, self.auth.assertion.key_file]
+        names += self.auth.assertion.extra_public_keys
+        files = [self.resolve(n) for n in names if n]
+        return [self.config_file, *files] if self.config_file else files
 
     @property
     def all_restrictions(self) -> list[str]:
@@ -392,11 +421,16 @@ def format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, base_dir: Path = Path(".")) -> GateConfig:
+def parse_config(
+    data: Any, base_dir: Path = Path("."), config_file: Path | None = None
+) -> GateConfig:
     if not isinstance(data, dict):
         raise ConfigError("(top level): the configuration must be a YAML mapping")
+    for internal in ("base_dir", "config_file"):
+        if internal in data:
+            raise ConfigError(f"{internal}: unknown key")
     try:
-        return GateConfig.model_validate({**data, "base_dir": base_dir})
+        return GateConfig.model_validate({**data, "base_dir": base_dir, "config_file": config_file})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
 
@@ -414,9 +448,7 @@ def load_config(path: str | Path) -> GateConfig:
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         # PyYAML's constructors raise plain ValueError for bad scalars (`2001-13-45`).
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    if isinstance(data, dict) and "base_dir" in data:
-        raise ConfigError("base_dir: unknown key")
-    return parse_config(data, file.resolve().parent)
+    return parse_config(data, file.resolve().parent, file.resolve())
 
 
 def check_files(config: GateConfig) -> list[str]:
@@ -471,6 +503,14 @@ def warnings(config: GateConfig) -> list[str]:
                 "auth.allow_networks on a loopback address without trusted_proxies: behind a "
                 "local reverse proxy every client looks like the proxy's address"
             )
-    if config.metrics.address is None and config.metrics.path is None:
-        pass
+    if config.htdocs:
+        root = config.resolve(config.htdocs).resolve()
+        for file in config.files_read():
+            real = file.resolve()
+            if real == root or root in real.parents:
+                out.append(
+                    f"htdocs: {root} contains {real}, which gate reads; gate never serves it, "
+                    "but keep secrets out of the document root (set htdocs to a folder of "
+                    "its own, or null)"
+                )
     return out

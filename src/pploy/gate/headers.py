@@ -123,3 +123,9 @@ def strip_cookies(header: str, names: Iterable[str]) -> str:
         if name and name not in unwanted:
             kept.append(part.strip())
     return "; ".join(kept)
+
+
+def is_websocket(headers: CIMultiDictProxy[str]) -> bool:
+    """A WebSocket upgrade request (``Upgrade: websocket`` named in ``Connection``)."""
+    upgrade = headers.get("Upgrade", "").lower()
+    return upgrade == "websocket" and "upgrade" in connection_tokens(headers)

@@ -1,4 +1,4 @@
-"""Login, callback, logout: the authorization code flow with PKCE, state and nonce.
+"""Login and callback: the authorization code flow with PKCE, state and nonce.
 
 The in-flight login (state, nonce, PKCE verifier, where to return) lives in a short-lived
 encrypted cookie, so the ``state`` that comes back must match one this browser started: a
@@ -8,24 +8,22 @@ callback replayed into another browser, or with an altered state, is refused.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from pploy import log
 from pploy.gate import requestkeys as keys
+from pploy.gate.cookies import clear_cookie, same_origin_post, set_cookie
+from pploy.gate.core import STATE_COOKIE, Gate
 from pploy.gate.pages import page
 from pploy.gate.providers import Forbidden, LoginFailed, UserInfo
 from pploy.gate.providers.base import new_token, pkce_challenge
 from pploy.gate.providers.dev import DevProvider
-from pploy.gate.redirects import safe_return_path
 from pploy.gate.session import Session
+from pploy.redirects import safe_return_path
 
-if TYPE_CHECKING:
-    from pploy.gate.app import Gate
-
-STATE_COOKIE = "_gate_login"
 STATE_LIFETIME = 600
 MAX_PENDING = 4
 
@@ -36,30 +34,6 @@ def redirect(location: str, status: int = 302) -> web.Response:
 
 def login_url(gate: Gate, next_path: str) -> str:
     return f"{gate.config.paths.login}?next={quote(safe_return_path(next_path), safe='/')}"
-
-
-def _set_cookie(gate: Gate, response: web.StreamResponse, name: str, value: str, age: int) -> None:
-    response.set_cookie(
-        name,
-        value,
-        max_age=age,
-        path="/",
-        domain=gate.config.auth.session.cookie_domain or None,
-        secure=gate.config.secure_cookies,
-        httponly=True,
-        samesite="Lax",
-    )
-
-
-def clear_cookie(gate: Gate, response: web.StreamResponse, name: str) -> None:
-    response.del_cookie(
-        name,
-        path="/",
-        domain=gate.config.auth.session.cookie_domain or None,
-        secure=gate.config.secure_cookies,
-        httponly=True,
-        samesite="Lax",
-    )
 
 
 def _pending(gate: Gate, request: web.Request) -> list[dict[str, Any]]:
@@ -87,11 +61,10 @@ def start_session(gate: Gate, response: web.StreamResponse, info: UserInfo) -> S
         expires=now + gate.config.auth.session.lifetime,
         orgs=info.orgs,
         policy=gate.auth.policy,
+        token=info.token,
     )
     value = gate.codec.seal(gate.auth.cookie_name, session.to_payload())
-    _set_cookie(
-        gate, response, gate.auth.cookie_name, value, int(gate.config.auth.session.lifetime)
-    )
+    set_cookie(gate, response, gate.auth.cookie_name, value, int(gate.config.auth.session.lifetime))
     return session
 
 
@@ -151,20 +124,11 @@ def _success(gate: Gate, request: web.Request, info: UserInfo, next_path: str) -
     return response
 
 
-def _same_origin_post(request: web.Request) -> bool:
-    """A form post from another site (login CSRF) carries that site's Origin."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        return origin is None
-    host = request.headers.get("Host", "")
-    return origin.split("://", 1)[-1].lower() == host.lower()
-
-
 async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
     provider = gate.provider
     if isinstance(provider, DevProvider):
         if request.method == "POST":
-            if not _same_origin_post(request):
+            if not same_origin_post(gate, request):
                 return page(403, "Sign-in refused", message="Cross-site sign-in is not allowed.")
             form = await request.post()
             next_path = str(form.get("next") or "/")
@@ -195,7 +159,7 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
 
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-    flow = {
+    flow: dict[str, Any] = {
         "s": new_token(),
         "n": new_token(),
         "v": new_token(48),
@@ -215,7 +179,7 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
     pending = [flow, *_pending(gate, request)][:MAX_PENDING]
     response = redirect(url)
     value = gate.state_codec.seal(STATE_COOKIE, {"f": pending})
-    _set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
+    set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
     return response
 
 
@@ -259,22 +223,9 @@ async def handle_callback(gate: Gate, request: web.Request) -> web.StreamRespons
     rest = [f for f in pending if f is not flow]
     if rest:
         value = gate.state_codec.seal(STATE_COOKIE, {"f": rest})
-        _set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
+        set_cookie(gate, response, STATE_COOKIE, value, STATE_LIFETIME)
     else:
         clear_cookie(gate, response, STATE_COOKIE)
-    return response
-
-
-async def handle_logout(gate: Gate, request: web.Request) -> web.StreamResponse:
-    response = page(
-        200,
-        "Signed out",
-        message="You are signed out of gate.",
-        links=[(gate.config.paths.login, "Sign in again")],
-    )
-    clear_cookie(gate, response, gate.auth.cookie_name)
-    clear_cookie(gate, response, STATE_COOKIE)
-    log.event("gate.logout", rid=request.get(keys.REQUEST_ID))
     return response
 
 

@@ -36,6 +36,7 @@ def page(status: int, title: str, **context: Any) -> web.Response:
         "request_id": None,
         "login_path": "/login",
         "next": "/",
+        "confirm": None,
     }
     defaults.update(context)
     html = _env.get_template("gate_page.html").render(title=title, **defaults)

@@ -4,19 +4,23 @@ HTTP: each chunk the upstream sends is written to the client as soon as it arriv
 (``iter_any``); there is no total timeout, only an idle one between reads; when the client goes
 away (aiohttp cancels the handler), the upstream connection is closed at once.
 
+Both open the upstream connection through one step (``connect``) that turns every failure into
+the same answers (502/504 page, or a refused WebSocket's status); failures after the response
+started are logged the same way and cut the client connection.
+
 WebSocket: gate completes the upstream handshake first, so an upstream that refuses the upgrade
-gets its status passed back and no tunnel is ever opened. Messages are relayed both ways by two
-tasks reading with ``receive()`` (``async for`` would swallow the CLOSE frame and its code), and
-the close code and reason are carried across; codes that may not appear on the wire (1005,
-1006, 1015) become 1000 or 1011.
+gets its status passed back and no tunnel is ever opened. A :class:`WebSocketBridge` then
+relays messages both ways with two tasks reading with ``receive()`` (``async for`` would
+swallow the CLOSE frame and its code), and the close code and reason are carried across; codes
+that may not appear on the wire (1005, 1006, 1015) become 1000 or 1011.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -32,6 +36,9 @@ from pploy.gate.pages import page
 
 NO_BODY_STATUSES = {204, 304}
 CLOSE_TIMEOUT = 5.0
+
+_Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+_Conn = TypeVar("_Conn", aiohttp.ClientResponse, aiohttp.ClientWebSocketResponse)
 
 
 def wire_close_code(code: Any) -> int:
@@ -108,9 +115,10 @@ class UpstreamProxy:
         assert self._session is not None, "UpstreamProxy.start() was not called"
         return self._session
 
-    def _unavailable(self, request: web.Request, route: str, exc: BaseException) -> web.Response:
-        timeout = isinstance(exc, asyncio.TimeoutError)
-        kind = "timeout" if timeout else "connect"
+    # --- failures, written once for HTTP and WebSocket ------------------------------------
+
+    def _failed(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
+        """Count and log an upstream failure (before or after the response started)."""
         self.metrics.upstream_error(route, kind)
         log.event(
             "gate.upstream.error",
@@ -120,6 +128,11 @@ class UpstreamProxy:
             error=f"{type(exc).__name__}: {exc}",
             rid=request.get(keys.REQUEST_ID),
         )
+
+    def _unavailable(self, request: web.Request, route: str, exc: BaseException) -> web.Response:
+        """Nothing sent to the client yet: a 502 page (504 on a timeout)."""
+        timeout = isinstance(exc, asyncio.TimeoutError)
+        self._failed(request, route, "timeout" if timeout else "connect", exc)
         status = 504 if timeout else 502
         return page(
             status,
@@ -128,22 +141,68 @@ class UpstreamProxy:
             request_id=request.get(keys.REQUEST_ID),
         )
 
+    def _midstream(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
+        """Headers are gone already: cut the client connection so a truncated body is never
+        mistaken for a complete one."""
+        self._failed(request, route, kind, exc)
+        if request.transport is not None:
+            request.transport.close()
+
+    def _refused(
+        self, request: web.Request, route: str, exc: aiohttp.WSServerHandshakeError
+    ) -> web.Response:
+        """The upstream said no to a WebSocket (401, 403, 404…): say the same, open nothing."""
+        self.metrics.upstream_error(route, "ws_refused")
+        log.event(
+            "gate.ws.refused",
+            level="warning",
+            route=route,
+            status=exc.status,
+            rid=request.get(keys.REQUEST_ID),
+        )
+        passed = {
+            name: exc.headers[name]
+            for name in ("WWW-Authenticate", "Location", "Retry-After")
+            if exc.headers and name in exc.headers
+        }
+        return web.Response(
+            status=exc.status if 300 <= exc.status <= 599 else 502,
+            text=f"upstream refused the WebSocket: {exc.message}\n",
+            headers=passed,
+        )
+
+    async def connect(
+        self, request: web.Request, route: str, opening: Awaitable[_Conn]
+    ) -> _Conn | web.Response:
+        """The upstream connection step of both kinds: the opened connection, or the answer
+        the client gets instead (502/504 page, or a refused WebSocket's status)."""
+        try:
+            return await opening
+        except aiohttp.WSServerHandshakeError as exc:
+            return self._refused(request, route, exc)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return self._unavailable(request, route, exc)
+
+    # --- HTTP -------------------------------------------------------------------------------
+
     async def http(
         self, request: web.Request, url: str, headers: CIMultiDict[str], route: str
     ) -> web.StreamResponse:
         body = _request_body(request) if request.body_exists else None
-        try:
-            upstream = await self.session.request(
+        upstream = await self.connect(
+            request,
+            route,
+            self.session.request(
                 request.method,
                 URL(url, encoded=True),
                 headers=headers,
                 data=body,
                 allow_redirects=False,
                 compress=None,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return self._unavailable(request, route, exc)
-
+            ),
+        )
+        if isinstance(upstream, web.Response):
+            return upstream
         finished = False
         try:
             out_headers = response_headers(upstream.headers)
@@ -157,33 +216,14 @@ class UpstreamProxy:
                 # The whole (small, sized) body has already arrived: send it with the headers
                 # in one write. Nothing waits for this; it only coalesces what is here.
                 try:
-                    body = upstream.content.read_nowait()
+                    body_bytes = upstream.content.read_nowait()
                 except aiohttp.ClientPayloadError as exc:
                     return self._unavailable(request, route, exc)
-                if len(body) != int(out_headers["Content-Length"]):
+                if len(body_bytes) != int(out_headers["Content-Length"]):
                     return self._unavailable(request, route, ValueError("truncated body"))
                 finished = True
-                return _whole(upstream, out_headers, body)
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(out_headers)
-            await response.prepare(request)
-            request[keys.SENT_STATUS] = response.status
-            self.metrics.open_streams += 1
-            try:
-                if has_body:
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                await response.write_eof()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                # Headers are gone already: cut the client connection so a truncated body
-                # is never mistaken for a complete one.
-                self._midstream(request, route, "broken", exc)
-                raise
-            except TimeoutError as exc:
-                self._midstream(request, route, "idle_timeout", exc)
-                raise
-            finally:
-                self.metrics.open_streams -= 1
+                return _whole(upstream, out_headers, body_bytes)
+            response = await self._stream(request, route, upstream, out_headers, has_body)
             finished = True
             return response
         finally:
@@ -193,18 +233,36 @@ class UpstreamProxy:
                 # Client gone, or upstream broken: drop the upstream connection now.
                 upstream.close()
 
-    def _midstream(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
-        self.metrics.upstream_error(route, kind)
-        log.event(
-            "gate.upstream.error",
-            level="warning",
-            route=route,
-            kind=kind,
-            error=f"{type(exc).__name__}: {exc}",
-            rid=request.get(keys.REQUEST_ID),
-        )
-        if request.transport is not None:
-            request.transport.close()
+    async def _stream(
+        self,
+        request: web.Request,
+        route: str,
+        upstream: aiohttp.ClientResponse,
+        out_headers: CIMultiDict[str],
+        has_body: bool,
+    ) -> web.StreamResponse:
+        """Each chunk to the client as soon as it arrives."""
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(out_headers)
+        await response.prepare(request)
+        request[keys.SENT_STATUS] = response.status
+        self.metrics.open_streams += 1
+        try:
+            if has_body:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            await response.write_eof()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self._midstream(request, route, "broken", exc)
+            raise
+        except TimeoutError as exc:
+            self._midstream(request, route, "idle_timeout", exc)
+            raise
+        finally:
+            self.metrics.open_streams -= 1
+        return response
+
+    # --- WebSocket --------------------------------------------------------------------------
 
     async def websocket(
         self, request: web.Request, url: str, headers: CIMultiDict[str], route: str
@@ -216,8 +274,10 @@ class UpstreamProxy:
             if p.strip()
         ]
         heartbeat = self.conf.websocket_heartbeat or None
-        try:
-            upstream = await self.session.ws_connect(
+        upstream = await self.connect(
+            request,
+            route,
+            self.session.ws_connect(
                 URL(url, encoded=True),
                 headers=headers,
                 protocols=protocols,
@@ -226,30 +286,10 @@ class UpstreamProxy:
                 heartbeat=heartbeat,
                 max_msg_size=self.conf.websocket_max_message,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            # The upstream said no (401, 403, 404…): say the same, and open nothing.
-            status = exc.status if 300 <= exc.status <= 599 else 502
-            self.metrics.upstream_error(route, "ws_refused")
-            log.event(
-                "gate.ws.refused",
-                level="warning",
-                route=route,
-                status=exc.status,
-                rid=request.get(keys.REQUEST_ID),
-            )
-            passed = {}
-            for name in ("WWW-Authenticate", "Location", "Retry-After"):
-                if exc.headers and name in exc.headers:
-                    passed[name] = exc.headers[name]
-            return web.Response(
-                status=status,
-                text=f"upstream refused the WebSocket: {exc.message}\n",
-                headers=passed,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return self._unavailable(request, route, exc)
-
+            ),
+        )
+        if isinstance(upstream, web.Response):
+            return upstream
         client = web.WebSocketResponse(
             protocols=[upstream.protocol] if upstream.protocol else (),
             autoclose=False,
@@ -265,6 +305,31 @@ class UpstreamProxy:
             raise
         request[keys.SENT_STATUS] = 101
         self.metrics.open_websockets += 1
+        try:
+            await WebSocketBridge(client, upstream, route, request.get(keys.REQUEST_ID)).run()
+        finally:
+            self.metrics.open_websockets -= 1
+        return client
+
+
+class WebSocketBridge:
+    """Relays messages both ways between an accepted client socket and its upstream, then
+    carries the first close (code and reason) to the other side and closes both."""
+
+    def __init__(
+        self,
+        client: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        route: str,
+        request_id: str | None,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.route = route
+        self.request_id = request_id
+
+    async def run(self) -> None:
+        client, upstream = self.client, self.upstream
         to_upstream = asyncio.create_task(_pump(client, upstream))
         to_client = asyncio.create_task(_pump(upstream, client))
         try:
@@ -276,16 +341,17 @@ class UpstreamProxy:
             for task in (to_upstream, to_client):
                 task.cancel()
             await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-            source, other = (upstream, client) if first is to_client else (client, upstream)
+            source: _Socket = upstream if first is to_client else client
+            other: _Socket = client if first is to_client else upstream
             wire = wire_close_code(code)
             message = reason.encode("utf-8")[:123] if wire == code else b""
             log.event(
                 "gate.ws.close",
-                route=route,
+                route=self.route,
                 by="upstream" if source is upstream else "client",
                 code=code,
                 sent=wire,
-                rid=request.get(keys.REQUEST_ID),
+                rid=self.request_id,
             )
             # Shielded: the client hanging up right after its CLOSE must not cut our reply
             # to the upstream short.
@@ -295,27 +361,20 @@ class UpstreamProxy:
         finally:
             for task in (to_upstream, to_client):
                 task.cancel()
-            self.metrics.open_websockets -= 1
             if not upstream.closed:
                 # The client left without a close (or the handler was cancelled).
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(upstream.close(code=1001), CLOSE_TIMEOUT)
-        return client
 
 
-async def _close(
-    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int, message: bytes
-) -> None:
+async def _close(ws: _Socket, code: int, message: bytes) -> None:
     if ws.closed:
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
 
 
-async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> tuple[int, str]:
+async def _pump(source: _Socket, sink: _Socket) -> tuple[int, str]:
     """Relay messages until the source closes; return its close code and reason."""
     while True:
         msg = await source.receive()

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from pploy import log
-from pploy.gate.app import Gate, build_app, build_metrics_app
+from pploy.gate.app import build_app, build_metrics_app
 from pploy.gate.config import GateConfig, check_files, is_loopback_address, parse_address, warnings
+from pploy.gate.core import Gate
 
 # How long a connection may sit without a complete request: idle keep-alive connections and
 # clients that send half a request and stall (slowloris). aiohttp's AppRunner default is an

@@ -85,6 +85,9 @@ class Session:
     orgs: list[str] = field(default_factory=list)
     # A fingerprint of the restrictions in force at login: changing them logs everyone out.
     policy: str = ""
+    # The provider's access token, kept (encrypted in the cookie) only where restrictions
+    # are re-checked with the provider during the session (GitHub organisations).
+    token: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -95,6 +98,7 @@ class Session:
             "exp": int(self.expires),
             "o": self.orgs,
             "pol": self.policy,
+            **({"t": self.token} if self.token else {}),
         }
 
     @classmethod
@@ -103,11 +107,14 @@ class Session:
             user, email = data["u"], data.get("e")
             issued, expires = float(data["iat"]), float(data["exp"])
             orgs = data.get("o") or []
+            token = data.get("t")
         except (KeyError, TypeError, ValueError):
             return None
         if not isinstance(user, str) or not user or not (email is None or isinstance(email, str)):
             return None
         if not isinstance(orgs, list) or not all(isinstance(o, str) for o in orgs):
+            return None
+        if token is not None and not isinstance(token, str):
             return None
         return cls(
             user=user,
@@ -117,6 +124,7 @@ class Session:
             expires=expires,
             orgs=orgs,
             policy=str(data.get("pol", "")),
+            token=token,
         )
 
     def valid(self, now: float | None = None) -> bool:

@@ -20,6 +20,8 @@ class UserInfo:
     email: str | None
     provider: str
     orgs: list[str] = field(default_factory=list)
+    # Kept in the (encrypted) session only by providers that re-check restrictions later.
+    token: str | None = None
 
 
 class LoginFailed(Exception):
@@ -28,6 +30,10 @@ class LoginFailed(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TokenRevoked(LoginFailed):
+    """The provider no longer accepts the access token kept in the session (HTTP 401)."""
 
 
 class Forbidden(Exception):
@@ -77,6 +83,8 @@ class Provider(ABC):
 
     name: str = ""
     redirects: bool = True
+    # Whether admission can change during a session and is re-checked from the stored token.
+    rechecks: bool = False
 
     def __init__(self, http: aiohttp.ClientSession, restrictions: list[str]) -> None:
         self.http = http
@@ -94,8 +102,15 @@ class Provider(ABC):
     ) -> UserInfo:
         """Exchange the callback's code for a verified user; raise LoginFailed/Forbidden."""
 
+    async def recheck(self, token: str) -> str | None:
+        """Whether a session's user is still admitted: None if so, else why not. Raises
+        LoginFailed when the provider cannot answer now (the session is kept, not ended)."""
+        return None
+
     async def check_response(self, resp: aiohttp.ClientResponse, what: str) -> Any:
         """Decode a provider's JSON answer or fail with a message naming the step."""
+        if resp.status == 401:
+            raise TokenRevoked(f"{self.name}: {what}: the access token is no longer valid")
         if resp.status >= 400:
             text = (await resp.text())[:200]
             raise LoginFailed(f"{self.name}: {what} failed: HTTP {resp.status} {text}", 502)

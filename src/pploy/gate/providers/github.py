@@ -1,8 +1,10 @@
 """GitHub and GitHub Enterprise: OAuth app login, identity and organisations from the API.
 
 GitHub issues no ID token, so the user (login) and the primary verified email come from the
-REST API with the access token. ``restrictions`` are organisation logins, checked once at login
-through ``/user/orgs`` and cached in the session.
+REST API with the access token. ``restrictions`` are organisation logins, checked at login
+through ``/user/orgs``; the access token is then kept in the encrypted session so membership
+can be re-checked during the session (``auth.info.recheck_interval``): a user removed from the
+organisation loses access at the next check, not when the session expires.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from pploy.gate.providers.base import Forbidden, LoginFailed, Provider, UserInfo
+from pploy.gate.providers.base import Forbidden, LoginFailed, Provider, TokenRevoked, UserInfo
 
 GITHUB_ENDPOINT = "https://github.com"
 GITHUB_API = "https://api.github.com"
@@ -42,6 +44,7 @@ class GitHubProvider(Provider):
         self.api = (api_endpoint or GITHUB_API).rstrip("/")
         default = ["read:user", "user:email"] + (["read:org"] if restrictions else [])
         self.scopes = scopes or default
+        self.rechecks = bool(restrictions)
 
     async def authorization_url(
         self, *, state: str, nonce: str, code_challenge: str, redirect_uri: str
@@ -110,13 +113,27 @@ class GitHubProvider(Provider):
         email = await self._primary_email(token)
         info = UserInfo(user=login, email=email, provider=self.name)
         if self.restrictions:
-            orgs = await self._orgs(token)
-            wanted = {r.lower() for r in self.restrictions}
-            matched = sorted(o for o in orgs if o.lower() in wanted)
+            matched = await self._allowed_orgs(token)
             if not matched:
                 raise Forbidden(info, f"{login} is not a member of an allowed organisation")
             info.orgs = matched
+            info.token = token
         return info
+
+    async def _allowed_orgs(self, token: str) -> list[str]:
+        wanted = {r.lower() for r in self.restrictions}
+        return sorted(o for o in await self._orgs(token) if o.lower() in wanted)
+
+    async def recheck(self, token: str) -> str | None:
+        """Membership now, from the session's token: removed from every allowed organisation
+        (or the token revoked) ends the session."""
+        if not self.restrictions:
+            return None
+        try:
+            matched = await self._allowed_orgs(token)
+        except TokenRevoked:
+            return "GitHub no longer accepts this session's token; sign in again"
+        return None if matched else "no longer a member of an allowed organisation"
 
     async def _primary_email(self, token: str) -> str | None:
         try:

@@ -1,0 +1,114 @@
+"""Forwarding an admitted request to its proxy route or htdocs, and what the upstream
+receives: the client's headers, cleaned, plus forwarding and identity.
+
+Client-sent identity headers are removed whatever their spelling, gate's own cookies and its
+htpasswd credential are dropped, ``X-Forwarded-*`` are set from what gate knows (believing a
+trusted proxy's chain only), and the signed assertion is added only for a route with an
+``assertion_audience``, minted for that audience.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from pploy.gate import requestkeys as keys
+from pploy.gate.auth import Principal
+from pploy.gate.core import Gate
+from pploy.gate.headers import (
+    FORWARDING_NAMES,
+    HOP_BY_HOP,
+    WEBSOCKET_HANDSHAKE,
+    canonical,
+    connection_tokens,
+    is_identity_header,
+    is_websocket,
+    strip_cookies,
+)
+from pploy.gate.routing import request_host
+from pploy.identity import Identity
+
+
+def upstream_headers(
+    gate: Gate,
+    request: web.Request,
+    principal: Principal,
+    *,
+    host: str | None,
+    websocket: bool,
+    audience: str | None = None,
+) -> CIMultiDict[str]:
+    """The client's headers, cleaned, plus forwarding and identity headers; the signed
+    assertion only with an ``audience`` (the route's ``assertion_audience``)."""
+    drop = HOP_BY_HOP | connection_tokens(request.headers) | FORWARDING_NAMES
+    drop |= {"host", "expect"}
+    if websocket:
+        drop |= WEBSOCKET_HANDSHAKE
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        key = canonical(name)
+        if key in drop or is_identity_header(name, gate.identity_names):
+            continue
+        if key == "cookie":
+            value = strip_cookies(value, gate.gate_cookies)
+            if not value:
+                continue
+        if key == "authorization" and principal.via == "htpasswd":
+            continue  # gate's own credentials are not the upstream's business
+        out.add(name, value)
+
+    auth = gate.auth
+    if auth.from_trusted_proxy(request):
+        chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
+        forwarded_for = f"{chain}, {request.remote}" if chain else (request.remote or "")
+    else:
+        forwarded_for = auth.client_ip(request)
+    out["X-Forwarded-For"] = forwarded_for
+    out["X-Forwarded-Proto"] = auth.client_proto(request)
+    if request.host:
+        out["X-Forwarded-Host"] = request.host
+    out["X-Request-Id"] = request[keys.REQUEST_ID]
+    if host is not None:
+        out["Host"] = host
+
+    names = gate.config.identity_headers
+    if principal.user:
+        if names.user:
+            out[names.user] = principal.user
+        if names.email and principal.email:
+            out[names.email] = principal.email
+        if names.assertion and audience:
+            identity = Identity(user=principal.user, email=principal.email)
+            out[names.assertion] = gate.signer.token_for(
+                identity, audience=audience, now=gate.clock()
+            )
+    return out
+
+
+async def forward(gate: Gate, request: web.Request) -> web.StreamResponse:
+    """The admitted request to its proxy route (HTTP or WebSocket), else to htdocs, else 404."""
+    target = request[keys.TARGET]
+    websocket = is_websocket(request.headers)
+    route = gate.router.match(request_host(request.host), target)
+    if route is None:
+        if gate.static is not None and not websocket:
+            request[keys.ROUTE] = "static"
+            return await gate.static.handle(request, target)
+        raise web.HTTPNotFound()
+    request[keys.ROUTE] = route.label
+    if route.needs_slash_redirect(target):
+        location = target.path + "/" + (f"?{target.query}" if target.query else "")
+        raise web.HTTPMovedPermanently(location)
+
+    headers = upstream_headers(
+        gate,
+        request,
+        request[keys.PRINCIPAL],
+        host=request.host if route.conf.preserve_host and request.host else None,
+        websocket=websocket,
+        audience=route.conf.assertion_audience,
+    )
+    url = route.upstream_url(target)
+    if websocket:
+        return await gate.upstream.websocket(request, url, headers, route.label)
+    return await gate.upstream.http(request, url, headers, route.label)
