@@ -393,7 +393,7 @@ def test_deploy_problem(bare_project: Project, cloned: Project) -> None:
     script = bare_project.deploy_script
     assert "missing" in bare_project.deploy_problem()
     script.mkdir()
-    assert "not a file" in bare_project.deploy_problem()
+    assert "not a regular file" in bare_project.deploy_problem()
     script.rmdir()
     script.write_text("#!/bin/sh\n")
     script.chmod(0o644)

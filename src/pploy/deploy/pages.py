@@ -96,14 +96,14 @@ async def logout(request: web.Request) -> web.Response:
 async def project_page(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
-    detail = views.project_detail(svc, project)
+    detail = await views.project_detail(svc, project)
     commits = await views.commits_view(svc, project)
     return render(
         request,
         "project.html",
         project=detail,
         commits=commits,
-        readme=project.readme_html(),
+        readme=(await project.read_files()).readme,
         jobs=svc.store.list_jobs(project.name, 30),
     )
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nh3
 
-from pploy.deploy import git, names
+from pploy.deploy import git, names, repofiles
 from pploy.deploy.errors import BadRequest, Conflict, NotFound
 
 DEFAULT_ENVS = ("staging", "production")
@@ -28,6 +28,20 @@ CHECKOUT_SCRIPT = ".deploy/bin/checkout_overwrite"
 ENVS_FILE = ".deploy/config/deploy_envs"
 README_FILE = ".deploy/config/readme.html"
 MAX_README_BYTES = 256 * 1024
+MAX_ENVS_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RepoFiles:
+    """What the project page and the API show from a clone's ``.deploy/config``."""
+
+    envs: list[str]
+    envs_problem: str | None
+    readme: str | None
+    readme_problem: str | None
+    deploy_problem: str | None
+    checkout_overwrite: bool
+    checkout_problem: str | None
 
 
 @dataclass(frozen=True)
@@ -41,28 +55,37 @@ class Project:
 
     @property
     def checkout_script(self) -> Path | None:
-        script = self.path / CHECKOUT_SCRIPT
-        return script if script.is_file() and os.access(script, os.X_OK) else None
+        """The checkout_overwrite script, when it is an executable file inside the clone."""
+        if repofiles.executable_problem(self.path, CHECKOUT_SCRIPT):
+            return None
+        return self.path / CHECKOUT_SCRIPT
+
+    def checkout_problem(self) -> str | None:
+        """Why a checkout cannot run: checkout_overwrite leads outside the clone."""
+        try:
+            repofiles.inside_parts(self.path, CHECKOUT_SCRIPT)
+        except repofiles.RefusedFile as exc:
+            return f"{exc}: pploy runs only scripts inside the clone"
+        return None
 
     def deploy_problem(self) -> str | None:
         """Why the project cannot deploy now, or None when it can."""
-        script = self.deploy_script
-        if not script.exists():
+        problem = repofiles.executable_problem(self.path, DEPLOY_SCRIPT)
+        if problem == f"{DEPLOY_SCRIPT} is missing":
             return f"{DEPLOY_SCRIPT} is missing: this repository cannot be deployed by pploy"
-        if not script.is_file():
-            return f"{DEPLOY_SCRIPT} is not a file"
-        if not os.access(script, os.X_OK):
-            return f"{DEPLOY_SCRIPT} is not executable (chmod +x it and commit)"
-        return None
+        return problem or self.envs_and_problem()[1]
 
-    def deploy_envs(self) -> list[str]:
-        """Environments from deploy_envs, skipping blank lines and names pploy refuses."""
+    def envs_and_problem(self) -> tuple[list[str], str | None]:
+        """Environments from deploy_envs (blank lines, comments and names pploy refuses skipped),
+        the defaults when there is no such file; none, with the reason, when it is refused."""
         try:
-            text = (self.path / ENVS_FILE).read_text(errors="replace")
-        except OSError:
-            return list(DEFAULT_ENVS)
+            raw = repofiles.read_file(self.path, ENVS_FILE, MAX_ENVS_BYTES)
+        except repofiles.RefusedFile as exc:
+            return [], f"{exc}; no environment can be deployed until it is fixed"
+        if raw is None:
+            return list(DEFAULT_ENVS), None
         envs = []
-        for line in text.splitlines():
+        for line in raw.decode(errors="replace").splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -70,16 +93,38 @@ class Project:
                 envs.append(names.env_name(line))
             except names.InvalidName:
                 continue
-        return list(dict.fromkeys(envs)) or list(DEFAULT_ENVS)
+        return list(dict.fromkeys(envs)) or list(DEFAULT_ENVS), None
+
+    def deploy_envs(self) -> list[str]:
+        """The environments one may deploy to (see envs_and_problem)."""
+        return self.envs_and_problem()[0]
+
+    def readme_and_problem(self) -> tuple[str | None, str | None]:
+        """readme.html sanitised with nh3 (markup survives, scripts and handlers do not), or
+        the reason it is not shown."""
+        try:
+            raw = repofiles.read_file(self.path, README_FILE, MAX_README_BYTES)
+        except repofiles.RefusedFile as exc:
+            return None, str(exc)
+        if raw is None:
+            return None, None
+        html = nh3.clean(raw.decode(errors="replace"), link_rel="noopener noreferrer nofollow")
+        return html, None
 
     def readme_html(self) -> str | None:
-        """readme.html sanitised with nh3: markup survives, scripts and handlers do not."""
-        try:
-            with open(self.path / README_FILE, "rb") as fh:
-                raw = fh.read(MAX_README_BYTES)
-        except OSError:
-            return None
-        return nh3.clean(raw.decode(errors="replace"), link_rel="noopener noreferrer nofollow")
+        return self.readme_and_problem()[0]
+
+    def files(self) -> RepoFiles:
+        envs, envs_problem = self.envs_and_problem()
+        readme, readme_problem = self.readme_and_problem()
+        return RepoFiles(
+            envs, envs_problem, readme, readme_problem, self.deploy_problem(),
+            self.checkout_script is not None, self.checkout_problem(),
+        )  # fmt: skip
+
+    async def read_files(self) -> RepoFiles:
+        """``files()`` in a thread: the event loop never waits on a clone's disk."""
+        return await asyncio.to_thread(self.files)
 
 
 class Projects:
