@@ -1,0 +1,329 @@
+"""Repository content is untrusted: what a hostile repository commits, through the real server.
+
+Each repository here is a bare git remote whose commit holds the attack (symlinks are committed
+as git symlinks, the huge file as a blob); the attacker only adds it to pploy, as any user may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import tracemalloc
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pploy.deploy import repofiles
+from tests.deploy.support import git, start_pploy
+from tests.deploy.test_server_process import Server, write_config
+
+SECRET = "topsecret4242"  # a valid environment name, so a leaked deploy_envs would list it
+README = ".deploy/config/readme.html"
+ENVS = ".deploy/config/deploy_envs"
+DEPLOY = "#!/bin/sh\necho deployed $DEPLOY_ENV\n"
+
+
+def hostile_remote(
+    root: Path, name: str, links: dict[str, str], files: dict[str, str] | None = None
+) -> Path:
+    """A bare repository ``root/<name>.git`` whose one commit holds ``links`` as symlinks."""
+    work = root / f"{name}-src"
+    (work / ".deploy/bin").mkdir(parents=True)
+    (work / ".deploy/config").mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    for rel, text in {".deploy/bin/deploy": DEPLOY, **(files or {})}.items():
+        path = work / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    for rel, target in links.items():
+        path = work / rel
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif path.exists():
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, path)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "innocent", cwd=work)
+    bare = root / f"{name}.git"
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=root)
+    return bare
+
+
+async def everything_shown(pploy, name: str) -> str:
+    """The project page, the project API, its commits and the status API, concatenated."""
+    texts = []
+    for path in (
+        f"/projects/{name}", f"/api/projects/{name}", f"/api/projects/{name}/commits",
+        "/api/status", "/",
+    ):  # fmt: skip
+        async with pploy.client().get(pploy.url(path)) as resp:
+            assert resp.status == 200, (path, resp.status)
+            texts.append(await resp.text())
+    return "\n".join(texts)
+
+
+@pytest.fixture
+def secrets_outside(tmp_path: Path) -> Path:
+    """A secret file and a directory of secrets next to the workdir, as a deploy key would be."""
+    (tmp_path / "secret.txt").write_text(f"{SECRET}\n<p>{SECRET}</p>\n")
+    (tmp_path / "secret-dir").mkdir()
+    (tmp_path / "secret-dir/readme.html").write_text(f"<p>{SECRET}</p>")
+    (tmp_path / "secret-dir/deploy_envs").write_text(f"{SECRET}\n")
+    return tmp_path / "secret.txt"
+
+
+# clone: tmp/work/projects/evil/.deploy/config/readme.html -> five levels up is tmp/
+ESCAPES = {
+    "readme-to-etc-passwd": ({README: "/etc/passwd"}, "root:x:0:0"),
+    "readme-to-secret": ({README: "{secret}"}, SECRET),
+    "readme-relative-escape": ({README: "../../../../../secret.txt"}, SECRET),
+    "readme-chain": (
+        {README: "../../hop1", "hop1": "hop2", "hop2": "{secret}"}, SECRET
+    ),
+    "envs-to-secret": ({ENVS: "{secret}"}, SECRET),
+    "envs-relative-escape": ({ENVS: "../../../../../secret.txt"}, SECRET),
+    "envs-chain": ({ENVS: "../../hop1", "hop1": "hop2", "hop2": "{secret}"}, SECRET),
+    "config-dir-symlink": ({".deploy/config": "{secret_dir}"}, SECRET),
+    "envs-to-dev-zero": ({ENVS: "/dev/zero"}, "\x00"),
+    "readme-into-dot-git": ({README: "../../.git/config"}, "[remote"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+async def test_symlinks_expose_nothing_outside_the_clone(tmp_path, secrets_outside, case):
+    links, leak = ESCAPES[case]
+    links = {
+        rel: target.format(secret=secrets_outside, secret_dir=tmp_path / "secret-dir")
+        for rel, target in links.items()
+    }
+    remote = hostile_remote(tmp_path, "evil", links)
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        await pploy.add_project(remote)
+        shown = await everything_shown(pploy, "evil")
+        assert leak not in shown
+        assert SECRET not in shown
+        # …and the page says why instead of showing nothing
+        assert "symlink" in shown
+        status, body = await pploy.api("GET", "/api/projects/evil")
+        project = body["project"]
+        if "envs" in case or "config-dir" in case:
+            assert project["envs"] == []
+            assert "leads outside the repository" in project["deploy_problem"]
+            await pploy.gain("evil")
+            status, body = await pploy.api(
+                "POST", "/api/projects/evil/deploy", json={"env": "staging"}
+            )
+            assert status == 400 and "deploy_envs" in body["error"], body
+        else:
+            assert project["readme_problem"].startswith(README)
+            assert project["deploy_problem"] is None
+    finally:
+        await pploy.close()
+
+
+async def test_symlinks_inside_the_clone_still_work(tmp_path):
+    """A repository may point its files at other files of its own: those are followed."""
+    remote = hostile_remote(
+        tmp_path, "fine",
+        {README: "../../docs/readme.html", ENVS: "../../envs.txt",
+         ".deploy/bin/deploy": "../../scripts/deploy.sh"},
+        {"docs/readme.html": "<p>Hello from docs</p>", "envs.txt": "qa\n",
+         "scripts/deploy.sh": DEPLOY},
+    )  # fmt: skip
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        await pploy.add_project(remote)
+        async with pploy.client().get(pploy.url("/projects/fine")) as resp:
+            assert "Hello from docs" in await resp.text()
+        status, body = await pploy.api("GET", "/api/projects/fine")
+        assert body["project"]["envs"] == ["qa"] and body["project"]["deploy_problem"] is None
+        await pploy.gain("fine")
+        job = await pploy.wait_job(await pploy.deploy("fine", "qa"))
+        assert job["status"] == "succeeded"
+        assert b"deployed qa" in await pploy.log(job["id"])
+    finally:
+        await pploy.close()
+
+
+async def test_scripts_leading_outside_the_clone_are_refused(tmp_path):
+    """``.deploy/bin/deploy -> /usr/bin/touch`` would run a program of the machine, not of the
+    repository: refused with a message, nothing runs."""
+    marker = tmp_path / "ran"
+    outside = tmp_path / "outside.sh"
+    outside.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    outside.chmod(0o755)
+    remote = hostile_remote(
+        tmp_path, "evil",
+        {".deploy/bin/deploy": str(outside), ".deploy/bin/checkout_overwrite": str(outside)},
+    )  # fmt: skip
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        await pploy.add_project(remote)
+        await pploy.gain("evil")
+        status, body = await pploy.api("GET", "/api/projects/evil")
+        assert "outside the repository" in body["project"]["deploy_problem"]
+        assert "outside the repository" in body["project"]["checkout_problem"]
+        assert body["project"]["checkout_overwrite"] is False
+        status, body = await pploy.api("POST", "/api/projects/evil/deploy", json={"env": "staging"})
+        assert status == 400 and ".deploy/bin/deploy is a symlink" in body["error"], body
+        status, body = await pploy.api("POST", "/api/projects/evil/checkout", json={"ref": "main"})
+        assert status == 400, body
+        assert ".deploy/bin/checkout_overwrite is a symlink" in body["error"]
+        assert "only scripts inside the clone" in body["error"]
+        async with pploy.client().get(pploy.url("/projects/evil")) as resp:
+            page = await resp.text()
+        assert 'id="deploy-problem"' in page and 'id="checkout-problem"' in page
+        assert not marker.exists()
+        assert pploy.services.store.list_jobs("evil") == []
+    finally:
+        await pploy.close()
+
+
+async def test_a_huge_deploy_envs_is_refused_with_a_message(tmp_path):
+    remote = hostile_remote(
+        tmp_path, "huge", {}, {ENVS: "staging\n" + "x" * (8 << 20), README: "<p>" + "y" * 300_000}
+    )
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        await pploy.add_project(remote)
+        status, body = await pploy.api("GET", "/api/projects/huge")
+        project = body["project"]
+        assert project["envs"] == []
+        assert project["deploy_problem"].startswith(f"{ENVS} is larger than 64 KiB")
+        assert project["readme_problem"] == f"{README} is larger than 256 KiB"
+        async with pploy.client().get(pploy.url("/projects/huge")) as resp:
+            page = await resp.text()
+        assert "larger than 64 KiB" in page and "larger than 256 KiB" in page
+        assert "yyyy" not in page
+    finally:
+        await pploy.close()
+
+
+def test_reading_a_huge_file_allocates_only_the_limit(tmp_path):
+    """The cap holds on memory, not only on what is shown: a 32 MB file costs no 32 MB."""
+    (tmp_path / "big").write_bytes(b"a\n" * (16 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(repofiles.RefusedFile, match="larger than 64 KiB"):
+            repofiles.read_file(tmp_path, "big", 64 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_a_fifo_or_a_socket_is_refused_without_waiting(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would wait forever
+    with pytest.raises(repofiles.RefusedFile, match="fifo is not a regular file"):
+        repofiles.read_file(tmp_path, "fifo", 1024)
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        with pytest.raises(repofiles.RefusedFile, match="sock is not a regular file"):
+            repofiles.read_file(tmp_path, "sock", 1024)
+    os.symlink("loop", tmp_path / "loop")
+    with pytest.raises(repofiles.RefusedFile, match="loop"):
+        repofiles.read_file(tmp_path, "loop", 1024)
+    assert repofiles.read_file(tmp_path, "missing", 1024) is None
+
+
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(tmp_path, monkeypatch):
+    """The real-path check and the open are two steps; a symlink that appears between them
+    (a checkout racing the read) makes the open fail (O_NOFOLLOW on every component)."""
+    (tmp_path / "secret").write_text(SECRET)
+    clone = tmp_path / "clone"
+    (clone / "conf").mkdir(parents=True)
+    (clone / "conf/readme.html").write_text("fine")
+    checked = repofiles.inside_parts
+
+    def check_then_swap(root: Path, rel: str) -> list[str] | None:
+        parts = checked(root, rel)
+        (clone / "conf/readme.html").unlink()
+        (clone / "conf").rmdir()
+        os.symlink(tmp_path, clone / "conf")
+        (tmp_path / "readme.html").write_text(SECRET)
+        return parts
+
+    monkeypatch.setattr(repofiles, "inside_parts", check_then_swap)
+    with pytest.raises(repofiles.RefusedFile, match="symlink"):
+        repofiles.read_file(clone, "conf/readme.html", 1024)
+
+
+async def test_a_fifo_left_by_a_deploy_does_not_stall_pploy(tmp_path):
+    """A deploy script replaces deploy_envs with a FIFO nobody writes to. Opening it for
+    reading would wait forever; on the event loop that froze every request. Through a real
+    ``pploy serve`` process (a frozen server cannot freeze the test): the project page answers
+    with a message, and a request sent while the page is being produced is answered too."""
+    script = f"#!/bin/sh\nset -e\nmkdir -p .deploy/config\nmkfifo {ENVS}\necho made a fifo\n"
+    remote = hostile_remote(tmp_path, "testploy", {}, {".deploy/bin/deploy": script})
+    server = Server(tmp_path / "work", write_config(tmp_path / "pploy.yml"))
+    fifo = tmp_path / "work/projects/testploy" / ENVS
+    try:
+        async with aiohttp.ClientSession(
+            cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout(total=10)
+        ) as http:
+            job = await server.start_deploy(http, remote)
+            async with http.get(f"{server.base}/api/jobs/{job}/log?follow=1") as resp:
+                assert b"made a fifo" in await resp.read()
+            assert fifo.is_fifo()
+
+            async def get(path: str) -> tuple[int, str]:
+                async with http.get(server.base + path) as resp:
+                    return resp.status, await resp.text()
+
+            page = asyncio.ensure_future(get("/projects/testploy"))
+            ping = await get("/ping")
+            assert ping == (200, "pong\n")
+            status, html = await page
+            assert status == 200 and "deploy_envs is not a regular file" in html
+            status, body = await get("/api/projects/testploy")
+            assert "not a regular file" in body and '"envs": []' in body
+    finally:
+        _release_reader(fifo)
+        server.stop()
+
+
+def _release_reader(fifo: Path) -> None:
+    """If a reader is blocked on the FIFO (the bug), give it an end of file so pploy can stop."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        if exc.errno not in (errno.ENXIO, errno.ENOENT):
+            raise
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+async def test_a_huge_deploy_envs_does_not_grow_pploys_memory(tmp_path):
+    """Through a real ``pploy serve``: showing a project whose deploy_envs is 8 MB of lines,
+    five times, leaves pploy's peak memory (VmHWM) where it was."""
+    lines = "".join(f"env{i}\n" for i in range(1_000_000))  # ~7.9 MB of valid names
+    remote = hostile_remote(tmp_path, "testploy", {}, {ENVS: lines})
+    server = Server(tmp_path / "work", write_config(tmp_path / "pploy.yml"))
+    try:
+        async with aiohttp.ClientSession(
+            cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout(total=30)
+        ) as http:
+            await server.ready(http)
+            async with http.post(server.base + "/api/projects", json={"url": str(remote)}) as r:
+                assert r.status == 201
+            before = _peak_rss_kib(server.proc.pid)
+            for _ in range(5):
+                async with http.get(server.base + "/projects/testploy") as resp:
+                    assert "larger than 64 KiB" in await resp.text()
+            grown = _peak_rss_kib(server.proc.pid) - before
+        assert grown < 8 * 1024, f"peak RSS grew by {grown} KiB"
+    finally:
+        server.stop()
