@@ -226,17 +226,19 @@ async def test_git_itself_refuses_remote_helpers(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-async def test_remove_deletes_the_clone_and_its_logs(remote: Remote, projects: Projects) -> None:
+async def test_remove_deletes_the_clone_and_keeps_its_logs(
+    remote: Remote, projects: Projects
+) -> None:
     await projects.clone(remote.url)
     logs = projects.log_dir("testploy")
     logs.mkdir()
     (logs / "1.log").write_text("output")
-    await projects.remove("testploy")
-    assert contents(projects.root) == [] and not logs.exists()
+    await projects.remove("testploy", "alice")
+    assert contents(projects.root) == [] and (logs / "1.log").read_text() == "output"
     with pytest.raises(NotFound):
         projects.get("testploy")
     with pytest.raises(NotFound):
-        await projects.remove("testploy")
+        await projects.remove("testploy", "alice")
 
 
 @pytest.mark.parametrize("name", ["../work", "..", ".git", "a/b", "", "-x", "projects"])

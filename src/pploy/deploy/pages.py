@@ -172,6 +172,7 @@ async def job_page(request: web.Request) -> web.Response:
         lock=lock,
         transport=transport,
         log_removed=not path.exists() and record.log_bytes > 0,
+        repository=svc.store.get_repository(record.repository) if record.repository else None,
     )
 
 

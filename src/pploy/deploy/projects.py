@@ -11,8 +11,8 @@ The contract (kept exactly as pploy users have it):
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import nh3
 
 from pploy.deploy import git, names, repofiles
 from pploy.deploy.errors import BadRequest, Conflict, NotFound
+from pploy.deploy.store import Store
 
 DEFAULT_ENVS = ("staging", "production")
 DEPLOY_SCRIPT = ".deploy/bin/deploy"
@@ -128,9 +129,12 @@ class Project:
 
 
 class Projects:
-    """The set of projects in a workdir."""
+    """The set of projects in a workdir; with a store, each addition and removal is recorded
+    there (see ``Store.add_repository``)."""
 
-    def __init__(self, workdir: Path, *, git_config: object | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, git_config: object | None = None, store: Store | None = None
+    ) -> None:
         self.root = workdir / "projects"
         self.logs_root = workdir / "logs"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -138,7 +142,24 @@ class Projects:
         self.shallow = getattr(git_config, "shallow", True)
         self.depth = getattr(git_config, "depth", 50)
         self.timeout = getattr(git_config, "timeout_seconds", 300)
+        self.allowed_urls: list[str] = list(getattr(git_config, "allowed_urls", [names.ANY_URL]))
+        self.store = store
         self._cloning: set[str] = set()
+        if store is not None:
+            self._adopt_unrecorded_clones(store)
+
+    def _adopt_unrecorded_clones(self, store: Store) -> None:
+        """Clones made by a pploy that did not record repositories get a record now, with the
+        URL their ``origin`` names (from pploy's own ``.git/config``, not repository content)."""
+        for project in self.list():
+            if store.current_repository(project.name) is None:
+                result = subprocess.run(
+                    ["git", "config", "--get", "remote.origin.url"], cwd=project.path,
+                    env=git.git_env(), capture_output=True, text=True, check=False,
+                    timeout=self.timeout,
+                )  # fmt: skip
+                url = result.stdout.strip() or "(unknown)"
+                store.adopt_repository(project.name, names.without_secrets(url))
 
     def list(self) -> list[Project]:
         found = []
@@ -170,12 +191,20 @@ class Projects:
             name = names.project_name_from_url(url)
         except names.InvalidName as exc:
             raise BadRequest(str(exc)) from exc
+        if not names.url_allowed(url, self.allowed_urls):
+            raise BadRequest(
+                f"the repository URL {names.without_secrets(url)!r} is not allowed here: "
+                f"git.allowed_urls is {', '.join(self.allowed_urls) or '(empty)'}"
+            )
         if (self.root / name).exists() or name in self._cloning:
             raise Conflict(f"a project named {name!r} already exists")
         self._cloning.add(name)
         staging = self.root / f".clone-{uuid.uuid4().hex}"
         try:
             args = ["clone", "--no-single-branch"]
+            if names.ANY_URL not in self.allowed_urls:
+                # An allowed server must not redirect this clone, or later fetches, elsewhere.
+                args += ["--config", "http.followRedirects=false"]
             if self.shallow:
                 args += ["--depth", str(self.depth)]
             args += ["--end-of-options", url, str(staging)]
@@ -186,17 +215,20 @@ class Projects:
             except TimeoutError as exc:
                 raise BadRequest(f"git clone took longer than {self.timeout:g} s") from exc
             staging.rename(self.root / name)
+            if self.store is not None:
+                self.store.add_repository(name, names.without_secrets(url))
         finally:
             self._cloning.discard(name)
             if staging.exists():
                 await asyncio.to_thread(shutil.rmtree, staging, True)
         return Project(name, self.root / name)
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, user: str) -> None:
+        """Delete the clone; its logs and job records stay (the audit trail), the store marks
+        its repository removed by ``user``."""
         project = self.get(name)
         trash = self.root / f".remove-{uuid.uuid4().hex}"
         project.path.rename(trash)
+        if self.store is not None:
+            self.store.remove_project(name, user)
         await asyncio.to_thread(shutil.rmtree, trash, True)
-        logs = self.log_dir(name)
-        if logs.exists():
-            await asyncio.to_thread(shutil.rmtree, logs, True)

@@ -28,8 +28,10 @@ async def project_detail(svc: Services, project: Project) -> dict[str, Any]:
     repository file bounded and kept inside the clone (see repofiles)."""
     files = await project.read_files()
     deployed = svc.store.last_successful_deploys(project.name)
+    repository = svc.store.current_repository(project.name)
     return {
         **project_summary(svc, project),
+        "repository": repository.to_json() if repository else None,
         "envs": files.envs,
         "deploy_problem": files.deploy_problem,
         "checkout_overwrite": files.checkout_overwrite,
