@@ -81,9 +81,7 @@ ESCAPES = {
     "readme-to-etc-passwd": ({README: "/etc/passwd"}, "root:x:0:0"),
     "readme-to-secret": ({README: "{secret}"}, SECRET),
     "readme-relative-escape": ({README: "../../../../../secret.txt"}, SECRET),
-    "readme-chain": (
-        {README: "../../hop1", "hop1": "hop2", "hop2": "{secret}"}, SECRET
-    ),
+    "readme-chain": ({README: "../../hop1", "hop1": "hop2", "hop2": "{secret}"}, SECRET),
     "envs-to-secret": ({ENVS: "{secret}"}, SECRET),
     "envs-relative-escape": ({ENVS: "../../../../../secret.txt"}, SECRET),
     "envs-chain": ({ENVS: "../../hop1", "hop1": "hop2", "hop2": "{secret}"}, SECRET),

@@ -441,7 +441,11 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     try:
         job = store.get_job(1)
         assert (job.project, job.status, job.log_bytes, job.repository, job.url) == (
-            "app", "succeeded", 12, None, None
+            "app",
+            "succeeded",
+            12,
+            None,
+            None,
         )
         assert store.get_lock("app").user == "alice"
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1
