@@ -325,3 +325,25 @@ async def test_a_huge_deploy_envs_does_not_grow_pploys_memory(tmp_path):
         assert grown < 8 * 1024, f"peak RSS grew by {grown} KiB"
     finally:
         server.stop()
+
+
+async def test_a_huge_commit_message_is_cut_off_with_a_message(tmp_path):
+    """Commit messages are repository content too: a 6 MB message makes git's output stop at
+    4 MiB (git is killed), and the page says so instead of holding it all."""
+    remote = hostile_remote(tmp_path, "testploy", {})
+    work = tmp_path / "push"
+    git("clone", "-q", str(remote), str(work), cwd=tmp_path)
+    (work / "msg").write_text("subject\n\n" + "z" * (6 << 20))
+    git("commit", "-q", "--allow-empty", "-F", "msg", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        await pploy.add_project(remote)
+        status, body = await pploy.api("GET", "/api/projects/testploy/commits")
+        assert status == 200 and body["commits"] == []
+        assert body["error"] == "git log printed more than 4 MiB; stopped"
+        async with pploy.client().get(pploy.url("/projects/testploy")) as resp:
+            page = await resp.text()
+        assert resp.status == 200 and "printed more than 4 MiB" in page and len(page) < 1 << 20
+    finally:
+        await pploy.close()
