@@ -96,14 +96,15 @@ async def logout(request: web.Request) -> web.Response:
 async def project_page(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
-    detail = await views.project_detail(svc, project)
+    files = await project.read_files()
+    detail = await views.project_detail(svc, project, files)
     commits = await views.commits_view(svc, project)
     return render(
         request,
         "project.html",
         project=detail,
         commits=commits,
-        readme=(await project.read_files()).readme,
+        readme=files.readme,
         jobs=svc.store.list_jobs(project.name, 30),
     )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pploy.deploy import git
 from pploy.deploy.app import Services
-from pploy.deploy.projects import Project
+from pploy.deploy.projects import Project, RepoFiles
 
 
 def project_summary(svc: Services, project: Project) -> dict[str, Any]:
@@ -23,10 +24,12 @@ def project_summary(svc: Services, project: Project) -> dict[str, Any]:
     }
 
 
-async def project_detail(svc: Services, project: Project) -> dict[str, Any]:
+async def project_detail(
+    svc: Services, project: Project, files: RepoFiles | None = None
+) -> dict[str, Any]:
     """The summary plus what the clone's ``.deploy/`` says, read off the event loop with every
     repository file bounded and kept inside the clone (see repofiles)."""
-    files = await project.read_files()
+    files = files or await project.read_files()
     deployed = svc.store.last_successful_deploys(project.name)
     repository = svc.store.current_repository(project.name)
     return {
@@ -54,7 +57,7 @@ async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
         error = str(exc)
     envs: dict[str, Any] = {}
     deployed = svc.store.last_successful_deploys(project.name)
-    for env in (await project.read_files()).envs:
+    for env in await asyncio.to_thread(project.deploy_envs):
         job = deployed.get(env)
         pending: list[dict[str, Any]] | None = []
         if job is None or not job.sha:
