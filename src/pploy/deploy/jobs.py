@@ -131,10 +131,10 @@ class Jobs:
         except names.InvalidName as exc:
             raise BadRequest(str(exc)) from exc
         self._check_can_start(project, user)
-        problem = project.deploy_problem()
+        problem = await asyncio.to_thread(project.deploy_problem)  # reads the clone: off the loop
         if problem:
             raise BadRequest(problem)
-        envs = project.deploy_envs()
+        envs = await asyncio.to_thread(project.deploy_envs)
         if env not in envs:
             raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
         sha = await git.head_sha(str(project.path))
