@@ -7,7 +7,6 @@ as git symlinks, the huge file as a blob); the attacker only adds it to pploy, a
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import tracemalloc
 from pathlib import Path
@@ -254,14 +253,16 @@ def test_a_symlink_swapped_in_after_the_check_is_not_followed(tmp_path, monkeypa
 
 
 async def test_a_fifo_left_by_a_deploy_does_not_stall_pploy(tmp_path):
-    """A deploy script replaces deploy_envs with a FIFO nobody writes to. Opening it for
-    reading would wait forever; on the event loop that froze every request. Through a real
-    ``pploy serve`` process (a frozen server cannot freeze the test): the project page answers
-    with a message, and a request sent while the page is being produced is answered too."""
+    """A deploy script replaces deploy_envs with a FIFO. Reading it waits for data that never
+    comes (the test holds its writing end and writes nothing); on the event loop that froze
+    every request. Through a real ``pploy serve`` process (a frozen server cannot freeze the
+    test): once the server is either done with the page or holding the FIFO open, another
+    request is sent, and must be answered; the page must answer with a message."""
     script = f"#!/bin/sh\nset -e\nmkdir -p .deploy/config\nmkfifo {ENVS}\necho made a fifo\n"
     remote = hostile_remote(tmp_path, "testploy", {}, {".deploy/bin/deploy": script})
     server = Server(tmp_path / "work", write_config(tmp_path / "pploy.yml"))
     fifo = tmp_path / "work/projects/testploy" / ENVS
+    writer: int | None = None
     try:
         async with aiohttp.ClientSession(
             cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout(total=10)
@@ -270,30 +271,38 @@ async def test_a_fifo_left_by_a_deploy_does_not_stall_pploy(tmp_path):
             async with http.get(f"{server.base}/api/jobs/{job}/log?follow=1") as resp:
                 assert b"made a fifo" in await resp.read()
             assert fifo.is_fifo()
+            writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes
 
             async def get(path: str) -> tuple[int, str]:
                 async with http.get(server.base + path) as resp:
                     return resp.status, await resp.text()
 
             page = asyncio.ensure_future(get("/projects/testploy"))
-            ping = await get("/ping")
-            assert ping == (200, "pong\n")
+            deadline = asyncio.get_running_loop().time() + 10
+            while not page.done() and not _holds_open(server.proc.pid, fifo):
+                assert asyncio.get_running_loop().time() < deadline, "the page never started"
+                await asyncio.sleep(0.01)
+            assert await get("/ping") == (200, "pong\n")
             status, html = await page
             assert status == 200 and "deploy_envs is not a regular file" in html
             status, body = await get("/api/projects/testploy")
             assert "not a regular file" in body and '"envs": []' in body
     finally:
-        _release_reader(fifo)
+        if writer is not None:
+            os.close(writer)  # a reader stuck on the FIFO (the bug) gets its end of file
         server.stop()
 
 
-def _release_reader(fifo: Path) -> None:
-    """If a reader is blocked on the FIFO (the bug), give it an end of file so pploy can stop."""
-    try:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError as exc:
-        if exc.errno not in (errno.ENXIO, errno.ENOENT):
-            raise
+def _holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open right now."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _peak_rss_kib(pid: int) -> int:
