@@ -89,6 +89,7 @@ async def test_history_survives_removal_and_belongs_to_the_old_url(tmp_path):
 
         async with pploy.client().get(pploy.url("/projects/testploy")) as resp:
             page = await resp.text()
+        assert f'id="repository-url">{second}<' in page
         rows = dict(re.findall(r'data-job-id="(\d+)">(.*?)</tr>', page, re.S))
         assert "earlier repository" in rows[str(old["id"])] and str(first) in rows[str(old["id"])]
         assert "earlier repository" not in rows[str(new["id"])]
