@@ -222,3 +222,16 @@ async def test_a_clone_url_with_a_token_is_never_shown(tmp_path):
         assert "https://***@internal.example/x.git" in body["error"]
     finally:
         await pploy.close()
+
+
+def test_allowed_urls_setting_is_checked(tmp_path: Path) -> None:
+    import pytest
+
+    from pploy.deploy.config import ConfigError, load_config
+
+    assert load_config(None, environ={}).git.allowed_urls == ["*"]
+    for bad in ('[""]', '[" https://x/*"]', '"https://git.example.com/*"'):
+        path = tmp_path / "pploy.yml"
+        path.write_text(f"git:\n  allowed_urls: {bad}\n")
+        with pytest.raises(ConfigError, match=r"pploy.yml: git.allowed_urls"):
+            load_config(path, environ={})

@@ -356,3 +356,12 @@ async def test_a_huge_commit_message_is_cut_off_with_a_message(tmp_path):
         assert resp.status == 200 and "printed more than 4 MiB" in page and len(page) < 1 << 20
     finally:
         await pploy.close()
+
+
+def test_a_symlink_to_a_directory_of_the_clone_is_not_a_file(tmp_path):
+    (tmp_path / "conf").mkdir()
+    os.symlink("..", tmp_path / "conf/up")
+    os.symlink(".", tmp_path / "conf/here")
+    for rel in ("conf/up", "conf/here", "conf"):
+        with pytest.raises(repofiles.RefusedFile, match=f"^{rel} is not a regular file$"):
+            repofiles.read_file(tmp_path, rel, 1024)
