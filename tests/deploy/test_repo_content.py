@@ -365,3 +365,35 @@ def test_a_symlink_to_a_directory_of_the_clone_is_not_a_file(tmp_path):
     for rel in ("conf/up", "conf/here", "conf"):
         with pytest.raises(repofiles.RefusedFile, match=f"^{rel} is not a regular file$"):
             repofiles.read_file(tmp_path, rel, 1024)
+
+
+async def test_a_submodule_cannot_pull_in_a_repository_of_this_machine(tmp_path):
+    """A repository whose .gitmodules names ``file://`` another repository on pploy's machine
+    (another project's clone, a private mirror): the checkout's ``git submodule update`` is
+    refused by git (``protocol.file.allow=user``), nothing of it lands in the clone."""
+    private = tmp_path / "private-src"
+    private.mkdir()
+    git("init", "-q", "-b", "main", cwd=private)
+    (private / "readme.html").write_text(f"<p>{SECRET}</p>")
+    git("add", "-A", cwd=private)
+    git("commit", "-q", "-m", "private", cwd=private)
+    remote = hostile_remote(tmp_path, "testploy", {README: "../../sub/readme.html"})
+    work = tmp_path / "push"
+    git("clone", "-q", str(remote), str(work), cwd=tmp_path)
+    git(
+        "-c", "protocol.file.allow=always", "submodule", "add", "-q", private.as_uri(), "sub",
+        cwd=work,
+    )  # fmt: skip
+    git("commit", "-q", "-m", "add a submodule", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        await pploy.add_project(remote)
+        await pploy.gain("testploy")
+        job = await pploy.wait_job(await pploy.checkout("testploy", "main"))
+        log = await pploy.log(job["id"])
+        assert job["status"] == "failed" and b"transport 'file' not allowed" in log, log
+        assert not (tmp_path / "work/projects/testploy/sub/readme.html").exists()
+        assert SECRET not in await everything_shown(pploy, "testploy")
+    finally:
+        await pploy.close()

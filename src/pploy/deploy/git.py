@@ -6,8 +6,19 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-# Transports git may use for clone and fetch: `ext::` (runs commands) and friends stay off.
-ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+# Transports git may use: `ext::` (runs commands) and friends stay off. Set as git config
+# (protocol.<name>.allow), not GIT_ALLOW_PROTOCOL: that variable would also allow `file` for
+# submodules, which git refuses by default ("user": only for URLs the user gave, such as a
+# local path added as a project), so a repository's .gitmodules cannot pull in other
+# repositories of this machine.
+PROTOCOL_CONFIG = {
+    "protocol.allow": "never",
+    "protocol.git.allow": "always",
+    "protocol.http.allow": "always",
+    "protocol.https.allow": "always",
+    "protocol.ssh.allow": "always",
+    "protocol.file.allow": "user",
+}
 FIELD = "\x1f"
 RECORD = "\x1e"
 LOG_FORMAT = RECORD + FIELD.join(["%H", "%an", "%ae", "%aI", "%D", "%s", "%b"]) + FIELD
@@ -19,14 +30,22 @@ class GitError(Exception):
 
 def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for git: never prompt, only safe transports, C locale for parsing."""
-    env = dict(os.environ)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("GIT_ALLOW_PROTOCOL", "GIT_PROTOCOL_FROM_USER", "GIT_CONFIG_COUNT")
+        and not key.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
+    }
     env.update(
         GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
         LC_ALL="C",
         GIT_ASKPASS="/bin/true",
         SSH_ASKPASS="/bin/true",
+        GIT_CONFIG_COUNT=str(len(PROTOCOL_CONFIG)),
     )
+    for i, (key, value) in enumerate(PROTOCOL_CONFIG.items()):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
     if extra:
         env.update(extra)
     return env
