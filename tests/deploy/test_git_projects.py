@@ -418,7 +418,7 @@ def write_readme(project: Project, html: str) -> None:
 
 
 def test_readme_is_none_without_a_file(bare_project: Project) -> None:
-    assert bare_project.readme_html() is None
+    assert bare_project.readme_and_problem()[0] is None
 
 
 def test_readme_keeps_markup_and_drops_scripts(bare_project: Project) -> None:
@@ -438,7 +438,7 @@ def test_readme_keeps_markup_and_drops_scripts(bare_project: Project) -> None:
 <style>body { display: none }</style>
 """,
     )
-    html = bare_project.readme_html()
+    html = bare_project.readme_and_problem()[0]
     assert html is not None
     for kept in [
         "<h1>Deploying <em>testploy</em></h1>",
@@ -460,4 +460,4 @@ def test_readme_keeps_markup_and_drops_scripts(bare_project: Project) -> None:
 
 
 def test_readme_of_the_clone(cloned: Project) -> None:
-    assert cloned.readme_html() is None  # the test repository has none
+    assert cloned.readme_and_problem()[0] is None  # the test repository has none

@@ -112,9 +112,6 @@ class Project:
         html = nh3.clean(raw.decode(errors="replace"), link_rel="noopener noreferrer nofollow")
         return html, None
 
-    def readme_html(self) -> str | None:
-        return self.readme_and_problem()[0]
-
     def files(self) -> RepoFiles:
         envs, envs_problem = self.envs_and_problem()
         readme, readme_problem = self.readme_and_problem()
