@@ -226,17 +226,19 @@ async def test_git_itself_refuses_remote_helpers(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-async def test_remove_deletes_the_clone_and_its_logs(remote: Remote, projects: Projects) -> None:
+async def test_remove_deletes_the_clone_and_keeps_its_logs(
+    remote: Remote, projects: Projects
+) -> None:
     await projects.clone(remote.url)
     logs = projects.log_dir("testploy")
     logs.mkdir()
     (logs / "1.log").write_text("output")
-    await projects.remove("testploy")
-    assert contents(projects.root) == [] and not logs.exists()
+    await projects.remove("testploy", "alice")
+    assert contents(projects.root) == [] and (logs / "1.log").read_text() == "output"
     with pytest.raises(NotFound):
         projects.get("testploy")
     with pytest.raises(NotFound):
-        await projects.remove("testploy")
+        await projects.remove("testploy", "alice")
 
 
 @pytest.mark.parametrize("name", ["../work", "..", ".git", "a/b", "", "-x", "projects"])
@@ -393,7 +395,7 @@ def test_deploy_problem(bare_project: Project, cloned: Project) -> None:
     script = bare_project.deploy_script
     assert "missing" in bare_project.deploy_problem()
     script.mkdir()
-    assert "not a file" in bare_project.deploy_problem()
+    assert "not a regular file" in bare_project.deploy_problem()
     script.rmdir()
     script.write_text("#!/bin/sh\n")
     script.chmod(0o644)
@@ -416,7 +418,7 @@ def write_readme(project: Project, html: str) -> None:
 
 
 def test_readme_is_none_without_a_file(bare_project: Project) -> None:
-    assert bare_project.readme_html() is None
+    assert bare_project.readme_and_problem()[0] is None
 
 
 def test_readme_keeps_markup_and_drops_scripts(bare_project: Project) -> None:
@@ -436,7 +438,7 @@ def test_readme_keeps_markup_and_drops_scripts(bare_project: Project) -> None:
 <style>body { display: none }</style>
 """,
     )
-    html = bare_project.readme_html()
+    html = bare_project.readme_and_problem()[0]
     assert html is not None
     for kept in [
         "<h1>Deploying <em>testploy</em></h1>",
@@ -458,4 +460,4 @@ def test_readme_keeps_markup_and_drops_scripts(bare_project: Project) -> None:
 
 
 def test_readme_of_the_clone(cloned: Project) -> None:
-    assert cloned.readme_html() is None  # the test repository has none
+    assert cloned.readme_and_problem()[0] is None  # the test repository has none

@@ -334,3 +334,60 @@ def test_env_name_accepts(name: str) -> None:
 def test_env_name_refuses(name: str) -> None:
     with pytest.raises(InvalidName):
         names.env_name(name)
+
+
+# -- git.allowed_urls ----------------------------------------------------------------------------
+
+ALLOWED = "https://git.example.com/team/"
+
+
+def _normalised_path(url: str) -> str:
+    """The path a server is asked for after RFC 3986 dot-segment removal, as curl does it."""
+    from urllib.parse import unquote, urlsplit
+
+    out: list[str] = []
+    for segment in unquote(urlsplit(url).path).replace("\\", "/").split("/"):
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    return "/".join(out)
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b.git", ".", "..", "%2e%2E", "%2E", "x\\..", ""]), max_size=6)
+)
+@settings(max_examples=400)
+def test_an_allowed_url_stays_under_its_pattern_after_normalisation(segments: list[str]) -> None:
+    url = ALLOWED + "/".join(segments)
+    if names.url_allowed(url, [ALLOWED + "*"]):
+        assert _normalised_path(url).startswith("/team/"), url
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://git.example.com/team/app.git", True),
+        ("https://git.example.com/team/sub/app.git", True),  # `*` crosses `/`
+        ("https://git.example.com/team/a..b.git", True),  # dots inside a name are fine
+        ("https://git.example.com/teamx/app.git", False),
+        ("https://git.example.com/Team/app.git", False),  # case-sensitive
+        ("https://git.example.com.evil.net/team/app.git", False),
+        ("https://evil.net/https://git.example.com/team/x", False),
+        ("https://git.example.com/team/../admin/app.git", False),
+        ("https://git.example.com/team/./app.git", False),
+        ("https://git.example.com/team/%2e%2e/admin", False),
+        ("https://git.example.com/team/..\\admin", False),
+        ("git@git.example.com:team/app.git", True),
+        ("git@git.example.com:../etc/app.git", False),
+        ("/srv/git/app.git", True),
+        ("/srv/git/../../etc/app.git", False),
+        ("file:///srv/git/app.git", False),  # file:// is not the same text as /srv/git
+    ],
+)
+def test_allowed_urls_patterns(url: str, allowed: bool) -> None:
+    patterns = [ALLOWED + "*", "git@git.example.com:team/*", "/srv/git/*"]
+    assert names.url_allowed(url, patterns) is allowed
+    assert names.url_allowed(url, ["*"]) is True  # the default allows any URL
+    assert names.url_allowed(url, []) is False

@@ -352,13 +352,18 @@ async def test_log_retention_keeps_history_and_removes_old_logs(tmp_path):
         assert (await pploy.log(jobs[2]["id"])).startswith(b"\x1b[1;36m$ DEPLOY_ENV")
         status, body = await pploy.api("GET", f"/api/projects/{name}/jobs")
         assert [j["id"] for j in body["jobs"]] == [j["id"] for j in reversed(jobs)]
-        # removing the project deletes clone and logs; refused while bob holds the lock
+        # removing the project deletes the clone, keeps the logs left and the records;
+        # refused while bob holds the lock
         status, body = await pploy.api("DELETE", f"/api/projects/{name}", "bob")
         assert status == 403
         status, body = await pploy.api("DELETE", f"/api/projects/{name}", "alice")
         assert status == 200
         assert not (tmp_path / "work/projects" / name).exists()
-        assert not (tmp_path / "work/logs" / name).exists()
+        assert sorted(p.name for p in (tmp_path / "work/logs" / name).iterdir()) == [
+            f"{jobs[1]['id']}.log", f"{jobs[2]['id']}.log"
+        ]
+        status, body = await pploy.api("GET", f"/api/jobs/{jobs[0]['id']}")
+        assert status == 200 and body["job"]["status"] == "succeeded"
     finally:
         await pploy.close()
 

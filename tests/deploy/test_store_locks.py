@@ -372,12 +372,90 @@ def test_jobs_survive_a_restart(db_path: Path) -> None:
         second.close()
 
 
-def test_delete_project_forgets_its_jobs_and_lock(store: Store, clock: Clock) -> None:
+def test_removing_a_project_keeps_its_jobs_and_frees_its_lock(store: Store, clock: Clock) -> None:
     locks = Locks(store, clock=clock)
+    first = store.add_repository("app", "https://git.example.com/team/app.git")
     locks.gain("app", "alice")
     locks.gain("web", "bob")
-    store.create_job(project="app", kind="deploy", user="alice", env="staging")
+    old = store.create_job(project="app", kind="deploy", user="alice", env="staging")
     keep = store.create_job(project="web", kind="deploy", user="bob", env="staging")
-    store.delete_project("app")
-    assert store.list_jobs("app") == [] and locks.get("app") is None
-    assert [j.id for j in store.list_jobs()] == [keep.id] and locks.get("web").user == "bob"
+    assert (old.repository, old.url) == (first.id, "https://git.example.com/team/app.git")
+    assert keep.repository is None  # web's clone was never recorded
+
+    store.remove_project("app", "alice")
+    assert locks.get("app") is None and locks.get("web").user == "bob"
+    assert store.get_job(old.id) == old and [j.id for j in store.list_jobs("app")] == [old.id]
+    assert store.current_repository("app") is None
+    removed = store.get_repository(first.id)
+    assert removed.removed_by == "alice" and removed.removed_at is not None
+
+    second = store.add_repository("app", "https://evil.example/app.git")
+    new = store.create_job(project="app", kind="deploy", user="bob", env="staging")
+    assert new.repository == second.id != first.id and new.url == "https://evil.example/app.git"
+    assert store.get_job(old.id).url == "https://git.example.com/team/app.git"
+
+
+# The schema as pploy wrote it before repositories were recorded (user_version 0).
+SCHEMA_V0 = """
+CREATE TABLE locks (
+    project TEXT PRIMARY KEY, user TEXT NOT NULL, gained_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    project      TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('checkout', 'deploy')),
+    env          TEXT,
+    ref          TEXT,
+    sha          TEXT,
+    user         TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    ended_at     REAL,
+    exit_code    INTEGER,
+    signal       INTEGER,
+    status       TEXT NOT NULL,
+    cancelled_by TEXT,
+    message      TEXT,
+    log_bytes    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_project ON jobs (project, id);
+CREATE INDEX jobs_status ON jobs (status);
+"""
+
+
+def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "pploy.db"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(SCHEMA_V0)
+    old.execute(
+        "INSERT INTO jobs (project, kind, env, sha, user, started_at, ended_at, exit_code, "
+        "status, log_bytes) VALUES ('app', 'deploy', 'staging', 'abc', 'alice', 1.0, 2.0, 0, "
+        "'succeeded', 12)"
+    )
+    old.execute("INSERT INTO locks VALUES ('app', 'alice', 1.0, 9e9)")
+    old.commit()
+    old.close()
+
+    store = Store(path)
+    try:
+        job = store.get_job(1)
+        assert (job.project, job.status, job.log_bytes, job.repository, job.url) == (
+            "app",
+            "succeeded",
+            12,
+            None,
+            None,
+        )
+        assert store.get_lock("app").user == "alice"
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1
+        repository = store.adopt_repository("app", "/srv/git/app.git")
+        assert store.get_job(1).repository == repository.id
+        assert store.get_job(1).url == "/srv/git/app.git"
+        assert store.create_job(project="app", kind="checkout", user="bob").id == 2
+    finally:
+        store.close()
+    Store(path).close()  # opening a migrated database again changes nothing
+    again = sqlite3.connect(path)
+    assert [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-2:] == ["repository", "url"]
+    again.close()

@@ -33,14 +33,14 @@ async def add_project(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_json(request)
     project = await svc.projects.clone(string_field(body, "url"))
-    return web.json_response({"project": views.project_detail(svc, project)}, status=201)
+    return web.json_response({"project": await views.project_detail(svc, project)}, status=201)
 
 
 @routes.get("/api/projects/{name}")
 async def get_project(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
-    return web.json_response({"project": views.project_detail(svc, project)})
+    return web.json_response({"project": await views.project_detail(svc, project)})
 
 
 @routes.delete("/api/projects/{name}")

@@ -59,6 +59,19 @@ class GitConfig(_Strict):
     depth: int = Field(50, ge=1)
     commits: int = Field(20, ge=1, le=500, description="Recent commits shown per project.")
     timeout_seconds: float = Field(300, gt=0, description="Limit for clone and git reads.")
+    allowed_urls: list[str] = Field(
+        default=["*"],
+        description="URLs a project may be added from: fnmatch-style patterns (`*` matches any "
+        "text, `/` included), e.g. `https://git.example.com/team/*`; `*` allows any URL.",
+    )
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip() or pattern != pattern.strip():
+                raise ValueError(f"{pattern!r}: a pattern must be non-empty, without spaces")
+        return value
 
 
 class AuthConfig(_Strict):

@@ -6,8 +6,19 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-# Transports git may use for clone and fetch: `ext::` (runs commands) and friends stay off.
-ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+# Transports git may use: `ext::` (runs commands) and friends stay off. Set as git config
+# (protocol.<name>.allow), not GIT_ALLOW_PROTOCOL: that variable would also allow `file` for
+# submodules, which git refuses by default ("user": only for URLs the user gave, such as a
+# local path added as a project), so a repository's .gitmodules cannot pull in other
+# repositories of this machine.
+PROTOCOL_CONFIG = {
+    "protocol.allow": "never",
+    "protocol.git.allow": "always",
+    "protocol.http.allow": "always",
+    "protocol.https.allow": "always",
+    "protocol.ssh.allow": "always",
+    "protocol.file.allow": "user",
+}
 FIELD = "\x1f"
 RECORD = "\x1e"
 LOG_FORMAT = RECORD + FIELD.join(["%H", "%an", "%ae", "%aI", "%D", "%s", "%b"]) + FIELD
@@ -19,21 +30,59 @@ class GitError(Exception):
 
 def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for git: never prompt, only safe transports, C locale for parsing."""
-    env = dict(os.environ)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("GIT_ALLOW_PROTOCOL", "GIT_PROTOCOL_FROM_USER", "GIT_CONFIG_COUNT")
+        and not key.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
+    }
     env.update(
         GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
         LC_ALL="C",
         GIT_ASKPASS="/bin/true",
         SSH_ASKPASS="/bin/true",
+        GIT_CONFIG_COUNT=str(len(PROTOCOL_CONFIG)),
     )
+    for i, (key, value) in enumerate(PROTOCOL_CONFIG.items()):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
     if extra:
         env.update(extra)
     return env
 
 
-async def run_git(*args: str, cwd: str | None = None, timeout: float = 60) -> str:
-    """Run ``git args…`` and return its stdout; GitError with stderr when it fails."""
+# What pploy reads of git's output: commit messages and file lists are repository content, so a
+# hostile commit (a 1 GB message, a million files) must not fill pploy's memory.
+MAX_OUTPUT_BYTES = 4 << 20
+MAX_ERROR_BYTES = 64 << 10
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of ``stream`` until its end; True when there was more."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(65536):
+        if size + len(chunk) > limit:
+            chunks.append(chunk[: limit - size])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+def _subcommand(args: tuple[str, ...]) -> str:
+    """The git subcommand in ``args``, past options and the values of ``-c``."""
+    for i, arg in enumerate(args):
+        if arg[:1] != "-" and (i == 0 or args[i - 1] != "-c"):
+            return arg
+    return ""
+
+
+async def run_git(
+    *args: str, cwd: str | None = None, timeout: float = 60, max_output: int = MAX_OUTPUT_BYTES
+) -> str:
+    """Run ``git args…`` and return its stdout; GitError with stderr when it fails, or when it
+    prints more than ``max_output`` bytes (git is stopped then)."""
     proc = await asyncio.create_subprocess_exec(
         "git",
         *args,
@@ -44,14 +93,32 @@ async def run_git(*args: str, cwd: str | None = None, timeout: float = 60) -> st
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None
+
+    async def run() -> tuple[bytes, bool, bytes]:
+        errors = asyncio.ensure_future(_read_capped(stderr, MAX_ERROR_BYTES))
+        try:
+            out, too_much = await _read_capped(stdout, max_output)
+            if too_much:
+                proc.kill()
+            err, _ = await errors
+        finally:
+            errors.cancel()
+        await proc.wait()
+        return out, too_much, err
+
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, too_much, err = await asyncio.wait_for(run(), timeout)
     except (TimeoutError, asyncio.CancelledError):
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
         raise
+    if too_much:
+        raise GitError(f"git {_subcommand(args)} printed more than {max_output >> 20} MiB; stopped")
     if proc.returncode != 0:
-        raise GitError(err.decode(errors="replace").strip() or f"git {args[0]} failed")
+        raise GitError(err.decode(errors="replace").strip() or f"git {_subcommand(args)} failed")
     return out.decode(errors="replace")
 
 

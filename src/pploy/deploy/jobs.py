@@ -131,12 +131,12 @@ class Jobs:
         except names.InvalidName as exc:
             raise BadRequest(str(exc)) from exc
         self._check_can_start(project, user)
-        envs = project.deploy_envs()
-        if env not in envs:
-            raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
-        problem = project.deploy_problem()
+        problem = await asyncio.to_thread(project.deploy_problem)  # reads the clone: off the loop
         if problem:
             raise BadRequest(problem)
+        envs = await asyncio.to_thread(project.deploy_envs)
+        if env not in envs:
+            raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
         sha = await git.head_sha(str(project.path))
         self._check_can_start(project, user)  # again: the await above let others in
         record = self.store.create_job(
@@ -154,6 +154,9 @@ class Jobs:
         except names.InvalidName as exc:
             raise BadRequest(str(exc)) from exc
         self._check_can_start(project, user)
+        problem = project.checkout_problem()
+        if problem:
+            raise BadRequest(problem)
         record = self.store.create_job(project=project.name, kind="checkout", ref=ref, user=user)
         self._launch(record, project, None)
         return record

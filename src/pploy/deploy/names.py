@@ -7,7 +7,9 @@ before anything touches the disk or starts a process, so a bad name never runs a
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
@@ -92,6 +94,42 @@ def repository_url(url: str) -> str:
         f"invalid repository URL {url!r}: use https://, ssh://, git://, file://, "
         "user@host:path or an absolute path"
     )
+
+
+ANY_URL = "*"
+_DOT_SEGMENT_RE = re.compile(r"(^|[/:])\.\.?(/|$)")
+
+
+def url_allowed(url: str, patterns: Sequence[str]) -> bool:
+    """Whether ``url`` matches one of ``patterns`` (``git.allowed_urls``, fnmatch-style: ``*``
+    matches any text, ``/`` included; case-sensitive). ``*`` alone allows every URL.
+
+    Against any other list, a URL with a ``.``/``..`` path segment, a percent-encoded dot or a
+    backslash is refused: git (and curl) would normalise it to a path the pattern did not allow
+    (``https://git.example.com/team/../internal/x``).
+    """
+    if ANY_URL in patterns:
+        return True
+    if _DOT_SEGMENT_RE.search(url) or "%2e" in url.lower() or "\\" in url:
+        return False
+    return any(fnmatchcase(url, pattern) for pattern in patterns)
+
+
+def without_secrets(url: str) -> str:
+    """``url`` fit to store and show: a password, or an http(s) user name (often a token),
+    becomes ``***``."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, has_password, _ = userinfo.partition(":")
+    if parts.scheme.lower() in ("http", "https"):
+        user = "***"
+    elif has_password:
+        user = f"{user}:***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def project_name_from_url(url: str) -> str:

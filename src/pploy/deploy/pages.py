@@ -90,14 +90,15 @@ async def logout(request: web.Request) -> web.Response:
 async def project_page(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
-    detail = views.project_detail(svc, project)
+    files = await project.read_files()
+    detail = await views.project_detail(svc, project, files)
     commits = await views.commits_view(svc, project)
     return render(
         request,
         "project.html",
         project=detail,
         commits=commits,
-        readme=project.readme_html(),
+        readme=files.readme,
         jobs=svc.store.list_jobs(project.name, 30),
     )
 
@@ -168,6 +169,7 @@ async def job_page(request: web.Request) -> web.Response:
         lock=lock,
         transport=transport,
         log_removed=not path.exists() and record.log_bytes > 0,
+        repository=svc.store.get_repository(record.repository) if record.repository else None,
     )
 
 

@@ -11,16 +11,17 @@ The contract (kept exactly as pploy users have it):
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import nh3
 
-from pploy.deploy import git, names
+from pploy.deploy import git, names, repofiles
 from pploy.deploy.errors import BadRequest, Conflict, NotFound
+from pploy.deploy.store import Store
 
 DEFAULT_ENVS = ("staging", "production")
 DEPLOY_SCRIPT = ".deploy/bin/deploy"
@@ -28,6 +29,20 @@ CHECKOUT_SCRIPT = ".deploy/bin/checkout_overwrite"
 ENVS_FILE = ".deploy/config/deploy_envs"
 README_FILE = ".deploy/config/readme.html"
 MAX_README_BYTES = 256 * 1024
+MAX_ENVS_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RepoFiles:
+    """What the project page and the API show from a clone's ``.deploy/config``."""
+
+    envs: list[str]
+    envs_problem: str | None
+    readme: str | None
+    readme_problem: str | None
+    deploy_problem: str | None
+    checkout_overwrite: bool
+    checkout_problem: str | None
 
 
 @dataclass(frozen=True)
@@ -41,28 +56,37 @@ class Project:
 
     @property
     def checkout_script(self) -> Path | None:
-        script = self.path / CHECKOUT_SCRIPT
-        return script if script.is_file() and os.access(script, os.X_OK) else None
+        """The checkout_overwrite script, when it is an executable file inside the clone."""
+        if repofiles.executable_problem(self.path, CHECKOUT_SCRIPT):
+            return None
+        return self.path / CHECKOUT_SCRIPT
+
+    def checkout_problem(self) -> str | None:
+        """Why a checkout cannot run: checkout_overwrite leads outside the clone."""
+        try:
+            repofiles.inside_parts(self.path, CHECKOUT_SCRIPT)
+        except repofiles.RefusedFile as exc:
+            return f"{exc}: pploy runs only scripts inside the clone"
+        return None
 
     def deploy_problem(self) -> str | None:
         """Why the project cannot deploy now, or None when it can."""
-        script = self.deploy_script
-        if not script.exists():
+        problem = repofiles.executable_problem(self.path, DEPLOY_SCRIPT)
+        if problem == f"{DEPLOY_SCRIPT} is missing":
             return f"{DEPLOY_SCRIPT} is missing: this repository cannot be deployed by pploy"
-        if not script.is_file():
-            return f"{DEPLOY_SCRIPT} is not a file"
-        if not os.access(script, os.X_OK):
-            return f"{DEPLOY_SCRIPT} is not executable (chmod +x it and commit)"
-        return None
+        return problem or self.envs_and_problem()[1]
 
-    def deploy_envs(self) -> list[str]:
-        """Environments from deploy_envs, skipping blank lines and names pploy refuses."""
+    def envs_and_problem(self) -> tuple[list[str], str | None]:
+        """Environments from deploy_envs (blank lines, comments and names pploy refuses skipped),
+        the defaults when there is no such file; none, with the reason, when it is refused."""
         try:
-            text = (self.path / ENVS_FILE).read_text(errors="replace")
-        except OSError:
-            return list(DEFAULT_ENVS)
+            raw = repofiles.read_file(self.path, ENVS_FILE, MAX_ENVS_BYTES)
+        except repofiles.RefusedFile as exc:
+            return [], f"{exc}; no environment can be deployed until it is fixed"
+        if raw is None:
+            return list(DEFAULT_ENVS), None
         envs = []
-        for line in text.splitlines():
+        for line in raw.decode(errors="replace").splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -70,22 +94,44 @@ class Project:
                 envs.append(names.env_name(line))
             except names.InvalidName:
                 continue
-        return list(dict.fromkeys(envs)) or list(DEFAULT_ENVS)
+        return list(dict.fromkeys(envs)) or list(DEFAULT_ENVS), None
 
-    def readme_html(self) -> str | None:
-        """readme.html sanitised with nh3: markup survives, scripts and handlers do not."""
+    def deploy_envs(self) -> list[str]:
+        """The environments one may deploy to (see envs_and_problem)."""
+        return self.envs_and_problem()[0]
+
+    def readme_and_problem(self) -> tuple[str | None, str | None]:
+        """readme.html sanitised with nh3 (markup survives, scripts and handlers do not), or
+        the reason it is not shown."""
         try:
-            with open(self.path / README_FILE, "rb") as fh:
-                raw = fh.read(MAX_README_BYTES)
-        except OSError:
-            return None
-        return nh3.clean(raw.decode(errors="replace"), link_rel="noopener noreferrer nofollow")
+            raw = repofiles.read_file(self.path, README_FILE, MAX_README_BYTES)
+        except repofiles.RefusedFile as exc:
+            return None, str(exc)
+        if raw is None:
+            return None, None
+        html = nh3.clean(raw.decode(errors="replace"), link_rel="noopener noreferrer nofollow")
+        return html, None
+
+    def files(self) -> RepoFiles:
+        envs, envs_problem = self.envs_and_problem()
+        readme, readme_problem = self.readme_and_problem()
+        return RepoFiles(
+            envs, envs_problem, readme, readme_problem, self.deploy_problem(),
+            self.checkout_script is not None, self.checkout_problem(),
+        )  # fmt: skip
+
+    async def read_files(self) -> RepoFiles:
+        """``files()`` in a thread: the event loop never waits on a clone's disk."""
+        return await asyncio.to_thread(self.files)
 
 
 class Projects:
-    """The set of projects in a workdir."""
+    """The set of projects in a workdir; with a store, each addition and removal is recorded
+    there (see ``Store.add_repository``)."""
 
-    def __init__(self, workdir: Path, *, git_config: object | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, git_config: object | None = None, store: Store | None = None
+    ) -> None:
         self.root = workdir / "projects"
         self.logs_root = workdir / "logs"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +139,24 @@ class Projects:
         self.shallow = getattr(git_config, "shallow", True)
         self.depth = getattr(git_config, "depth", 50)
         self.timeout = getattr(git_config, "timeout_seconds", 300)
+        self.allowed_urls: list[str] = list(getattr(git_config, "allowed_urls", [names.ANY_URL]))
+        self.store = store
         self._cloning: set[str] = set()
+        if store is not None:
+            self._adopt_unrecorded_clones(store)
+
+    def _adopt_unrecorded_clones(self, store: Store) -> None:
+        """Clones made by a pploy that did not record repositories get a record now, with the
+        URL their ``origin`` names (from pploy's own ``.git/config``, not repository content)."""
+        for project in self.list():
+            if store.current_repository(project.name) is None:
+                result = subprocess.run(
+                    ["git", "config", "--get", "remote.origin.url"], cwd=project.path,
+                    env=git.git_env(), capture_output=True, text=True, check=False,
+                    timeout=self.timeout,
+                )  # fmt: skip
+                url = result.stdout.strip() or "(unknown)"
+                store.adopt_repository(project.name, names.without_secrets(url))
 
     def list(self) -> list[Project]:
         found = []
@@ -125,12 +188,20 @@ class Projects:
             name = names.project_name_from_url(url)
         except names.InvalidName as exc:
             raise BadRequest(str(exc)) from exc
+        if not names.url_allowed(url, self.allowed_urls):
+            raise BadRequest(
+                f"the repository URL {names.without_secrets(url)!r} is not allowed here: "
+                f"git.allowed_urls is {', '.join(self.allowed_urls) or '(empty)'}"
+            )
         if (self.root / name).exists() or name in self._cloning:
             raise Conflict(f"a project named {name!r} already exists")
         self._cloning.add(name)
         staging = self.root / f".clone-{uuid.uuid4().hex}"
         try:
             args = ["clone", "--no-single-branch"]
+            if names.ANY_URL not in self.allowed_urls:
+                # An allowed server must not redirect this clone, or later fetches, elsewhere.
+                args += ["--config", "http.followRedirects=false"]
             if self.shallow:
                 args += ["--depth", str(self.depth)]
             args += ["--end-of-options", url, str(staging)]
@@ -141,17 +212,20 @@ class Projects:
             except TimeoutError as exc:
                 raise BadRequest(f"git clone took longer than {self.timeout:g} s") from exc
             staging.rename(self.root / name)
+            if self.store is not None:
+                self.store.add_repository(name, names.without_secrets(url))
         finally:
             self._cloning.discard(name)
             if staging.exists():
                 await asyncio.to_thread(shutil.rmtree, staging, True)
         return Project(name, self.root / name)
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, user: str) -> None:
+        """Delete the clone; its logs and job records stay (the audit trail), the store marks
+        its repository removed by ``user``."""
         project = self.get(name)
         trash = self.root / f".remove-{uuid.uuid4().hex}"
         project.path.rename(trash)
+        if self.store is not None:
+            self.store.remove_project(name, user)
         await asyncio.to_thread(shutil.rmtree, trash, True)
-        logs = self.log_dir(name)
-        if logs.exists():
-            await asyncio.to_thread(shutil.rmtree, logs, True)

@@ -53,7 +53,7 @@ def build_services(config: Config) -> Services:
     workdir = config.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     store = Store(workdir / "pploy.db")
-    projects = Projects(workdir, git_config=config.git)
+    projects = Projects(workdir, git_config=config.git, store=store)
     notifier = Notifier(config.webhooks)
 
     def lock_changed(event: str, lock: Lock) -> None:

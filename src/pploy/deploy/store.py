@@ -34,11 +34,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     status       TEXT NOT NULL,
     cancelled_by TEXT,
     message      TEXT,
-    log_bytes    INTEGER NOT NULL DEFAULT 0
+    log_bytes    INTEGER NOT NULL DEFAULT 0,
+    repository   INTEGER,
+    url          TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
+CREATE TABLE IF NOT EXISTS repositories (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    project    TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    added_at   REAL NOT NULL,
+    removed_at REAL,
+    removed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS repositories_project ON repositories (project, id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
+
+# PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = this one.
+SCHEMA_VERSION = 1
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
 
@@ -58,6 +72,22 @@ class Lock:
 
 
 @dataclass(frozen=True)
+class Repository:
+    """One addition of a project: removing it and adding a name again makes a new one, so each
+    job record says which repository (and URL) it ran from."""
+
+    id: int
+    project: str
+    url: str
+    added_at: float
+    removed_at: float | None
+    removed_by: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: int
     project: str
@@ -74,6 +104,8 @@ class JobRecord:
     cancelled_by: str | None
     message: str | None
     log_bytes: int
+    repository: int | None = None  # the repositories row it ran from (None: before version 1)
+    url: str | None = None  # that repository's URL, without any password
 
     @property
     def running(self) -> bool:
@@ -97,10 +129,74 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate(self) -> None:
+        """Bring a pploy.db written by an older pploy to SCHEMA_VERSION, in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            if version < 1 and columns and "repository" not in columns:
+                self.db.execute("ALTER TABLE jobs ADD COLUMN repository INTEGER")
+                self.db.execute("ALTER TABLE jobs ADD COLUMN url TEXT")
+            if version < SCHEMA_VERSION:
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- repositories ----------------------------------------------------------
+
+    def add_repository(self, project: str, url: str, added_at: float | None = None) -> Repository:
+        """Record that ``project`` now is a clone of ``url`` (a password-free URL)."""
+        cur = self.db.execute(
+            "INSERT INTO repositories (project, url, added_at) VALUES (?, ?, ?)",
+            (project, url, time.time() if added_at is None else added_at),
+        )
+        repository = self.get_repository(int(cur.lastrowid or 0))
+        assert repository is not None
+        return repository
+
+    def adopt_repository(self, project: str, url: str) -> Repository:
+        """A clone made before repositories were recorded: record it, and give it the jobs
+        that name no repository (until then removing a project deleted its jobs, so they are
+        this clone's)."""
+        repository = self.add_repository(project, url, added_at=0.0)
+        self.db.execute(
+            "UPDATE jobs SET repository = ?, url = ? WHERE project = ? AND repository IS NULL",
+            (repository.id, url, project),
+        )
+        return repository
+
+    def get_repository(self, repository_id: int) -> Repository | None:
+        row = self.db.execute(
+            "SELECT * FROM repositories WHERE id = ?", (repository_id,)
+        ).fetchone()
+        return Repository(**dict(row)) if row else None
+
+    def current_repository(self, project: str) -> Repository | None:
+        row = self.db.execute(
+            "SELECT * FROM repositories WHERE project = ? AND removed_at IS NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (project,),
+        ).fetchone()
+        return Repository(**dict(row)) if row else None
+
+    def remove_project(self, project: str, user: str) -> None:
+        """The project's clone is gone: its repository is marked removed (by whom, when) and its
+        lock released. Its job records stay: they are the audit trail."""
+        self.db.execute(
+            "UPDATE repositories SET removed_at = ?, removed_by = ? "
+            "WHERE project = ? AND removed_at IS NULL",
+            (time.time(), user, project),
+        )
+        self.db.execute("DELETE FROM locks WHERE project = ?", (project,))
 
     # -- locks ---------------------------------------------------------------
 
@@ -142,11 +238,15 @@ class Store:
         sha: str | None = None,
         started_at: float | None = None,
     ) -> JobRecord:
+        current = self.current_repository(project)
         cur = self.db.execute(
-            "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-            (project, kind, env, ref, sha, user, started_at or time.time()),
-        )
+            "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
+            "repository, url) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            (
+                project, kind, env, ref, sha, user, started_at or time.time(),
+                current.id if current else None, current.url if current else None,
+            ),
+        )  # fmt: skip
         job = self.get_job(int(cur.lastrowid or 0))
         assert job is not None
         return job
@@ -210,7 +310,3 @@ class Store:
             (project, project, keep),
         )
         return [row["id"] for row in rows]
-
-    def delete_project(self, project: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE project = ?", (project,))
-        self.db.execute("DELETE FROM locks WHERE project = ?", (project,))

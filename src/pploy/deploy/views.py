@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pploy.deploy import git
-from pploy.deploy.projects import Project
+from pploy.deploy.projects import Project, RepoFiles
 from pploy.deploy.services import Services
 
 
@@ -23,13 +24,22 @@ def project_summary(svc: Services, project: Project) -> dict[str, Any]:
     }
 
 
-def project_detail(svc: Services, project: Project) -> dict[str, Any]:
+async def project_detail(
+    svc: Services, project: Project, files: RepoFiles | None = None
+) -> dict[str, Any]:
+    """The summary plus what the clone's ``.deploy/`` says, read off the event loop with every
+    repository file bounded and kept inside the clone (see repofiles)."""
+    files = files or await project.read_files()
     deployed = svc.store.last_successful_deploys(project.name)
+    repository = svc.store.current_repository(project.name)
     return {
         **project_summary(svc, project),
-        "envs": project.deploy_envs(),
-        "deploy_problem": project.deploy_problem(),
-        "checkout_overwrite": project.checkout_script is not None,
+        "repository": repository.to_json() if repository else None,
+        "envs": files.envs,
+        "deploy_problem": files.deploy_problem,
+        "checkout_overwrite": files.checkout_overwrite,
+        "checkout_problem": files.checkout_problem,
+        "readme_problem": files.readme_problem,
         "last_deployed": {env: job.to_json() for env, job in deployed.items()},
     }
 
@@ -47,7 +57,7 @@ async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
         error = str(exc)
     envs: dict[str, Any] = {}
     deployed = svc.store.last_successful_deploys(project.name)
-    for env in project.deploy_envs():
+    for env in await asyncio.to_thread(project.deploy_envs):
         job = deployed.get(env)
         pending: list[dict[str, Any]] | None = []
         if job is None or not job.sha:
