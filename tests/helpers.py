@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Data the tests read (third-party corpora and samples, with their licence notes in README.md):
+# inside the repository, so a clone of the project alone runs every test.
+DATA = Path(__file__).resolve().parent / "data"
+
 # CI sets PPLOY_REQUIRE_ALL=1: a test that would skip for a missing binary fails instead.
 REQUIRE_ALL = os.environ.get("PPLOY_REQUIRE_ALL") == "1"
 

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from pploy.gate.config import parse_config
 from pploy.gate.server import GateServer
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO / ".." / "shared" / "testdata"
 SESSION_KEY = "test-session-key-0123456789abcdef"
 
 
@@ -80,11 +78,6 @@ async def dev_login(client: aiohttp.ClientSession, gate_url: str, user: str = "a
         f"{gate_url}/login", data={"user": user, "next": "/"}, allow_redirects=False
     ) as resp:
         assert resp.status == 303, await resp.text()
-
-
-@pytest.fixture
-def shared_testdata() -> Path:
-    return SHARED
 
 
 async def collect(iterator: AsyncIterator[bytes]) -> bytes:

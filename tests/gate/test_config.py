@@ -14,9 +14,10 @@ import yaml
 
 from pploy.cli import main
 from pploy.gate.config import ConfigError, load_config, parse_address, parse_config
-from tests.gate.conftest import REPO, SHARED
+from tests.gate.conftest import REPO
+from tests.helpers import DATA
 
-SAMPLE = SHARED / "gate-config_sample.yml"
+SAMPLE = DATA / "gate-config_sample.yml"
 
 
 def write(tmp_path, data) -> str:
