@@ -4,6 +4,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -11,19 +12,22 @@ import pytest
 # inside the repository, so a clone of the project alone runs every test.
 DATA = Path(__file__).resolve().parent / "data"
 
-# CI sets PPLOY_REQUIRE_ALL=1: a test that would skip for a missing binary fails instead.
-REQUIRE_ALL = os.environ.get("PPLOY_REQUIRE_ALL") == "1"
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the calling test because something it needs is missing (a binary, root, node
+    modules). CI sets PPLOY_REQUIRE_ALL=1, which turns the skip into a failure: there a missing
+    dependency must not leave part of the suite silently unrun. The one place this rule lives."""
+    if os.environ.get("PPLOY_REQUIRE_ALL") == "1":
+        pytest.fail(f"{reason} (PPLOY_REQUIRE_ALL=1 turns this skip into a failure)")
+    pytest.skip(reason)
 
 
 def require_binary(name: str) -> str:
-    """Return the path of ``name`` or skip the test (fail under PPLOY_REQUIRE_ALL=1)."""
+    """Return the path of ``name``, or skip (fail under PPLOY_REQUIRE_ALL=1) if not installed."""
     path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed"
-    if REQUIRE_ALL:
-        pytest.fail(message + " (PPLOY_REQUIRE_ALL=1 turns this skip into a failure)")
-    pytest.skip(message)
+    if path is None:
+        skip_or_fail(f"{name} is not installed")
+    return path
 
 
 def free_port() -> int:
