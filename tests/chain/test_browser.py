@@ -17,6 +17,8 @@ import pytest
 from tests.chain.harness import Certs, Chain, Client, Nginx
 from tests.helpers import require_binary
 
+pytestmark = pytest.mark.slow  # chromium through nginx
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

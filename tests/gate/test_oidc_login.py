@@ -21,7 +21,8 @@ from tests.gate.conftest import REPO, SESSION_KEY, client_session, start_gate
 from tests.gate.upstream import Upstream
 from tests.helpers import require_binary, skip_or_fail
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# slow: the OpenID provider on node
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 OIDC_DIR = REPO / "tests" / "oidc"
 HTML = {"Accept": "text/html"}

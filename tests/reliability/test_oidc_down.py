@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.gate.conftest import SESSION_KEY, client_session, start_gate
 from tests.gate.test_oidc_login import at_provider, full_login, start_login, start_provider
 from tests.gate.upstream import Upstream
+
+pytestmark = pytest.mark.slow  # the OpenID provider on node
 
 
 async def test_provider_down_new_logins_get_an_error_page_sessions_go_on():

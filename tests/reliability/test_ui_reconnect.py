@@ -19,6 +19,8 @@ from tests.gate.conftest import dev_config
 from tests.helpers import require_binary
 from tests.reliability.test_gate_faults import RestartableGate
 
+pytestmark = pytest.mark.slow  # chromium
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

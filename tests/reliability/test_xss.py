@@ -165,6 +165,7 @@ async def test_no_page_carries_active_markup(site):
         assert "&lt;" in page or "invalid" in page.lower(), (path, page[:300])
 
 
+@pytest.mark.slow  # chromium
 async def test_chromium_runs_none_of_it(site):
     require_binary("chromium")
     from playwright.async_api import async_playwright
