@@ -1,12 +1,12 @@
 import os
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+# One copy of the process helpers, the benchmarks'; re-exported for the tests.
+from bench.procs import free_port, tail, wait_port  # noqa: F401
 
 # Data the tests read (third-party corpora and samples, with their licence notes in README.md):
 # inside the repository, so a clone of the project alone runs every test.
@@ -30,37 +30,13 @@ def require_binary(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} unreadable)"
-
-
-def wait_port(
-    port: int,
-    proc: subprocess.Popen | None = None,
-    log: Path | None = None,
-    timeout: float = 15,
-) -> None:
-    """Wait until something listens on ``port``; fail early (with ``log``'s tail) if ``proc``
-    exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            detail = f":\n{tail(log)}" if log is not None else ""
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}{detail}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    detail = f":\n{tail(log)}" if log is not None else ""
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s{detail}")
+# How the browser tests launch Debian's chromium (headless, as root in CI: no sandbox; nothing
+# that phones home or updates itself mid-test). Its path comes from require_binary("chromium").
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
