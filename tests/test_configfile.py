@@ -57,3 +57,11 @@ def test_a_self_containing_value_is_walked_once() -> None:
     loop.append(loop)
     with pytest.raises(configfile.ConfigError, match=r"^x\[0\]: still holds"):
         configfile.refuse_placeholders({"x": loop})
+
+
+def test_any_nesting_is_walked_without_recursion() -> None:
+    deep: Any = "CHANGE-ME"
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(configfile.ConfigError, match=r"^x(\[0\]){5000}: still holds"):
+        configfile.refuse_placeholders({"x": deep})

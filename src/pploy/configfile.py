@@ -52,14 +52,15 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def dotted_key(loc: Sequence[int | str]) -> str:
-    """``("proxy", 0, "dest")`` → ``proxy[0].dest``: the key as the operator sees it in the
-    file. pydantic's validator names (``function-after[…]``) are not keys and are dropped."""
+    """pydantic's error location ``("proxy", 0, "dest")`` → ``proxy[0].dest``: the key as the
+    operator sees it in the file. Validator names (``function-after[…]``) are not keys."""
+    return _join([p for p in loc if isinstance(p, int) or not p.startswith("function-")])
+
+
+def _join(loc: Sequence[int | str]) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not part.startswith("function-"):
-            out += ("." if out else "") + part
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
     return out
 
 
@@ -100,21 +101,24 @@ def validate(
         raise ConfigError(format_validation_error(exc, source, docs)) from None
 
 
-def _strings(
-    value: Any, loc: tuple[int | str, ...] = (), inside: frozenset[int] = frozenset()
-) -> Iterator[tuple[str, str]]:
-    """Every string value under ``value`` with its dotted key. YAML anchors can make a value
-    contain itself (``users: &x [*x]``); such a loop is walked once, and validation refuses it."""
-    if isinstance(value, str):
-        yield dotted_key(loc), value
-    elif isinstance(value, dict | list) and id(value) not in inside:
-        inside = inside | {id(value)}
-        if isinstance(value, dict):
-            for key, child in value.items():
-                yield from _strings(child, (*loc, str(key)), inside)
-        else:
-            for index, child in enumerate(value):
-                yield from _strings(child, (*loc, index), inside)
+def _strings(value: Any) -> Iterator[tuple[str, str]]:
+    """Every string value under ``value`` with its dotted key, in document order. Walked with a
+    stack, not recursion, whatever the nesting; each mapping or list once, so a YAML anchor
+    used twice, or one that makes a value contain itself (``users: &x [*x]``), ends too."""
+    seen: set[int] = set()
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), value)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, str):
+            yield _join(loc), item
+        elif isinstance(item, dict | list) and id(item) not in seen:
+            seen.add(id(item))
+            children: list[tuple[int | str, Any]] = (
+                [(str(key), child) for key, child in item.items()]
+                if isinstance(item, dict)
+                else list(enumerate(item))
+            )
+            stack.extend(((*loc, key), child) for key, child in reversed(children))
 
 
 def refuse_placeholders(data: Any, source: str | None = None) -> None:
