@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import free_port, wait_port
+from bench.nginx import Nginx, make_certs, shipped_site
+from bench.procs import free_port, stop_process, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,16 +214,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 10) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class Upstream:
     """``python -m bench.upstream``: the plain upstream, or a bare aiohttp proxy to one."""
 
@@ -308,12 +298,11 @@ server {{
 
 
 class NginxProcess:
-    """Debian's nginx on loopback (the chain tests' harness): ``tls_to`` puts the shipped TLS
-    site config in front of that address; ``plain_to`` a plain HTTP keep-alive proxy."""
+    """Debian's nginx on loopback (bench/nginx.py, which the chain tests use too): ``tls_to``
+    puts the shipped TLS site config in front of that address; ``plain_to`` a plain HTTP
+    keep-alive proxy."""
 
     def __init__(self, root: Path, *, tls_to: str | None = None, plain_to: str | None = None):
-        from tests.chain.harness import Nginx, make_certs, shipped_site
-
         self.port = free_port()
         root.mkdir(parents=True, exist_ok=True)
         if tls_to:

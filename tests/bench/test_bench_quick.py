@@ -15,6 +15,8 @@ import pytest
 from bench.run import BENCHMARKS
 from tests.helpers import require_binary
 
+pytestmark = pytest.mark.slow  # every benchmark
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -15,16 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.chain.harness import Certs, Chain, Client, Nginx
-from tests.helpers import require_binary
+from tests.helpers import CHROMIUM_ARGS, require_binary
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+pytestmark = pytest.mark.slow  # chromium through nginx
+
 BROWSER_USER = "carol"
 TIMEOUT_MS = 20_000
 

@@ -27,6 +27,22 @@ def pploy(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def filled(name: str, directory: Path) -> Path:
+    """contrib/config/NAME with its CHANGE-ME placeholders replaced, as an operator would."""
+    path = directory / name
+    text = (CONTRIB / "config" / name).read_text()
+    path.write_text(text.replace("CHANGE-ME", "deploy"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def filled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("etc-pploy")
+    for name in ("pploy.yml", "gate.yml"):
+        filled(name, directory)
+    return directory
+
+
 def unit(name: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
@@ -39,9 +55,9 @@ def test_contrib_nginx_config_is_the_rendered_template() -> None:
     assert pploy("nginx-config").stdout == render(NginxOptions())
 
 
-def test_contrib_configs_load_and_point_at_each_other() -> None:
-    pploy_conf = load_pploy_config(CONTRIB / "config" / "pploy.yml", environ={})
-    gate_conf = load_gate_config(CONTRIB / "config" / "gate.yml")
+def test_contrib_configs_load_and_point_at_each_other(filled_dir: Path) -> None:
+    pploy_conf = load_pploy_config(filled_dir / "pploy.yml", environ={})
+    gate_conf = load_gate_config(filled_dir / "gate.yml")
     assert pploy_conf.auth.mode == "gate"
     # gate proxies to pploy's address, pploy fetches gate's keys from gate's address.
     dest = urlsplit(gate_conf.proxy[0].dest)
@@ -53,6 +69,9 @@ def test_contrib_configs_load_and_point_at_each_other() -> None:
     assert NginxOptions().upstream == gate_conf.address
     assert "127.0.0.1/32" in gate_conf.trusted_proxies
     assert gate_conf.auth.session.secure is True
+    # The OAuth callback is on the URL users open.
+    public = urlsplit(pploy_conf.public_url or "")
+    assert (gate_conf.auth.info.redirect_url or "").startswith(f"https://{public.netloc}/")
 
 
 @pytest.mark.parametrize(
@@ -71,14 +90,47 @@ def test_systemd_units_run_the_real_commands(name: str, command: str, config: st
     assert unit(name)["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_pploy_unit_lets_running_deploys_finish() -> None:
+def test_pploy_unit_lets_running_deploys_finish(filled_dir: Path) -> None:
     service = unit("pploy.service")["Service"]
-    conf = load_pploy_config(CONTRIB / "config" / "pploy.yml", environ={})
+    conf = load_pploy_config(filled_dir / "pploy.yml", environ={})
     # SIGTERM to pploy only: the deploy scripts are pploy's to stop, after its grace.
     assert service["KillMode"] == "mixed"
     grace = conf.job.shutdown_grace_seconds + sum(conf.job.cancel_grace_seconds)
     assert int(service["TimeoutStopSec"]) > grace
     assert service["StateDirectory"] == "pploy" and str(conf.workdir) == "/var/lib/pploy"
+
+
+SHIPPED_PLACEHOLDERS = {
+    "pploy.yml": ["public_url"],
+    "gate.yml": [
+        "auth.session.key",
+        "auth.info.client_id",
+        "auth.info.client_secret",
+        "auth.info.redirect_url",
+    ],
+}
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check-config", "start"])
+@pytest.mark.parametrize("name", sorted(SHIPPED_PLACEHOLDERS))
+def test_shipped_configs_are_refused_until_every_placeholder_is_replaced(
+    name: str, check: bool, tmp_path: Path
+) -> None:
+    """contrib/config/*.yml as shipped: `--check-config` and a plain start both exit 2, naming
+    each key that still holds CHANGE-ME (a placeholder session key or client secret must never
+    run). Filled in, the same file passes --check-config."""
+    command = "serve" if name == "pploy.yml" else "gate"
+    extra = ["--check-config"] if check else []
+    # Plain start: if the placeholder were accepted the server would run until the timeout.
+    result = pploy(command, "--config", str(CONTRIB / "config" / name), *extra)
+    assert result.returncode == 2, result.stdout + result.stderr
+    for key in SHIPPED_PLACEHOLDERS[name]:
+        assert f"{key}: still holds the placeholder CHANGE-ME" in result.stderr, result.stderr
+    assert not result.stdout
+    if check:
+        result = pploy(command, "--config", str(filled(name, tmp_path)), "--check-config")
+        assert result.returncode == 0, result.stderr
+        assert "configuration OK" in result.stdout
 
 
 @pytest.mark.parametrize(

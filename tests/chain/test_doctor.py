@@ -14,6 +14,8 @@ import pytest
 from pploy.chain.doctor import Options, diagnose
 from tests.chain.harness import Certs, Nginx, edit, location_block
 
+pytestmark = pytest.mark.slow  # nginx
+
 
 def brief(report: dict[str, Any]) -> str:
     return "\n".join(

@@ -32,6 +32,8 @@ from tests.chain.harness import (
     shipped_site,
 )
 
+pytestmark = pytest.mark.slow  # nginx
+
 LINES = 3
 
 

@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.helpers import free_port
+
+pytestmark = pytest.mark.slow  # the whole stack as processes
 
 URL_LINE = re.compile(r"pploy is up: open (\S+)")
 

@@ -96,12 +96,12 @@ def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
         ("auth: {mode: oauth}", "auth.mode"),
         ("auth: {trusted_proxies: [not-an-ip]}", "auth.trusted_proxies"),
         ("auth: {trusted_proxies: [10.0.0.0/33]}", "auth.trusted_proxies"),
-        ("webhooks: [{url: ftp://x}]", "webhooks.0.url"),
-        ("webhooks: [{url: 'https://ok'}, {url: 'javascript:x'}]", "webhooks.1.url"),
-        ("webhooks: [{url: 'https://ok', format: xml}]", "webhooks.0.format"),
-        ("webhooks: [{url: 'https://ok', events: [lock.gained, deploy]}]", "webhooks.0.events.1"),
-        ("webhooks: [{url: 'https://ok', retries: 9}]", "webhooks.0.retries"),
-        ("webhooks: [{format: json}]", "webhooks.0.url"),
+        ("webhooks: [{url: ftp://x}]", "webhooks[0].url"),
+        ("webhooks: [{url: 'https://ok'}, {url: 'javascript:x'}]", "webhooks[1].url"),
+        ("webhooks: [{url: 'https://ok', format: xml}]", "webhooks[0].format"),
+        ("webhooks: [{url: 'https://ok', events: [lock.gained, deploy]}]", "webhooks[0].events[1]"),
+        ("webhooks: [{url: 'https://ok', retries: 9}]", "webhooks[0].retries"),
+        ("webhooks: [{format: json}]", "webhooks[0].url"),
         ("users: [alice, alice]", "users"),
         ("users: ['-rf']", "users"),
         ("users: alice", "users"),
@@ -153,6 +153,25 @@ def test_broken_files_are_config_errors(tmp_path: Path, content: str | bytes, fr
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ("public_url: https://CHANGE-ME.example.com", {}, "public_url"),
+        ("webhooks: [{url: 'https://ok'}, {url: 'https://h/CHANGE-ME'}]", {}, "webhooks[1].url"),
+        ("users: [alice, CHANGE-ME]", {}, "users[1]"),
+        ("port: 9000", {"PPLOY_PUBLIC_URL": "https://CHANGE-ME"}, "public_url"),
+    ],
+)
+def test_placeholders_are_refused_naming_the_key(
+    tmp_path: Path, text: str, environ: dict[str, str], key: str
+) -> None:
+    """A value still holding the shipped examples' CHANGE-ME never runs, from any source."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ)
+    assert f"{path}: {key}: still holds the placeholder CHANGE-ME" in str(info.value)
 
 
 # -- precedence: defaults < file < environment < flags -------------------------------------------

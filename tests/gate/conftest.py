@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from pploy.gate.config import parse_config
 from pploy.gate.server import GateServer
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO / ".." / "shared" / "testdata"
 SESSION_KEY = "test-session-key-0123456789abcdef"
 
 
@@ -97,11 +95,6 @@ async def gate_logout(client: aiohttp.ClientSession, gate_url: str) -> None:
     ) as resp:
         assert resp.status == 200, await resp.text()
         assert "signed out" in (await resp.text()).lower()
-
-
-@pytest.fixture
-def shared_testdata() -> Path:
-    return SHARED
 
 
 async def collect(iterator: AsyncIterator[bytes]) -> bytes:

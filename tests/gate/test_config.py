@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,9 +15,10 @@ import yaml
 
 from pploy.cli import main
 from pploy.gate.config import ConfigError, load_config, parse_address, parse_config
-from tests.gate.conftest import REPO, SHARED
+from tests.gate.conftest import REPO
+from tests.helpers import DATA
 
-SAMPLE = SHARED / "gate-config_sample.yml"
+SAMPLE = DATA / "gate-config_sample.yml"
 
 
 def write(tmp_path, data) -> str:
@@ -89,6 +91,27 @@ def test_errors_name_the_key(mutate, expected):
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda d: d["auth"]["session"].update(key="CHANGE-ME: run secrets.token_urlsafe"),
+         "auth.session.key"),
+        (lambda d: d["auth"]["session"].update(old_keys=["ok" * 16, "CHANGE-ME"]),
+         "auth.session.old_keys[1]"),
+        (lambda d: d["auth"]["info"].update(client_secret="CHANGE-ME"), "auth.info.client_secret"),
+        (lambda d: d.update(proxy=[{"path": "/", "dest": "http://CHANGE-ME:80"}]), "proxy[0].dest"),
+    ],
+)  # fmt: skip
+def test_placeholders_are_refused_naming_the_key(mutate, key, tmp_path, capsys):
+    data = base()
+    mutate(data)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: still holds the placeholder"):
+        parse_config(data)
+    path = write(tmp_path, data)
+    assert main(["gate", "--config", path, "--check-config"]) == 2
+    assert f"{path}: {key}: still holds the placeholder CHANGE-ME" in capsys.readouterr().err
 
 
 def test_check_config_reports_errors_and_exits_2(tmp_path, capsys):

@@ -19,23 +19,21 @@ import pytest_asyncio
 
 from tests.gate.conftest import REPO, SESSION_KEY, client_session, gate_logout, start_gate
 from tests.gate.upstream import Upstream
-from tests.helpers import REQUIRE_ALL, require_binary
+from tests.helpers import require_binary, skip_or_fail
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# slow: the OpenID provider on node
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 OIDC_DIR = REPO / "tests" / "oidc"
 HTML = {"Accept": "text/html"}
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[str]:
-    """Start tests/oidc/server.js on a free port; yield its issuer URL."""
+def start_provider() -> tuple[subprocess.Popen[str], str]:
+    """Start tests/oidc/server.js (a real OpenID provider) on a free port; return the process
+    and its issuer URL. Skips (fails under PPLOY_REQUIRE_ALL=1) without node or its modules."""
     node = require_binary("node")
     if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-        message = "tests/oidc has no node_modules: run `npm ci --prefix tests/oidc`"
-        if REQUIRE_ALL:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("tests/oidc has no node_modules: run `npm ci --prefix tests/oidc`")
     proc = subprocess.Popen(
         [node, "server.js", "0"],
         cwd=OIDC_DIR,
@@ -44,19 +42,31 @@ def provider() -> Iterator[str]:
         text=True,
         env={**os.environ, "NODE_ENV": "test"},
     )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the server prints its address
+    if not line.startswith("listening "):
+        stop_provider(proc)
+        pytest.fail(f"oidc-provider did not start: {line!r}")
+    return proc, line.split(" ", 1)[1].strip()
+
+
+def stop_provider(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the server prints its address
-        if not line.startswith("listening "):
-            pytest.fail(f"oidc-provider did not start: {line!r}")
-        yield line.split(" ", 1)[1].strip()
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[str]:
+    """The OpenID provider's issuer URL, one provider per module."""
+    proc, issuer = start_provider()
+    try:
+        yield issuer
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_provider(proc)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

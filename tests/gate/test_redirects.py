@@ -10,7 +10,8 @@ import pytest
 import pytest_asyncio
 
 from pploy.redirects import safe_return_path
-from tests.gate.conftest import SHARED, client_session, dev_config, start_gate
+from tests.gate.conftest import client_session, dev_config, start_gate
+from tests.helpers import DATA
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 
@@ -18,7 +19,7 @@ BASE = "https://gate.test/"
 
 
 def payloads() -> list[str]:
-    text = (SHARED / "openredirects.txt").read_text(encoding="utf-8")
+    text = (DATA / "openredirects.txt").read_text(encoding="utf-8")
     # One payload per line; the first is the empty string. Only the final newline ends nothing.
     lines = text.split("\n")
     return lines[:-1] if lines[-1] == "" else lines

@@ -12,17 +12,14 @@ import subprocess
 import pytest
 
 from tests.deploy.support import make_remote, start_pploy
-from tests.helpers import REQUIRE_ALL
+from tests.helpers import skip_or_fail
 from tests.reliability.common import read_sse_log
 
 
 @pytest.fixture
 def tmpfs(tmp_path):
     if os.geteuid() != 0:
-        message = "mounting a tmpfs needs root"
-        if REQUIRE_ALL:
-            pytest.fail(message + " (PPLOY_REQUIRE_ALL=1)")
-        pytest.skip(message)
+        skip_or_fail("mounting a tmpfs needs root")
     mounted: list[str] = []
 
     def mount(path) -> None:
@@ -32,10 +29,7 @@ def tmpfs(tmp_path):
             capture_output=True, text=True,
         )  # fmt: skip
         if result.returncode != 0:
-            message = f"cannot mount a tmpfs: {result.stderr.strip()}"
-            if REQUIRE_ALL:
-                pytest.fail(message)
-            pytest.skip(message)
+            skip_or_fail(f"cannot mount a tmpfs: {result.stderr.strip()}")
         mounted.append(str(path))
 
     yield mount

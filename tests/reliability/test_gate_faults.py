@@ -10,6 +10,7 @@ import socket
 import time
 
 import aiohttp
+import pytest
 
 from pploy.gate.config import parse_config
 from pploy.gate.server import GateServer
@@ -43,6 +44,7 @@ class RestartableGate:
             self.server = None
 
 
+@pytest.mark.slow  # gate restarts with viewers attached
 async def test_gate_restart_while_viewers_follow_loses_and_repeats_nothing(tmp_path):
     fifo = Fifo(tmp_path / "go")
     script = (

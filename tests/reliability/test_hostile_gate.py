@@ -1,6 +1,9 @@
 """Hostile requests against a real gate: huge and numerous headers and cookies, a client that
 sends half a request line and stalls, malformed WebSocket frames through the proxy. gate answers
-4xx or closes the one connection, and keeps serving everyone else."""
+4xx or closes the one connection, and keeps serving everyone else.
+
+Every test gets a gate and an upstream of its own (both start in milliseconds): an attack that
+breaks gate fails its own test, not every test after it."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 IDLE = 1.0  # the header timeout the tests run gate with (75 s by default)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="module")
 async def upstream():
     server = Upstream()
     await server.start()
@@ -28,7 +31,7 @@ async def upstream():
     await server.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="module")
 async def gate(upstream):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gate_server, "IDLE_CONNECTION_TIMEOUT", IDLE)

@@ -2,14 +2,21 @@
 itself (a route added later is tried too), refused for the logged-out, for a user who does not
 hold the lock, without a CSRF token, from another origin and through WebSocket upgrades; huge
 and numerous headers; malformed WebSocket frames. After each attack the state is unchanged
-and the server answers."""
+and the server answers.
+
+Each test that tries to change state gets a server of its own (``world``), so an attack that
+gets through fails its own test, not every test after it; the read-only probes (the route list,
+headers on GET /api/status) share one (``shared_world``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -126,24 +133,43 @@ def unsafe_routes(app, job: int) -> list[Route]:
     return routes
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile")
+@asynccontextmanager
+async def running_world(tmp: Path) -> AsyncIterator[World]:
+    """A pploy with one project whose lock alice holds and whose deploy runs (blocked on a
+    fifo) all along: every state-changing route then has something to change."""
     fifo = Fifo(tmp / "go")
     script = f"#!/bin/sh\necho running\n{fifo.script_open()}\n{fifo.wait_cmd}\n"
     pploy = await start_pploy(tmp / "work")
-    await pploy.add_project(make_remote(tmp, PROJECT, deploy_script=script))
-    await pploy.gain(PROJECT, "alice")
-    job = await pploy.deploy(PROJECT)  # alice's deploy runs (blocked) all along
-    yield World(pploy, job, fifo)
-    await fifo.release()
-    await pploy.wait_job(job)
-    fifo.close()
-    await pploy.close()
+    try:
+        await pploy.add_project(make_remote(tmp, PROJECT, deploy_script=script))
+        await pploy.gain(PROJECT, "alice")
+        job = await pploy.deploy(PROJECT)
+        yield World(pploy, job, fifo)
+        running = pploy.services.jobs.running.get(job)
+        if running is not None and not running.cancelled_by:  # an attack may have cancelled it
+            await fifo.release()
+        await pploy.wait_job(job)
+    finally:
+        fifo.close()
+        await pploy.close()
 
 
-async def test_the_router_has_the_routes_we_expect(world):
-    found = {(r.method, r.template) for r in world.routes}
+@pytest_asyncio.fixture(loop_scope="module")
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A server of this test's own, for a test that tries to change state."""
+    async with running_world(tmp_path) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    """One server for the read-only probes."""
+    async with running_world(tmp_path_factory.mktemp("hostile")) as running:
+        yield running
+
+
+async def test_the_router_has_the_routes_we_expect(shared_world):
+    found = {(r.method, r.template) for r in shared_world.routes}
     expected = {
         ("POST", "/api/projects"), ("DELETE", "/api/projects/{name}"),
         ("POST", "/api/projects/{name}/lock"), ("POST", "/api/projects/{name}/checkout"),
@@ -330,7 +356,8 @@ def big_headers_cases() -> list[tuple[str, bytes]]:
 
 
 @pytest.mark.parametrize(("case", "data"), big_headers_cases(), ids=lambda v: str(v)[:30])
-async def test_huge_numerous_and_broken_headers_get_a_4xx(world, case, data):
+async def test_huge_numerous_and_broken_headers_get_a_4xx(shared_world, case, data):
+    world = shared_world
     port = world.pploy.server.port
     head = await raw_request(port, data)
     status = status_of(head)

@@ -12,10 +12,13 @@ import os
 import random
 
 import aiohttp
+import pytest
 
 from tests.deploy.support import Fifo, make_remote, start_pploy
 from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
 from tests.reliability.common import child_pids, read_sse_log, scaled
+
+pytestmark = pytest.mark.slow  # load
 
 LINES = 200
 

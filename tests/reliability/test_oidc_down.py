@@ -3,32 +3,15 @@ a new login is answered at once, and sessions made before keep working."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
 
 from tests.gate.conftest import SESSION_KEY, client_session, start_gate
-from tests.gate.test_oidc_login import OIDC_DIR, at_provider, full_login, start_login
+from tests.gate.test_oidc_login import at_provider, full_login, start_login, start_provider
 from tests.gate.upstream import Upstream
-from tests.helpers import REQUIRE_ALL, require_binary
 
-
-def start_provider() -> tuple[subprocess.Popen, str]:
-    node = require_binary("node")
-    if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-        message = "tests/oidc has no node_modules: run `npm ci --prefix tests/oidc`"
-        if REQUIRE_ALL:
-            pytest.fail(message)
-        pytest.skip(message)
-    proc = subprocess.Popen(
-        [node, "server.js", "0"], cwd=OIDC_DIR, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, env={**os.environ, "NODE_ENV": "test"},
-    )  # fmt: skip
-    line = proc.stdout.readline()
-    assert line.startswith("listening "), line
-    return proc, line.split(" ", 1)[1].strip()
+pytestmark = pytest.mark.slow  # the OpenID provider on node
 
 
 async def test_provider_down_new_logins_get_an_error_page_sessions_go_on():

@@ -104,6 +104,7 @@ async def test_a_script_that_ignores_sigint_and_sigterm_is_still_cancelled(tmp_p
         await pploy.close()
 
 
+@pytest.mark.slow  # big log
 async def test_a_huge_output_is_kept_byte_exact_and_followed_live(tmp_path):
     """50 MB in CI (1 GB with PPLOY_FULL_LOAD=1) of pseudo-random bytes as fast as the script
     can write them: the log file and a live follower both hold exactly those bytes."""

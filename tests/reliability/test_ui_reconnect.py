@@ -16,17 +16,11 @@ from playwright.async_api import async_playwright, expect
 
 from tests.deploy.support import Fifo, make_remote, start_pploy
 from tests.gate.conftest import dev_config
-from tests.helpers import require_binary
+from tests.helpers import CHROMIUM_ARGS, require_binary
 from tests.reliability.test_gate_faults import RestartableGate
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+pytestmark = pytest.mark.slow  # chromium
+
 # Waits end as soon as their condition holds; the margin is for a loaded 2-core CI machine.
 # The slowest legitimate wait is a reconnect: EventSource retries every 2 s (the server's
 # `retry:`), the WebSocket viewer backs off 0.5 s, 1 s, 2 s, 4 s ... while gate is down.
@@ -50,7 +44,7 @@ def log_row(page, text: str):
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_job_page_reconnects_after_a_gate_restart_and_resumes(tmp_path, transport):
-    require_binary("chromium")
+    chromium = require_binary("chromium")
     fifo = Fifo(tmp_path / "go")
     script = (
         "#!/bin/sh\necho 'line 1 before the restart'\n"
@@ -66,9 +60,7 @@ async def test_job_page_reconnects_after_a_gate_restart_and_resumes(tmp_path, tr
     errors: list[str] = []
     try:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-            )
+            browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
                 context = await browser.new_context(viewport={"width": 1280, "height": 900})
                 context.set_default_timeout(T)

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from tests.deploy.support import GIT_ENV, git, make_remote, start_pploy
-from tests.helpers import require_binary
+from tests.helpers import CHROMIUM_ARGS, require_binary
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -165,15 +165,14 @@ async def test_no_page_carries_active_markup(site):
         assert "&lt;" in page or "invalid" in page.lower(), (path, page[:300])
 
 
+@pytest.mark.slow  # chromium
 async def test_chromium_runs_none_of_it(site):
-    require_binary("chromium")
+    chromium = require_binary("chromium")
     from playwright.async_api import async_playwright
-
-    from tests.web.test_job_page_live import CHROMIUM_ARGS
 
     pploy, name, checkout, deploy = site
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             context = await browser.new_context()
             host = pploy.base.split("//", 1)[1].split(":")[0]

@@ -20,7 +20,8 @@ from playwright.async_api import async_playwright, expect
 from tests.deploy.support import Fifo, make_remote, start_pploy
 from tests.helpers import require_binary
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# slow: chromium
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_ARGS = [

@@ -22,6 +22,8 @@ from aiohttp import web
 
 from tests.helpers import require_binary
 
+pytestmark = pytest.mark.slow  # chromium
+
 STATIC = Path(__file__).resolve().parents[2] / "src" / "pploy" / "deploy" / "static"
 HARNESS = (Path(__file__).resolve().parent / "harness.html").read_text()
 CHROMIUM_ARGS = [

@@ -346,11 +346,10 @@ def run(workdir: Path | None, port: int, tls: bool, log_level: str = "info") -> 
         print(f"pploy up: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        from pploy.deploy.config import ConfigError as PployConfigError
-        from pploy.gate.config import ConfigError as GateConfigError
+        from pploy.configfile import ConfigError
         from pploy.gate.server import StartupRefused
 
-        if isinstance(exc, PployConfigError | GateConfigError | StartupRefused):
+        if isinstance(exc, ConfigError | StartupRefused):
             print(f"pploy up: cannot start: {exc}", file=sys.stderr)
             return 2
         raise

@@ -1,7 +1,8 @@
 """pploy's configuration: one YAML file, validated by pydantic, overridden by env vars and flags.
 
 Precedence, lowest first: defaults, the YAML file, ``PPLOY_*`` environment variables, command-line
-flags. Unknown keys are errors, and every error names the key that is wrong.
+flags. Unknown keys are errors, and every error names the key that is wrong. Reading the file and
+reporting errors is ``pploy.configfile``'s, shared with gate (``ConfigError`` is re-exported here).
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# ConfigError is re-exported: callers catch it from here.
+from pploy.configfile import ConfigError as ConfigError
+from pploy.configfile import read_mapping, refuse_placeholders, validate
 from pploy.deploy.names import USER_NAME_RE
 from pploy.networks import check_networks
-
-
-class ConfigError(Exception):
-    """A configuration problem, with a message naming the key."""
 
 
 class _Strict(BaseModel):
@@ -175,42 +174,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {key}: {msg}")
-    return "\n".join(lines)
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> Config:
     """Build the configuration from a file, the environment and flag overrides (dotted keys)."""
-    data: dict[str, Any] = {}
-    source = str(path) if path else "config"
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:
-            # PyYAML's constructors raise plain ValueError for bad scalars (`2001-13-45`).
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        data = loaded
+    source = str(path) if path is not None else "config"
+    data = read_mapping(path) if path is not None else {}
     env = os.environ if environ is None else environ
     for var, key in ENV_KEYS.items():
         if var in env:
@@ -221,10 +192,8 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+    refuse_placeholders(data, source)
+    config = validate(Config, data, source, docs="docs/configuration.md")
     if config.auth.mode == "gate" and not (
         config.auth.gate_jwks_url or config.auth.gate_public_key_file
     ):

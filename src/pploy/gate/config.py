@@ -1,7 +1,8 @@
 """gate's configuration: typester/gate's ``config.yml`` unchanged, plus documented extensions.
 
 Validation errors name the key (``auth.info.client_id: …``) so a typo is found at
-``--check-config`` time, not at the first login. See docs/gate.md for every key.
+``--check-config`` time, not at the first login. See docs/gate.md for every key. Reading the file
+and reporting errors is ``pploy.configfile``'s, shared with pploy (``ConfigError`` is re-exported).
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+# ConfigError is re-exported: callers catch it from here.
+from pploy.configfile import ConfigError as ConfigError
+from pploy.configfile import read_mapping, refuse_placeholders, validate
 from pploy.networks import check_networks
 
 SERVICES = ("google", "github", "oidc", "dev")
@@ -37,10 +39,6 @@ IDENTITY_HEADER_DEFAULTS = {
     "email": "X-Forwarded-Email",
     "assertion": "X-Gate-Assertion",
 }
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; the message names the key and the problem."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -393,62 +391,27 @@ def _check_url(key: str, value: str | None) -> None:
         raise ValueError(f"{key}: {value!r} must be an http:// or https:// URL")
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = _location(tuple(p for p in error["loc"] if not str(p).startswith("function-")))
-        message = error["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (see docs/gate.md for the keys gate understands)"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        if loc and message.startswith(loc + "."):
-            lines.append(message)  # the message already names the exact key
-        else:
-            lines.append(f"{loc or '(top level)'}: {message}")
-    return "\n".join(lines)
-
-
 def parse_config(
-    data: Any, base_dir: Path = Path("."), config_file: Path | None = None
+    data: Any,
+    base_dir: Path = Path("."),
+    config_file: Path | None = None,
+    source: str | None = None,
 ) -> GateConfig:
-    if not isinstance(data, dict):
-        raise ConfigError("(top level): the configuration must be a YAML mapping")
-    for internal in ("base_dir", "config_file"):
-        if internal in data:
-            raise ConfigError(f"{internal}: unknown key")
-    try:
-        return GateConfig.model_validate({**data, "base_dir": base_dir, "config_file": config_file})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+    """Validate parsed YAML as gate's configuration; relative paths resolve against ``base_dir``.
+    ``config_file`` is the file itself (gate never serves it); ``source`` prefixes every error."""
+    if isinstance(data, dict):
+        refuse_placeholders(data, source)
+        for internal in ("base_dir", "config_file"):
+            if internal in data:
+                raise ConfigError(f"{source + ': ' if source else ''}{internal}: unknown key")
+        data = {**data, "base_dir": base_dir, "config_file": config_file}
+    return validate(GateConfig, data, source, docs="docs/gate.md")
 
 
 def load_config(path: str | Path) -> GateConfig:
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not UTF-8 text: {exc.reason}") from None
-    try:
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        # PyYAML's constructors raise plain ValueError for bad scalars (`2001-13-45`).
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    return parse_config(data, file.resolve().parent, file.resolve())
+    data = read_mapping(file)
+    return parse_config(data, file.resolve().parent, file.resolve(), str(file))
 
 
 def check_files(config: GateConfig) -> list[str]:
