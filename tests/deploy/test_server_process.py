@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,14 +18,27 @@ from tests.helpers import free_port
 
 
 class Server:
-    def __init__(self, workdir: Path, config: Path) -> None:
-        self.port = free_port()
+    """``pploy serve`` as a subprocess: with a config and workdir, or ``argv`` exactly as given
+    (run in ``cwd``, listening on ``port``)."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        config: Path | None = None,
+        *,
+        argv: list[str] | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        if argv is None:
+            argv = [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--workdir",
+                    str(workdir), "--port", str(self.port)]  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--workdir",
-             str(workdir), "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + 20
@@ -161,3 +175,62 @@ async def test_sigterm_waits_then_cancels_and_viewers_get_a_final_status(tmp_pat
     ).fetchone()
     assert (status, cancelled_by) == ("cancelled", "pploy (shutdown)")
     fifo.close()
+
+
+def pploy_command() -> list[str]:
+    """The installed ``pploy`` entry point (the one next to this Python), as a user runs it."""
+    script = Path(sys.executable).parent / "pploy"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pploy"]
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_the_documented_command_deploys_from_an_empty_directory(tmp_path):
+    """`pploy serve --users alice` exactly as the issue and README give it, started in an empty
+    directory with no config and no PPLOY_* variables: the default workdir (./pploy-work,
+    relative) holds a project whose .deploy/bin/deploy and checkout_overwrite both run.
+    Only when the default port 9000 is taken is `--port` (a documented flag) added."""
+    remote = make_remote(
+        tmp_path,
+        deploy_script="#!/bin/sh\necho deployed $DEPLOY_ENV from $(pwd)\n",
+        files={".deploy/bin/checkout_overwrite": "#!/bin/sh\necho overwrite $DEPLOY_COMMIT\n"},
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+    argv = [*pploy_command(), "serve", "--users", "alice"]
+    port = 9000
+    if not port_is_free(port):
+        port = free_port()
+        argv += ["--port", str(port)]
+    server = Server(argv=argv, cwd=empty, port=port, env=env)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await resp.read()
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                record = (await resp.json())["job"]
+            assert record["status"] == "succeeded", log.decode(errors="replace")
+            project_dir = empty / "pploy-work" / "projects" / "testploy"
+            assert f"deployed staging from {project_dir}".encode() in log
+            async with http.post(
+                server.base + "/api/projects/testploy/checkout", json={"ref": "main"}
+            ) as resp:
+                assert resp.status == 202
+                job2 = (await resp.json())["job"]["id"]
+            async with http.get(server.base + f"/api/jobs/{job2}/log?follow=1") as resp:
+                log2 = await resp.read()
+            assert b"overwrite main" in log2 and b"checkout succeeded" in log2, log2
+        finally:
+            out = server.stop(signal.SIGTERM)
+    assert f"workdir {empty / 'pploy-work'}" in out  # the absolute path, said at start

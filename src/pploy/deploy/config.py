@@ -112,7 +112,12 @@ class WebhookConfig(_Strict):
 class Config(_Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(9000, ge=0, le=65535)
-    workdir: Path = Field(Path("./pploy-work"), description="Holds projects/, logs/ and pploy.db.")
+    workdir: Path = Field(
+        Path("./pploy-work"),
+        description="Holds projects/, logs/ and pploy.db; relative to the directory pploy "
+        "starts in, made absolute at load.",
+        validate_default=True,
+    )
     public_url: str | None = Field(
         None, description="The URL users open (links in notifications; origin checks)."
     )
@@ -128,6 +133,13 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute_workdir(cls, value: Path) -> Path:
+        """Resolved once, here: jobs run in ``<workdir>/projects/<name>``, so a relative path
+        (the default ``./pploy-work``) would point somewhere else from there."""
+        return Path(os.path.abspath(os.path.expanduser(value)))
 
     @field_validator("users")
     @classmethod
