@@ -131,6 +131,42 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         await pploy.close()
 
 
+async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_path):
+    """Observed from the script's own traps: it records each signal it gets (with the time)
+    and ignores it; only SIGKILL, last, ends it."""
+    seen_file = tmp_path / "signals"
+    script = (
+        "#!/bin/sh\n"
+        f"trap 'echo INT $(date +%s.%N) >> {seen_file}' INT\n"
+        f"trap 'echo TERM $(date +%s.%N) >> {seen_file}' TERM\n"
+        "echo ready\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    pploy = await start_pploy(tmp_path / "work", **{"job.cancel_grace_seconds": [1, 1]})
+    try:
+        name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
+        await pploy.gain(name)
+        job = await pploy.deploy(name)
+        async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
+            seen = bytearray()
+            while b"ready" not in seen:
+                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            cancelled_at = time.time()
+            status, body = await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
+            assert status == 202, body
+            seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+        record = (await pploy.api("GET", f"/api/jobs/{job}"))[1]["job"]
+        assert record["status"] == "cancelled"
+        assert record["signal"] == signal.SIGKILL and b"killed by SIGKILL" in seen
+        received = [line.split() for line in seen_file.read_text().splitlines()]
+        assert [name for name, _ in received] == ["INT", "TERM"]
+        int_at, term_at = (float(at) for _, at in received)
+        assert int_at - cancelled_at < 1  # SIGINT at once
+        assert term_at - int_at >= 0.9  # SIGTERM one grace period (1 s) later
+    finally:
+        await pploy.close()
+
+
 async def test_failed_and_missing_scripts_and_bad_input_run_nothing(tmp_path):
     marker = tmp_path / "ran"
     pploy = await start_pploy(tmp_path / "work")
