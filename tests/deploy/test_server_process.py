@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.deploy.support import Fifo, make_remote
 from tests.helpers import free_port
@@ -234,3 +235,132 @@ async def test_the_documented_command_deploys_from_an_empty_directory(tmp_path):
         finally:
             out = server.stop(signal.SIGTERM)
     assert f"workdir {empty / 'pploy-work'}" in out  # the absolute path, said at start
+
+
+def marked(marker: str) -> list[int]:
+    """Live processes with ``marker`` as one of their arguments (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in argv and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+async def escaped(marker: str, script_pid_file: Path) -> int:
+    """Wait for the job's hidden child; check it really left: no environment (so no job
+    tag), its own session."""
+    for _ in range(200):
+        pids = marked(marker)
+        if pids and script_pid_file.exists() and script_pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the hidden child never started")
+    (pid,) = pids
+    assert Path(f"/proc/{pid}/environ").read_bytes() == b""
+    assert os.getsid(pid) != os.getsid(int(script_pid_file.read_text()))
+    return pid
+
+
+def hiding_script(marker: str, pidfile: Path) -> str:
+    """A deploy that starts a child as sudo, systemd-run and daemonisers do — cleared
+    environment, own session — and then runs until stopped."""
+    return (
+        f"#!/bin/sh\necho $$ > {pidfile}\nenv -i setsid sleep {marker} &\n"
+        "echo ready\nwhile :; do sleep 0.1; done\n"
+    )
+
+
+CONTAINMENTS = pytest.mark.parametrize("containment", ["cgroup", "subreaper"])
+
+
+def contained_server(tmp_path: Path, containment: str, timeout_minutes: float = 120) -> Server:
+    if containment == "cgroup" and not Path("/sys/fs/cgroup").exists():
+        pytest.skip("no cgroup file system")
+    config = tmp_path / "pploy.yml"
+    config.write_text(
+        "users: [alice]\njob:\n  shutdown_grace_seconds: 1\n  cancel_grace_seconds: [1, 1]\n"
+        f"  containment: {containment}\n  timeout_minutes: {timeout_minutes}\n"
+    )
+    return Server(tmp_path / "work", config)
+
+
+@CONTAINMENTS
+async def test_cancel_ends_a_child_that_cleared_its_environment_and_left_the_session(
+    tmp_path, containment
+):
+    marker, pidfile = str(600_000_000 + os.getpid()), tmp_path / "script.pid"
+    remote = make_remote(tmp_path, deploy_script=hiding_script(marker, pidfile))
+    server = contained_server(tmp_path, containment)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            await escaped(marker, pidfile)
+            async with http.post(server.base + f"/api/jobs/{job}/cancel") as resp:
+                assert resp.status == 202
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await asyncio.wait_for(resp.read(), 20)
+            assert b"deploy cancelled (cancelled by alice)" in log
+            assert marked(marker) == [], "a process of the cancelled job survived"
+        finally:
+            out = server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+    assert f"event=jobs.containment mode={containment}" in out
+
+
+@CONTAINMENTS
+async def test_timeout_ends_a_child_that_cleared_its_environment_and_left_the_session(
+    tmp_path, containment
+):
+    marker, pidfile = str(610_000_000 + os.getpid()), tmp_path / "script.pid"
+    remote = make_remote(tmp_path, deploy_script=hiding_script(marker, pidfile))
+    server = contained_server(tmp_path, containment, timeout_minutes=0.05)  # 3 s
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            await escaped(marker, pidfile)
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await asyncio.wait_for(resp.read(), 30)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "timed_out", log
+            assert marked(marker) == [], "a process of the timed-out job survived"
+        finally:
+            server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+
+
+@CONTAINMENTS
+async def test_crash_recovery_ends_a_child_that_cleared_its_environment_and_left_the_session(
+    tmp_path, containment
+):
+    marker, pidfile = str(620_000_000 + os.getpid()), tmp_path / "script.pid"
+    remote = make_remote(tmp_path, deploy_script=hiding_script(marker, pidfile))
+    server = contained_server(tmp_path, containment)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            hidden = await escaped(marker, pidfile)
+            await asyncio.sleep(0.6)  # the subreaper's tracker looks every 0.25 s
+            server.stop(signal.SIGKILL)
+            assert alive(hidden)  # the crash left it behind...
+            server = contained_server(tmp_path, containment)
+            await server.ready(http)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "interrupted"
+            # ...and the restart ended it, and the script, without any tag to go by.
+            assert marked(marker) == [], "a process of the interrupted job survived"
+            assert not alive(int(pidfile.read_text()))
+        finally:
+            out = server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+    assert "event=job.orphans_killed" in out

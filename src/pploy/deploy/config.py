@@ -43,6 +43,11 @@ class JobConfig(_Strict):
     max_log_bytes: int = Field(
         1 << 30, ge=1024, description="A log stops growing past this size (the job goes on)."
     )
+    containment: Literal["auto", "cgroup", "subreaper"] = Field(
+        "auto",
+        description="How every process of a job is found and ended: a cgroup v2 per job, or "
+        "pploy as child subreaper tracking descendants; auto: cgroup where writable.",
+    )
     pty_columns: int = Field(160, ge=20, le=1000)
     pty_rows: int = Field(50, ge=5, le=1000)
 

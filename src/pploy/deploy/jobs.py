@@ -20,6 +20,7 @@ from typing import Any
 from pploy import log
 from pploy.deploy import git, names
 from pploy.deploy.config import Config
+from pploy.deploy.containment import create_containment
 from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.locks import Locks
@@ -75,6 +76,8 @@ class Jobs:
         self.accepting = True
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
+        # Where every process of a job ends up, so that cancel, timeout and recovery end all.
+        self.containment = create_containment(config.workdir, config.job.containment)
 
     def job_tag(self, job_id: int) -> str:
         return f"{self._tag_prefix}-{job_id}"
@@ -208,7 +211,9 @@ class Jobs:
             on_output=lambda data: self._write(job, data),
             columns=self.config.job.pty_columns,
             rows=self.config.job.pty_rows,
+            preexec=self.containment.preexec(job.record.id),
         )
+        self.containment.started(job.record.id, job.process.pid)
         if self._stopped(job):
             self._stop(job)
         try:
@@ -216,10 +221,15 @@ class Jobs:
         finally:
             if job.stopping is not None:
                 await asyncio.shield(job.stopping)
-                # Daemons that left the process group (setsid) carry the job's tag.
-                killed = kill_tagged(self.job_tag(job.record.id))
+                killed = await self._kill_leftovers(job.record.id)
                 if killed:
                     self._write(job, _note(f"[pploy] killed {killed} process(es) left behind"))
+
+    async def _kill_leftovers(self, job_id: int) -> int:
+        """End what the job started that left its process group: everything in its cgroup
+        (or tracked by the subreaper), then whatever still carries the job's tag."""
+        killed = await self.containment.kill(job_id)
+        return killed + kill_tagged(self.job_tag(job_id))
 
     async def _run(
         self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
@@ -259,6 +269,7 @@ class Jobs:
             keeper.cancel()
             if job.process:
                 job.process.close()
+            self.containment.finished(record.id)
         try:
             await self._record_end(job, project, status, exit_code, sig, message)
         finally:
@@ -403,9 +414,14 @@ class Jobs:
     # -- lifecycle -----------------------------------------------------------
 
     def recover(self) -> list[int]:
-        """Mark jobs a crash left ``running`` as interrupted, keeping their logs."""
+        """Mark jobs a crash left ``running`` as interrupted, keeping their logs, and kill
+        every process they still have (their cgroups, tracked pids and tags)."""
         ids = []
-        for record in self.store.running_jobs():
+        records = self.store.running_jobs()
+        left = self.containment.recover([record.id for record in records])
+        if left:
+            log.event("job.orphans_killed", level="warning", jobs=len(records), count=left)
+        for record in records:
             path = self.log_path(record)
             size = path.stat().st_size if path.exists() else 0
             if path.exists():
@@ -438,6 +454,10 @@ class Jobs:
                     self._write(job, _note("[pploy] cancelled: pploy is shutting down"))
                 self._stop(job)
             await asyncio.wait(pending, timeout=sum(self.config.job.cancel_grace_seconds) + 10)
+
+    def close(self) -> None:
+        """pploy stops: remove the containment it set up (what is empty of it)."""
+        self.containment.close()
 
     def _prune_logs(self, project: str) -> None:
         for job_id in self.store.job_ids_beyond(project, self.config.job.keep_logs):
