@@ -364,3 +364,45 @@ async def test_crash_recovery_ends_a_child_that_cleared_its_environment_and_left
             for pid in marked(marker):
                 os.kill(pid, signal.SIGKILL)
     assert "event=job.orphans_killed" in out
+
+
+async def test_a_second_server_on_a_workdir_is_refused_and_the_first_is_unharmed(tmp_path):
+    fifo = Fifo(tmp_path / "go")
+    script = f"#!/bin/sh\necho first half\n{fifo.script_open()}\n{fifo.wait_cmd}\necho second\n"
+    remote = make_remote(tmp_path, deploy_script=script)
+    config = write_config(tmp_path / "pploy.yml")
+    workdir = tmp_path / "work"
+    first = Server(workdir, config)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await first.start_deploy(http, remote)
+            async with http.get(first.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                seen = bytearray()
+                while b"first half" not in seen:
+                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                second = Server(workdir, config)
+                try:
+                    second.proc.wait(timeout=15)  # it exits by itself
+                except subprocess.TimeoutExpired:
+                    second.stop(signal.SIGKILL)
+                    raise AssertionError("a second server started on the same workdir") from None
+                out = second.stop(None)
+                assert second.proc.returncode == 1, out
+                assert f"workdir {workdir} is in use by another pploy" in out
+                assert f"(PID {first.proc.pid})" in out
+                # The first one's deploy was not touched: it goes on and succeeds.
+                await fifo.release()
+                seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+            assert b"second\n" in seen and b"deploy succeeded" in seen
+            async with http.get(first.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "succeeded"
+            # The lock dies with its holder, even by SIGKILL: the next server starts.
+            first.stop(signal.SIGKILL)
+            third = Server(workdir, config)
+            await third.ready(http)
+            async with http.get(third.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "succeeded"
+            third.stop(signal.SIGTERM)
+        finally:
+            first.stop()
+            fifo.close()

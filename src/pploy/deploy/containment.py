@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pploy import log
+from pploy.deploy.config import ConfigError
 
 PR_SET_CHILD_SUBREAPER = 36
 TRACK_INTERVAL = 0.25
@@ -368,7 +369,7 @@ class SubreaperContainment(Containment):
         return count
 
 
-class ContainmentError(Exception):
+class ContainmentError(ConfigError):
     """The containment the configuration asks for is not available."""
 
 

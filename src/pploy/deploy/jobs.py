@@ -27,6 +27,7 @@ from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
 from pploy.deploy.store import JobRecord, Store
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
+from pploy.deploy.workdir import hold_workdir
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
 LOCK_KEEP_MARGIN = 120.0
@@ -67,6 +68,9 @@ class Jobs:
         locks: Locks,
         on_finish: Callable[[JobRecord], None] | None = None,
     ) -> None:
+        # First: a second pploy on this workdir must stop here, before its recovery would
+        # take the first one's running jobs for a crash's leftovers.
+        self.workdir_lock = hold_workdir(config.workdir)
         self.config = config
         self.store = store
         self.projects = projects
@@ -77,7 +81,11 @@ class Jobs:
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
         # Where every process of a job ends up, so that cancel, timeout and recovery end all.
-        self.containment = create_containment(config.workdir, config.job.containment)
+        try:
+            self.containment = create_containment(config.workdir, config.job.containment)
+        except BaseException:
+            self.workdir_lock.release()
+            raise
 
     def job_tag(self, job_id: int) -> str:
         return f"{self._tag_prefix}-{job_id}"
@@ -456,8 +464,10 @@ class Jobs:
             await asyncio.wait(pending, timeout=sum(self.config.job.cancel_grace_seconds) + 10)
 
     def close(self) -> None:
-        """pploy stops: remove the containment it set up (what is empty of it)."""
+        """pploy stops: remove the containment it set up (what is empty of it), free the
+        workdir."""
         self.containment.close()
+        self.workdir_lock.release()
 
     def _prune_logs(self, project: str) -> None:
         for job_id in self.store.job_ids_beyond(project, self.config.job.keep_logs):
