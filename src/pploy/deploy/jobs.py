@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
-from pploy.deploy.store import JobRecord, Store
+from pploy.deploy.store import JobRecord, Store, StoreUnavailable
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
 from pploy.deploy.workdir import hold_workdir
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
 LOCK_KEEP_MARGIN = 120.0
+# How often a job end the database refused (a full disk) is tried again.
+SAVE_RETRY_SECONDS = 1.0
 
 
 def signal_name(number: int) -> str:
@@ -77,6 +79,9 @@ class Jobs:
         self.locks = locks
         self.on_finish = on_finish
         self.running: dict[int, RunningJob] = {}
+        # Ends of jobs the database refused (a full disk), written by _save_later.
+        self._unsaved: dict[int, dict[str, Any]] = {}
+        self._retrier: asyncio.Task[None] | None = None
         self.accepting = True
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
@@ -102,7 +107,8 @@ class Jobs:
         record = self.store.get_job(job_id)
         if record is None:
             raise NotFound(f"no job {job_id}")
-        return record
+        unsaved = self._unsaved.get(job_id)
+        return replace(record, **unsaved) if unsaved else record
 
     def log_path(self, record: JobRecord) -> Path:
         return self.projects.log_dir(record.project) / f"{record.id}.log"
@@ -283,7 +289,9 @@ class Jobs:
         finally:
             # Whatever failed above, viewers must see an end and the project must be free.
             if not job.buffer.closed:
-                job.buffer.finish({"id": record.id, "status": status, "exit_code": exit_code})
+                job.buffer.finish(
+                    {"id": record.id, "status": status, "exit_code": exit_code, "message": message}
+                )
             self.running.pop(record.id, None)
 
     async def _record_end(
@@ -296,9 +304,9 @@ class Jobs:
         message: str | None,
     ) -> None:
         record = job.record
+        fields: dict[str, Any] = {}
         if record.kind == "checkout" and status == "succeeded":
-            sha = await git.head_sha(str(project.path))
-            self.store.update_job(record.id, sha=sha)
+            fields["sha"] = await git.head_sha(str(project.path))
         summary = f"[pploy] {record.kind} {status}"
         if job.cancelled_by:
             summary += f" (cancelled by {job.cancelled_by})"
@@ -311,11 +319,11 @@ class Jobs:
         if message:
             summary += f": {message}"
         self._write(job, _note(summary))
-        self.store.update_job(
-            record.id, status=status, exit_code=exit_code, signal=sig, ended_at=time.time(),
-            cancelled_by=job.cancelled_by, message=message, log_bytes=job.buffer.size,
-        )  # fmt: skip
-        final = self.get(record.id)
+        fields |= {
+            "status": status, "exit_code": exit_code, "signal": sig, "ended_at": time.time(),
+            "cancelled_by": job.cancelled_by, "message": message, "log_bytes": job.buffer.size,
+        }  # fmt: skip
+        final = self._save_end(record, fields)
         job.buffer.finish(self.final_status(final))
         self.running.pop(record.id, None)
         log.event(
@@ -325,6 +333,31 @@ class Jobs:
         self._prune_logs(record.project)
         if self.on_finish:
             self.on_finish(final)
+
+    def _save_end(self, record: JobRecord, fields: dict[str, Any]) -> JobRecord:
+        """Record how a job ended. When the database cannot take it (a full disk), the end is
+        kept in memory — served by :meth:`get` — and written as soon as it can be."""
+        try:
+            self.store.update_job(record.id, **fields)
+        except StoreUnavailable as exc:
+            self._unsaved[record.id] = fields
+            log.event("job.record_failed", level="error", job=record.id, error=exc.message)
+            if self._retrier is None or self._retrier.done():
+                self._retrier = asyncio.get_running_loop().create_task(self._save_later())
+            return replace(record, **fields)
+        return self.get(record.id)
+
+    async def _save_later(self) -> None:
+        """Retry the ends the database refused until every one has landed."""
+        while self._unsaved:
+            await asyncio.sleep(SAVE_RETRY_SECONDS)
+            for job_id, fields in list(self._unsaved.items()):
+                try:
+                    self.store.update_job(job_id, **fields)
+                except StoreUnavailable:
+                    break  # still full: try again later
+                del self._unsaved[job_id]
+                log.event("job.recorded", job=job_id, status=fields.get("status"))
 
     async def _run_steps(
         self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
@@ -358,7 +391,10 @@ class Jobs:
             job.message = f"{ref!r} is not a branch, tag or commit of origin"
             self._write(job, _note(f"[pploy] {job.message}"))
             return None
-        self.store.update_job(job.record.id, sha=sha)
+        try:
+            self.store.update_job(job.record.id, sha=sha)
+        except StoreUnavailable:
+            pass  # recorded again at the end (HEAD of a succeeded checkout)
         self._write(job, _note(f"[pploy] {ref} is {sha}"))
         for argv in (
             ["git", "checkout", "-f", "--detach", sha],
@@ -383,9 +419,15 @@ class Jobs:
     async def _keep_lock(self, job: RunningJob) -> None:
         """While the job runs, its user's lock never gets within LOCK_KEEP_MARGIN of expiring."""
         while True:
-            self.locks.keep_until(
-                job.record.project, job.record.user, time.time() + LOCK_KEEP_MARGIN
-            )
+            try:
+                self.locks.keep_until(
+                    job.record.project, job.record.user, time.time() + LOCK_KEEP_MARGIN
+                )
+            except StoreUnavailable as exc:  # a full disk: try again sooner
+                log.event("job.lock_keep_failed", level="error", job=job.record.id,
+                          error=exc.message)  # fmt: skip
+                await asyncio.sleep(SAVE_RETRY_SECONDS)
+                continue
             await asyncio.sleep(LOCK_KEEP_MARGIN / 4)
 
     # -- stop ----------------------------------------------------------------
@@ -433,16 +475,20 @@ class Jobs:
             path = self.log_path(record)
             size = path.stat().st_size if path.exists() else 0
             if path.exists():
-                with open(path, "ab") as fh:
-                    fh.write(_note("[pploy] interrupted: pploy stopped while this job ran"))
+                try:
+                    with open(path, "ab") as fh:
+                        fh.write(_note("[pploy] interrupted: pploy stopped while this job ran"))
+                except OSError as exc:  # a full disk must not keep pploy from starting
+                    log.event("job.log_write_failed", level="error", job=record.id,
+                              error=exc.strerror)  # fmt: skip
                 size = path.stat().st_size
             killed = kill_tagged(self.job_tag(record.id))
             if killed:
                 log.event("job.orphans_killed", level="warning", job=record.id, count=killed)
-            self.store.update_job(
-                record.id, status="interrupted", ended_at=time.time(), log_bytes=size,
-                message="pploy stopped while this job ran",
-            )  # fmt: skip
+            self._save_end(record, {
+                "status": "interrupted", "ended_at": time.time(), "log_bytes": size,
+                "message": "pploy stopped while this job ran",
+            })  # fmt: skip
             ids.append(record.id)
             log.event("job.interrupted", level="warning", job=record.id, project=record.project)
         return ids
@@ -465,7 +511,12 @@ class Jobs:
 
     def close(self) -> None:
         """pploy stops: remove the containment it set up (what is empty of it), free the
-        workdir."""
+        workdir. Ends the database still refuses are lost: the next start finds those jobs
+        ``running`` and marks them interrupted."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+        if self._unsaved:
+            log.event("job.record_lost", level="error", jobs=sorted(self._unsaved))
         self.containment.close()
         self.workdir_lock.release()
 
