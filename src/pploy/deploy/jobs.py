@@ -204,15 +204,23 @@ class Jobs:
             env["LC_ALL"] = os.environ["LC_ALL"]
         return env | extra
 
-    def _write(self, job: RunningJob, data: bytes) -> None:
+    def _write(self, job: RunningJob, data: bytes, note: bool = False) -> None:
+        """Output (``note``: one of pploy's own lines) into the job's log."""
         if job.failure:
             return
         try:
-            job.buffer.append(data)
+            if note:
+                job.buffer.append_note(data)
+            else:
+                job.buffer.append(data)
         except LogWriteError as exc:
             job.failure = str(exc)
             log.event("job.log_write_failed", level="error", job=job.record.id, error=str(exc))
             self._stop(job)
+
+    def _say(self, job: RunningJob, text: str) -> None:
+        """One of pploy's own lines in the job's log (see follow.LogBuffer.append_note)."""
+        self._write(job, _note(text), note=True)
 
     async def _run_step(
         self, job: RunningJob, project: Project, argv: Sequence[str], extra: dict[str, str]
@@ -237,7 +245,7 @@ class Jobs:
                 await asyncio.shield(job.stopping)
                 killed = await self._kill_leftovers(job.record.id)
                 if killed:
-                    self._write(job, _note(f"[pploy] killed {killed} process(es) left behind"))
+                    self._say(job, f"[pploy] killed {killed} process(es) left behind")
 
     async def _kill_leftovers(self, job_id: int) -> int:
         """End what the job started that left its process group: everything in its cgroup
@@ -277,7 +285,7 @@ class Jobs:
         except Exception as exc:  # a bug or OS error must still close the job cleanly
             message = f"{type(exc).__name__}: {exc}"
             log.event("job.error", level="error", job=record.id, error=message)
-            self._write(job, _note(f"[pploy] job failed to run: {message}"))
+            self._say(job, f"[pploy] job failed to run: {message}")
         finally:
             timeout.cancel()
             keeper.cancel()
@@ -318,7 +326,7 @@ class Jobs:
             summary += f", killed by {signal_name(sig)}"
         if message:
             summary += f": {message}"
-        self._write(job, _note(summary))
+        self._say(job, summary)
         fields |= {
             "status": status, "exit_code": exit_code, "signal": sig, "ended_at": time.time(),
             "cancelled_by": job.cancelled_by, "message": message, "log_bytes": job.buffer.size,
@@ -374,7 +382,7 @@ class Jobs:
         returncode = 0
         for argv, extra, echo in steps:
             if echo:
-                self._write(job, _note(echo))
+                self._say(job, echo)
             returncode = await self._run_step(job, project, argv, extra)
             if returncode != 0 or job.cancelled_by or job.timed_out or job.failure:
                 break
@@ -389,13 +397,13 @@ class Jobs:
         sha = await git.resolve_commit(str(project.path), ref)
         if sha is None:
             job.message = f"{ref!r} is not a branch, tag or commit of origin"
-            self._write(job, _note(f"[pploy] {job.message}"))
+            self._say(job, f"[pploy] {job.message}")
             return None
         try:
             self.store.update_job(job.record.id, sha=sha)
         except StoreUnavailable:
             pass  # recorded again at the end (HEAD of a succeeded checkout)
-        self._write(job, _note(f"[pploy] {ref} is {sha}"))
+        self._say(job, f"[pploy] {ref} is {sha}")
         for argv in (
             ["git", "checkout", "-f", "--detach", sha],
             ["git", "reset", "--hard", sha],
@@ -409,7 +417,7 @@ class Jobs:
         return 0
 
     async def _echo_and_run(self, job: RunningJob, project: Project, argv: list[str]) -> int:
-        self._write(job, _note("$ " + " ".join(argv)))
+        self._say(job, "$ " + " ".join(argv))
         return await self._run_step(job, project, argv, {"DEPLOY_COMMIT": job.record.ref or ""})
 
     @staticmethod
@@ -441,14 +449,14 @@ class Jobs:
         self.locks.require_holder(record.project, user)
         if not job.cancelled_by:
             job.cancelled_by = user
-            self._write(job, _note(f"[pploy] cancelled by {user}"))
+            self._say(job, f"[pploy] cancelled by {user}")
             log.event("job.cancel", job=job_id, user=user)
         self._stop(job)
         return record
 
     def _time_out(self, job: RunningJob) -> None:
         job.timed_out = True
-        self._write(job, _note("[pploy] timed out"))
+        self._say(job, "[pploy] timed out")
         self._stop(job)
 
     def _stop(self, job: RunningJob) -> None:
@@ -476,8 +484,11 @@ class Jobs:
             size = path.stat().st_size if path.exists() else 0
             if path.exists():
                 try:
-                    with open(path, "ab") as fh:
-                        fh.write(_note("[pploy] interrupted: pploy stopped while this job ran"))
+                    with open(path, "rb+") as fh:
+                        fh.seek(-1 if size else 0, os.SEEK_END)
+                        newline = b"" if fh.read(1) in (b"\n", b"") else b"\n"
+                        note = _note("[pploy] interrupted: pploy stopped while this job ran")
+                        fh.write(newline + note)
                 except OSError as exc:  # a full disk must not keep pploy from starting
                     log.event("job.log_write_failed", level="error", job=record.id,
                               error=exc.strerror)  # fmt: skip
@@ -505,7 +516,7 @@ class Jobs:
             for job in list(self.running.values()):
                 if not job.cancelled_by:
                     job.cancelled_by = "pploy (shutdown)"
-                    self._write(job, _note("[pploy] cancelled: pploy is shutting down"))
+                    self._say(job, "[pploy] cancelled: pploy is shutting down")
                 self._stop(job)
             await asyncio.wait(pending, timeout=sum(self.config.job.cancel_grace_seconds) + 10)
 
