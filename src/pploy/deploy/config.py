@@ -41,7 +41,10 @@ class JobConfig(_Strict):
     )
     keep_logs: int = Field(50, ge=1, description="Jobs' logs kept per project; older ones deleted.")
     max_log_bytes: int = Field(
-        1 << 30, ge=1024, description="A log stops growing past this size (the job goes on)."
+        1 << 30,
+        ge=1024,
+        description="A log stops growing past this size (the job goes on); its last 4 KiB "
+        "are kept for pploy's own lines.",
     )
     containment: Literal["auto", "cgroup", "subreaper"] = Field(
         "auto",
