@@ -250,6 +250,8 @@ class SubreaperContainment(Containment):
         self.run_dir = run_dir
         self.leaders: dict[int, set[int]] = {}
         self.tracked: dict[int, dict[int, int]] = {}  # job -> pid -> start time
+        # Processes of finished jobs (daemons a deploy started on purpose): never another's.
+        self.released: dict[int, int] = {}
         self._tracker: asyncio.Task[None] | None = None
 
     @classmethod
@@ -307,9 +309,14 @@ class SubreaperContainment(Containment):
                     pass
         # Adopted before a look saw it: not pploy's own child (those share its session) and
         # not a job's leader. With one job running, it is that job's.
+        self.released = {
+            pid: start for pid, start in self.released.items()
+            if pid in table and table[pid][1] != "Z"
+        }  # fmt: skip
         orphans = [
             pid for pid in children.get(me, [])
-            if pid not in claimed and pid not in leaders and table[pid][2] != my_session
+            if pid not in claimed and pid not in leaders and pid not in self.released
+            and table[pid][2] != my_session
         ]  # fmt: skip
         for job_id, known in self.tracked.items():
             todo = [pid for pid in known if pid in table]
@@ -354,7 +361,7 @@ class SubreaperContainment(Containment):
     def finished(self, job_id: int) -> None:
         self.look()
         self.leaders.pop(job_id, None)
-        self.tracked.pop(job_id, None)
+        self.released.update(self.tracked.pop(job_id, {}))
         _unlink(self.run_dir / f"job-{job_id}.pids")
 
     def recover(self, job_ids: Iterable[int]) -> int:
