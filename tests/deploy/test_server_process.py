@@ -406,3 +406,23 @@ async def test_a_second_server_on_a_workdir_is_refused_and_the_first_is_unharmed
         finally:
             first.stop()
             fifo.close()
+
+
+async def test_pploy_up_on_the_workdir_of_a_running_server_is_refused(tmp_path):
+    workdir = tmp_path / "work"
+    server = Server(workdir, write_config(tmp_path / "pploy.yml"))
+    async with aiohttp.ClientSession() as http:
+        try:
+            await server.ready(http)
+            up = subprocess.run(
+                [*pploy_command(), "up", "--workdir", str(workdir), "--port", str(free_port())],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert up.returncode != 0
+            assert f"workdir {workdir} is in use by another pploy (PID {server.proc.pid})" in (
+                up.stderr
+            )
+            async with http.get(server.base + "/ping") as resp:
+                assert resp.status == 200  # the first one is unharmed
+        finally:
+            server.stop(signal.SIGTERM)
