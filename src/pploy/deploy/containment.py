@@ -125,9 +125,6 @@ class Containment:
     def close(self) -> None:
         """pploy stops: remove what is empty."""
 
-    def describe(self) -> str:
-        return self.mode
-
 
 class CgroupContainment(Containment):
     """One cgroup v2 per job under ``base``."""
@@ -163,9 +160,6 @@ class CgroupContainment(Containment):
         finally:
             _rmdir(probe)
         return self
-
-    def describe(self) -> str:
-        return f"cgroup {self.base}"
 
     def job_dir(self, job_id: int) -> Path:
         return self.base / f"job-{job_id}"
@@ -263,9 +257,6 @@ class SubreaperContainment(Containment):
         run_dir = workdir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_dir)
-
-    def describe(self) -> str:
-        return "subreaper"
 
     def started(self, job_id: int, pid: int) -> None:
         self.leaders.setdefault(job_id, set()).add(pid)
