@@ -426,3 +426,44 @@ async def test_pploy_up_on_the_workdir_of_a_running_server_is_refused(tmp_path):
                 assert resp.status == 200  # the first one is unharmed
         finally:
             server.stop(signal.SIGTERM)
+
+
+@CONTAINMENTS
+async def test_a_daemon_a_succeeded_deploy_left_survives_the_next_jobs_cancel(
+    tmp_path, containment
+):
+    """A deploy that succeeds may leave a daemon on purpose: it belongs to no later job, so
+    cancelling the next one leaves it alone (in subreaper mode pploy adopted it)."""
+    marker, pidfile = str(630_000_000 + os.getpid()), tmp_path / "script.pid"
+    script = (
+        f'#!/bin/sh\necho $$ > {pidfile}\nif [ "$DEPLOY_ENV" = staging ]; then\n'
+        f"  env -i setsid sleep {marker} &\n  exit 0\nfi\n"
+        "echo ready\nwhile :; do sleep 0.1; done\n"
+    )
+    remote = make_remote(tmp_path, deploy_script=script)
+    server = contained_server(tmp_path, containment)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            first = await server.start_deploy(http, remote)
+            async with http.get(server.base + f"/api/jobs/{first}/log?follow=1") as resp:
+                assert b"deploy succeeded" in await asyncio.wait_for(resp.read(), 20)
+            await asyncio.sleep(0.6)  # the subreaper has adopted and looked at the daemon
+            (daemon,) = marked(marker)
+            async with http.post(
+                server.base + "/api/projects/testploy/deploy", json={"env": "production"}
+            ) as resp:
+                second = (await resp.json())["job"]["id"]
+            async with http.get(server.base + f"/api/jobs/{second}/log?follow=1") as resp:
+                seen = bytearray()
+                while b"ready" not in seen:
+                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                await asyncio.sleep(0.6)
+                async with http.post(server.base + f"/api/jobs/{second}/cancel") as cancel:
+                    assert cancel.status == 202
+                seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+            assert b"deploy cancelled" in seen
+            assert marked(marker) == [daemon], "the first deploy's daemon was killed"
+        finally:
+            server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
