@@ -464,6 +464,6 @@ async def test_a_daemon_a_succeeded_deploy_left_survives_the_next_jobs_cancel(
             assert b"deploy cancelled" in seen
             assert marked(marker) == [daemon], "the first deploy's daemon was killed"
         finally:
-            server.stop(signal.SIGTERM)
             for pid in marked(marker):
                 os.kill(pid, signal.SIGKILL)
+            server.stop(signal.SIGTERM)

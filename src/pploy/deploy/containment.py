@@ -231,7 +231,14 @@ class CgroupContainment(Containment):
             _rmdir(child)
 
     def close(self) -> None:
-        self._sweep()
+        # A process killed just now may be listed for a moment longer: retry briefly (the
+        # cgroups of live daemons a deploy left on purpose stay).
+        deadline = time.monotonic() + 0.5
+        while True:
+            self._sweep()
+            if not any(self.base.glob("job-*")) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         _rmdir(self.base)
 
 
