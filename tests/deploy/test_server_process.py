@@ -467,3 +467,41 @@ async def test_a_daemon_a_succeeded_deploy_left_survives_the_next_jobs_cancel(
             for pid in marked(marker):
                 os.kill(pid, signal.SIGKILL)
             server.stop(signal.SIGTERM)
+
+
+async def test_the_documented_demo_command_checks_out_and_deploys(tmp_path):
+    """`pploy serve --demo` (README's command table), in an empty directory, no config: the
+    demo project's checkout (a `git fetch` from its remote under the relative default
+    workdir) and deploy both succeed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+    argv = [*pploy_command(), "serve", "--demo"]
+    port = 9000
+    if not port_is_free(port):
+        port = free_port()
+        argv += ["--port", str(port)]
+    server = Server(argv=argv, cwd=empty, port=port, env=env)
+    base = server.base + "/api/projects/demo"
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            await server.ready(http)
+            for _ in range(100):  # the demo project is added as the server starts
+                async with http.get(base) as resp:
+                    if resp.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            async with http.post(base + "/lock", json={"operation": "gain"}) as resp:
+                assert resp.status == 200
+            for path, payload, done in (
+                ("/checkout", {"ref": "main"}, b"checkout succeeded"),
+                ("/deploy", {"env": "test"}, b"deploy succeeded"),
+            ):
+                async with http.post(base + path, json=payload) as resp:
+                    assert resp.status == 202, await resp.text()
+                    job = (await resp.json())["job"]["id"]
+                async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                    log = await asyncio.wait_for(resp.read(), 60)
+                assert done in log, log.decode(errors="replace")
+        finally:
+            server.stop(signal.SIGTERM)
