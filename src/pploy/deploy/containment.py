@@ -257,10 +257,7 @@ class SubreaperContainment(Containment):
 
     @classmethod
     def create(cls, workdir: Path) -> SubreaperContainment:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+        _set_subreaper(True)
         run_dir = workdir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_dir)
@@ -338,6 +335,7 @@ class SubreaperContainment(Containment):
     def close(self) -> None:
         if self._tracker is not None:
             self._tracker.cancel()
+        _set_subreaper(False)  # pploy is done; orphans go to init again
 
     def _alive(self, job_id: int) -> list[int]:
         return [pid for pid, start in self.tracked.get(job_id, {}).items()
@@ -403,6 +401,14 @@ def create_containment(workdir: Path, mode: str = "auto") -> Containment:
     log.event("jobs.containment", level="warning" if mode == "auto" else "info",
               mode="subreaper", reason=reason)  # fmt: skip
     return found
+
+
+def _set_subreaper(on: bool) -> None:
+    """Make this process the child subreaper of its descendants (or stop being it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
 
 def _read(path: Path) -> str:
