@@ -335,7 +335,10 @@ class SubreaperContainment(Containment):
     def close(self) -> None:
         if self._tracker is not None:
             self._tracker.cancel()
-        _set_subreaper(False)  # pploy is done; orphans go to init again
+        try:
+            _set_subreaper(False)  # pploy is done; orphans go to init again
+        except OSError:
+            pass
 
     def _alive(self, job_id: int) -> list[int]:
         return [pid for pid, start in self.tracked.get(job_id, {}).items()
