@@ -156,9 +156,10 @@ class CgroupContainment(Containment):
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         except (subprocess.SubprocessError, OSError) as exc:
-            raise OSError(errno.EPERM, f"cannot move a process into {probe}: {exc}") from None
-        finally:
             _rmdir(probe)
+            _rmdir(base)
+            raise OSError(errno.EPERM, f"cannot move a process into {probe}: {exc}") from None
+        _rmdir(probe)
         return self
 
     def job_dir(self, job_id: int) -> Path:
