@@ -131,6 +131,42 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         await pploy.close()
 
 
+async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_path):
+    """Observed from the script's own traps: it records each signal it gets (with the time)
+    and ignores it; only SIGKILL, last, ends it."""
+    seen_file = tmp_path / "signals"
+    script = (
+        "#!/bin/sh\n"
+        f"trap 'echo INT $(date +%s.%N) >> {seen_file}' INT\n"
+        f"trap 'echo TERM $(date +%s.%N) >> {seen_file}' TERM\n"
+        "echo ready\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    pploy = await start_pploy(tmp_path / "work", **{"job.cancel_grace_seconds": [1, 1]})
+    try:
+        name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
+        await pploy.gain(name)
+        job = await pploy.deploy(name)
+        async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
+            seen = bytearray()
+            while b"ready" not in seen:
+                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            cancelled_at = time.time()
+            status, body = await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
+            assert status == 202, body
+            seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+        record = (await pploy.api("GET", f"/api/jobs/{job}"))[1]["job"]
+        assert record["status"] == "cancelled"
+        assert record["signal"] == signal.SIGKILL and b"killed by SIGKILL" in seen
+        received = [line.split() for line in seen_file.read_text().splitlines()]
+        assert [name for name, _ in received] == ["INT", "TERM"]
+        int_at, term_at = (float(at) for _, at in received)
+        assert int_at - cancelled_at < 1  # SIGINT at once
+        assert term_at - int_at >= 0.9  # SIGTERM one grace period (1 s) later
+    finally:
+        await pploy.close()
+
+
 async def test_failed_and_missing_scripts_and_bad_input_run_nothing(tmp_path):
     marker = tmp_path / "ran"
     pploy = await start_pploy(tmp_path / "work")
@@ -576,4 +612,56 @@ async def test_gate_mode_takes_the_user_from_a_verified_assertion_only(tmp_path)
         ) as resp:
             assert (await resp.json())["lock"]["user"] == "dana"
     finally:
+        await pploy.close()
+
+
+async def test_a_log_cut_at_its_limit_still_ends_with_the_closing_line(tmp_path):
+    """The output fills `job.max_log_bytes` (cut in the middle of a line): the log holds no
+    more than the limit, and still says it was cut and how the job ended, each on its own
+    line; output after the limit is not kept."""
+    script = "#!/bin/sh\nyes 0123456789 | tr -d '\\n' | head -c 100000\necho after-the-limit\n"
+    pploy = await start_pploy(tmp_path / "work", **{"job.max_log_bytes": 4096})
+    try:
+        name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
+        await pploy.gain(name)
+        record = await pploy.wait_job(await pploy.deploy(name))
+        assert record["status"] == "succeeded"
+        log = await pploy.log(record["id"])
+        assert len(log) <= 4096 and record["log_bytes"] == len(log)
+        assert b"after-the-limit" not in log
+        assert log.endswith(b"\x1b[1;36m[pploy] deploy succeeded, exit code 0\x1b[0m\n")
+        *_, output, notice, closing = log.split(b"\n")[:-1]
+        assert output and set(output) <= set(b"0123456789")  # the script's, cut mid-line
+        assert notice.startswith(b"\x1b[1;33m[pploy] the log reached its maximum size (4096")
+        assert closing == b"\x1b[1;36m[pploy] deploy succeeded, exit code 0\x1b[0m"
+        assert log.endswith(b"\n")
+    finally:
+        await pploy.close()
+
+
+async def test_pploys_lines_start_on_a_new_line_after_output_without_one(tmp_path):
+    fifo = Fifo(tmp_path / "go")
+    failing = "#!/bin/sh\nprintf 'no newline at the end'\nexit 3\n"
+    waiting = f"#!/bin/sh\nprintf 'partial'\n{fifo.script_open()}\n{fifo.wait_cmd}\n"
+    pploy = await start_pploy(tmp_path / "work")
+    try:
+        failer = await pploy.add_project(make_remote(tmp_path, "failer", deploy_script=failing))
+        waiter = await pploy.add_project(make_remote(tmp_path, "waiter", deploy_script=waiting))
+        for name in (failer, waiter):
+            await pploy.gain(name)
+        record = await pploy.wait_job(await pploy.deploy(failer))
+        log = await pploy.log(record["id"])
+        assert log.endswith(
+            b"no newline at the end\n\x1b[1;36m[pploy] deploy failed, exit code 3\x1b[0m\n"
+        )
+        job = await pploy.deploy(waiter)
+        async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
+            seen = bytearray()
+            while b"partial" not in seen:
+                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            await pploy.api("POST", f"/api/jobs/{job}/cancel")
+            seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+        assert b"partial\n\x1b[1;36m[pploy] cancelled by alice\x1b[0m\n" in seen
+    finally:
+        fifo.close()
         await pploy.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sqlite3
@@ -19,14 +20,27 @@ from tests.helpers import free_port
 
 
 class Server:
-    def __init__(self, workdir: Path, config: Path) -> None:
-        self.port = free_port()
+    """``pploy serve`` as a subprocess: with a config and workdir, or ``argv`` exactly as given
+    (run in ``cwd``, listening on ``port``)."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        config: Path | None = None,
+        *,
+        argv: list[str] | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        if argv is None:
+            argv = [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--workdir",
+                    str(workdir), "--port", str(self.port)]  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--workdir",
-             str(workdir), "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + 20
@@ -237,3 +251,332 @@ async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flow
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as http, http.get(server.base + "/ping"):
             pass
+
+
+def pploy_command() -> list[str]:
+    """The installed ``pploy`` entry point (the one next to this Python), as a user runs it."""
+    script = Path(sys.executable).parent / "pploy"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pploy"]
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_the_documented_command_deploys_from_an_empty_directory(tmp_path):
+    """`pploy serve --users alice` exactly as the issue and README give it, started in an empty
+    directory with no config and no PPLOY_* variables: the default workdir (./pploy-work,
+    relative) holds a project whose .deploy/bin/deploy and checkout_overwrite both run.
+    Only when the default port 9000 is taken is `--port` (a documented flag) added."""
+    remote = make_remote(
+        tmp_path,
+        deploy_script="#!/bin/sh\necho deployed $DEPLOY_ENV from $(pwd)\n",
+        files={".deploy/bin/checkout_overwrite": "#!/bin/sh\necho overwrite $DEPLOY_COMMIT\n"},
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+    argv = [*pploy_command(), "serve", "--users", "alice"]
+    port = 9000
+    if not port_is_free(port):
+        port = free_port()
+        argv += ["--port", str(port)]
+    server = Server(argv=argv, cwd=empty, port=port, env=env)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await resp.read()
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                record = (await resp.json())["job"]
+            assert record["status"] == "succeeded", log.decode(errors="replace")
+            project_dir = empty / "pploy-work" / "projects" / "testploy"
+            assert f"deployed staging from {project_dir}".encode() in log
+            async with http.post(
+                server.base + "/api/projects/testploy/checkout", json={"ref": "main"}
+            ) as resp:
+                assert resp.status == 202
+                job2 = (await resp.json())["job"]["id"]
+            async with http.get(server.base + f"/api/jobs/{job2}/log?follow=1") as resp:
+                log2 = await resp.read()
+            assert b"overwrite main" in log2 and b"checkout succeeded" in log2, log2
+        finally:
+            out = server.stop(signal.SIGTERM)
+    assert f"workdir {empty / 'pploy-work'}" in out  # the absolute path, said at start
+
+
+def marked(marker: str) -> list[int]:
+    """Live processes with ``marker`` as one of their arguments (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in argv and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+async def escaped(marker: str, script_pid_file: Path) -> int:
+    """Wait for the job's hidden child; check it really left: no environment (so no job
+    tag), its own session."""
+    for _ in range(200):
+        pids = marked(marker)
+        if pids and script_pid_file.exists() and script_pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the hidden child never started")
+    (pid,) = pids
+    assert Path(f"/proc/{pid}/environ").read_bytes() == b""
+    assert os.getsid(pid) != os.getsid(int(script_pid_file.read_text()))
+    return pid
+
+
+def hiding_script(marker: str, pidfile: Path) -> str:
+    """A deploy that starts a child as sudo, systemd-run and daemonisers do — cleared
+    environment, own session — and then runs until stopped."""
+    return (
+        f"#!/bin/sh\necho $$ > {pidfile}\nenv -i setsid sleep {marker} &\n"
+        "echo ready\nwhile :; do sleep 0.1; done\n"
+    )
+
+
+CONTAINMENTS = pytest.mark.parametrize("containment", ["cgroup", "subreaper"])
+
+
+def contained_server(tmp_path: Path, containment: str, timeout_minutes: float = 120) -> Server:
+    if containment == "cgroup" and not Path("/sys/fs/cgroup").exists():
+        pytest.skip("no cgroup file system")
+    config = tmp_path / "pploy.yml"
+    config.write_text(
+        "users: [alice]\njob:\n  shutdown_grace_seconds: 1\n  cancel_grace_seconds: [1, 1]\n"
+        f"  containment: {containment}\n  timeout_minutes: {timeout_minutes}\n"
+    )
+    return Server(tmp_path / "work", config)
+
+
+@CONTAINMENTS
+async def test_cancel_ends_a_child_that_cleared_its_environment_and_left_the_session(
+    tmp_path, containment
+):
+    marker, pidfile = str(600_000_000 + os.getpid()), tmp_path / "script.pid"
+    remote = make_remote(tmp_path, deploy_script=hiding_script(marker, pidfile))
+    server = contained_server(tmp_path, containment)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            await escaped(marker, pidfile)
+            async with http.post(server.base + f"/api/jobs/{job}/cancel") as resp:
+                assert resp.status == 202
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await asyncio.wait_for(resp.read(), 20)
+            assert b"deploy cancelled (cancelled by alice)" in log
+            assert marked(marker) == [], "a process of the cancelled job survived"
+        finally:
+            out = server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+    assert f"event=jobs.containment mode={containment}" in out
+
+
+@CONTAINMENTS
+async def test_timeout_ends_a_child_that_cleared_its_environment_and_left_the_session(
+    tmp_path, containment
+):
+    marker, pidfile = str(610_000_000 + os.getpid()), tmp_path / "script.pid"
+    remote = make_remote(tmp_path, deploy_script=hiding_script(marker, pidfile))
+    server = contained_server(tmp_path, containment, timeout_minutes=0.05)  # 3 s
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            await escaped(marker, pidfile)
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await asyncio.wait_for(resp.read(), 30)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "timed_out", log
+            assert marked(marker) == [], "a process of the timed-out job survived"
+        finally:
+            server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+
+
+@CONTAINMENTS
+async def test_crash_recovery_ends_a_child_that_cleared_its_environment_and_left_the_session(
+    tmp_path, containment
+):
+    marker, pidfile = str(620_000_000 + os.getpid()), tmp_path / "script.pid"
+    remote = make_remote(tmp_path, deploy_script=hiding_script(marker, pidfile))
+    server = contained_server(tmp_path, containment)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await server.start_deploy(http, remote)
+            hidden = await escaped(marker, pidfile)
+            await asyncio.sleep(0.6)  # the subreaper's tracker looks every 0.25 s
+            server.stop(signal.SIGKILL)
+            assert alive(hidden)  # the crash left it behind...
+            server = contained_server(tmp_path, containment)
+            await server.ready(http)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "interrupted"
+            # ...and the restart ended it, and the script, without any tag to go by.
+            assert marked(marker) == [], "a process of the interrupted job survived"
+            assert not alive(int(pidfile.read_text()))
+        finally:
+            out = server.stop(signal.SIGTERM)
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+    assert "event=job.orphans_killed" in out
+
+
+async def test_a_second_server_on_a_workdir_is_refused_and_the_first_is_unharmed(tmp_path):
+    fifo = Fifo(tmp_path / "go")
+    script = f"#!/bin/sh\necho first half\n{fifo.script_open()}\n{fifo.wait_cmd}\necho second\n"
+    remote = make_remote(tmp_path, deploy_script=script)
+    config = write_config(tmp_path / "pploy.yml")
+    workdir = tmp_path / "work"
+    first = Server(workdir, config)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            job = await first.start_deploy(http, remote)
+            async with http.get(first.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                seen = bytearray()
+                while b"first half" not in seen:
+                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                second = Server(workdir, config)
+                try:
+                    second.proc.wait(timeout=15)  # it exits by itself
+                except subprocess.TimeoutExpired:
+                    second.stop(signal.SIGKILL)
+                    raise AssertionError("a second server started on the same workdir") from None
+                out = second.stop(None)
+                assert second.proc.returncode == 1, out
+                assert f"workdir {workdir} is in use by another pploy" in out
+                assert f"(PID {first.proc.pid})" in out
+                # The first one's deploy was not touched: it goes on and succeeds.
+                await fifo.release()
+                seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+            assert b"second\n" in seen and b"deploy succeeded" in seen
+            async with http.get(first.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "succeeded"
+            # The lock dies with its holder, even by SIGKILL: the next server starts.
+            first.stop(signal.SIGKILL)
+            third = Server(workdir, config)
+            await third.ready(http)
+            async with http.get(third.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "succeeded"
+            third.stop(signal.SIGTERM)
+        finally:
+            first.stop()
+            fifo.close()
+
+
+async def test_pploy_up_on_the_workdir_of_a_running_server_is_refused(tmp_path):
+    workdir = tmp_path / "work"
+    server = Server(workdir, write_config(tmp_path / "pploy.yml"))
+    async with aiohttp.ClientSession() as http:
+        try:
+            await server.ready(http)
+            up = subprocess.run(
+                [*pploy_command(), "up", "--workdir", str(workdir), "--port", str(free_port())],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert up.returncode != 0
+            assert f"workdir {workdir} is in use by another pploy (PID {server.proc.pid})" in (
+                up.stderr
+            )
+            async with http.get(server.base + "/ping") as resp:
+                assert resp.status == 200  # the first one is unharmed
+        finally:
+            server.stop(signal.SIGTERM)
+
+
+@CONTAINMENTS
+async def test_a_daemon_a_succeeded_deploy_left_survives_the_next_jobs_cancel(
+    tmp_path, containment
+):
+    """A deploy that succeeds may leave a daemon on purpose: it belongs to no later job, so
+    cancelling the next one leaves it alone (in subreaper mode pploy adopted it)."""
+    marker, pidfile = str(630_000_000 + os.getpid()), tmp_path / "script.pid"
+    script = (
+        f'#!/bin/sh\necho $$ > {pidfile}\nif [ "$DEPLOY_ENV" = staging ]; then\n'
+        f"  env -i setsid sleep {marker} &\n  exit 0\nfi\n"
+        "echo ready\nwhile :; do sleep 0.1; done\n"
+    )
+    remote = make_remote(tmp_path, deploy_script=script)
+    server = contained_server(tmp_path, containment)
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            first = await server.start_deploy(http, remote)
+            async with http.get(server.base + f"/api/jobs/{first}/log?follow=1") as resp:
+                assert b"deploy succeeded" in await asyncio.wait_for(resp.read(), 20)
+            await asyncio.sleep(0.6)  # the subreaper has adopted and looked at the daemon
+            (daemon,) = marked(marker)
+            async with http.post(
+                server.base + "/api/projects/testploy/deploy", json={"env": "production"}
+            ) as resp:
+                second = (await resp.json())["job"]["id"]
+            async with http.get(server.base + f"/api/jobs/{second}/log?follow=1") as resp:
+                seen = bytearray()
+                while b"ready" not in seen:
+                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                await asyncio.sleep(0.6)
+                async with http.post(server.base + f"/api/jobs/{second}/cancel") as cancel:
+                    assert cancel.status == 202
+                seen.extend(await asyncio.wait_for(resp.content.read(), 20))
+            assert b"deploy cancelled" in seen
+            assert marked(marker) == [daemon], "the first deploy's daemon was killed"
+        finally:
+            for pid in marked(marker):
+                os.kill(pid, signal.SIGKILL)
+            server.stop(signal.SIGTERM)
+
+
+async def test_the_documented_demo_command_checks_out_and_deploys(tmp_path):
+    """`pploy serve --demo` (README's command table), in an empty directory, no config: the
+    demo project's checkout (a `git fetch` from its remote under the relative default
+    workdir) and deploy both succeed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+    argv = [*pploy_command(), "serve", "--demo"]
+    port = 9000
+    if not port_is_free(port):
+        port = free_port()
+        argv += ["--port", str(port)]
+    server = Server(argv=argv, cwd=empty, port=port, env=env)
+    base = server.base + "/api/projects/demo"
+    async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+        try:
+            await server.ready(http)
+            for _ in range(100):  # the demo project is added as the server starts
+                async with http.get(base) as resp:
+                    if resp.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            async with http.post(base + "/lock", json={"operation": "gain"}) as resp:
+                assert resp.status == 200
+            for path, payload, done in (
+                ("/checkout", {"ref": "main"}, b"checkout succeeded"),
+                ("/deploy", {"env": "test"}, b"deploy succeeded"),
+            ):
+                async with http.post(base + path, json=payload) as resp:
+                    assert resp.status == 202, await resp.text()
+                    job = (await resp.json())["job"]["id"]
+                async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                    log = await asyncio.wait_for(resp.read(), 60)
+                assert done in log, log.decode(errors="replace")
+        finally:
+            server.stop(signal.SIGTERM)

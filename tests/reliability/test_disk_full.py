@@ -1,17 +1,19 @@
-"""The log disk fills up during a deploy: the job fails with a clear message, the server stays
-up, and a project whose logs live elsewhere keeps working.
+"""The disk fills up during a deploy: the job fails with a clear message, the server stays up,
+and everything works again once space is freed.
 
-The full disk is a real 1 MiB tmpfs mounted over one project's log directory (root only; CI
-runs as root)."""
+The full disk is a real small tmpfs, mounted over one project's log directory or over the
+whole workdir (database included), and filled by the test (root only; CI runs as root)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
 
 import pytest
 
-from tests.deploy.support import make_remote, start_pploy
+from tests.deploy.support import Fifo, make_remote, start_pploy
 from tests.helpers import skip_or_fail
 from tests.reliability.common import read_sse_log
 
@@ -22,10 +24,10 @@ def tmpfs(tmp_path):
         skip_or_fail("mounting a tmpfs needs root")
     mounted: list[str] = []
 
-    def mount(path) -> None:
+    def mount(path, size: str = "1m") -> None:
         path.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
             capture_output=True, text=True,
         )  # fmt: skip
         if result.returncode != 0:
@@ -72,4 +74,95 @@ async def test_a_full_log_disk_fails_the_job_and_nothing_else(tmp_path, tmpfs):
             assert resp.status == 200
             assert "No space left on device" in await resp.text()
     finally:
+        await pploy.close()
+
+
+def fill(directory) -> int:
+    """Write a file in ``directory`` until the file system refuses; its descriptor."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    for size in (1 << 16, 1 << 12, 1):
+        while True:
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError:
+                break
+    return fd
+
+
+def stored_job(workdir, job: int) -> tuple[str, str | None]:
+    db = sqlite3.connect(workdir / "pploy.db")
+    try:
+        return db.execute("SELECT status, message FROM jobs WHERE id = ?", (job,)).fetchone()
+    finally:
+        db.close()
+
+
+async def test_a_full_workdir_ends_the_job_failed_answers_503_and_recovers(tmp_path, tmpfs):
+    """The whole workdir (log and database) fills while a deploy runs: the job ends
+    `failed`, "No space left on device" in its record, although the database refused the
+    write (the end is kept in memory and written once space is freed); every store write
+    meanwhile answers a JSON 503; once space is freed the record lands, the lock can be
+    released and the next deploy succeeds."""
+    fifo = Fifo(tmp_path / "go")
+    script = (
+        f"#!/bin/sh\necho start\n{fifo.script_open()}\n{fifo.wait_cmd}\n"
+        "while :; do printf '%01000d\\n' 0; sleep 0.01; done\n"
+    )
+    remote = make_remote(tmp_path, deploy_script=script)
+    workdir = tmp_path / "work"
+    tmpfs(workdir, "2m")
+    pploy = await start_pploy(workdir)
+    filler = -1
+    try:
+        name = await pploy.add_project(remote)
+        await pploy.gain(name)
+        job = await pploy.deploy(name)
+        async with pploy.client().get(pploy.url(f"/api/jobs/{job}/events")) as resp:
+            seen = b""
+            while b"start" not in seen:
+                seen += await asyncio.wait_for(resp.content.readany(), 10)
+            filler = fill(workdir)
+            await fifo.release()
+            _, _, status = await read_sse_log(resp.content)
+        assert status["status"] == "failed", status
+        assert "No space left on device" in status["message"]
+        status_code, body = await pploy.api("GET", f"/api/jobs/{job}")
+        assert body["job"]["status"] == "failed"
+        assert "No space left on device" in body["job"]["message"]
+        assert pploy.services.jobs.running_for(name) is None
+        # The database really refused: the end is only in pploy's memory so far.
+        assert stored_job(workdir, job)[0] == "running"
+        # Store writes answer 503 with a JSON error, not a plain 500.
+        for path, payload in (
+            (f"/api/projects/{name}/lock", {"operation": "release"}),
+            (f"/api/projects/{name}/deploy", {"env": "staging"}),
+        ):
+            async with pploy.client().post(pploy.url(path), json=payload) as resp:
+                assert resp.status == 503, await resp.text()
+                assert "disk is full" in (await resp.json())["error"]
+        async with pploy.client().get(pploy.url("/ping")) as resp:
+            assert resp.status == 200
+        # Space is freed: the record lands by itself, locks and deploys work again.
+        os.close(filler)
+        filler = -1
+        (workdir / "filler").unlink()
+        for _ in range(100):
+            if stored_job(workdir, job)[0] != "running":
+                break
+            await asyncio.sleep(0.1)
+        stored_status, stored_message = stored_job(workdir, job)
+        assert stored_status == "failed" and "No space left on device" in stored_message
+        status_code, body = await pploy.api(
+            "POST", f"/api/projects/{name}/lock", json={"operation": "release"}
+        )
+        assert status_code == 200, body
+        await pploy.gain(name)
+        script_ok = make_remote(tmp_path, "ok", deploy_script="#!/bin/sh\necho fine\n")
+        name2 = await pploy.add_project(script_ok)
+        await pploy.gain(name2)
+        assert (await pploy.wait_job(await pploy.deploy(name2)))["status"] == "succeeded"
+    finally:
+        if filler >= 0:
+            os.close(filler)
+        fifo.close()
         await pploy.close()

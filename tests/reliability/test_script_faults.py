@@ -67,10 +67,12 @@ async def test_a_daemon_that_keeps_the_pty_open_does_not_hold_the_job(tmp_path):
         # The daemon was started on purpose by the deploy and is not the job any more.
         daemon = int(pidfile.read_text())
         assert alive(daemon)
-        # The project is free for the next job at once.
+        # The project is free for the next job at once (which starts a daemon of its own).
+        pidfile.unlink()
         job2 = await pploy.deploy(name)
         assert (await pploy.wait_job(job2))["status"] == "succeeded"
         os.kill(daemon, 9)
+        os.kill(int(pidfile.read_text()), 9)  # the second deploy's daemon: not left behind
     finally:
         await pploy.close()
 

@@ -40,6 +40,7 @@ async def on_cleanup(app: web.Application) -> None:
     await svc.notifier.close()
     await svc.auth.close()
     svc.store.close()
+    svc.jobs.close()
 
 
 def create_app(config: Config) -> web.Application:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 def serve(config: object, demo: bool = False) -> int:
     from pploy.deploy import server
     from pploy.deploy.app import SERVICES, create_app
-    from pploy.deploy.config import Config
+    from pploy.deploy.config import Config, ConfigError
 
     assert isinstance(config, Config)
     try:
@@ -80,7 +80,12 @@ def serve(config: object, demo: bool = False) -> int:
             file=sys.stderr,
         )
         return 1
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except ConfigError as exc:  # e.g. the workdir is in use by another pploy
+        print(f"pploy: cannot start: {exc}", file=sys.stderr)
+        sock.close()
+        return 1
     if demo:
         from pploy.deploy.demo import ensure_demo_project
 

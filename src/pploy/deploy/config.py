@@ -40,7 +40,15 @@ class JobConfig(_Strict):
     )
     keep_logs: int = Field(50, ge=1, description="Jobs' logs kept per project; older ones deleted.")
     max_log_bytes: int = Field(
-        1 << 30, ge=1024, description="A log stops growing past this size (the job goes on)."
+        1 << 30,
+        ge=1024,
+        description="A log stops growing past this size (the job goes on); its last 4 KiB "
+        "are kept for pploy's own lines.",
+    )
+    containment: Literal["auto", "cgroup", "subreaper"] = Field(
+        "auto",
+        description="How every process of a job is found and ended: a cgroup v2 per job, or "
+        "pploy as child subreaper tracking descendants; auto: cgroup where writable.",
     )
     pty_columns: int = Field(160, ge=20, le=1000)
     pty_rows: int = Field(50, ge=5, le=1000)
@@ -124,7 +132,12 @@ class WebhookConfig(_Strict):
 class Config(_Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(9000, ge=0, le=65535)
-    workdir: Path = Field(Path("./pploy-work"), description="Holds projects/, logs/ and pploy.db.")
+    workdir: Path = Field(
+        Path("./pploy-work"),
+        description="Holds projects/, logs/ and pploy.db; relative to the directory pploy "
+        "starts in, made absolute at load.",
+        validate_default=True,
+    )
     public_url: str | None = Field(
         None, description="The URL users open (links in notifications; origin checks)."
     )
@@ -140,6 +153,13 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute_workdir(cls, value: Path) -> Path:
+        """Resolved once, here: jobs run in ``<workdir>/projects/<name>``, so a relative path
+        (the default ``./pploy-work``) would point somewhere else from there."""
+        return Path(os.path.abspath(os.path.expanduser(value)))
 
     @field_validator("users")
     @classmethod

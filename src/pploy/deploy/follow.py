@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 READ_CHUNK = 64 * 1024
-TRUNCATED_NOTICE = "\r\n\x1b[1;33m[pploy] the log reached its maximum size ({limit} bytes); output after this point is not kept (the job goes on)\x1b[0m\r\n"  # noqa: E501
+TRUNCATED_NOTICE = "\x1b[1;33m[pploy] the log reached its maximum size ({limit} bytes); output after this point is not kept (the job goes on)\x1b[0m\n"  # noqa: E501
+# Room at the end of a full log kept for pploy's own lines (the notice above, who cancelled,
+# the closing line with the job's status), so a log cut at its limit still says how it ended.
+NOTE_RESERVE = 4096
+
+
+def note_reserve(max_bytes: int) -> int:
+    """The bytes of ``max_bytes`` kept for pploy's lines (a quarter of a small limit)."""
+    return min(NOTE_RESERVE, max_bytes // 4)
 
 
 class LogWriteError(Exception):
@@ -44,6 +52,7 @@ class LogBuffer:
         self.memory_bytes = memory_bytes
         self.size = 0
         self.truncated = False
+        self._last_byte = b"\n"
         self.status: dict[str, Any] | None = None
         self._tail = bytearray()
         self._tail_start = 0
@@ -61,15 +70,31 @@ class LogBuffer:
         return self.status is not None
 
     def append(self, data: bytes) -> None:
-        """Write ``data`` to the file and the memory tail, then wake the followers.
+        """Write the job's output to the file and the memory tail, then wake the followers.
 
-        Raises LogWriteError when the disk refuses it; the caller decides the job's fate."""
+        Output stops at ``max_bytes`` less the room kept for pploy's own lines (see
+        :meth:`append_note`). Raises LogWriteError when the disk refuses it; the caller
+        decides the job's fate."""
         if not data or self.closed or self.truncated:
             return
-        room = self.max_bytes - self.size
+        room = self.max_bytes - note_reserve(self.max_bytes) - self.size
         if len(data) > room:
-            data = data[:room] + TRUNCATED_NOTICE.format(limit=self.max_bytes).encode()
+            self._write(data[: max(room, 0)])
             self.truncated = True
+            self.append_note(TRUNCATED_NOTICE.format(limit=self.max_bytes).encode())
+            return
+        self._write(data)
+
+    def append_note(self, line: bytes) -> None:
+        """Write one of pploy's own lines: always at the start of a line, and into the room
+        kept for them once the output has filled the log (cut only at ``max_bytes``)."""
+        if not line or self.closed:
+            return
+        if self.size and self._last_byte != b"\n":
+            line = b"\n" + line
+        self._write(line[: max(self.max_bytes - self.size, 0)])
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
@@ -78,7 +103,9 @@ class LogBuffer:
                 raise LogWriteError(f"cannot write the log {self.path}: {exc.strerror}") from exc
             self._keep(view[:written])
             view = view[written:]
-        self._wake()
+        if data:
+            self._last_byte = data[-1:]
+            self._wake()
 
     def _keep(self, data: memoryview) -> None:
         self._tail += data

@@ -13,22 +13,26 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pploy import log
 from pploy.deploy import git, names
 from pploy.deploy.config import Config
+from pploy.deploy.containment import create_containment
 from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
-from pploy.deploy.store import JobRecord, Store
+from pploy.deploy.store import JobRecord, Store, StoreUnavailable
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
+from pploy.deploy.workdir import hold_workdir
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
 LOCK_KEEP_MARGIN = 120.0
+# How often a job end the database refused (a full disk) is tried again.
+SAVE_RETRY_SECONDS = 1.0
 
 
 def signal_name(number: int) -> str:
@@ -66,15 +70,27 @@ class Jobs:
         locks: Locks,
         on_finish: Callable[[JobRecord], None] | None = None,
     ) -> None:
+        # First: a second pploy on this workdir must stop here, before its recovery would
+        # take the first one's running jobs for a crash's leftovers.
+        self.workdir_lock = hold_workdir(config.workdir)
         self.config = config
         self.store = store
         self.projects = projects
         self.locks = locks
         self.on_finish = on_finish
         self.running: dict[int, RunningJob] = {}
+        # Ends of jobs the database refused (a full disk), written by _save_later.
+        self._unsaved: dict[int, dict[str, Any]] = {}
+        self._retrier: asyncio.Task[None] | None = None
         self.accepting = True
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
+        # Where every process of a job ends up, so that cancel, timeout and recovery end all.
+        try:
+            self.containment = create_containment(config.workdir, config.job.containment)
+        except BaseException:
+            self.workdir_lock.release()
+            raise
 
     def job_tag(self, job_id: int) -> str:
         return f"{self._tag_prefix}-{job_id}"
@@ -91,7 +107,8 @@ class Jobs:
         record = self.store.get_job(job_id)
         if record is None:
             raise NotFound(f"no job {job_id}")
-        return record
+        unsaved = self._unsaved.get(job_id)
+        return replace(record, **unsaved) if unsaved else record
 
     def log_path(self, record: JobRecord) -> Path:
         return self.projects.log_dir(record.project) / f"{record.id}.log"
@@ -190,15 +207,23 @@ class Jobs:
             env["LC_ALL"] = os.environ["LC_ALL"]
         return env | extra
 
-    def _write(self, job: RunningJob, data: bytes) -> None:
+    def _write(self, job: RunningJob, data: bytes, note: bool = False) -> None:
+        """Output (``note``: one of pploy's own lines) into the job's log."""
         if job.failure:
             return
         try:
-            job.buffer.append(data)
+            if note:
+                job.buffer.append_note(data)
+            else:
+                job.buffer.append(data)
         except LogWriteError as exc:
             job.failure = str(exc)
             log.event("job.log_write_failed", level="error", job=job.record.id, error=str(exc))
             self._stop(job)
+
+    def _say(self, job: RunningJob, text: str) -> None:
+        """One of pploy's own lines in the job's log (see follow.LogBuffer.append_note)."""
+        self._write(job, _note(text), note=True)
 
     async def _run_step(
         self, job: RunningJob, project: Project, argv: Sequence[str], extra: dict[str, str]
@@ -211,7 +236,9 @@ class Jobs:
             on_output=lambda data: self._write(job, data),
             columns=self.config.job.pty_columns,
             rows=self.config.job.pty_rows,
+            preexec=self.containment.preexec(job.record.id),
         )
+        self.containment.started(job.record.id, job.process.pid)
         if self._stopped(job):
             self._stop(job)
         try:
@@ -219,10 +246,15 @@ class Jobs:
         finally:
             if job.stopping is not None:
                 await asyncio.shield(job.stopping)
-                # Daemons that left the process group (setsid) carry the job's tag.
-                killed = kill_tagged(self.job_tag(job.record.id))
+                killed = await self._kill_leftovers(job.record.id)
                 if killed:
-                    self._write(job, _note(f"[pploy] killed {killed} process(es) left behind"))
+                    self._say(job, f"[pploy] killed {killed} process(es) left behind")
+
+    async def _kill_leftovers(self, job_id: int) -> int:
+        """End what the job started that left its process group: everything in its cgroup
+        (or tracked by the subreaper), then whatever still carries the job's tag."""
+        killed = await self.containment.kill(job_id)
+        return killed + kill_tagged(self.job_tag(job_id))
 
     async def _run(
         self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
@@ -256,18 +288,21 @@ class Jobs:
         except Exception as exc:  # a bug or OS error must still close the job cleanly
             message = f"{type(exc).__name__}: {exc}"
             log.event("job.error", level="error", job=record.id, error=message)
-            self._write(job, _note(f"[pploy] job failed to run: {message}"))
+            self._say(job, f"[pploy] job failed to run: {message}")
         finally:
             timeout.cancel()
             keeper.cancel()
             if job.process:
                 job.process.close()
+            self.containment.finished(record.id)
         try:
             await self._record_end(job, project, status, exit_code, sig, message)
         finally:
             # Whatever failed above, viewers must see an end and the project must be free.
             if not job.buffer.closed:
-                job.buffer.finish({"id": record.id, "status": status, "exit_code": exit_code})
+                job.buffer.finish(
+                    {"id": record.id, "status": status, "exit_code": exit_code, "message": message}
+                )
             self.running.pop(record.id, None)
 
     async def _record_end(
@@ -280,9 +315,9 @@ class Jobs:
         message: str | None,
     ) -> None:
         record = job.record
+        fields: dict[str, Any] = {}
         if record.kind == "checkout" and status == "succeeded":
-            sha = await git.head_sha(str(project.path))
-            self.store.update_job(record.id, sha=sha)
+            fields["sha"] = await git.head_sha(str(project.path))
         summary = f"[pploy] {record.kind} {status}"
         if job.cancelled_by:
             summary += f" (cancelled by {job.cancelled_by})"
@@ -294,12 +329,12 @@ class Jobs:
             summary += f", killed by {signal_name(sig)}"
         if message:
             summary += f": {message}"
-        self._write(job, _note(summary))
-        self.store.update_job(
-            record.id, status=status, exit_code=exit_code, signal=sig, ended_at=time.time(),
-            cancelled_by=job.cancelled_by, message=message, log_bytes=job.buffer.size,
-        )  # fmt: skip
-        final = self.get(record.id)
+        self._say(job, summary)
+        fields |= {
+            "status": status, "exit_code": exit_code, "signal": sig, "ended_at": time.time(),
+            "cancelled_by": job.cancelled_by, "message": message, "log_bytes": job.buffer.size,
+        }  # fmt: skip
+        final = self._save_end(record, fields)
         job.buffer.finish(self.final_status(final))
         self.running.pop(record.id, None)
         log.event(
@@ -309,6 +344,31 @@ class Jobs:
         self._prune_logs(record.project)
         if self.on_finish:
             self.on_finish(final)
+
+    def _save_end(self, record: JobRecord, fields: dict[str, Any]) -> JobRecord:
+        """Record how a job ended. When the database cannot take it (a full disk), the end is
+        kept in memory — served by :meth:`get` — and written as soon as it can be."""
+        try:
+            self.store.update_job(record.id, **fields)
+        except StoreUnavailable as exc:
+            self._unsaved[record.id] = fields
+            log.event("job.record_failed", level="error", job=record.id, error=exc.message)
+            if self._retrier is None or self._retrier.done():
+                self._retrier = asyncio.get_running_loop().create_task(self._save_later())
+            return replace(record, **fields)
+        return self.get(record.id)
+
+    async def _save_later(self) -> None:
+        """Retry the ends the database refused until every one has landed."""
+        while self._unsaved:
+            await asyncio.sleep(SAVE_RETRY_SECONDS)
+            for job_id, fields in list(self._unsaved.items()):
+                try:
+                    self.store.update_job(job_id, **fields)
+                except StoreUnavailable:
+                    break  # still full: try again later
+                del self._unsaved[job_id]
+                log.event("job.recorded", job=job_id, status=fields.get("status"))
 
     async def _run_steps(
         self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
@@ -325,7 +385,7 @@ class Jobs:
         returncode = 0
         for argv, extra, echo in steps:
             if echo:
-                self._write(job, _note(echo))
+                self._say(job, echo)
             returncode = await self._run_step(job, project, argv, extra)
             if returncode != 0 or job.cancelled_by or job.timed_out or job.failure:
                 break
@@ -340,10 +400,13 @@ class Jobs:
         sha = await git.resolve_commit(str(project.path), ref)
         if sha is None:
             job.message = f"{ref!r} is not a branch, tag or commit of origin"
-            self._write(job, _note(f"[pploy] {job.message}"))
+            self._say(job, f"[pploy] {job.message}")
             return None
-        self.store.update_job(job.record.id, sha=sha)
-        self._write(job, _note(f"[pploy] {ref} is {sha}"))
+        try:
+            self.store.update_job(job.record.id, sha=sha)
+        except StoreUnavailable:
+            pass  # recorded again at the end (HEAD of a succeeded checkout)
+        self._say(job, f"[pploy] {ref} is {sha}")
         for argv in (
             ["git", "checkout", "-f", "--detach", sha],
             ["git", "reset", "--hard", sha],
@@ -357,7 +420,7 @@ class Jobs:
         return 0
 
     async def _echo_and_run(self, job: RunningJob, project: Project, argv: list[str]) -> int:
-        self._write(job, _note("$ " + " ".join(argv)))
+        self._say(job, "$ " + " ".join(argv))
         return await self._run_step(job, project, argv, {"DEPLOY_COMMIT": job.record.ref or ""})
 
     @staticmethod
@@ -367,9 +430,15 @@ class Jobs:
     async def _keep_lock(self, job: RunningJob) -> None:
         """While the job runs, its user's lock never gets within LOCK_KEEP_MARGIN of expiring."""
         while True:
-            self.locks.keep_until(
-                job.record.project, job.record.user, time.time() + LOCK_KEEP_MARGIN
-            )
+            try:
+                self.locks.keep_until(
+                    job.record.project, job.record.user, time.time() + LOCK_KEEP_MARGIN
+                )
+            except StoreUnavailable as exc:  # a full disk: try again sooner
+                log.event("job.lock_keep_failed", level="error", job=job.record.id,
+                          error=exc.message)  # fmt: skip
+                await asyncio.sleep(SAVE_RETRY_SECONDS)
+                continue
             await asyncio.sleep(LOCK_KEEP_MARGIN / 4)
 
     # -- stop ----------------------------------------------------------------
@@ -383,14 +452,14 @@ class Jobs:
         self.locks.require_holder(record.project, user)
         if not job.cancelled_by:
             job.cancelled_by = user
-            self._write(job, _note(f"[pploy] cancelled by {user}"))
+            self._say(job, f"[pploy] cancelled by {user}")
             log.event("job.cancel", job=job_id, user=user)
         self._stop(job)
         return record
 
     def _time_out(self, job: RunningJob) -> None:
         job.timed_out = True
-        self._write(job, _note("[pploy] timed out"))
+        self._say(job, "[pploy] timed out")
         self._stop(job)
 
     def _stop(self, job: RunningJob) -> None:
@@ -406,22 +475,34 @@ class Jobs:
     # -- lifecycle -----------------------------------------------------------
 
     def recover(self) -> list[int]:
-        """Mark jobs a crash left ``running`` as interrupted, keeping their logs."""
+        """Mark jobs a crash left ``running`` as interrupted, keeping their logs, and kill
+        every process they still have (their cgroups, tracked pids and tags)."""
         ids = []
-        for record in self.store.running_jobs():
+        records = self.store.running_jobs()
+        left = self.containment.recover([record.id for record in records])
+        if left:
+            log.event("job.orphans_killed", level="warning", jobs=len(records), count=left)
+        for record in records:
             path = self.log_path(record)
             size = path.stat().st_size if path.exists() else 0
             if path.exists():
-                with open(path, "ab") as fh:
-                    fh.write(_note("[pploy] interrupted: pploy stopped while this job ran"))
+                try:
+                    with open(path, "rb+") as fh:
+                        fh.seek(-1 if size else 0, os.SEEK_END)
+                        newline = b"" if fh.read(1) in (b"\n", b"") else b"\n"
+                        note = _note("[pploy] interrupted: pploy stopped while this job ran")
+                        fh.write(newline + note)
+                except OSError as exc:  # a full disk must not keep pploy from starting
+                    log.event("job.log_write_failed", level="error", job=record.id,
+                              error=exc.strerror)  # fmt: skip
                 size = path.stat().st_size
             killed = kill_tagged(self.job_tag(record.id))
             if killed:
                 log.event("job.orphans_killed", level="warning", job=record.id, count=killed)
-            self.store.update_job(
-                record.id, status="interrupted", ended_at=time.time(), log_bytes=size,
-                message="pploy stopped while this job ran",
-            )  # fmt: skip
+            self._save_end(record, {
+                "status": "interrupted", "ended_at": time.time(), "log_bytes": size,
+                "message": "pploy stopped while this job ran",
+            })  # fmt: skip
             ids.append(record.id)
             log.event("job.interrupted", level="warning", job=record.id, project=record.project)
         return ids
@@ -438,9 +519,20 @@ class Jobs:
             for job in list(self.running.values()):
                 if not job.cancelled_by:
                     job.cancelled_by = "pploy (shutdown)"
-                    self._write(job, _note("[pploy] cancelled: pploy is shutting down"))
+                    self._say(job, "[pploy] cancelled: pploy is shutting down")
                 self._stop(job)
             await asyncio.wait(pending, timeout=sum(self.config.job.cancel_grace_seconds) + 10)
+
+    def close(self) -> None:
+        """pploy stops: remove the containment it set up (what is empty of it), free the
+        workdir. Ends the database still refuses are lost: the next start finds those jobs
+        ``running`` and marks them interrupted."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+        if self._unsaved:
+            log.event("job.record_lost", level="error", jobs=sorted(self._unsaved))
+        self.containment.close()
+        self.workdir_lock.release()
 
     def _prune_logs(self, project: str) -> None:
         for job_id in self.store.job_ids_beyond(project, self.config.job.keep_logs):

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pploy.deploy.errors import Unavailable
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
     project    TEXT PRIMARY KEY,
@@ -55,6 +57,29 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 SCHEMA_VERSION = 1
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
+
+# SQLite result codes (the low byte of an extended code) that mean the storage, not the
+# statement, failed: a full disk, an I/O error, a file that cannot be opened, a lock held
+# too long. They are the machine's state, so the answer is 503, not a plain 500.
+STORAGE_FAILURES = {
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY,
+}  # fmt: skip
+
+
+class StoreUnavailable(Unavailable):
+    """pploy's database cannot be written (or read) now; retrying later may work."""
+
+
+class _GuardedConnection(sqlite3.Connection):
+    """A connection whose storage failures raise StoreUnavailable (503 to the user)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in STORAGE_FAILURES:
+                raise StoreUnavailable(f"pploy's database cannot be written: {exc}") from exc
+            raise
 
 
 @dataclass(frozen=True)
@@ -124,7 +149,9 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, factory=_GuardedConnection
+        )
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -208,9 +235,12 @@ class Store:
         if row is None:
             return None
         if row["expires_at"] <= now:
-            self.db.execute(
-                "DELETE FROM locks WHERE project = ? AND expires_at <= ?", (project, now)
-            )
+            try:
+                self.db.execute(
+                    "DELETE FROM locks WHERE project = ? AND expires_at <= ?", (project, now)
+                )
+            except StoreUnavailable:
+                pass  # tidying only: the lock is expired whether or not its row is gone
             return None
         return Lock(**dict(row))
 

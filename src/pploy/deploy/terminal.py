@@ -40,8 +40,12 @@ class PtyProcess:
         on_output: Callable[[bytes], None],
         columns: int = 160,
         rows: int = 50,
+        preexec: Callable[[], None] | None = None,
     ) -> PtyProcess:
-        """Spawn ``argv``; ``on_output`` is called with each chunk read from the pty."""
+        """Spawn ``argv``; ``on_output`` is called with each chunk read from the pty.
+
+        ``preexec`` runs in the child before ``exec`` (see containment: it moves the child
+        into the job's cgroup before the script can start anything)."""
         master_fd, slave_fd = os.openpty()
         try:
             fcntl.ioctl(slave_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
@@ -57,6 +61,7 @@ class PtyProcess:
                 stdout=slave_fd,
                 stderr=slave_fd,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         except BaseException:
             os.close(master_fd)
