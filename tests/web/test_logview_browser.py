@@ -217,6 +217,20 @@ def test_output_is_inert_text_never_html(page, live):
     assert page.evaluate("window.__pwned") is None
 
 
+def test_absurd_cursor_moves_are_clamped(page, live):
+    """ESC[999999999C (cursor right) and ESC[999999999A (up) from hostile output: a terminal
+    stops at its edge; the viewer must not pad a line with a billion spaces."""
+    hostile = "a\x1b[999999999Cb\r\nc\x1b[999999999A\x1b[999999999Bd\r\n"
+    job = live.start_job(script(printf(hostile)))
+    open_job(page, live, job)
+    wait_ended(page)
+    lines = output(page)
+    assert lines[0] == "a" + " " * 1000 + "b"
+    assert lines[1] == "cd"
+
+
+# ---------------------------------------------------------------------------------------------
+# Navigation: line links, #L hash, follow
 # ---------------------------------------------------------------------------------------------
 
 
@@ -353,6 +367,45 @@ def test_100k_line_log_is_virtualised(page, live):
     assert page.evaluate("document.querySelectorAll('#log .log-line').length") < 500
 
 
+def test_long_line_is_capped_with_an_expander(page, live):
+    """A 250,000-character line shows its first 10,000 characters (styles kept across the cap)
+    and an expander that shows 100,000 more per click, with a link to the raw log."""
+    body = "\x1b[33m" + "y" * 9_995 + "\x1b[34m" + "z" * 240_005 + "\x1b[0m"
+    job = live.start_job(script(printf(body + "\r\nnext\r\n")))
+    open_job(page, live, job)
+    wait_ended(page)
+    row = page.locator('#log .log-line[data-line="2"]')
+    text = row.locator(".log-text")
+    assert len(text.inner_text()) == 10_000
+    assert page.inner_text("#log .ansi-fg-3") == "y" * 9_995
+    assert page.inner_text("#log .ansi-fg-4") == "z" * 5  # the blue run, cut at the cap
+    more = row.locator(".log-more")
+    assert "240,000 more characters" in more.inner_text()
+    assert more.locator("a.log-raw").get_attribute("href") == f"/api/jobs/{job}/log"
+    # The expander is not part of the line's text (never copied).
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('#log .log-more')).userSelect")
+        == "none"
+    )
+
+    more.locator("button.log-expand").click()
+    page.wait_for_function(
+        "document.querySelector('#log .log-line[data-line=\"2\"] .log-text')"
+        ".textContent.length === 110000"
+    )
+    assert "140,000 more characters" in row.locator(".log-more").inner_text()
+    for _ in range(2):
+        row.locator("button.log-expand").click()
+    page.wait_for_function(
+        "document.querySelector('#log .log-line[data-line=\"2\"] .log-text')"
+        ".textContent.length === 250000"
+    )
+    assert row.locator(".log-more").count() == 0
+    assert page.locator('#log .log-line[data-line="3"] .log-text').inner_text() == "next"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transports and status
 # ---------------------------------------------------------------------------------------------
 
 

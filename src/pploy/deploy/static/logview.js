@@ -176,6 +176,7 @@
   const STR_ESC = 4;
   const ESC_INTER = 5; // ESC + intermediate bytes, e.g. ESC ( B
   const MAX_SEQ = 64;
+  const MAX_MOVE = 1000; // longest cursor move honoured, in rows or columns
   const CONTROL = /[\x00-\x1f\x7f]/g;
 
   function runsOf(line) {
@@ -206,10 +207,15 @@
     return out;
   }
 
+  // Runs of one style stop growing at RUN_MAX characters: a very long line becomes a list of
+  // moderate strings, so appending never copies the line and rendering its start touches only
+  // its first runs (joining onto one huge string would copy it again and again).
+  const RUN_MAX = 1 << 16;
+
   function pushRun(runs, text, style) {
     if (!text) return;
     const last = runs[runs.length - 1];
-    if (last && last.s === style) {
+    if (last && last.s === style && last.t.length < RUN_MAX) {
       runs[runs.length - 1] = { t: last.t + text, s: style };
     } else {
       runs.push({ t: text, s: style });
@@ -306,7 +312,8 @@
         this.style = applySgr(this.style, seq);
         return;
       }
-      const n = Math.max(1, parseInt(seq, 10) || 1);
+      // Clamped like a terminal's screen: ESC[999999999C must not pad a line with a billion spaces.
+      const n = Math.min(MAX_MOVE, Math.max(1, parseInt(seq, 10) || 1));
       switch (final) {
         case 'K': this.eraseLine(parseInt(seq, 10) || 0); break;
         case 'G': case '`': this.moveTo(this.row, n - 1); break;
@@ -406,6 +413,11 @@
   }
 
   const MARGIN = 40; // rows rendered above and below the visible window
+  // Characters of one line put in the DOM until the reader asks for more: layout of a line grows
+  // with its length, so a 50 MB line would freeze the page. The full text stays in the terminal
+  // model (and in the raw log); the expander shows it MORE_STEP characters at a time.
+  const LINE_CAP = 10000;
+  const MORE_STEP = 100000;
   const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
   const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
 
@@ -420,6 +432,7 @@
       this.queue = []; // decoded text chunks waiting for the next frame
       this.frame = 0;
       this.rendered = new Map(); // line index -> row element currently in the DOM
+      this.shown = new Map(); // line index -> characters shown, for lines the reader expanded
       this.first = 0;
       this.last = 0;
       this.selected = null;
@@ -519,24 +532,64 @@
       const text = document.createElement('span');
       text.className = 'log-text';
       const line = this.term.lines[i];
+      const cap = this.shown.get(i) || LINE_CAP;
+      let length;
       if (typeof line === 'string') {
-        if (line) text.textContent = line;
+        length = line.length;
+        if (line) text.textContent = length > cap ? line.slice(0, cap) : line;
       } else {
-        for (const run of line) {
+        let room = cap;
+        for (let r = 0; r < line.length && room > 0; r++) {
+          const run = line[r];
+          const t = run.t.length > room ? run.t.slice(0, room) : run.t;
+          room -= t.length;
           if (run.s === null) {
-            text.append(document.createTextNode(run.t));
+            text.append(document.createTextNode(t));
             continue;
           }
           const span = document.createElement('span');
           if (run.s.cls) span.className = run.s.cls;
           if (run.s.color) span.style.color = run.s.color;
           if (run.s.background) span.style.backgroundColor = run.s.background;
-          span.textContent = run.t;
+          span.textContent = t;
           text.append(span);
         }
+        length = room > 0 ? cap - room : i === this.term.row ? this.term.len : runsLength(line);
       }
       row.append(ln, text);
+      if (length > cap) row.append(this.buildExpander(i, length - cap));
       return row;
+    }
+
+    // "… 49,990,000 more characters [show 100,000 more] [raw log]" after a capped line.
+    buildExpander(i, rest) {
+      const more = document.createElement('span');
+      more.className = 'log-more';
+      more.append('… ' + rest.toLocaleString('en') + ' more characters ');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'log-expand';
+      button.dataset.line = String(i + 1);
+      button.textContent = 'show ' + Math.min(rest, MORE_STEP).toLocaleString('en') + ' more';
+      more.append(button);
+      if (this.el.dataset.rawUrl) {
+        const raw = document.createElement('a');
+        raw.className = 'log-raw';
+        raw.href = this.el.dataset.rawUrl;
+        raw.target = '_blank';
+        raw.rel = 'noopener';
+        raw.textContent = 'raw log';
+        more.append(' ', raw);
+      }
+      return more;
+    }
+
+    // Show MORE_STEP more characters of line n (1-based).
+    expand(n) {
+      const i = n - 1;
+      this.shown.set(i, (this.shown.get(i) || LINE_CAP) + MORE_STEP);
+      this.term.dirty.add(i);
+      this.render();
     }
 
     render() {
@@ -635,6 +688,11 @@
     }
 
     onClick(e) {
+      const expand = e.target.closest && e.target.closest('button.log-expand');
+      if (expand) {
+        this.expand(parseInt(expand.dataset.line, 10));
+        return;
+      }
       const link = e.target.closest && e.target.closest('a.log-ln');
       if (!link || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey) return;
       e.preventDefault();
