@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+TRANSPORTS = ("chunked", "sse", "websocket")
+
 
 @dataclass
 class Tick:

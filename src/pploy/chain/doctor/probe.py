@@ -17,9 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from pploy.chain.doctor.model import Batch, Options, Probe, Tick
+from pploy.chain.doctor.model import TRANSPORTS, Batch, Options, Probe, Tick
 
-TRANSPORTS = ("chunked", "sse", "websocket")
 GATE_PATH = "/.gate/stream-test"
 PPLOY_PATH = "/api/stream-test"
 SUFFIX = {"chunked": "", "sse": "/events", "websocket": "/ws"}

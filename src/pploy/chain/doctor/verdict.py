@@ -12,8 +12,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pploy.chain.doctor.model import Options, Probe
-from pploy.chain.doctor.probe import TRANSPORTS
+from pploy.chain.doctor.model import TRANSPORTS, Options, Probe
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 REFUSED = frozenset({401, 403}) | REDIRECTS
