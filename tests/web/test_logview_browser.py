@@ -388,6 +388,12 @@ def test_long_line_is_capped_with_an_expander(page, live):
         == "none"
     )
 
+    # "copy line" puts the whole line on the clipboard, not just what is shown.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base)
+    more.locator("button.log-copy").click()
+    page.wait_for_selector("#log button.log-copy[data-copied=yes]")
+    assert page.evaluate("navigator.clipboard.readText()") == "y" * 9_995 + "z" * 240_005
+
     more.locator("button.log-expand").click()
     page.wait_for_function(
         "document.querySelector('#log .log-line[data-line=\"2\"] .log-text')"
@@ -402,6 +408,20 @@ def test_long_line_is_capped_with_an_expander(page, live):
     )
     assert row.locator(".log-more").count() == 0
     assert page.locator('#log .log-line[data-line="3"] .log-text').inner_text() == "next"
+
+
+def test_long_line_expander_speaks_the_page_language(chromium, live):
+    job = live.start_job(script(printf("x" * 12_345 + "\r\n")))
+    context = chromium.new_context(extra_http_headers={"Accept-Language": "ja"}, locale="ja-JP")
+    context.add_cookies([{"name": "user", "value": "alice", "url": live.base}])
+    pg = context.new_page()
+    open_job(pg, live, job)
+    wait_ended(pg)
+    more = pg.locator('#log .log-line[data-line="2"] .log-more')
+    assert more.locator("button.log-expand").inner_text() == "さらに 2,345 文字を表示"
+    assert "… あと 2,345 文字" in more.inner_text()
+    assert more.locator("a.log-raw").inner_text() == "生ログ"
+    context.close()
 
 
 # ---------------------------------------------------------------------------------------------

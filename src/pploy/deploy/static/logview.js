@@ -418,6 +418,12 @@
   // model (and in the raw log); the expander shows it MORE_STEP characters at a time.
   const LINE_CAP = 10000;
   const MORE_STEP = 100000;
+  const LABELS = {
+    more: '… %s more characters',
+    show: 'show %s more',
+    copy: 'copy line',
+    raw: 'raw log',
+  };
   const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
   const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
 
@@ -561,27 +567,50 @@
       return row;
     }
 
-    // "… 49,990,000 more characters [show 100,000 more] [raw log]" after a capped line.
+    // "… 49,990,000 more characters [show 100,000 more] [copy line] [raw log]" after a capped
+    // line. Labels come from the page (#log's data-text-*, translated by the server).
     buildExpander(i, rest) {
       const more = document.createElement('span');
       more.className = 'log-more';
-      more.append('… ' + rest.toLocaleString('en') + ' more characters ');
-      const button = document.createElement('button');
-      button.type = 'button';
-      button.className = 'log-expand';
-      button.dataset.line = String(i + 1);
-      button.textContent = 'show ' + Math.min(rest, MORE_STEP).toLocaleString('en') + ' more';
-      more.append(button);
+      more.append(this.label('more', rest.toLocaleString('en')) + ' ');
+      const show = document.createElement('button');
+      show.type = 'button';
+      show.className = 'log-expand';
+      show.dataset.line = String(i + 1);
+      show.textContent = this.label('show', Math.min(rest, MORE_STEP).toLocaleString('en'));
+      more.append(show);
+      if (navigator.clipboard) {
+        // The clipboard API exists in secure contexts only (https, localhost).
+        const copy = document.createElement('button');
+        copy.type = 'button';
+        copy.className = 'log-copy';
+        copy.dataset.line = String(i + 1);
+        copy.textContent = this.label('copy');
+        more.append(copy);
+      }
       if (this.el.dataset.rawUrl) {
         const raw = document.createElement('a');
         raw.className = 'log-raw';
         raw.href = this.el.dataset.rawUrl;
         raw.target = '_blank';
         raw.rel = 'noopener';
-        raw.textContent = 'raw log';
+        raw.textContent = this.label('raw');
         more.append(' ', raw);
       }
       return more;
+    }
+
+    label(name, value) {
+      const key = 'text' + name[0].toUpperCase() + name.slice(1);
+      const text = this.el.dataset[key] || LABELS[name];
+      return value === undefined ? text : text.replace('%s', value);
+    }
+
+    // The whole text of line n (1-based), styles dropped: what "copy line" puts on the clipboard.
+    lineText(n) {
+      const line = this.term.lines[n - 1];
+      if (line === undefined) return '';
+      return typeof line === 'string' ? line : line.map((r) => r.t).join('');
     }
 
     // Show MORE_STEP more characters of line n (1-based).
@@ -691,6 +720,15 @@
       const expand = e.target.closest && e.target.closest('button.log-expand');
       if (expand) {
         this.expand(parseInt(expand.dataset.line, 10));
+        return;
+      }
+      const copy = e.target.closest && e.target.closest('button.log-copy');
+      if (copy) {
+        const text = this.lineText(parseInt(copy.dataset.line, 10));
+        navigator.clipboard.writeText(text).then(
+          () => { copy.dataset.copied = 'yes'; },
+          () => { copy.dataset.copied = 'no'; },
+        );
         return;
       }
       const link = e.target.closest && e.target.closest('a.log-ln');
