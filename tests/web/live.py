@@ -113,6 +113,8 @@ class LivePploy:
         self.run(self.pploy.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class Tap:
