@@ -1,287 +1,29 @@
-"""The browser side (static/logview.js, static/app.js) in a real Chromium.
+"""The browser side (static/logview.js, static/app.js) in a real Chromium against the real pploy.
 
-A small aiohttp server runs in a background thread and speaks the job-log protocol of the real
-server (SSE with byte-offset ids, WebSocket with binary frames and a final text status), but its
-jobs are scripted by the tests: a test appends chunks to a job, waits for the browser to show
-them, then appends more. Chunk boundaries are kept exactly (one WebSocket frame or one SSE event
-per appended chunk), so tests can split UTF-8 characters and escape sequences on purpose.
+One pploy per module (:class:`tests.web.live.LivePploy`) serves the real job pages and the real
+SSE and WebSocket streams; each test deploys a project of its own whose deploy script prints
+what the test needs. Scripts print in separate writes a moment apart to split UTF-8 characters
+and escape sequences across chunks, and block on a fifo where the test must see output before
+more exists. :class:`tests.web.live.Tap` relays a connection when a test must cut it or see
+which offset the viewer resumed from.
 """
 
 from __future__ import annotations
 
-import asyncio
-import codecs
-import json
 import re
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.helpers import require_binary
+from tests.deploy.support import Fifo
+from tests.web.live import LivePploy, Tap, pieces, printf, script
 
 pytestmark = pytest.mark.slow  # chromium
 
-STATIC = Path(__file__).resolve().parents[2] / "src" / "pploy" / "deploy" / "static"
-HARNESS = (Path(__file__).resolve().parent / "harness.html").read_text()
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Scripted job server
-# ---------------------------------------------------------------------------------------------
-
-
-class Job:
-    """A job log that grows when the test says so. Lives on the server thread's loop."""
-
-    def __init__(self, chunks: list[bytes], status: dict | None, drop_ws_at: int | None):
-        self.chunks: list[bytes] = list(chunks)
-        self.status = status
-        # Abort the first WebSocket abruptly once this many bytes have been sent.
-        self.drop_ws_at = drop_ws_at
-        self.connections: list[tuple[str, int]] = []  # (transport, start offset) per request
-        self.changed = asyncio.Event()
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def pieces_from(self, offset: int, index: int) -> tuple[list[tuple[int, bytes]], int]:
-        """Chunks not yet sent (from chunk ``index``), cut to start at byte ``offset``."""
-        out = []
-        pos = sum(len(c) for c in self.chunks[:index])
-        for chunk in self.chunks[index:]:
-            end = pos + len(chunk)
-            if end > offset:
-                out.append((end, chunk[max(0, offset - pos) :]))
-            pos = end
-        return out, len(self.chunks)
-
-
-class JobServer:
-    def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}
-        self.submissions: list[dict] = []  # form posts received by the app.js page
-        self.app_version = 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self.ready.wait(10)
-
-    # --- called from the test thread ----------------------------------------------------------
-
-    def call(self, fn, *args):
-        async def run():
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def add_job(self, job_id, chunks=(), status=None, drop_ws_at=None) -> Job:
-        chunks = [c.encode() if isinstance(c, str) else c for c in chunks]
-        return self.call(self._add_job, job_id, chunks, status, drop_ws_at)
-
-    def append(self, job_id, data) -> None:
-        data = data.encode() if isinstance(data, str) else data
-        self.call(self._append, job_id, data)
-
-    def end(self, job_id, status: dict) -> None:
-        self.call(self._end, job_id, status)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    # --- server thread ------------------------------------------------------------------------
-
-    def _add_job(self, job_id, chunks, status, drop_ws_at):
-        job = self.jobs[str(job_id)] = Job(chunks, status, drop_ws_at)
-        return job
-
-    def _append(self, job_id, data):
-        job = self.jobs[str(job_id)]
-        job.chunks.append(data)
-        job.notify()
-
-    def _end(self, job_id, status):
-        job = self.jobs[str(job_id)]
-        job.status = status
-        job.notify()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_get("/job/{id}", self.job_page)
-        app.router.add_get("/api/jobs/{id}/events", self.events)
-        app.router.add_get("/api/jobs/{id}/ws", self.websocket)
-        app.router.add_get("/app", self.app_page)
-        app.router.add_post("/submit", self.submit)
-        app.router.add_static("/static", STATIC)
-        self.runner = web.AppRunner(app, handler_cancellation=True)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)  # a free port: safe under pytest -n
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def job_page(self, request: web.Request) -> web.Response:
-        job_id = request.match_info["id"]
-        html = HARNESS.replace("{job_id}", job_id)
-        html = html.replace("{transport}", request.query.get("t", "sse"))
-        html = html.replace("{started_at}", request.query.get("started", str(time.time())))
-        return web.Response(text=html, content_type="text/html")
-
-    async def events(self, request: web.Request) -> web.StreamResponse:
-        job = self.jobs[request.match_info["id"]]
-        offset = int(request.headers.get("Last-Event-ID") or request.query.get("offset", "0"))
-        job.connections.append(("sse", offset))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b": ping\n\n")
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        index = 0
-        while True:
-            changed = job.changed
-            pieces, index = job.pieces_from(offset, index)
-            for end, data in pieces:
-                text = json.dumps(decoder.decode(data))
-                await resp.write(f"event: log\nid: {end}\ndata: {text}\n\n".encode())
-                offset = end
-            if job.status is not None:
-                await resp.write(f"event: status\ndata: {json.dumps(job.status)}\n\n".encode())
-                return resp
-            await changed.wait()
-
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        job = self.jobs[request.match_info["id"]]
-        offset = int(request.query.get("offset", "0"))
-        job.connections.append(("ws", offset))
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        index = 0
-        while True:
-            changed = job.changed
-            pieces, index = job.pieces_from(offset, index)
-            for end, data in pieces:
-                await ws.send_bytes(data)
-                offset = end
-                if job.drop_ws_at is not None and offset >= job.drop_ws_at:
-                    job.drop_ws_at = None
-                    # An abnormal end (no close frame): the browser sees code 1006.
-                    request.transport.abort()
-                    return ws
-            if job.status is not None:
-                await ws.send_str(json.dumps(job.status))
-                await ws.close(code=1000)
-                return ws
-            await changed.wait()
-
-    # --- app.js page --------------------------------------------------------------------------
-
-    async def app_page(self, request: web.Request) -> web.Response:
-        v = self.app_version
-        now = time.time()
-        html = f"""<!doctype html><html><head><meta charset="utf-8">
-<link rel="stylesheet" href="/static/style.css">
-<script src="/static/app.js" defer></script></head><body>
-<span class="countdown" id="cd-short" data-expires-at="{now + 65.5}"></span>
-<span class="countdown" id="cd-long" data-expires-at="{now + 3725.5}"></span>
-<span class="countdown" id="cd-past" data-expires-at="{now - 5}"
-  data-expired-text="abgelaufen"></span>
-<span class="countdown" id="cd-default" data-expires-at="{now - 5}"></span>
-<section id="lock" data-live><p id="lock-text">lock v{v}</p>
-  <span class="countdown" id="cd-live" data-expires-at="{now + 125.5}"></span></section>
-<section id="note" data-live><p id="note-text">note v{v}</p>
-  <form><input id="note-input" name="note" value=""></form></section>
-<form id="danger" method="post" action="/submit" data-confirm="Really deploy?">
-  <input type="hidden" name="what" value="deploy"><button id="danger-go">Deploy</button></form>
-<form id="pick" method="post" action="/submit">
-  <select id="user-picker" name="user"><option>alice</option><option>bob</option></select>
-  <button>Switch</button></form>
-</body></html>"""
-        return web.Response(text=html, content_type="text/html")
-
-    async def submit(self, request: web.Request) -> web.Response:
-        self.submissions.append(dict(await request.post()))
-        return web.Response(text="<p id='done'>submitted</p>", content_type="text/html")
-
-
-# ---------------------------------------------------------------------------------------------
-# Fixtures
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = JobServer()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    require_binary("chromium")
-    context = browser.new_context(viewport={"width": 1000, "height": 800})
-    pg = context.new_page()
-    pg.set_default_timeout(10_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
-
-
-_ids = iter(range(1, 1_000_000))
-
-
-def new_id() -> str:
-    return f"j{next(_ids)}"
-
-
-def ok(status="succeeded", code=0) -> dict:
-    return {
-        "status": status,
-        "exit_code": code,
-        "signal": None,
-        "ended_at": time.time(),
-        "cancelled_by": None,
-    }
-
-
-def open_job(page, server, job_id, transport="sse", hash_="", started=None):
-    query = f"?t={transport}" + (f"&started={started}" if started else "")
-    page.goto(server.url(f"/job/{job_id}{query}{hash_}"))
-
-
-def wait_ended(page) -> None:
-    page.wait_for_selector("body[data-job-status]:not([data-job-status=running])")
-
+ENDED = "body[data-job-status]:not([data-job-status=running])"
 
 # Resolves once the log panel's scroll position has stopped changing (wheel scrolling animates).
 SCROLL_SETTLED = """() => new Promise(resolve => {
@@ -299,9 +41,52 @@ AT_BOTTOM = """() => {
   return log.scrollHeight - log.scrollTop - log.clientHeight < 2;
 }"""
 
+ON_END = "document.addEventListener('pploy:job-ended', e => { window.__ended = e.detail; })"
 
-def line_texts(page) -> list[str]:
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Fifo]:
+    gate = Fifo(tmp_path / "go")
+    yield gate
+    gate.close()
+
+
+@pytest.fixture
+def tap(live: LivePploy) -> Iterator[Tap]:
+    relay = Tap(live)
+    yield relay
+    relay.close()
+
+
+def open_job(page: Any, live: LivePploy | Tap, job: int, transport: str = "sse", hash_="") -> None:
+    page.goto(live.url(f"/jobs/{job}?transport={transport}{hash_}"))
+
+
+def wait_ended(page: Any) -> None:
+    page.wait_for_selector(ENDED)
+
+
+def line_texts(page: Any) -> list[str]:
     return page.eval_on_selector_all(".log-line .log-text", "els => els.map(e => e.textContent)")
+
+
+def output(page: Any) -> list[str]:
+    """The script's lines: the rendered lines without pploy's first line (the command it runs)
+    and its closing notes (``[pploy] ...``)."""
+    texts = line_texts(page)
+    assert texts and texts[0].startswith("$ "), texts[:1]
+    texts = texts[1:]
+    while texts and texts[-1].startswith("[pploy]"):
+        texts.pop()
+    return texts
+
+
+def released(fifo: Fifo, *steps: str) -> list[str]:
+    """Shell lines: open ``fifo``, then after each step wait for the test's release."""
+    out = [fifo.script_open()]
+    for step in steps:
+        out += [fifo.wait_cmd, step]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,22 +94,21 @@ def line_texts(page) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sgr_colours_and_attributes_render_as_styled_spans(page, server):
-    job = new_id()
-    server.add_job(
-        job,
-        [
-            "plain \x1b[31mred\x1b[0m \x1b[1;92mbold-bright-green\x1b[0m\r\n",
-            "\x1b[38;5;208m256-orange\x1b[0m "
-            "\x1b[38;2;10;20;30;48;2;200;201;202mtruecolor\x1b[m\r\n",
-            "\x1b[2mdim\x1b[22m \x1b[3mitalic\x1b[23m \x1b[4munder\x1b[24m \x1b[7minverse\x1b[27m"
-            " \x1b[44mbluebg\x1b[49m after\r\n",
-        ],
-        ok(),
+def test_sgr_colours_and_attributes_render_as_styled_spans(page, live):
+    job = live.start_job(
+        script(
+            *pieces(
+                "plain \x1b[31mred\x1b[0m \x1b[1;92mbold-bright-green\x1b[0m\r\n",
+                "\x1b[38;5;208m256-orange\x1b[0m "
+                "\x1b[38;2;10;20;30;48;2;200;201;202mtruecolor\x1b[m\r\n",
+                "\x1b[2mdim\x1b[22m \x1b[3mitalic\x1b[23m \x1b[4munder\x1b[24m \x1b[7minverse"
+                "\x1b[27m \x1b[44mbluebg\x1b[49m after\r\n",
+            )
+        )
     )
-    open_job(page, server, job)
+    open_job(page, live, job)
     wait_ended(page)
-    assert line_texts(page) == [
+    assert output(page) == [
         "plain red bold-bright-green",
         "256-orange truecolor",
         "dim italic under inverse bluebg after",
@@ -357,35 +141,30 @@ def test_sgr_colours_and_attributes_render_as_styled_spans(page, server):
     assert inverse["color"] == "rgb(13, 17, 23)" and inverse["bg"] == "rgb(209, 215, 224)"
     assert style("bluebg")["bg"] == "rgb(88, 166, 255)"
     # Reset really resets: the text after the last SGR is a bare text node, not a span.
-    assert (
-        page.evaluate(
-            "[...document.querySelectorAll('#log .log-line')][2].querySelector('.log-text')"
-            ".lastChild.nodeType"
-        )
-        == 3
-    )
+    last = "document.querySelector('#log .log-line[data-line=\"4\"] .log-text').lastChild"
+    assert page.evaluate(last + ".nodeType") == 3
+    assert page.evaluate(last + ".textContent") == " after"
 
 
-def test_carriage_return_progress_collapses_to_last_frame(page, server):
-    job = new_id()
+def test_carriage_return_progress_collapses_to_last_frame(page, live):
     frames = "".join(f"\rDownloading {p:3d}%" for p in range(0, 101, 5))
-    server.add_job(
-        job,
-        [
-            "start\r\n",
-            frames[: len(frames) // 2],
-            frames[len(frames) // 2 :] + "\r\n",
-            "long line that gets\rshort\x1b[K\r\n",  # erase-to-end clears the tail
-            "abcdef\rXY\r\n",  # without an erase, a terminal keeps the tail
-            "line\r",
-            "\nsplit crlf\r\n",  # \r and \n in different chunks are still one line end
-            "a\r\n\r\nb\r\n",  # a real empty line stays
-        ],
-        ok(),
+    job = live.start_job(
+        script(
+            *pieces(
+                "start\r\n",
+                frames[: len(frames) // 2],
+                frames[len(frames) // 2 :] + "\r\n",
+                "long line that gets\rshort\x1b[K\r\n",  # erase-to-end clears the tail
+                "abcdef\rXY\r\n",  # without an erase, a terminal keeps the tail
+                "line\r",
+                "\nsplit crlf\r\n",  # \r and \n in different chunks are still one line end
+                "a\r\n\r\nb\r\n",  # a real empty line stays
+            )
+        )
     )
-    open_job(page, server, job)
+    open_job(page, live, job)
     wait_ended(page)
-    assert line_texts(page) == [
+    assert output(page) == [
         "start",
         "Downloading 100%",
         "short",
@@ -400,32 +179,27 @@ def test_carriage_return_progress_collapses_to_last_frame(page, server):
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
-def test_chunks_splitting_utf8_and_escape_sequences(page, server, transport):
-    job = new_id()
-    if transport == "ws":
-        # Byte-level splits: inside "é" (c3 a9), inside "€" (e2 82 ac), and inside ESC[32m.
-        chunks = [b"caf\xc3", b"\xa9 \xe2\x82", b"\xac \x1b[3", b"2mgreen\x1b", b"[0m done\r\n"]
-    else:
-        # SSE carries text, so only escape sequences (and \r\n) can be split.
-        chunks = ["café € \x1b", "[3", "2mgreen\x1b[", "0m done\r", "\n"]
-    server.add_job(job, chunks, ok())
-    open_job(page, server, job, transport)
+def test_chunks_splitting_utf8_and_escape_sequences(page, live, transport):
+    # Written apart: inside "é" (c3 a9), inside "€" (e2 82 ac), and inside ESC[32m. pploy's SSE
+    # holds a split character back (ids are byte offsets); its WebSocket sends the bytes as read.
+    parts = [b"caf\xc3", b"\xa9 \xe2\x82", b"\xac \x1b[3", b"2mgreen\x1b", b"[0m done\r\n"]
+    job = live.start_job(script(*pieces(*parts, gap=0.3)))
+    open_job(page, live, job, transport)
     wait_ended(page)
-    assert line_texts(page) == ["café € green done"]
+    assert output(page) == ["café € green done"]
     assert page.inner_text("#log .ansi-fg-2") == "green"
 
 
-def test_output_is_inert_text_never_html(page, server):
-    job = new_id()
+def test_output_is_inert_text_never_html(page, live):
     evil = (
         "<script>window.__pwned = 1</script>"
         '<img src="x" onerror="window.__pwned = 2">'
         "\x1b[31m<b onmouseover=alert(1)>red</b>\x1b[0m\r\n"
     )
-    server.add_job(job, [evil], ok())
-    open_job(page, server, job)
+    job = live.start_job(script(printf(evil)))
+    open_job(page, live, job)
     wait_ended(page)
-    assert line_texts(page) == [
+    assert output(page) == [
         '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
         "<b onmouseover=alert(1)>red</b>"
     ]
@@ -433,34 +207,46 @@ def test_output_is_inert_text_never_html(page, server):
     assert page.evaluate("window.__pwned") is None
 
 
+def test_absurd_cursor_moves_are_clamped(page, live):
+    """ESC[999999999C (cursor right) and ESC[999999999A (up) from hostile output: a terminal
+    stops at its edge; the viewer must not pad a line with a billion spaces."""
+    hostile = "a\x1b[999999999Cb\r\nc\x1b[999999999A\x1b[999999999Bd\r\n"
+    job = live.start_job(script(printf(hostile)))
+    open_job(page, live, job)
+    wait_ended(page)
+    lines = output(page)
+    assert lines[0] == "a" + " " * 1000 + "b"
+    assert lines[1] == "cd"
+
+
 # ---------------------------------------------------------------------------------------------
 # Navigation: line links, #L hash, follow
 # ---------------------------------------------------------------------------------------------
 
 
-def test_line_number_links_highlight_and_update_hash(page, server):
-    job = new_id()
-    server.add_job(job, ["".join(f"line {i}\r\n" for i in range(1, 21))], ok())
-    open_job(page, server, job)
+def test_line_number_links_highlight_and_update_hash(page, live):
+    # Line 1 of the panel is pploy's command line: the script's "line 7" is line 8.
+    job = live.start_job(script(printf("".join(f"line {i}\r\n" for i in range(1, 21)))))
+    open_job(page, live, job)
     wait_ended(page)
-    link = page.locator('#log a.log-ln[href="#L7"]')
-    assert link.get_attribute("data-n") == "7"
+    link = page.locator('#log a.log-ln[href="#L8"]')
+    assert link.get_attribute("data-n") == "8"
     link.click()
-    assert page.evaluate("location.hash") == "#L7"
+    assert page.evaluate("location.hash") == "#L8"
     selected = page.locator("#log .log-line-selected")
     assert selected.count() == 1
-    assert selected.get_attribute("data-line") == "7"
+    assert selected.get_attribute("data-line") == "8"
     assert selected.locator(".log-text").inner_text() == "line 7"
     # Line numbers are drawn by CSS: copying the log text never copies them.
-    assert page.locator("#log .log-line").first.inner_text().strip() == "line 1"
+    assert page.locator('#log .log-line[data-line="2"]').inner_text().strip() == "line 1"
 
 
-def test_hash_on_load_scrolls_to_line_and_highlights(page, server):
-    job = new_id()
-    server.add_job(job, ["".join(f"row {i}\r\n" for i in range(1, 3001))], ok())
-    open_job(page, server, job, hash_="#L1234")
+def test_hash_on_load_scrolls_to_line_and_highlights(page, live):
+    job = live.start_job(script("seq 1 3000 | sed 's/^/row /'"))
+    live.wait_job(job)
+    open_job(page, live, job, hash_="#L1235")
     wait_ended(page)
-    row = page.locator('#log .log-line[data-line="1234"]')
+    row = page.locator('#log .log-line[data-line="1235"]')
     row.wait_for()
     assert "log-line-selected" in row.get_attribute("class")
     assert row.locator(".log-text").inner_text() == "row 1234"
@@ -468,7 +254,7 @@ def test_hash_on_load_scrolls_to_line_and_highlights(page, server):
     visible = page.evaluate(
         """() => {
           const log = document.getElementById('log').getBoundingClientRect();
-          const r = document.querySelector('#log .log-line[data-line="1234"]')
+          const r = document.querySelector('#log .log-line[data-line="1235"]')
             .getBoundingClientRect();
           return r.top >= log.top && r.bottom <= log.bottom;
         }"""
@@ -477,10 +263,19 @@ def test_hash_on_load_scrolls_to_line_and_highlights(page, server):
     assert not page.is_checked("#log-follow")
 
 
-def test_follow_toggle_tracks_user_scrolling(page, server):
-    job = new_id()
-    server.add_job(job, ["".join(f"first {i}\r\n" for i in range(1, 201))])
-    open_job(page, server, job)
+def test_follow_toggle_tracks_user_scrolling(page, live, fifo):
+    job = live.start_job(
+        script(
+            "seq 1 200 | sed 's/^/first /'",
+            *released(
+                fifo,
+                "seq 1 100 | sed 's/^/second /'",
+                "seq 1 100 | sed 's/^/third /'",
+                "true",
+            ),
+        )
+    )
+    open_job(page, live, job)
     page.wait_for_selector("text=first 200")
     assert page.is_checked("#log-follow")
     page.wait_for_function(AT_BOTTOM)
@@ -491,14 +286,14 @@ def test_follow_toggle_tracks_user_scrolling(page, server):
     page.wait_for_function("!document.getElementById('log-follow').checked")
     page.evaluate(SCROLL_SETTLED)
     top_before = page.evaluate("document.getElementById('log').scrollTop")
-    server.append(job, "".join(f"second {i}\r\n" for i in range(1, 101)))
-    page.wait_for_function("document.getElementById('log').dataset.lines === '300'")
+    live.release(fifo)
+    page.wait_for_function("document.getElementById('log').dataset.lines === '301'")
     assert page.evaluate("document.getElementById('log').scrollTop") == top_before
 
     # Scrolling to the bottom turns it back on, and it keeps up with new output.
     page.mouse.wheel(0, 100_000)
     page.wait_for_function("document.getElementById('log-follow').checked")
-    server.append(job, "".join(f"third {i}\r\n" for i in range(1, 101)))
+    live.release(fifo)
     page.wait_for_selector("text=third 100")
     page.wait_for_function(AT_BOTTOM)
 
@@ -508,21 +303,20 @@ def test_follow_toggle_tracks_user_scrolling(page, server):
     page.wait_for_selector("text=first 1")
     page.check("#log-follow")
     page.wait_for_function(AT_BOTTOM)
-    server.end(job, ok())
+    live.release(fifo)
     wait_ended(page)
 
 
-def test_streams_line_by_line(page, server):
-    """Line 2 is only sent once the browser shows line 1: nothing is held back."""
-    job = new_id()
-    server.add_job(job)
-    open_job(page, server, job)
+def test_streams_line_by_line(page, live, fifo):
+    """Line 2 is only printed once the browser shows line 1: nothing is held back."""
+    job = live.start_job(script(*released(fifo, *(printf(f"step {i}\n") for i in range(1, 6)))))
+    open_job(page, live, job)
     for i in range(1, 6):
-        server.append(job, f"step {i}\r\n")
+        live.release(fifo)
         page.wait_for_selector(f"#log .log-text:text-is('step {i}')")
         assert f"step {i + 1}" not in page.inner_text("#log")
-    server.end(job, ok())
     wait_ended(page)
+    assert output(page) == [f"step {i}" for i in range(1, 6)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,22 +324,26 @@ def test_streams_line_by_line(page, server):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_100k_line_log_is_virtualised(page, server):
-    job = new_id()
-    lines = [f"line {i} \x1b[32mok\x1b[0m {'x' * (i % 40)}\r\n" for i in range(1, 100_001)]
-    # ~4.6 MB in 1000-line events, as a server replaying a file from offset 0 would send it.
-    chunks = ["".join(lines[i : i + 1000]) for i in range(0, len(lines), 1000)]
-    server.add_job(job, chunks, ok())
+def test_100k_line_log_is_virtualised(page, live):
+    # ~4.6 MB, replayed from the log file from offset 0 once the job has ended.
+    job = live.start_job(
+        script(
+            'awk \'BEGIN { x = sprintf("%40s", ""); gsub(/ /, "x", x);'
+            " for (i = 1; i <= 100000; i++)"
+            ' printf "line %d \\033[32mok\\033[0m %s\\r\\n", i, substr(x, 1, i % 40) }\''
+        )
+    )
+    live.wait_job(job)
     started = time.monotonic()
-    open_job(page, server, job)
+    open_job(page, live, job)
     wait_ended(page)
     elapsed = time.monotonic() - started
-    assert page.get_attribute("#log", "data-lines") == "100000"
+    assert page.get_attribute("#log", "data-lines") == "100002"  # with pploy's first and last
     rows = page.evaluate("document.querySelectorAll('#log .log-line').length")
     assert 0 < rows < 500, rows
     assert elapsed < 20, elapsed
     # Following: the end is on screen.
-    page.wait_for_selector("#log .log-line[data-line='100000']")
+    page.wait_for_selector("#log .log-line[data-line='100002']")
 
     # The page stays responsive while scrolled around: top, then back to the end by keyboard.
     page.evaluate("document.getElementById('log').scrollTop = 0")
@@ -553,10 +351,67 @@ def test_100k_line_log_is_virtualised(page, server):
     assert page.evaluate("document.querySelectorAll('#log .log-line').length") < 500
     page.focus("#log")
     page.keyboard.press("End")
-    last = page.locator("#log .log-line[data-line='100000'] .log-text")
+    last = page.locator("#log .log-line[data-line='100001'] .log-text")
     last.wait_for()
-    assert last.inner_text().startswith("line 100000 ok")
+    assert last.inner_text() == "line 100000 ok "
     assert page.evaluate("document.querySelectorAll('#log .log-line').length") < 500
+
+
+def test_long_line_is_capped_with_an_expander(page, live):
+    """A 250,000-character line shows its first 10,000 characters (styles kept across the cap)
+    and an expander that shows 100,000 more per click, with a link to the raw log."""
+    body = "\x1b[33m" + "y" * 9_995 + "\x1b[34m" + "z" * 240_005 + "\x1b[0m"
+    job = live.start_job(script(printf(body + "\r\nnext\r\n")))
+    open_job(page, live, job)
+    wait_ended(page)
+    row = page.locator('#log .log-line[data-line="2"]')
+    text = row.locator(".log-text")
+    assert len(text.inner_text()) == 10_000
+    assert page.inner_text("#log .ansi-fg-3") == "y" * 9_995
+    assert page.inner_text("#log .ansi-fg-4") == "z" * 5  # the blue run, cut at the cap
+    more = row.locator(".log-more")
+    assert "240,000 more characters" in more.inner_text()
+    assert more.locator("a.log-raw").get_attribute("href") == f"/api/jobs/{job}/log"
+    # The expander is not part of the line's text (never copied).
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('#log .log-more')).userSelect")
+        == "none"
+    )
+
+    # "copy line" puts the whole line on the clipboard, not just what is shown.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base)
+    more.locator("button.log-copy").click()
+    page.wait_for_selector("#log button.log-copy[data-copied=yes]")
+    assert page.evaluate("navigator.clipboard.readText()") == "y" * 9_995 + "z" * 240_005
+
+    more.locator("button.log-expand").click()
+    page.wait_for_function(
+        "document.querySelector('#log .log-line[data-line=\"2\"] .log-text')"
+        ".textContent.length === 110000"
+    )
+    assert "140,000 more characters" in row.locator(".log-more").inner_text()
+    for _ in range(2):
+        row.locator("button.log-expand").click()
+    page.wait_for_function(
+        "document.querySelector('#log .log-line[data-line=\"2\"] .log-text')"
+        ".textContent.length === 250000"
+    )
+    assert row.locator(".log-more").count() == 0
+    assert page.locator('#log .log-line[data-line="3"] .log-text').inner_text() == "next"
+
+
+def test_long_line_expander_speaks_the_page_language(chromium, live):
+    job = live.start_job(script(printf("x" * 12_345 + "\r\n")))
+    context = chromium.new_context(extra_http_headers={"Accept-Language": "ja"}, locale="ja-JP")
+    context.add_cookies([{"name": "user", "value": "alice", "url": live.base}])
+    pg = context.new_page()
+    open_job(pg, live, job)
+    wait_ended(pg)
+    more = pg.locator('#log .log-line[data-line="2"] .log-more')
+    assert more.locator("button.log-expand").inner_text() == "さらに 2,345 文字を表示"
+    assert "… あと 2,345 文字" in more.inner_text()
+    assert more.locator("a.log-raw").inner_text() == "生ログ"
+    context.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,145 +419,173 @@ def test_100k_line_log_is_virtualised(page, server):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_ws_transport_binary_frames_status_and_close(page, server):
-    job = new_id()
-    status = ok("failed", 3)
-    # Bare \n line ends too: the real server's pty does no \n -> \r\n translation.
-    server.add_job(job, [b"hello ", b"over ws\n", b"bye\n"], status)
-    page.add_init_script(
-        "document.addEventListener('pploy:job-ended', e => { window.__ended = e.detail; })"
-    )
-    open_job(page, server, job, "ws")
+def test_ws_transport_binary_frames_status_and_close(page, live, tap):
+    # Bare \n line ends too (a pty with -onlcr, or a script writing to a file it tails).
+    job = live.start_job(script(*pieces(b"hello ", b"over ws\n", b"bye\n"), "exit 3"))
+    page.add_init_script(ON_END)
+    open_job(page, tap, job, "ws")
     wait_ended(page)
-    assert line_texts(page) == ["hello over ws", "bye"]
-    assert page.evaluate("window.__ended") == status
+    assert output(page) == ["hello over ws", "bye"]
+    record = live.wait_job(job)
+    ended = page.evaluate("window.__ended")
+    assert (
+        (ended["status"], ended["exit_code"])
+        == ("failed", 3)
+        == (
+            record["status"],
+            record["exit_code"],
+        )
+    )
     badge = page.locator("#job-status")
-    assert badge.inner_text() == "failed"
     assert badge.get_attribute("data-status") == "failed"
-    assert badge.get_attribute("class").split() == ["status", "status-failed"]
+    assert "status-failed" in badge.get_attribute("class").split()
     assert page.get_attribute("body", "data-job-status") == "failed"
     assert page.get_attribute("#log", "data-connection") == "ended"
-    assert server.jobs[job].connections == [("ws", 0)]
+    assert tap.paths(f"/api/jobs/{job}/") == [f"/api/jobs/{job}/ws?offset=0"]
 
 
-def test_transport_query_overrides_data_attribute(page, server):
-    job = new_id()
-    server.add_job(job, ["via ws\r\n"], ok())
-    page.goto(server.url(f"/job/{job}?t=sse&transport=ws"))
+def test_transport_query_picks_the_transport(page, live, tap):
+    job = live.start_job(script(printf("via ws\r\n")))
+    page.goto(tap.url(f"/jobs/{job}?transport=ws"))
     wait_ended(page)
-    assert line_texts(page) == ["via ws"]
-    assert server.jobs[job].connections == [("ws", 0)]
+    assert output(page) == ["via ws"]
+    assert page.get_attribute("#log", "data-transport-active") == "ws"
+    assert tap.paths(f"/api/jobs/{job}/") == [f"/api/jobs/{job}/ws?offset=0"]
 
 
-def test_sse_status_event_ends_stream_and_updates_page(page, server):
-    job = new_id()
-    server.add_job(job, ["building\r\n"])
-    page.add_init_script(
-        "document.addEventListener('pploy:job-ended', e => { window.__ended = e.detail; })"
-    )
-    open_job(page, server, job, "sse", started=time.time() - 65)
+def test_sse_status_event_ends_stream_and_updates_page(page, live, tap):
+    job = live.start_job(script(printf("building\r\n"), "sleep 600"))
+    page.add_init_script(ON_END)
+    open_job(page, tap, job, "sse")
     page.wait_for_selector("text=building")
-    assert page.inner_text("#job-status") == "running"
+    assert page.get_attribute("#job-status", "data-status") == "running"
     assert page.is_visible("#cancel-form")
-    assert re.fullmatch(r"1m0[5-9]s", page.inner_text("#job-duration"))
+    assert re.fullmatch(r"\d+s", page.inner_text("#job-duration"))
 
-    status = {
-        "status": "cancelled",
-        "exit_code": None,
-        "signal": 15,
-        "ended_at": time.time(),
-        "cancelled_by": "alice",
-    }
-    server.append(job, "cancelling\r\n")
-    server.end(job, status)
+    live.cancel(job)
     wait_ended(page)
-    assert page.evaluate("window.__ended") == status
-    assert line_texts(page) == ["building", "cancelling"]
+    record = live.wait_job(job)
+    ended = page.evaluate("window.__ended")
+    assert (ended["status"], ended["cancelled_by"]) == ("cancelled", "alice")
+    assert ended["ended_at"] == record["ended_at"]
+    assert output(page)[0] == "building"
     badge = page.locator("#job-status")
-    assert (badge.inner_text(), badge.get_attribute("data-status")) == ("cancelled", "cancelled")
+    assert badge.get_attribute("data-status") == "cancelled"
     assert "status-cancelled" in badge.get_attribute("class")
     assert "status-running" not in badge.get_attribute("class")
     assert page.get_attribute("body", "data-job-status") == "cancelled"
     assert page.is_hidden("#cancel-form")  # app.js: a finished job cannot be cancelled
     # The EventSource was closed by the viewer (else it would reconnect after the server's close).
     assert page.evaluate("document.getElementById('log').pployLog.source.readyState") == 2
-    assert server.jobs[job].connections == [("sse", 0)]
+    assert tap.paths(f"/api/jobs/{job}/events") == [f"/api/jobs/{job}/events?offset=0"]
     # The duration stopped at ended_at.
-    assert page.get_attribute("#job-duration", "data-ended-at") == str(status["ended_at"])
-    assert re.fullmatch(r"1m0[5-9]s", page.inner_text("#job-duration"))
+    assert page.get_attribute("#job-duration", "data-ended-at") == str(record["ended_at"])
+    frozen = page.inner_text("#job-duration")
+    time.sleep(1.2)
+    assert page.inner_text("#job-duration") == frozen
 
 
-def test_ws_dropped_mid_stream_resumes_from_offset_without_duplicates(page, server):
-    job = new_id()
-    first = b"one\r\ntwo \xe2\x82"  # the drop happens inside "€"
-    second = b"\xac three\r\n"
-    # The socket is aborted right after `first`; the rest arrives on the next connection.
-    server.add_job(job, [first, second, b"four\r\n"], ok(), drop_ws_at=len(first))
-    open_job(page, server, job, "ws")
+def test_ws_dropped_mid_character_resumes_from_offset_without_duplicates(page, live, tap, fifo):
+    job = live.start_job(
+        script(printf(b"one\r\ntwo \xe2\x82"), *released(fifo, printf(b"\xac three\r\nfour\r\n")))
+    )
+    open_job(page, tap, job, "ws")
+    # "two " is on screen, the first two bytes of "€" are held by the decoder: cut now.
+    page.wait_for_selector("#log .log-text:text-is('two ')")
+    received = page.evaluate("document.getElementById('log').pployLog.offset")
+    tap.cut()
+    page.wait_for_function(
+        "document.getElementById('log').dataset.connection === 'live' &&"
+        f" document.getElementById('log').pployLog.offset === {received}"
+    )
+    live.release(fifo)
     wait_ended(page)
-    assert line_texts(page) == ["one", "two € three", "four"]
-    assert server.jobs[job].connections == [("ws", 0), ("ws", len(first))]
+    assert output(page) == ["one", "two € three", "four"]
+    assert tap.paths(f"/api/jobs/{job}/ws") == [
+        f"/api/jobs/{job}/ws?offset=0",
+        f"/api/jobs/{job}/ws?offset={received}",
+    ]
+    log = live.run(live.pploy.log(job))
+    assert log[:received].endswith(b"two \xe2\x82")  # the cut really fell inside the character
 
 
-def test_ws_streams_live_then_reconnects(page, server):
+def test_ws_streams_live_then_reconnects(page, live, tap, fifo):
     """A drop while the job is still running: live output continues after the reconnect."""
-    job = new_id()
-    server.add_job(job, [b"before\r\n"], drop_ws_at=len(b"before\r\n"))
-    open_job(page, server, job, "ws")
+    job = live.start_job(script(printf("before\r\n"), *released(fifo, printf("after\r\n"))))
+    open_job(page, tap, job, "ws")
     page.wait_for_selector("text=before")
     page.wait_for_function("document.getElementById('log').dataset.connection === 'live'")
-    server.append(job, b"after\r\n")
+    tap.cut()
+    page.wait_for_function("document.getElementById('log').dataset.connection === 'reconnecting'")
+    page.wait_for_function("document.getElementById('log').dataset.connection === 'live'")
+    live.release(fifo)
     page.wait_for_selector("text=after")
-    server.end(job, ok())
     wait_ended(page)
-    assert line_texts(page) == ["before", "after"]
-    assert [c[1] for c in server.jobs[job].connections] == [0, len(b"before\r\n")]
+    assert output(page) == ["before", "after"]
+    offsets = [p.split("offset=")[1] for p in tap.paths(f"/api/jobs/{job}/ws")]
+    assert offsets[0] == "0" and len(offsets) == 2 and int(offsets[1]) > len("before\r\n")
 
 
 # ---------------------------------------------------------------------------------------------
-# app.js
+# app.js on pploy's pages
 # ---------------------------------------------------------------------------------------------
 
 
-def test_countdowns(page, server):
-    page.goto(server.url("/app"))
-    page.wait_for_function("document.getElementById('cd-short').textContent !== ''")
-    assert re.fullmatch(r"1:0[4-6]", page.inner_text("#cd-short"))
-    assert re.fullmatch(r"1:02:0[4-6]", page.inner_text("#cd-long"))
-    assert page.inner_text("#cd-past") == "abgelaufen"
-    assert page.inner_text("#cd-default") == "expired"
-    assert "countdown-expired" in page.get_attribute("#cd-default", "class")
-    # It ticks.
-    before = page.inner_text("#cd-short")
-    page.wait_for_function(f"document.getElementById('cd-short').textContent !== '{before}'")
+def test_lock_countdown_ticks_and_expires(chromium, tmp_path):
+    """A 15-second lock (lock.gain_minutes = 0.25): the project page counts it down, then shows
+    "expired"."""
+    quick = LivePploy(tmp_path, **{"lock.gain_minutes": 0.25})
+    try:
+        project = quick.new_project(script("true"))
+        context = chromium.new_context()
+        context.add_cookies([{"name": "user", "value": "alice", "url": quick.base}])
+        pg = context.new_page()
+        pg.goto(quick.url(f"/projects/{project}"))
+        countdown = pg.locator("#lock-panel .countdown")
+        shown = "document.querySelector('#lock-panel .countdown').textContent"
+        pg.wait_for_function(f"/^0:(0\\d|1[0-5])$/.test({shown})")
+        before = countdown.inner_text()
+        pg.wait_for_function(f"{shown} !== '{before}'")  # it ticks
+        # Keep the panel: app.js's live refresh would replace it with "Not locked" as soon as the
+        # server has expired the lock, racing the countdown's last tick.
+        pg.route(quick.url(f"/projects/{project}"), lambda route: route.abort())
+        pg.wait_for_selector("#lock-panel .countdown.countdown-expired", timeout=25_000)
+        assert countdown.inner_text() == "expired"
+        context.close()
+    finally:
+        quick.close()
 
 
-def test_live_sections_refresh_but_not_while_typing(page, server):
-    server.app_version = 1
-    page.goto(server.url("/app"))
-    page.wait_for_selector("text=lock v1")
-    page.fill("#note-input", "half-typed")  # focus stays in the note section's input
-    server.app_version = 2
+def test_live_sections_refresh_but_not_while_typing(page, live):
+    job = live.start_job(script("true"))
+    live.wait_job(job)
+    project = live.project_of(job)
+    page.goto(live.url(f"/projects/{project}"))
+    assert page.locator("#lock-holder").inner_text() == "alice"
+    field = page.locator("#checkout-form input[name=ref]")
+    field.fill("half-typed")  # focus stays in the actions section's input
+    live.release_lock(project)
     page.evaluate("document.dispatchEvent(new CustomEvent('pploy:job-ended'))")
-    page.wait_for_selector("text=lock v2")
+    page.wait_for_selector("#lock-holder-none")
     # Same refresh: the section being typed in was left alone.
-    assert page.inner_text("#note-text") == "note v1"
-    assert page.input_value("#note-input") == "half-typed"
-    # The swapped-in countdown runs.
-    page.wait_for_function("/^2:0\\d$/.test(document.getElementById('cd-live').textContent)")
+    assert field.input_value() == "half-typed"
+    assert field.is_enabled()
     # Once the user leaves the field, the next refresh updates that section too.
     page.evaluate("document.activeElement.blur()")
     page.evaluate("document.dispatchEvent(new CustomEvent('pploy:job-ended'))")
-    page.wait_for_selector("text=note v2")
+    page.wait_for_function(
+        "document.querySelector('#checkout-form input[name=ref]').disabled === true"
+    )
 
 
-def test_confirm_forms_and_user_picker(page, server):
-    server.submissions.clear()
-    page.goto(server.url("/app"))
+def test_confirm_form_cancels_only_when_accepted(page, live):
+    job = live.start_job(script(printf("waiting\r\n"), "sleep 600"))
+    open_job(page, live, job)
+    page.wait_for_selector("text=waiting")
     page.once("dialog", lambda d: d.dismiss())
-    page.click("#danger-go")
-    # Dismissed: still on the page, nothing posted. A second, accepted attempt posts.
-    assert page.locator("#danger-go").count() == 1
+    page.click("#cancel-form button")
+    # Dismissed: still on the page, nothing posted, the job runs on.
+    assert page.get_attribute("#job-status", "data-status") == "running"
     messages = []
 
     def accept(dialog):
@@ -710,12 +593,16 @@ def test_confirm_forms_and_user_picker(page, server):
         dialog.accept()
 
     page.once("dialog", accept)
-    page.click("#danger-go")
-    page.wait_for_selector("#done")
-    assert messages == ["Really deploy?"]
-    assert server.submissions == [{"what": "deploy"}]
+    page.click("#cancel-form button")
+    assert live.wait_job(job)["status"] == "cancelled"
+    assert messages == ["Cancel this job?"]
 
-    page.goto(server.url("/app"))
-    page.select_option("#user-picker", "bob")
-    page.wait_for_selector("#done")
-    assert server.submissions[-1] == {"user": "bob"}
+
+def test_user_picker_submits_on_change(chromium, live):
+    context = chromium.new_context()
+    pg = context.new_page()
+    pg.goto(live.url("/"))
+    pg.select_option("#user-picker", "bob")
+    pg.wait_for_selector("#user-picker", state="detached")
+    assert any(c["name"] == "user" and c["value"] == "bob" for c in context.cookies())
+    context.close()

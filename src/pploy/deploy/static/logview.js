@@ -176,6 +176,7 @@
   const STR_ESC = 4;
   const ESC_INTER = 5; // ESC + intermediate bytes, e.g. ESC ( B
   const MAX_SEQ = 64;
+  const MAX_MOVE = 1000; // longest cursor move honoured, in rows or columns
   const CONTROL = /[\x00-\x1f\x7f]/g;
 
   function runsOf(line) {
@@ -206,10 +207,15 @@
     return out;
   }
 
+  // Runs of one style stop growing at RUN_MAX characters: a very long line becomes a list of
+  // moderate strings, so appending never copies the line and rendering its start touches only
+  // its first runs (joining onto one huge string would copy it again and again).
+  const RUN_MAX = 1 << 16;
+
   function pushRun(runs, text, style) {
     if (!text) return;
     const last = runs[runs.length - 1];
-    if (last && last.s === style) {
+    if (last && last.s === style && last.t.length < RUN_MAX) {
       runs[runs.length - 1] = { t: last.t + text, s: style };
     } else {
       runs.push({ t: text, s: style });
@@ -306,7 +312,8 @@
         this.style = applySgr(this.style, seq);
         return;
       }
-      const n = Math.max(1, parseInt(seq, 10) || 1);
+      // Clamped like a terminal's screen: ESC[999999999C must not pad a line with a billion spaces.
+      const n = Math.min(MAX_MOVE, Math.max(1, parseInt(seq, 10) || 1));
       switch (final) {
         case 'K': this.eraseLine(parseInt(seq, 10) || 0); break;
         case 'G': case '`': this.moveTo(this.row, n - 1); break;
@@ -406,6 +413,17 @@
   }
 
   const MARGIN = 40; // rows rendered above and below the visible window
+  // Characters of one line put in the DOM until the reader asks for more: layout of a line grows
+  // with its length, so a 50 MB line would freeze the page. The full text stays in the terminal
+  // model (and in the raw log); the expander shows it MORE_STEP characters at a time.
+  const LINE_CAP = 10000;
+  const MORE_STEP = 100000;
+  const LABELS = {
+    more: '… %s more characters',
+    show: 'show %s more',
+    copy: 'copy line',
+    raw: 'raw log',
+  };
   const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
   const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
 
@@ -420,6 +438,7 @@
       this.queue = []; // decoded text chunks waiting for the next frame
       this.frame = 0;
       this.rendered = new Map(); // line index -> row element currently in the DOM
+      this.shown = new Map(); // line index -> characters shown, for lines the reader expanded
       this.first = 0;
       this.last = 0;
       this.selected = null;
@@ -519,24 +538,87 @@
       const text = document.createElement('span');
       text.className = 'log-text';
       const line = this.term.lines[i];
+      const cap = this.shown.get(i) || LINE_CAP;
+      let length;
       if (typeof line === 'string') {
-        if (line) text.textContent = line;
+        length = line.length;
+        if (line) text.textContent = length > cap ? line.slice(0, cap) : line;
       } else {
-        for (const run of line) {
+        let room = cap;
+        for (let r = 0; r < line.length && room > 0; r++) {
+          const run = line[r];
+          const t = run.t.length > room ? run.t.slice(0, room) : run.t;
+          room -= t.length;
           if (run.s === null) {
-            text.append(document.createTextNode(run.t));
+            text.append(document.createTextNode(t));
             continue;
           }
           const span = document.createElement('span');
           if (run.s.cls) span.className = run.s.cls;
           if (run.s.color) span.style.color = run.s.color;
           if (run.s.background) span.style.backgroundColor = run.s.background;
-          span.textContent = run.t;
+          span.textContent = t;
           text.append(span);
         }
+        length = room > 0 ? cap - room : i === this.term.row ? this.term.len : runsLength(line);
       }
       row.append(ln, text);
+      if (length > cap) row.append(this.buildExpander(i, length - cap));
       return row;
+    }
+
+    // "… 49,990,000 more characters [show 100,000 more] [copy line] [raw log]" after a capped
+    // line. Labels come from the page (#log's data-text-*, translated by the server).
+    buildExpander(i, rest) {
+      const more = document.createElement('span');
+      more.className = 'log-more';
+      more.append(this.label('more', rest.toLocaleString('en')) + ' ');
+      const show = document.createElement('button');
+      show.type = 'button';
+      show.className = 'log-expand';
+      show.dataset.line = String(i + 1);
+      show.textContent = this.label('show', Math.min(rest, MORE_STEP).toLocaleString('en'));
+      more.append(show);
+      if (navigator.clipboard) {
+        // The clipboard API exists in secure contexts only (https, localhost).
+        const copy = document.createElement('button');
+        copy.type = 'button';
+        copy.className = 'log-copy';
+        copy.dataset.line = String(i + 1);
+        copy.textContent = this.label('copy');
+        more.append(copy);
+      }
+      if (this.el.dataset.rawUrl) {
+        const raw = document.createElement('a');
+        raw.className = 'log-raw';
+        raw.href = this.el.dataset.rawUrl;
+        raw.target = '_blank';
+        raw.rel = 'noopener';
+        raw.textContent = this.label('raw');
+        more.append(' ', raw);
+      }
+      return more;
+    }
+
+    label(name, value) {
+      const key = 'text' + name[0].toUpperCase() + name.slice(1);
+      const text = this.el.dataset[key] || LABELS[name];
+      return value === undefined ? text : text.replace('%s', value);
+    }
+
+    // The whole text of line n (1-based), styles dropped: what "copy line" puts on the clipboard.
+    lineText(n) {
+      const line = this.term.lines[n - 1];
+      if (line === undefined) return '';
+      return typeof line === 'string' ? line : line.map((r) => r.t).join('');
+    }
+
+    // Show MORE_STEP more characters of line n (1-based).
+    expand(n) {
+      const i = n - 1;
+      this.shown.set(i, (this.shown.get(i) || LINE_CAP) + MORE_STEP);
+      this.term.dirty.add(i);
+      this.render();
     }
 
     render() {
@@ -635,6 +717,20 @@
     }
 
     onClick(e) {
+      const expand = e.target.closest && e.target.closest('button.log-expand');
+      if (expand) {
+        this.expand(parseInt(expand.dataset.line, 10));
+        return;
+      }
+      const copy = e.target.closest && e.target.closest('button.log-copy');
+      if (copy) {
+        const text = this.lineText(parseInt(copy.dataset.line, 10));
+        navigator.clipboard.writeText(text).then(
+          () => { copy.dataset.copied = 'yes'; },
+          () => { copy.dataset.copied = 'no'; },
+        );
+        return;
+      }
       const link = e.target.closest && e.target.closest('a.log-ln');
       if (!link || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey) return;
       e.preventDefault();
