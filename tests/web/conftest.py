@@ -8,17 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import require_binary
+from tests.helpers import CHROMIUM_ARGS, require_binary
 from tests.web.live import LivePploy
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,12 @@ import pytest_asyncio
 from playwright.async_api import async_playwright, expect
 
 from tests.deploy.support import Fifo, make_remote, start_pploy
-from tests.helpers import require_binary
+from tests.helpers import CHROMIUM_ARGS, require_binary
 
 # slow: chromium
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 RED = "rgb(255, 123, 114)"  # --ansi-1 of the log panel's theme
 TIMEOUT_MS = 15_000
 
