@@ -12,7 +12,6 @@ from tests.helpers import CHROMIUM_ARGS, require_binary
 from tests.web.live import LivePploy
 
 
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePploy]:
     """A real pploy shared by a module's tests; each test deploys its own project."""
