@@ -54,18 +54,17 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         try:
             response = await handler(request)
         except PployError as exc:
+            if isinstance(exc.__cause__, sqlite3.Error):  # the store's StoreUnavailable
+                _log_store_error(request_id, request, exc.__cause__)
             response = error_response(request, exc.status, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             response = error_response(request, exc.status, exc.reason)
         except sqlite3.Error as exc:
-            # The store failed (disk full, I/O error, locked by another process): say so in
-            # the client's format rather than aiohttp's plain-text 500.
-            log.event(
-                "store.error", level="error", request_id=request_id, path=request.path,
-                error=f"{type(exc).__name__}: {exc}",
-            )  # fmt: skip
+            # The store failed in a way it did not map itself: say so in the client's format
+            # rather than aiohttp's plain-text 500.
+            _log_store_error(request_id, request, exc)
             response = error_response(
                 request, Unavailable.status, f"pploy's database is unavailable: {exc}"
             )
@@ -127,3 +126,10 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
     if not svc.jobs.accepting and request.match_info.handler in _STARTS_WORK:
         raise Unavailable("pploy is shutting down and takes no new work; try again once it is back")
     return await handler(request)
+
+
+def _log_store_error(request_id: str, request: web.Request, exc: sqlite3.Error) -> None:
+    log.event(
+        "store.error", level="error", request_id=request_id, path=request.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )  # fmt: skip

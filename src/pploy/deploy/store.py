@@ -78,7 +78,7 @@ class _GuardedConnection(sqlite3.Connection):
             return super().execute(sql, parameters)
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF in STORAGE_FAILURES:
-                raise StoreUnavailable(f"pploy's database cannot be written: {exc}") from exc
+                raise StoreUnavailable(f"pploy's database is unavailable: {exc}") from exc
             raise
 
 
