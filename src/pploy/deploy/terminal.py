@@ -21,6 +21,10 @@ from collections.abc import Callable, Sequence
 READ_BATCH = 256 * 1024
 
 
+def _discard(data: bytes) -> None:
+    """Output sink until :meth:`PtyProcess.spawn` sets the caller's."""
+
+
 class PtyProcess:
     """A child in its own session and process group, its stdout and stderr on a pty."""
 
@@ -29,6 +33,7 @@ class PtyProcess:
         self.pid = proc.pid
         self.master_fd = master_fd
         self._eof = asyncio.get_running_loop().create_future()
+        self._on_output: Callable[[bytes], None] = _discard
 
     @classmethod
     async def start(
