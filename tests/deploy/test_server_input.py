@@ -172,7 +172,8 @@ async def test_public_paths_stay_public(lookalikes: Pploy) -> None:
 async def test_a_store_error_is_a_json_503_and_pploy_recovers(tmp_path: Path, caplog) -> None:
     """Another process holds pploy.db's write lock (a backup tool, a second pploy, an admin's
     sqlite3 shell): a write fails with sqlite's "database is locked"; the answer is JSON 503
-    naming the database (the reason as a flash message for a browser form), logged; once released, all works."""
+    naming the database (the reason as a flash message for a browser form), logged; once
+    released, all works."""
     pploy = await start_pploy(tmp_path / "work")
     other = sqlite3.connect(tmp_path / "work" / "pploy.db", isolation_level=None)
     try:
