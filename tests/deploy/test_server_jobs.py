@@ -306,7 +306,8 @@ async def test_checkout_overwrite_is_used_instead_of_git(tmp_path):
 async def test_lock_outlives_its_time_while_the_holders_job_runs_and_timeout(tmp_path):
     fifo = Fifo(tmp_path / "go")
     script = f"#!/bin/sh\necho started\n{fifo.script_open()}\n{fifo.wait_cmd}\necho finished\n"
-    pploy = await start_pploy(tmp_path / "work", **{"lock.gain_minutes": 0.005})  # 0.3 s
+    # 3 s: short, yet long enough for a loaded machine to start the deploy before it ends
+    pploy = await start_pploy(tmp_path / "work", **{"lock.gain_minutes": 0.05})
     try:
         name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
         await pploy.gain(name)

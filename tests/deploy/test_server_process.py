@@ -328,11 +328,21 @@ def marked(marker: str) -> list[int]:
     return found
 
 
+def _argv0(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return os.path.basename(fh.read().split(b"\0")[0])
+    except OSError:
+        return b""
+
+
 async def escaped(marker: str, script_pid_file: Path) -> int:
     """Wait for the job's hidden child; check it really left: no environment (so no job
     tag), its own session."""
     for _ in range(200):
-        pids = marked(marker)
+        # `env -i setsid sleep MARKER` carries the marker from its first exec: wait for the
+        # last one (sleep), after setsid() and the cleared environment have taken effect.
+        pids = [pid for pid in marked(marker) if _argv0(pid) == b"sleep"]
         if pids and script_pid_file.exists() and script_pid_file.read_text().strip():
             break
         await asyncio.sleep(0.05)
@@ -342,6 +352,19 @@ async def escaped(marker: str, script_pid_file: Path) -> int:
     assert Path(f"/proc/{pid}/environ").read_bytes() == b""
     assert os.getsid(pid) != os.getsid(int(script_pid_file.read_text()))
     return pid
+
+
+async def recorded(pids_file: Path, pid: int) -> None:
+    """Wait until the subreaper's list of a job's processes (kept for crash recovery) has
+    ``pid``: what a crash before that moment loses is the tag's to find, not the list's."""
+    for _ in range(400):
+        try:
+            if any(line.split()[0] == str(pid) for line in pids_file.read_text().splitlines()):
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pids_file} never listed {pid}")
 
 
 def hiding_script(marker: str, pidfile: Path) -> str:
@@ -424,7 +447,8 @@ async def test_crash_recovery_ends_a_child_that_cleared_its_environment_and_left
         try:
             job = await server.start_deploy(http, remote)
             hidden = await escaped(marker, pidfile)
-            await asyncio.sleep(0.6)  # the subreaper's tracker looks every 0.25 s
+            if containment == "subreaper":  # until the tracker (every 0.25 s) wrote it down
+                await recorded(tmp_path / "work" / "run" / f"job-{job}.pids", hidden)
             server.stop(signal.SIGKILL)
             assert alive(hidden)  # the crash left it behind...
             server = contained_server(tmp_path, containment)

@@ -105,6 +105,7 @@ async def view(client: aiohttp.ClientSession, base: str, job: int, kind: str,
 async def test_many_projects_deploying_at_once_with_viewers_each(tmp_path):
     projects = scaled(8, 50)
     viewers = scaled(6, 20)
+    children_before = child_pids()  # servers other tests of this worker keep (browsers…)
     pploy = await start_pploy(tmp_path / "work")
     fifos = []
     tasks_before = len(asyncio.all_tasks())
@@ -144,7 +145,7 @@ async def test_many_projects_deploying_at_once_with_viewers_each(tmp_path):
                 assert got == raw  # every viewer, every transport: byte for byte
         assert not pploy.services.jobs.running
         assert job_fds() == []
-        assert child_pids() == set()
+        assert child_pids() - children_before == set()
         await close_test_clients(pploy)
         assert await settle(tasks_before) <= tasks_before
     finally:
@@ -156,6 +157,7 @@ async def test_many_projects_deploying_at_once_with_viewers_each(tmp_path):
 async def test_many_viewers_on_one_deploy(tmp_path):
     viewers = scaled(200, 1000)
     fifo = Fifo(tmp_path / "go")
+    children_before = child_pids()
     pploy = await start_pploy(tmp_path / "work")
     try:
         name = await pploy.add_project(make_remote(tmp_path, deploy_script=load_script(fifo)))
@@ -180,7 +182,7 @@ async def test_many_viewers_on_one_deploy(tmp_path):
             results = await asyncio.wait_for(asyncio.gather(*followers), 120)
         raw = await pploy.log(job)
         assert all(got == raw for got in results)
-        assert job_fds() == [] and child_pids() == set()
+        assert job_fds() == [] and child_pids() - children_before == set()
         await close_test_clients(pploy)
         fifo.close()  # the test's own descriptor
         assert await settle(tasks_before) <= tasks_before
@@ -197,6 +199,7 @@ async def test_many_viewers_on_one_deploy(tmp_path):
 
 async def test_mixed_requests_through_gate(tmp_path):
     total = scaled(1000, 10_000)
+    children_before = child_pids()
     pploy = await start_pploy(tmp_path / "work", **{"auth.mode": "proxy"})
     await settle(0)
     tasks_before = len(asyncio.all_tasks())
@@ -249,7 +252,7 @@ async def test_mixed_requests_through_gate(tmp_path):
         async with client_session() as fresh:
             async with fresh.get(gate.url + "/ping") as resp:
                 assert resp.status == 200
-        assert job_fds() == [] and child_pids() == set()
+        assert job_fds() == [] and child_pids() - children_before == set()
         # gate's pool of connections to pploy is the only thing left; stopping gate closes it
         # and then every task and descriptor of the run is gone.
         await gate.server.stop()
