@@ -24,6 +24,8 @@ STATIC = Path(__file__).parent / "static"
 async def on_startup(app: web.Application) -> None:
     svc = app[SERVICES]
     interrupted = svc.jobs.recover()
+    if svc.directory is not None:  # a directory that is down is logged, never fatal
+        await svc.directory.start()
     log.event(
         "pploy.start", workdir=str(svc.config.workdir), mode=svc.auth.mode,
         interrupted=len(interrupted),
@@ -38,6 +40,8 @@ async def on_shutdown(app: web.Application) -> None:
 async def on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
     await svc.notifier.close()
+    if svc.directory is not None:
+        await svc.directory.close()
     await svc.auth.close()
     svc.store.close()
     svc.jobs.close()

@@ -129,6 +129,30 @@ class WebhookConfig(_Strict):
         return value
 
 
+class LdapConfig(_Strict):
+    """standalone mode: the people of an LDAP directory, as deployers besides ``users``."""
+
+    url: str = Field(description="ldap:// or ldaps:// URL of the directory.")
+    base_dn: str = Field(description="Where people (and groups) are searched.")
+    filter: str = Field("(cn=*)", description="Which entries under base_dn are deployers.")
+    attribute: str = Field("cn", description="The attribute whose value is the user name.")
+    group_base_dn: str | None = Field(
+        None, description="Where groups are searched (default: base_dn)."
+    )
+    bind_dn: str | None = Field(None, description="Bind as this DN (anonymous when unset).")
+    bind_password: str | None = Field(None, description="bind_dn's password.")
+    start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
+    cache_minutes: float = Field(10, gt=0, description="How long the list is kept before refresh.")
+    timeout_seconds: float = Field(5, gt=0, description="Connect and answer limit per refresh.")
+
+    @field_validator("url")
+    @classmethod
+    def _ldap_url(cls, value: str) -> str:
+        if not value.startswith(("ldap://", "ldaps://")):
+            raise ValueError("must be an ldap:// or ldaps:// URL")
+        return value
+
+
 class Config(_Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(9000, ge=0, le=65535)
@@ -147,6 +171,9 @@ class Config(_Strict):
         "and public_url's host (guards against DNS rebinding).",
     )
     users: list[str] = Field(default_factory=list, description="standalone mode: the deployers.")
+    ldap: LdapConfig | None = Field(
+        None, description="standalone mode: an LDAP directory whose people are deployers too."
+    )
     lock: LockConfig = Field(default_factory=LockConfig)
     job: JobConfig = Field(default_factory=JobConfig)
     git: GitConfig = Field(default_factory=GitConfig)

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pploy.deploy.auth import Authenticator
 from pploy.deploy.config import Config
+from pploy.deploy.directory import Directory
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
@@ -33,6 +34,7 @@ class Services:
     notifier: Notifier
     auth: Authenticator
     templates: jinja2.Environment
+    directory: Directory | None = None  # config `ldap`: its people and their groups
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
@@ -86,8 +88,11 @@ def build_services(config: Config) -> Services:
         on_change=lock_changed,
     )
     jobs = Jobs(config, store, projects, locks, on_finish=job_finished)
-    auth = Authenticator(config.auth, config.users)
-    svc = Services(config, store, projects, locks, jobs, notifier, auth, build_templates())
+    directory = Directory(config.ldap) if config.ldap is not None else None
+    auth = Authenticator(config.auth, config.users, directory)
+    svc = Services(
+        config, store, projects, locks, jobs, notifier, auth, build_templates(), directory
+    )
     return svc
 
 

@@ -1,0 +1,177 @@
+"""The LDAP user list (config ``ldap``) end to end: a real slapd started by the tests, a real
+pploy on loopback, people signing in through the login form and the ``user`` cookie."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pploy.deploy.config import ConfigError, load_config
+from tests.deploy.slapd import GROUPS, PEOPLE, ROOT_DN, ROOT_PASSWORD, Slapd
+from tests.deploy.support import Pploy, start_pploy
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    server = Slapd(tmp_path_factory.mktemp("slapd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def ldap_settings(url: str, **extra: Any) -> dict[str, Any]:
+    return {"url": url, "base_dn": PEOPLE, "group_base_dn": GROUPS, **extra}
+
+
+async def sign_in(pploy: Pploy, name: str) -> tuple[int, str | None]:
+    """Pick ``name`` on the login form as a browser would; the status and the user
+    /api/status then reports for that browser."""
+    browser = pploy.client(None)
+    browser.cookie_jar.clear()
+    async with browser.get(pploy.url("/login")) as resp:
+        page = await resp.text()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    async with browser.post(
+        pploy.url("/login"), data={"user": name, "next": "/", "csrf_token": token},
+        allow_redirects=False,
+    ) as resp:  # fmt: skip
+        status = resp.status
+    async with browser.get(pploy.url("/api/status")) as resp:
+        user = (await resp.json())["user"] if resp.status == 200 else None
+    return status, user
+
+
+async def offered(pploy: Pploy) -> list[str]:
+    async with pploy.client(None).get(pploy.url("/login")) as resp:
+        return re.findall(r'<option value="([^"]+)">', await resp.text())
+
+
+async def test_directory_people_sign_in_beside_the_static_users(slapd: Slapd, tmp_path: Path):
+    pploy = await start_pploy(tmp_path / "work", ldap=ldap_settings(slapd.url))
+    try:
+        # static users first, then the directory's others (alice is both: listed once)
+        assert await offered(pploy) == ["alice", "bob", "carol", "dave"]
+        assert await sign_in(pploy, "carol") == (303, "carol")
+        assert await sign_in(pploy, "dave") == (303, "dave")
+        assert await sign_in(pploy, "bob") == (303, "bob")
+        async with pploy.client("carol").get(pploy.url("/api/status")) as resp:
+            assert (await resp.json())["user"] == "carol"
+    finally:
+        await pploy.close()
+
+
+async def test_strangers_and_refused_names_cannot_sign_in(slapd: Slapd, tmp_path: Path):
+    pploy = await start_pploy(tmp_path / "work", ldap=ldap_settings(slapd.url))
+    try:
+        for stranger in ("mallory", "eve\x07bell", "eve", "Carol", "cn=carol"):
+            status, user = await sign_in(pploy, stranger)
+            assert (status, user) == (400, None), stranger
+        async with pploy.client("mallory").get(pploy.url("/api/status")) as resp:
+            assert resp.status == 401
+        # the entry whose cn holds a control character is never offered
+        assert not any("eve" in name for name in await offered(pploy))
+    finally:
+        await pploy.close()
+
+
+async def test_groups_come_from_group_of_names(slapd: Slapd, tmp_path: Path):
+    pploy = await start_pploy(tmp_path / "work", ldap=ldap_settings(slapd.url))
+    try:
+        directory = pploy.services.directory
+        assert directory is not None
+        assert directory.groups_of("carol") == {"deployers"}
+        # named by a DN spelled with other case and spacing than the entry's own
+        assert directory.groups_of("dave") == {"deployers", "admins"}
+        assert directory.groups_of("alice") == frozenset()
+        assert directory.groups_of("mallory") == frozenset()
+    finally:
+        await pploy.close()
+
+
+async def test_a_bind_dn_is_used_and_a_wrong_password_is_logged_not_shown(
+    slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="pploy")
+    good = ldap_settings(slapd.url, bind_dn=ROOT_DN, bind_password=ROOT_PASSWORD)
+    pploy = await start_pploy(tmp_path / "good", ldap=good)
+    try:
+        assert await sign_in(pploy, "carol") == (303, "carol")
+    finally:
+        await pploy.close()
+    bad = ldap_settings(slapd.url, bind_dn=ROOT_DN, bind_password="wrong-password-123")
+    pploy = await start_pploy(tmp_path / "bad", ldap=bad)
+    try:
+        assert await sign_in(pploy, "carol") == (400, None)
+        assert await sign_in(pploy, "bob") == (303, "bob")
+        failed = [r.getMessage() for r in caplog.records if "event=ldap.failed" in r.getMessage()]
+        assert failed and "invalidCredentials" in failed[-1]
+        assert "wrong-password-123" not in caplog.text
+    finally:
+        await pploy.close()
+
+
+async def test_the_cached_list_survives_the_directory_going_down(
+    slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="pploy")
+    # refreshed every 0.3 s, so the test sees several refreshes fail while the directory is down
+    pploy = await start_pploy(tmp_path / "work", ldap=ldap_settings(slapd.url, cache_minutes=0.005))
+    try:
+        assert await sign_in(pploy, "carol") == (303, "carol")
+        slapd.stop()
+        for _ in range(100):
+            if sum("event=ldap.failed" in r.getMessage() for r in caplog.records) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no failed refresh was logged with the directory down")
+        assert await sign_in(pploy, "carol") == (303, "carol")
+        assert await offered(pploy) == ["alice", "bob", "carol", "dave"]
+    finally:
+        slapd.start()  # the session's other tests need it
+        await pploy.close()
+
+
+async def test_pploy_starts_with_the_directory_down_and_picks_it_up_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="pploy")
+    port = free_port()
+    url = f"ldap://127.0.0.1:{port}/"
+    pploy = await start_pploy(tmp_path / "work", ldap=ldap_settings(url, cache_minutes=0.005))
+    late = Slapd(tmp_path / "slapd", port=port)
+    try:
+        assert "event=ldap.failed" in caplog.text
+        assert await offered(pploy) == ["alice", "bob"]
+        assert await sign_in(pploy, "bob") == (303, "bob")
+        assert await sign_in(pploy, "carol") == (400, None)
+        late.start()
+        for _ in range(100):
+            if "carol" in await offered(pploy):
+                break
+            await asyncio.sleep(0.1)
+        assert await sign_in(pploy, "carol") == (303, "carol")
+    finally:
+        late.stop()
+        await pploy.close()
+
+
+def test_config_names_the_wrong_ldap_key() -> None:
+    with pytest.raises(ConfigError, match=r"ldap\.url"):
+        load_config(None, {"ldap": {"url": "http://x", "base_dn": PEOPLE}}, environ={})
+    with pytest.raises(ConfigError, match=r"ldap\.base_dn"):
+        load_config(None, {"ldap": {"url": "ldap://x"}}, environ={})
+    config = load_config(None, {"ldap": {"url": "ldap://x/", "base_dn": PEOPLE}}, environ={})
+    assert config.ldap is not None
+    assert (config.ldap.filter, config.ldap.attribute, config.ldap.cache_minutes) == (
+        "(cn=*)", "cn", 10,
+    )  # fmt: skip
