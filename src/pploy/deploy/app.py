@@ -24,6 +24,9 @@ STATIC = Path(__file__).parent / "static"
 async def on_startup(app: web.Application) -> None:
     svc = app[SERVICES]
     interrupted = svc.jobs.recover()
+    svc.notifier.warn_relative_links(svc.config.public_url)
+    if svc.expiry is not None:
+        svc.expiry.watch_existing([project.name for project in svc.projects.list()])
     if svc.directory is not None:  # a directory that is down is logged, never fatal
         await svc.directory.start()
     log.event(
@@ -39,6 +42,8 @@ async def on_shutdown(app: web.Application) -> None:
 
 async def on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
+    if svc.expiry is not None:
+        svc.expiry.close()
     await svc.notifier.close()
     if svc.directory is not None:
         await svc.directory.close()

@@ -8,10 +8,11 @@ reporting errors is ``pploy.configfile``'s, shared with gate (``ConfigError`` is
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
@@ -108,25 +109,52 @@ class AuthConfig(_Strict):
         return check_networks(value)
 
 
+WebhookEvent = Literal[
+    "lock.gained", "lock.extended", "lock.released", "lock.expired", "job.started", "job.finished"
+]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = typing.get_args(WebhookEvent)
+DATADOG_SITE = "https://api.datadoghq.com"
+
+
 class WebhookConfig(_Strict):
-    url: str = Field(description="Where to POST.")
-    format: Literal["slack", "json"] = "json"
-    events: list[Literal["lock.gained", "lock.extended", "lock.released", "job.finished"]] = Field(
-        default=["lock.gained", "lock.extended", "lock.released", "job.finished"]
+    url: str | None = Field(
+        None, description="Where to POST; datadog format: the site (default api.datadoghq.com)."
+    )
+    format: Literal["slack", "json", "datadog"] = "json"
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    kinds: list[Literal["deploy", "checkout"]] = Field(
+        default=["deploy", "checkout"],
+        description="job events: the kinds of job to notify about (e.g. [deploy]).",
     )
     templates: dict[str, str] = Field(
         default_factory=dict,
-        description="slack format: message text per event (Python format fields, see docs).",
+        description="slack and datadog formats: message text per event (Python format fields).",
+    )
+    api_key: str | None = Field(
+        None, repr=False, description="datadog format: the DD-API-KEY (a secret)."
     )
     timeout_seconds: float = Field(5, gt=0)
     retries: int = Field(1, ge=0, le=5)
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebhookConfig:
+        if self.format == "datadog":
+            if not self.api_key:
+                raise ValueError("api_key: required by the datadog format (Datadog's API key)")
+            if self.url is None:
+                self.url = DATADOG_SITE
+        elif self.url is None:
+            raise ValueError("url: required (where to POST)")
+        elif self.api_key:
+            raise ValueError("api_key: only the datadog format sends one")
+        return self
 
 
 class LdapConfig(_Strict):
@@ -140,7 +168,7 @@ class LdapConfig(_Strict):
         None, description="Where groups are searched (default: base_dn)."
     )
     bind_dn: str | None = Field(None, description="Bind as this DN (anonymous when unset).")
-    bind_password: str | None = Field(None, description="bind_dn's password.")
+    bind_password: str | None = Field(None, repr=False, description="bind_dn's password.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
     cache_minutes: float = Field(10, gt=0, description="How long the list is kept before refresh.")
     timeout_seconds: float = Field(5, gt=0, description="Connect and answer limit per refresh.")
