@@ -70,7 +70,7 @@ LDIF = "\n".join(
 class Slapd:
     """One slapd, owned by the test process, in the foreground (``-d 0``) on a loopback port."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, tls: bool = False) -> None:
         self.binary = require_binary("slapd")
         require_binary("slapadd")
         self.root = root
@@ -79,9 +79,21 @@ class Slapd:
         root.mkdir(parents=True, exist_ok=True)
         (root / "db").mkdir(exist_ok=True)
         self.conf = root / "slapd.conf"
-        self.conf.write_text(
-            CONF.format(root=root, suffix=SUFFIX, rootdn=ROOT_DN, rootpw=ROOT_PASSWORD)
-        )
+        conf = CONF.format(root=root, suffix=SUFFIX, rootdn=ROOT_DN, rootpw=ROOT_PASSWORD)
+        self.ca_file: Path | None = None
+        if tls:  # a certificate for 127.0.0.1 from a test CA (trustme), for StartTLS
+            import trustme
+
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1", "localhost")
+            self.ca_file = root / "ca.pem"
+            ca.cert_pem.write_to_path(str(self.ca_file))
+            cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+            cert.private_key_pem.write_to_path(str(root / "key.pem"))
+            conf = (
+                f"TLSCertificateFile {root}/cert.pem\nTLSCertificateKeyFile {root}/key.pem\n" + conf
+            )
+        self.conf.write_text(conf)
         (root / "people.ldif").write_text(LDIF)
         subprocess.run(
             ["slapadd", "-q", "-f", str(self.conf), "-l", str(root / "people.ldif")],

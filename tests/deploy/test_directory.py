@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    server = Slapd(tmp_path_factory.mktemp("slapd"))
+    server = Slapd(tmp_path_factory.mktemp("slapd"), tls=True)
     server.start()
     yield server
     server.stop()
@@ -115,6 +115,27 @@ async def test_a_bind_dn_is_used_and_a_wrong_password_is_logged_not_shown(
         failed = [r.getMessage() for r in caplog.records if "event=ldap.failed" in r.getMessage()]
         assert failed and "invalidCredentials" in failed[-1]
         assert "wrong-password-123" not in caplog.text
+    finally:
+        await pploy.close()
+
+
+async def test_start_tls_checks_the_directorys_certificate(
+    slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="pploy")
+    assert slapd.ca_file is not None
+    trusted = ldap_settings(slapd.url, start_tls=True, ca_file=str(slapd.ca_file))
+    pploy = await start_pploy(tmp_path / "trusted", ldap=trusted)
+    try:
+        assert await sign_in(pploy, "carol") == (303, "carol")
+    finally:
+        await pploy.close()
+    # the same directory, its CA not trusted (the system's CAs): refused, logged, no list
+    pploy = await start_pploy(tmp_path / "untrusted", ldap=ldap_settings(slapd.url, start_tls=True))
+    try:
+        assert await sign_in(pploy, "carol") == (400, None)
+        failed = [r.getMessage() for r in caplog.records if "event=ldap.failed" in r.getMessage()]
+        assert failed and "certificate" in failed[-1].lower()
     finally:
         await pploy.close()
 

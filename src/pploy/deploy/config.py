@@ -170,6 +170,10 @@ class LdapConfig(_Strict):
     bind_dn: str | None = Field(None, description="Bind as this DN (anonymous when unset).")
     bind_password: str | None = Field(None, repr=False, description="bind_dn's password.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
+    ca_file: str | None = Field(
+        None, description="PEM CA certificates the directory's TLS certificate is checked "
+        "against (StartTLS, ldaps://); default: the system's.",
+    )  # fmt: skip
     cache_minutes: float = Field(10, gt=0, description="How long the list is kept before refresh.")
     timeout_seconds: float = Field(5, gt=0, description="Connect and answer limit per refresh.")
 

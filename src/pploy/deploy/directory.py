@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,10 +84,14 @@ def read_listing(config: LdapConfig) -> Listing:
     import ldap3
     from ldap3.core.exceptions import LDAPException
 
+    # ldap3 checks no certificate unless told to: the directory's certificate and name are
+    # checked (against ca_file, or the system's CAs), for StartTLS and ldaps:// alike.
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file)
     # ldap3 refuses the "/" that ends a URL such as ldap://host:389/ (an empty DN part)
     server = ldap3.Server(
-        config.url.rstrip("/"), connect_timeout=config.timeout_seconds, get_info=ldap3.NONE
-    )
+        config.url.rstrip("/"), connect_timeout=config.timeout_seconds, get_info=ldap3.NONE,
+        tls=tls,
+    )  # fmt: skip
     bind = ldap3.AUTO_BIND_TLS_BEFORE_BIND if config.start_tls else ldap3.AUTO_BIND_NO_TLS
     try:
         with ldap3.Connection(
