@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from pploy.deploy.config import ConfigError, load_config
 from tests.deploy.support import Pploy, make_remote, start_pploy
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -216,3 +217,27 @@ async def test_a_lock_kept_by_a_running_job_is_not_reported_expired(
         assert pploy.services.locks.get(project) is not None  # the job kept it
     finally:
         await pploy.close()
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ({"format": "datadog"}, r"webhooks\[0\]\.api_key: required by the datadog format"),
+        ({"url": "http://x/hook", "api_key": "k"}, r"webhooks\[0\]\.api_key: only the datadog"),
+        ({"format": "json"}, r"webhooks\[0\]\.url: required"),
+        (
+            {"url": "http://x/", "kinds": ["release"]},
+            r"webhooks\[0\]\.kinds\[0\]: Input should be .deploy. or .checkout.",
+        ),
+    ],
+)
+def test_webhook_settings_are_checked_naming_the_key(hook: dict[str, Any], message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"webhooks": [hook]}, environ={})
+
+
+def test_the_datadog_site_is_the_default_url():
+    hook = {"format": "datadog", "api_key": "SECRET-KEY-123"}
+    config = load_config(None, {"webhooks": [hook]}, environ={})
+    assert config.webhooks[0].url == "https://api.datadoghq.com"
+    assert "SECRET-KEY-123" not in repr(config)  # a config logged by mistake shows no key

@@ -12,7 +12,14 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
@@ -117,8 +124,8 @@ DATADOG_SITE = "https://api.datadoghq.com"
 
 
 class WebhookConfig(_Strict):
-    url: str | None = Field(
-        None, description="Where to POST; datadog format: the site (default api.datadoghq.com)."
+    url: str = Field(
+        description="Where to POST; datadog format: the site (default api.datadoghq.com)."
     )
     format: Literal["slack", "json", "datadog"] = "json"
     events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
@@ -131,30 +138,38 @@ class WebhookConfig(_Strict):
         description="slack and datadog formats: message text per event (Python format fields).",
     )
     api_key: str | None = Field(
-        None, repr=False, description="datadog format: the DD-API-KEY (a secret)."
+        None,
+        repr=False,
+        validate_default=True,
+        description="datadog format: the DD-API-KEY (a secret).",
     )
     timeout_seconds: float = Field(5, gt=0)
     retries: int = Field(1, ge=0, le=5)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _datadog_site(cls, data: Any) -> Any:
+        """The datadog format needs no url: Datadog's US site is the default."""
+        if isinstance(data, dict) and data.get("format") == "datadog" and "url" not in data:
+            return {**data, "url": DATADOG_SITE}
+        return data
+
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
-    @model_validator(mode="after")
-    def _complete(self) -> WebhookConfig:
-        if self.format == "datadog":
-            if not self.api_key:
-                raise ValueError("api_key: required by the datadog format (Datadog's API key)")
-            if self.url is None:
-                self.url = DATADOG_SITE
-        elif self.url is None:
-            raise ValueError("url: required (where to POST)")
-        elif self.api_key:
-            raise ValueError("api_key: only the datadog format sends one")
-        return self
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        datadog = info.data.get("format") == "datadog"
+        if datadog and not value:
+            raise ValueError("required by the datadog format (Datadog's API key)")
+        if value and not datadog:
+            raise ValueError("only the datadog format sends one")
+        return value
 
 
 class LdapConfig(_Strict):
