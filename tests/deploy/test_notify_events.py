@@ -179,6 +179,12 @@ async def test_a_lock_that_runs_out_is_reported_expired(receiver: Receiver, tmp_
                                     {"operation": "release"})  # fmt: skip
         await asyncio.sleep(1.0)
         assert receiver.events() == ["lock.expired", "lock.released"]
+        # a project removed by its holder takes its lock along: not reported expired
+        await pploy.gain(project, "alice")
+        status, _ = await pploy.api("DELETE", f"/api/projects/{project}", "alice")
+        assert status == 200
+        await asyncio.sleep(1.0)
+        assert receiver.events() == ["lock.expired", "lock.released"]
     finally:
         await pploy.close()
 

@@ -23,10 +23,12 @@ class ExpiryWatch:
         locks: Locks,
         on_expired: Callable[[Lock], None],
         clock: Callable[[], float] = time.time,
+        exists: Callable[[str], bool] = lambda project: True,
     ) -> None:
         self.locks = locks
         self.on_expired = on_expired
         self.clock = clock
+        self.exists = exists  # a removed project's lock went with it: not an expiry
         self.held: dict[str, Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -73,6 +75,8 @@ class ExpiryWatch:
             self._watch(current)  # extended since (by the holder or a running job)
             return
         self.held.pop(project, None)
+        if current is None and not self.exists(project):
+            return
         self.on_expired(known)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from pploy.deploy.auth import Authenticator
 from pploy.deploy.config import Config
 from pploy.deploy.directory import Directory
+from pploy.deploy.errors import NotFound
 from pploy.deploy.expiry import ExpiryWatch
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
@@ -93,7 +94,17 @@ def build_services(config: Config) -> Services:
         extend_minutes=config.lock.extend_minutes,
         on_change=lock_changed,
     )
-    expiry = ExpiryWatch(locks, lambda lock: notifier.emit("lock.expired", lock_payload(lock)))
+
+    def project_exists(name: str) -> bool:
+        try:
+            projects.get(name)
+        except NotFound:
+            return False
+        return True
+
+    expiry = ExpiryWatch(
+        locks, lambda lock: notifier.emit("lock.expired", lock_payload(lock)), exists=project_exists
+    )
     jobs = Jobs(config, store, projects, locks, on_finish=job_finished, on_start=job_started)
     directory = Directory(config.ldap) if config.ldap is not None else None
     auth = Authenticator(config.auth, config.users, directory)
