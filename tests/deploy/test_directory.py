@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,15 @@ def test_config_names_the_wrong_ldap_key() -> None:
     assert (config.ldap.filter, config.ldap.attribute, config.ldap.cache_minutes) == (
         "(cn=*)", "cn", 10,
     )  # fmt: skip
+
+
+def test_standalone_mode_may_have_only_a_directory(tmp_path: Path) -> None:
+    config = tmp_path / "pploy.yml"
+    config.write_text(f"ldap:\n  url: ldap://127.0.0.1:1/\n  base_dn: {PEOPLE}\n")
+    check = [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--check-config"]
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(check, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config.write_text("log_level: info\n")
+    result = subprocess.run(check, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "an ldap directory" in result.stderr
