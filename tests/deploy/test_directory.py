@@ -210,3 +210,31 @@ def test_standalone_mode_may_have_only_a_directory(tmp_path: Path) -> None:
     config.write_text("log_level: info\n")
     result = subprocess.run(check, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 2 and "an ldap directory" in result.stderr
+
+
+def test_member_of_values_are_groups_too() -> None:
+    """Active Directory (and OpenLDAP's memberof overlay) list a person's groups on the
+    person's entry; read as ldap3 returns them (the slapd above has no such overlay)."""
+    from pploy.deploy.config import LdapConfig
+    from pploy.deploy.directory import _listing
+
+    config = LdapConfig(url="ldap://x", base_dn=PEOPLE, attribute="sAMAccountName")
+    people = [
+        {
+            "type": "searchResEntry",
+            "dn": "CN=Taro,OU=People,DC=corp",
+            "attributes": {
+                "sAMAccountName": "taro",
+                "memberOf": [
+                    "CN=Deployers,OU=Groups,DC=corp",
+                    "cn=ops\\,night,ou=g,dc=corp",
+                    "cn=\\e9\\96\\8b\\e7\\99\\ba,ou=g,dc=corp",  # 開発, hex-escaped
+                ],
+            },
+        },
+        {"type": "searchResRef", "uri": ["ldap://elsewhere/"]},
+        {"type": "searchResEntry", "dn": "CN=NoName,DC=corp", "attributes": {}},
+    ]
+    listing = _listing(config, people, [])
+    assert listing.users == ("taro",)
+    assert listing.groups["taro"] == {"Deployers", "ops,night", "開発"}

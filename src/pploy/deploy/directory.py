@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -59,13 +60,27 @@ def _normal_dn(dn: str) -> str:
 
 
 def _first_rdn_value(dn: str) -> str | None:
+    """``cn=ops\\,night,ou=g`` -> ``ops,night`` (a group's name, RFC 4514 escapes undone)."""
     from ldap3.utils.dn import parse_dn
 
     try:
         parts = parse_dn(dn, strip=True)
     except Exception:
         return None
-    return parts[0][1] if parts else None
+    return _unescape(parts[0][1]) if parts else None
+
+
+_ESCAPE = re.compile(rb"\\([0-9A-Fa-f]{2}|.)", re.DOTALL)
+
+
+def _unescape(value: str) -> str:
+    """Undo a DN value's escapes: ``\\,`` is ``,`` and ``\\e5`` one byte of UTF-8."""
+
+    def one(match: re.Match[bytes]) -> bytes:
+        text = match.group(1)
+        return bytes.fromhex(text.decode()) if len(text) == 2 else text
+
+    return _ESCAPE.sub(one, value.encode()).decode("utf-8", "replace")
 
 
 def _values(attributes: dict[str, Any], key: str) -> list[str]:
