@@ -95,6 +95,8 @@ async def test_groups_come_from_group_of_names(slapd: Slapd, tmp_path: Path):
         assert directory.groups_of("dave") == {"deployers", "admins"}
         assert directory.groups_of("alice") == frozenset()
         assert directory.groups_of("mallory") == frozenset()
+        # the hook permission rules call
+        assert pploy.services.groups_of("dave") == {"deployers", "admins"}
     finally:
         await pploy.close()
 

@@ -39,6 +39,11 @@ class Services:
     directory: Directory | None = None  # config `ldap`: its people and their groups
     expiry: ExpiryWatch | None = None  # notices locks running out (lock.expired)
 
+    def groups_of(self, user: str) -> frozenset[str]:
+        """The user's directory groups (config `ldap`), for permission rules; empty without
+        a directory. Answered from the cached listing: never waits for the directory."""
+        return self.directory.groups_of(user) if self.directory is not None else frozenset()
+
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
         base = (self.config.public_url or "").rstrip("/")
