@@ -70,7 +70,10 @@ LDIF = "\n".join(
 class Slapd:
     """One slapd, owned by the test process, in the foreground (``-d 0``) on a loopback port."""
 
-    def __init__(self, root: Path, port: int | None = None, tls: bool = False) -> None:
+    def __init__(
+        self, root: Path, port: int | None = None, tls: bool = False, crowd: int = 0
+    ) -> None:
+        """``crowd``: that many more people (``p0000``…), to pass slapd's 500-entry limit."""
         self.binary = require_binary("slapd")
         require_binary("slapadd")
         self.root = root
@@ -94,7 +97,8 @@ class Slapd:
                 f"TLSCertificateFile {root}/cert.pem\nTLSCertificateKeyFile {root}/key.pem\n" + conf
             )
         self.conf.write_text(conf)
-        (root / "people.ldif").write_text(LDIF)
+        extra = "".join("\n" + person(f"p{i:04d}") for i in range(crowd))
+        (root / "people.ldif").write_text(LDIF + extra)
         subprocess.run(
             ["slapadd", "-q", "-f", str(self.conf), "-l", str(root / "people.ldif")],
             check=True, capture_output=True,

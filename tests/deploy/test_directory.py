@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,36 @@ def test_member_of_values_are_groups_too() -> None:
     listing = _listing(config, people, [])
     assert listing.users == ("taro",)
     assert listing.groups["taro"] == {"Deployers", "ops,night", "開発"}
+
+
+async def test_a_directory_larger_than_slapds_size_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """slapd answers an anonymous search with at most 500 entries, paged or not: pploy says so
+    (and uses them); bound as an account without the limit, it pages through all."""
+    from pploy.deploy.config import LdapConfig
+    from pploy.deploy.directory import Directory
+
+    caplog.set_level(logging.INFO, logger="pploy")
+    big = Slapd(tmp_path / "slapd", crowd=1200)
+    big.start()
+    try:
+        anonymous = Directory(LdapConfig(url=big.url, base_dn=PEOPLE, group_base_dn=GROUPS))
+        assert await anonymous.refresh()
+        assert len(anonymous.users) < 1203 and "event=ldap.truncated" in caplog.text
+        caplog.clear()
+        bound = Directory(
+            LdapConfig(
+                url=big.url, base_dn=PEOPLE, group_base_dn=GROUPS, bind_dn=ROOT_DN,
+                bind_password=ROOT_PASSWORD,
+            )
+        )  # fmt: skip
+        started = time.monotonic()
+        assert await bound.refresh()
+        elapsed = time.monotonic() - started
+        assert len(bound.users) == 1200 + 3  # and carol, dave, alice
+        assert bound.knows("p1199") and bound.groups_of("dave") == {"deployers", "admins"}
+        assert "ldap.truncated" not in caplog.text
+        print(f"read 1203 people and 2 groups in {elapsed * 1000:.0f} ms")
+    finally:
+        big.stop()

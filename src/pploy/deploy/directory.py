@@ -122,13 +122,22 @@ def read_listing(config: LdapConfig) -> Listing:
                 config.base_dn, config.filter, ldap3.SUBTREE,
                 attributes=[config.attribute, "memberOf"], paged_size=PAGE_SIZE, generator=False,
             )  # fmt: skip
+            truncated = (conn.result or {}).get("description") == "sizeLimitExceeded"
             groups = conn.extend.standard.paged_search(
                 config.group_base_dn or config.base_dn, GROUP_FILTER, ldap3.SUBTREE,
                 attributes=["cn", "member", "uniqueMember"], paged_size=PAGE_SIZE, generator=False,
             )  # fmt: skip
     except LDAPException as exc:
         raise DirectoryError(f"{type(exc).__name__}: {exc}") from exc
-    return _listing(config, list(people or []), list(groups or []))
+    listing = _listing(config, list(people or []), list(groups or []))
+    if truncated:  # the server's limit, not ours: say so, and use what it gave
+        log.event(
+            "ldap.truncated", level="warning", url=config.url, users=len(listing.users),
+            problem="the directory stopped at its size limit: people past it cannot sign in; "
+            "bind (ldap.bind_dn) as an account the limit does not apply to, or narrow "
+            "ldap.filter",
+        )  # fmt: skip
+    return listing
 
 
 def _listing(
