@@ -13,6 +13,9 @@ from tests.helpers import free_port, require_binary, wait_port
 SUFFIX = "dc=example,dc=com"
 ROOT_DN = f"cn=admin,{SUFFIX}"
 ROOT_PASSWORD = "s3cret-bind-password"
+# A service account as sites give pploy: read access, 500 entries a search, any number paged.
+READER_DN = f"cn=reader,{SUFFIX}"
+READER_PASSWORD = "reader-password"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
 
@@ -29,6 +32,7 @@ suffix "{suffix}"
 rootdn "{rootdn}"
 rootpw {rootpw}
 directory {root}/db
+limits dn.exact="{reader}" size.soft=500 size.hard=500 size.prtotal=unlimited
 """
 
 
@@ -56,6 +60,8 @@ LDIF = "\n".join(
         "o: Example\ndc: example\n",
         f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n",
         f"dn: {GROUPS}\nobjectClass: organizationalUnit\nou: groups\n",
+        f"dn: {READER_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: reader\nuserPassword: {READER_PASSWORD}\n",
         person("carol"),
         person("dave"),
         person("alice"),
@@ -82,7 +88,9 @@ class Slapd:
         root.mkdir(parents=True, exist_ok=True)
         (root / "db").mkdir(exist_ok=True)
         self.conf = root / "slapd.conf"
-        conf = CONF.format(root=root, suffix=SUFFIX, rootdn=ROOT_DN, rootpw=ROOT_PASSWORD)
+        conf = CONF.format(
+            root=root, suffix=SUFFIX, rootdn=ROOT_DN, rootpw=ROOT_PASSWORD, reader=READER_DN
+        )
         self.ca_file: Path | None = None
         if tls:  # a certificate for 127.0.0.1 from a test CA (trustme), for StartTLS
             import trustme

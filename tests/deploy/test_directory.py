@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from pploy.deploy.config import ConfigError, load_config
-from tests.deploy.slapd import GROUPS, PEOPLE, ROOT_DN, ROOT_PASSWORD, Slapd
+from tests.deploy.slapd import (
+    GROUPS,
+    PEOPLE,
+    READER_DN,
+    READER_PASSWORD,
+    ROOT_DN,
+    ROOT_PASSWORD,
+    Slapd,
+)
 from tests.deploy.support import Pploy, start_pploy
 from tests.helpers import free_port
 
@@ -247,7 +255,8 @@ async def test_a_directory_larger_than_slapds_size_limit(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     """slapd answers an anonymous search with at most 500 entries, paged or not: pploy says so
-    (and uses them); bound as an account without the limit, it pages through all."""
+    (and uses them). The reader account gets 500 a search but any number paged: pploy pages
+    through all."""
     from pploy.deploy.config import LdapConfig
     from pploy.deploy.directory import Directory
 
@@ -261,8 +270,8 @@ async def test_a_directory_larger_than_slapds_size_limit(
         caplog.clear()
         bound = Directory(
             LdapConfig(
-                url=big.url, base_dn=PEOPLE, group_base_dn=GROUPS, bind_dn=ROOT_DN,
-                bind_password=ROOT_PASSWORD,
+                url=big.url, base_dn=PEOPLE, group_base_dn=GROUPS, bind_dn=READER_DN,
+                bind_password=READER_PASSWORD,
             )
         )  # fmt: skip
         started = time.monotonic()
