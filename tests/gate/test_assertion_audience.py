@@ -44,9 +44,9 @@ async def test_only_routes_with_an_audience_get_an_assertion_and_pploy_refuses_o
     await other.start()
     config = dev_config(
         proxy=[
-            {"path": "/", "dest": pploy.base, "assertion_audience": "pploy"},
             {"path": "/wiki", "dest": other.url, "strip_path": True},
             {"path": "/grafana", "dest": other.url, "assertion_audience": "grafana"},
+            {"path": "/", "dest": pploy.base, "assertion_audience": "pploy"},  # last: first wins
         ]
     )
     config["auth"]["assertion"] = {"key_file": str(private)}

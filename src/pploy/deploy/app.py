@@ -24,6 +24,11 @@ STATIC = Path(__file__).parent / "static"
 async def on_startup(app: web.Application) -> None:
     svc = app[SERVICES]
     interrupted = svc.jobs.recover()
+    svc.notifier.warn_relative_links(svc.config.public_url)
+    if svc.expiry is not None:
+        svc.expiry.watch_existing([project.name for project in svc.projects.list()])
+    if svc.directory is not None:  # a directory that is down is logged, never fatal
+        await svc.directory.start()
     log.event(
         "pploy.start", workdir=str(svc.config.workdir), mode=svc.auth.mode,
         interrupted=len(interrupted),
@@ -37,7 +42,11 @@ async def on_shutdown(app: web.Application) -> None:
 
 async def on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
+    if svc.expiry is not None:
+        svc.expiry.close()
     await svc.notifier.close()
+    if svc.directory is not None:
+        await svc.directory.close()
     await svc.auth.close()
     svc.store.close()
     svc.jobs.close()

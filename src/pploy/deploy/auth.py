@@ -18,6 +18,7 @@ from pploy.deploy.errors import Unauthorized
 from pploy.networks import address_in, parse_networks
 
 if TYPE_CHECKING:
+    from pploy.deploy.directory import Directory
     from pploy.identity import AssertionVerifier
 
 USER_COOKIE = "user"
@@ -25,10 +26,13 @@ ASSERTION_HEADER = "X-Gate-Assertion"
 
 
 class Authenticator:
-    def __init__(self, config: AuthConfig, users: list[str]) -> None:
+    def __init__(
+        self, config: AuthConfig, users: list[str], directory: Directory | None = None
+    ) -> None:
         self.config = config
         self.mode = config.mode
         self.users = list(users)
+        self.directory = directory  # standalone mode: its people are deployers too
         self.networks = parse_networks(config.trusted_proxies)
         self.verifier: AssertionVerifier | None = None
         if self.mode == "gate":
@@ -45,6 +49,15 @@ class Authenticator:
         """True when users choose their own name (standalone mode)."""
         return self.mode == "standalone"
 
+    def knows(self, name: str) -> bool:
+        """standalone mode: ``name`` is a configured user or one the directory lists."""
+        return name in self.users or (self.directory is not None and self.directory.knows(name))
+
+    def deployers(self) -> list[str]:
+        """standalone mode: the names to pick from: ``users``, then the directory's others."""
+        extra = self.directory.users if self.directory is not None else ()
+        return self.users + sorted(set(extra) - set(self.users))
+
     def trusted_peer(self, request: web.Request) -> bool:
         return address_in(request.remote, self.networks)
 
@@ -53,7 +66,7 @@ class Authenticator:
         someone pploy must not believe."""
         if self.mode == "standalone":
             name = request.cookies.get(USER_COOKIE)
-            if name and name in self.users:
+            if name and self.knows(name):
                 return name
             return None
         if self.mode == "proxy":

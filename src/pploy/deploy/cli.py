@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
             from pploy.deploy.demo import DEMO_USERS
 
             config = load_config(args.config, {**overrides, "users": DEMO_USERS})
-        if config.auth.mode == "standalone" and not config.users:
+        if config.auth.mode == "standalone" and not config.users and config.ldap is None:
             raise ConfigError(
                 "users: standalone mode needs at least one deployer (users: [alice, bob], "
-                "--users alice,bob or PPLOY_USERS), or set auth.mode"
+                "--users alice,bob or PPLOY_USERS), an ldap directory, or set auth.mode"
             )
     except ConfigError as exc:
         print(f"pploy: configuration error:\n{exc}", file=sys.stderr)

@@ -8,10 +8,18 @@ reporting errors is ``pploy.configfile``'s, shared with gate (``ConfigError`` is
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
@@ -108,24 +116,87 @@ class AuthConfig(_Strict):
         return check_networks(value)
 
 
+WebhookEvent = Literal[
+    "lock.gained", "lock.extended", "lock.released", "lock.expired", "job.started", "job.finished"
+]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = typing.get_args(WebhookEvent)
+DATADOG_SITE = "https://api.datadoghq.com"
+
+
 class WebhookConfig(_Strict):
-    url: str = Field(description="Where to POST.")
-    format: Literal["slack", "json"] = "json"
-    events: list[Literal["lock.gained", "lock.extended", "lock.released", "job.finished"]] = Field(
-        default=["lock.gained", "lock.extended", "lock.released", "job.finished"]
+    url: str = Field(
+        description="Where to POST; datadog format: the site (default api.datadoghq.com)."
+    )
+    format: Literal["slack", "json", "datadog"] = "json"
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    kinds: list[Literal["deploy", "checkout"]] = Field(
+        default=["deploy", "checkout"],
+        description="job events: the kinds of job to notify about (e.g. [deploy]).",
     )
     templates: dict[str, str] = Field(
         default_factory=dict,
-        description="slack format: message text per event (Python format fields, see docs).",
+        description="slack and datadog formats: message text per event (Python format fields).",
+    )
+    api_key: str | None = Field(
+        None,
+        repr=False,
+        validate_default=True,
+        description="datadog format: the DD-API-KEY (a secret).",
     )
     timeout_seconds: float = Field(5, gt=0)
     retries: int = Field(1, ge=0, le=5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _datadog_site(cls, data: Any) -> Any:
+        """The datadog format needs no url: Datadog's US site is the default."""
+        if isinstance(data, dict) and data.get("format") == "datadog" and "url" not in data:
+            return {**data, "url": DATADOG_SITE}
+        return data
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        datadog = info.data.get("format") == "datadog"
+        if datadog and not value:
+            raise ValueError("required by the datadog format (Datadog's API key)")
+        if value and not datadog:
+            raise ValueError("only the datadog format sends one")
+        return value
+
+
+class LdapConfig(_Strict):
+    """standalone mode: the people of an LDAP directory, as deployers besides ``users``."""
+
+    url: str = Field(description="ldap:// or ldaps:// URL of the directory.")
+    base_dn: str = Field(description="Where people (and groups) are searched.")
+    filter: str = Field("(cn=*)", description="Which entries under base_dn are deployers.")
+    attribute: str = Field("cn", description="The attribute whose value is the user name.")
+    group_base_dn: str | None = Field(
+        None, description="Where groups are searched (default: base_dn)."
+    )
+    bind_dn: str | None = Field(None, description="Bind as this DN (anonymous when unset).")
+    bind_password: str | None = Field(None, repr=False, description="bind_dn's password.")
+    start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
+    ca_file: str | None = Field(
+        None, description="PEM CA certificates the directory's TLS certificate is checked "
+        "against (StartTLS, ldaps://); default: the system's.",
+    )  # fmt: skip
+    cache_minutes: float = Field(10, gt=0, description="How long the list is kept before refresh.")
+    timeout_seconds: float = Field(5, gt=0, description="Connect and answer limit per refresh.")
+
+    @field_validator("url")
+    @classmethod
+    def _ldap_url(cls, value: str) -> str:
+        if not value.startswith(("ldap://", "ldaps://")):
+            raise ValueError("must be an ldap:// or ldaps:// URL")
         return value
 
 
@@ -147,6 +218,9 @@ class Config(_Strict):
         "and public_url's host (guards against DNS rebinding).",
     )
     users: list[str] = Field(default_factory=list, description="standalone mode: the deployers.")
+    ldap: LdapConfig | None = Field(
+        None, description="standalone mode: an LDAP directory whose people are deployers too."
+    )
     lock: LockConfig = Field(default_factory=LockConfig)
     job: JobConfig = Field(default_factory=JobConfig)
     git: GitConfig = Field(default_factory=GitConfig)

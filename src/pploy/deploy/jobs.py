@@ -69,6 +69,7 @@ class Jobs:
         projects: Projects,
         locks: Locks,
         on_finish: Callable[[JobRecord], None] | None = None,
+        on_start: Callable[[JobRecord], None] | None = None,
     ) -> None:
         # First: a second pploy on this workdir must stop here, before its recovery would
         # take the first one's running jobs for a crash's leftovers.
@@ -78,6 +79,7 @@ class Jobs:
         self.projects = projects
         self.locks = locks
         self.on_finish = on_finish
+        self.on_start = on_start
         self.running: dict[int, RunningJob] = {}
         # Ends of jobs the database refused (a full disk), written by _save_later.
         self._unsaved: dict[int, dict[str, Any]] = {}
@@ -189,6 +191,8 @@ class Jobs:
             "job.start", job=record.id, project=record.project, kind=record.kind,
             env=record.env, ref=record.ref, user=record.user,
         )  # fmt: skip
+        if self.on_start:
+            self.on_start(record)
 
     # -- run -----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Webhooks: lock changes and finished jobs, as Slack incoming-webhook or generic JSON.
+"""Webhooks: lock changes, started and finished jobs, as Slack incoming-webhook, generic JSON
+or Datadog events (the events API go-pploy's ``-ddapikey`` posted to).
 
 Sent in the background with a timeout and retries; a failing receiver is logged and never
 fails or delays a deploy.
@@ -7,7 +8,9 @@ fails or delays a deploy.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import string
+import time
 from typing import Any
 
 import aiohttp
@@ -19,6 +22,8 @@ DEFAULT_TEMPLATES = {
     "lock.gained": "{user} locked {project} until {expires_at_text}",
     "lock.extended": "{user} extended the lock on {project} until {expires_at_text}",
     "lock.released": "{user} released the lock on {project}",
+    "lock.expired": "{user}'s lock on {project} expired",
+    "job.started": "{kind} of {project}{env_text} by {user} started {link}",
     "job.finished": (
         "{kind} of {project}{env_text} by {user} {status} in {duration:.0f} s ({sha_short}) {link}"
     ),
@@ -47,35 +52,94 @@ def render_template(template: str, payload: dict[str, Any]) -> str:
     return "".join(out)
 
 
+DATADOG_PATH = "/api/v1/events"
+# Datadog's alert_type for a finished job's status; anything else is "info".
+DATADOG_ALERT = {"succeeded": "success", "failed": "error", "timed_out": "error"}
+
+
+def wants(hook: WebhookConfig, event: str, payload: dict[str, Any]) -> bool:
+    """The hook asked for ``event`` and, for a job event, for the job's kind."""
+    if event not in hook.events:
+        return False
+    return not event.startswith("job.") or payload.get("kind") in hook.kinds
+
+
+def datadog_url(hook: WebhookConfig) -> str:
+    """The events endpoint of the hook's site (``url`` may also name the endpoint itself)."""
+    base = (hook.url or "").rstrip("/")
+    return base if base.endswith(DATADOG_PATH) else base + DATADOG_PATH
+
+
+def datadog_event(text: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """An event for Datadog's events API, tagged as go-pploy tagged them (``project:``,
+    ``env:``) and aggregated per project and user, as go-pploy did."""
+    project, user = str(payload.get("project", "")), str(payload.get("user", ""))
+    tags = [f"project:{project}", f"pploy_event:{event}"]
+    if payload.get("env"):
+        tags.append(f"env:{payload['env']}")
+    if payload.get("kind"):
+        tags.append(f"kind:{payload['kind']}")
+    body: dict[str, Any] = {
+        "title": text,
+        "text": text,
+        "date_happened": int(time.time()),
+        "aggregation_key": hashlib.sha256(f"{project}\0{user}".encode()).hexdigest()[:32],
+        "alert_type": DATADOG_ALERT.get(str(payload.get("status")), "info")
+        if event == "job.finished"
+        else "info",
+        "source_type_name": "pploy",
+        "tags": tags,
+    }
+    return body
+
+
 class Notifier:
     def __init__(self, hooks: list[WebhookConfig]) -> None:
         self.hooks = hooks
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def warn_relative_links(self, public_url: str | None) -> bool:
+        """At start: without public_url the links sent are paths, useless in a chat; say so."""
+        if not self.hooks or public_url:
+            return False
+        log.event(
+            "webhook.relative_links", level="warning",
+            problem="public_url is not set: links in notifications will be relative "
+            "(/projects/..., /jobs/...); set public_url to the URL users open",
+        )  # fmt: skip
+        return True
+
     def emit(self, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for every hook that wants it; returns at once."""
         for hook in self.hooks:
-            if event in hook.events:
+            if wants(hook, event, payload):
                 task = asyncio.get_running_loop().create_task(self._send(hook, event, payload))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
     def body(self, hook: WebhookConfig, event: str, payload: dict[str, Any]) -> dict[str, Any]:
-        if hook.format == "slack":
+        if hook.format in ("slack", "datadog"):
             template = hook.templates.get(event, DEFAULT_TEMPLATES[event])
-            return {"text": render_template(template, payload)}
+            text = render_template(template, payload)
+            return (
+                datadog_event(text, event, payload) if hook.format == "datadog" else {"text": text}
+            )
         return {"event": event, **payload}
 
     async def _send(self, hook: WebhookConfig, event: str, payload: dict[str, Any]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         body = self.body(hook, event, payload)
+        url, headers = hook.url or "", {}
+        if hook.format == "datadog":
+            url, headers = datadog_url(hook), {"DD-API-KEY": hook.api_key or ""}
         for attempt in range(hook.retries + 1):
             try:
                 async with self._session.post(
-                    hook.url, json=body, timeout=aiohttp.ClientTimeout(total=hook.timeout_seconds)
-                ) as resp:
+                    url, json=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=hook.timeout_seconds),
+                ) as resp:  # fmt: skip
                     if resp.status < 300:
                         log.event("webhook.sent", hook=hook.url, webhook_event=event)
                         return

@@ -57,7 +57,7 @@ async def login_page(request: web.Request) -> web.Response:
     if not svc.auth.picks_name:
         raise web.HTTPSeeOther("/")
     return render(
-        request, "login.html", users=svc.config.users, next=safe_next(request.query.get("next"))
+        request, "login.html", users=svc.auth.deployers(), next=safe_next(request.query.get("next"))
     )
 
 
@@ -67,7 +67,7 @@ async def login(request: web.Request) -> web.Response:
     if not svc.auth.picks_name:
         raise web.HTTPSeeOther("/")
     name = await form_field(request, "user")
-    if name not in svc.config.users:
+    if not svc.auth.knows(name):
         raise BadRequest(f"{name!r} is not one of the configured users")
     target = safe_next((await request.post()).get("next"))
     response = web.HTTPSeeOther(target)

@@ -14,6 +14,9 @@ from aiohttp import web
 
 from pploy.deploy.auth import Authenticator
 from pploy.deploy.config import Config
+from pploy.deploy.directory import Directory
+from pploy.deploy.errors import NotFound
+from pploy.deploy.expiry import ExpiryWatch
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
@@ -33,6 +36,13 @@ class Services:
     notifier: Notifier
     auth: Authenticator
     templates: jinja2.Environment
+    directory: Directory | None = None  # config `ldap`: its people and their groups
+    expiry: ExpiryWatch | None = None  # notices locks running out (lock.expired)
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        """The user's directory groups (config `ldap`), for permission rules; empty without
+        a directory. Answered from the cached listing: never waits for the directory."""
+        return self.directory.groups_of(user) if self.directory is not None else frozenset()
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
@@ -56,28 +66,32 @@ def build_services(config: Config) -> Services:
     projects = Projects(workdir, git_config=config.git, store=store)
     notifier = Notifier(config.webhooks)
 
+    def lock_payload(lock: Lock) -> dict[str, object]:
+        return {
+            "project": lock.project,
+            "user": lock.user,
+            "expires_at": lock.expires_at,
+            "expires_at_text": time.strftime("%H:%M:%S", time.localtime(lock.expires_at)),
+            "link": svc.link(f"/projects/{lock.project}"),
+        }
+
     def lock_changed(event: str, lock: Lock) -> None:
-        notifier.emit(
-            event,
-            {
-                "project": lock.project,
-                "user": lock.user,
-                "expires_at": lock.expires_at,
-                "expires_at_text": time.strftime("%H:%M:%S", time.localtime(lock.expires_at)),
-                "link": svc.link(f"/projects/{lock.project}"),
-            },
-        )
+        notifier.emit(event, lock_payload(lock))
+        expiry.changed(event, lock)
+
+    def job_payload(record: JobRecord) -> dict[str, object]:
+        return {
+            **record.to_json(),
+            "env_text": f" to {record.env}" if record.env else "",
+            "sha_short": (record.sha or "")[:10],
+            "link": svc.link(f"/jobs/{record.id}"),
+        }
 
     def job_finished(record: JobRecord) -> None:
-        notifier.emit(
-            "job.finished",
-            {
-                **record.to_json(),
-                "env_text": f" to {record.env}" if record.env else "",
-                "sha_short": (record.sha or "")[:10],
-                "link": svc.link(f"/jobs/{record.id}"),
-            },
-        )
+        notifier.emit("job.finished", job_payload(record))
+
+    def job_started(record: JobRecord) -> None:
+        notifier.emit("job.started", job_payload(record))
 
     locks = Locks(
         store,
@@ -85,9 +99,23 @@ def build_services(config: Config) -> Services:
         extend_minutes=config.lock.extend_minutes,
         on_change=lock_changed,
     )
-    jobs = Jobs(config, store, projects, locks, on_finish=job_finished)
-    auth = Authenticator(config.auth, config.users)
-    svc = Services(config, store, projects, locks, jobs, notifier, auth, build_templates())
+
+    def project_exists(name: str) -> bool:
+        try:
+            projects.get(name)
+        except NotFound:
+            return False
+        return True
+
+    expiry = ExpiryWatch(
+        locks, lambda lock: notifier.emit("lock.expired", lock_payload(lock)), exists=project_exists
+    )
+    jobs = Jobs(config, store, projects, locks, on_finish=job_finished, on_start=job_started)
+    directory = Directory(config.ldap) if config.ldap is not None else None
+    auth = Authenticator(config.auth, config.users, directory)
+    svc = Services(
+        config, store, projects, locks, jobs, notifier, auth, build_templates(), directory, expiry
+    )
     return svc
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 from pploy import eventloop, log
 from pploy.gate.config import ConfigError, GateConfig, load_config, warnings
@@ -18,10 +19,14 @@ upgrades included) is authenticated, then proxied without buffering, or served f
 Reads typester/gate's config.yml unchanged; see docs/gate.md for every key and extension.
 """
 
+DEFAULT_CONFIG = "config.yml"  # typester/gate's default, in the current directory
+
 EPILOG = """\
 examples:
   pploy gate --config gate.yml                  run
   pploy gate --config gate.yml --check-config   validate and exit (0 = fine)
+  pploy gate -conf config.yml                   typester/gate's spelling
+  pploy gate                                    reads ./config.yml, as typester/gate did
 
 endpoints without authentication: /ping (health), /.well-known/gate/jwks.json (public keys
 of the X-Gate-Assertion header sent upstream), and the login/callback/logout paths.
@@ -37,7 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", "-c", required=True, metavar="FILE", help="gate's config.yml (YAML)"
+        "--config",
+        "-c",
+        "-conf",  # typester/gate's spelling
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"gate's config.yml (YAML); default ./{DEFAULT_CONFIG}, as typester/gate "
+        "(also spelt -conf FILE)",
     )
     parser.add_argument(
         "--check-config",
@@ -50,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
+    if args.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).exists():
+        print(
+            f"pploy gate: no configuration: ./{DEFAULT_CONFIG} does not exist in "
+            f"{Path.cwd()} (name one with --config FILE or -conf FILE)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -25,6 +25,7 @@ from pydantic import (
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
+from pploy.gate import parity
 from pploy.networks import check_networks
 
 SERVICES = ("google", "github", "oidc", "dev")
@@ -281,7 +282,8 @@ class GateConfig(_Model):
     auth: AuthConf
     restrictions: StrList = []
     proxy: list[ProxyConf] = []
-    # typester/gate served the config's directory by default; here no htdocs = no files.
+    # typester/gate served the config's directory by default; here no htdocs = no files
+    # (`htdocs:` left empty, or "", means the same: see _no_htdocs).
     htdocs: str | None = None
     paths: PathsConf = PathsConf()
     # Extensions.
@@ -296,11 +298,18 @@ class GateConfig(_Model):
     base_dir: Path = Path(".")
     # The file itself (never served as a static file); None when not loaded from a file.
     config_file: Path | None = None
+    # Keys of older gates and forks read into today's (see parity.translate): shown as warnings.
+    legacy_notes: list[str] = []
 
     @field_validator("proxy", mode="before")
     @classmethod
     def _proxy_list(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    @field_validator("htdocs")
+    @classmethod
+    def _no_htdocs(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -401,10 +410,14 @@ def parse_config(
     ``config_file`` is the file itself (gate never serves it); ``source`` prefixes every error."""
     if isinstance(data, dict):
         refuse_placeholders(data, source)
-        for internal in ("base_dir", "config_file"):
+        for internal in ("base_dir", "config_file", "legacy_notes"):
             if internal in data:
                 raise ConfigError(f"{source + ': ' if source else ''}{internal}: unknown key")
-        data = {**data, "base_dir": base_dir, "config_file": config_file}
+        try:
+            data, notes = parity.translate(data)
+        except parity.LegacyKeyError as exc:
+            raise ConfigError(f"{source + ': ' if source else ''}{exc}") from None
+        data = {**data, "base_dir": base_dir, "config_file": config_file, "legacy_notes": notes}
     return validate(GateConfig, data, source, docs="docs/gate.md")
 
 
@@ -443,7 +456,8 @@ def check_files(config: GateConfig) -> list[str]:
 
 def warnings(config: GateConfig) -> list[str]:
     """Things that work but deserve a loud line in the log."""
-    out = []
+    out = list(config.legacy_notes)
+    out += parity.proxy_warnings([(p.path, p.host, p.dest) for p in config.proxy])
     if len(config.auth.session.key) < 16:
         out.append(
             "auth.session.key is short; use 32+ random characters "

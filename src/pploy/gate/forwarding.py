@@ -98,7 +98,7 @@ async def forward(gate: Gate, request: web.Request) -> web.StreamResponse:
     request[keys.ROUTE] = route.label
     if route.needs_slash_redirect(target):
         location = target.path + "/" + (f"?{target.query}" if target.query else "")
-        raise web.HTTPMovedPermanently(location)
+        raise web.HTTPFound(location)  # gate's status; a 301 would be cached for good
 
     headers = upstream_headers(
         gate,

@@ -116,20 +116,29 @@ class Route:
 
 
 class Router:
-    """Longest path prefix wins; among equals, a route for this host beats a hostless one."""
+    """typester/gate's order: the first listed entry whose path matches wins. Entries with
+    the same path form one group, as gate registered one route per path: in it an entry for
+    the request's host beats the hostless one. A group of host entries for other hosts only
+    does not match, and the next entries are tried (gate sent every host to such an entry;
+    ``--check-config`` warns). A later entry under an earlier one's path is never reached:
+    ``--check-config`` warns about that too."""
 
     def __init__(self, confs: list[ProxyConf]) -> None:
         self.routes = [Route.from_conf(c) for c in confs]
+        groups: dict[tuple[bytes, ...], list[Route]] = {}
+        for route in self.routes:
+            groups.setdefault(route.prefix, []).append(route)
+        self.groups = list(groups.items())  # in the order each path first appears
 
     def match(self, host: str, target: RequestPath) -> Route | None:
-        best: Route | None = None
-        best_key = (-1, False)
-        for route in self.routes:
-            if route.matches(host, target):
-                key = (len(route.prefix), route.host is not None)
-                if key > best_key:
-                    best, best_key = route, key
-        return best
+        for prefix, routes in self.groups:
+            if target.segments[: len(prefix)] != prefix:
+                continue
+            hostless = next((r for r in routes if r.host is None), None)
+            chosen = next((r for r in routes if r.host == host), hostless)
+            if chosen is not None:
+                return chosen
+        return None
 
 
 def request_host(host_header: str | None) -> str:
