@@ -6,7 +6,7 @@ Route modules import this, never the wiring in :mod:`pploy.deploy.app`."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -17,8 +17,10 @@ from pploy.deploy.config import Config
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
+from pploy.deploy.permissions import Permissions
 from pploy.deploy.projects import Projects
 from pploy.deploy.store import JobRecord, Lock, Store
+from pploy.deploy.tokens import Tokens
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -33,6 +35,13 @@ class Services:
     notifier: Notifier
     auth: Authenticator
     templates: jinja2.Environment
+    permissions: Permissions = field(init=False)
+    tokens: Tokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        # permissions.groups_of is the hook a user directory (LDAP) sets: default, no groups.
+        self.permissions = Permissions(self.config.permissions)
+        self.tokens = Tokens(self.store)
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
