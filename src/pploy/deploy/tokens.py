@@ -43,12 +43,12 @@ def bearer(request: web.Request) -> str | None:
     """The bearer token the request carries, None without an ``Authorization: Bearer``
     header; Unauthorized when it is sent twice or is not a plausible token."""
     values = request.headers.getall("Authorization", [])
-    found = [v for v in values if v[:7].lower() == "bearer "]
+    found = [v for v in values if v.strip().partition(" ")[0].lower() == "bearer"]
     if not found:
         return None
     if len(values) > 1:
         raise Unauthorized("Authorization was sent more than once; send one bearer token")
-    token = found[0][7:].strip()
+    token = found[0].strip().partition(" ")[2].strip()
     if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         raise Unauthorized("the bearer token is malformed")
     return token
