@@ -165,3 +165,82 @@ async def test_issue_rules_enforced_on_every_route(tmp_path) -> None:
         assert status == 200, body
     finally:
         await pploy.close()
+
+
+async def test_emails_and_domains_come_from_gates_assertion_and_the_tokens_owner(tmp_path) -> None:
+    """In gate mode the rules see the email gate signed; a token made by that session keeps it."""
+    from pploy.identity import AssertionSigner, Identity
+
+    signer = AssertionSigner()
+    keys = tmp_path / "jwks.json"
+    keys.write_text(__import__("json").dumps(signer.jwks()))
+    rules = {
+        "admins": ["@example.com"],
+        "deploy": [{"env": "production", "users": ["carol@example.com"]}],
+    }
+    pploy = await start_pploy(
+        tmp_path / "work",
+        permissions=rules,
+        **{"auth.mode": "gate", "auth.gate_public_key_file": str(keys)},
+    )
+
+    async def as_(user: str, email: str | None, method: str, path: str, body=None):  # type: ignore[no-untyped-def]
+        headers = {"X-Gate-Assertion": signer.sign(Identity(user, email))}
+        async with pploy.client(None).request(
+            method, pploy.url(path), json=body, headers=headers
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def finish(job_id: int, headers: dict[str, str]) -> None:
+        url = pploy.url(f"/api/jobs/{job_id}/log?follow=1")
+        async with pploy.client(None).get(url, headers=headers) as resp:
+            assert resp.status == 200
+            await resp.read()
+
+    try:
+        remote = str(make_remote(tmp_path))
+        status, body = await as_(
+            "mallory", "mallory@example.org", "POST", "/api/projects", {"url": remote}
+        )
+        assert status == 403 and "admins" in body["error"]
+        status, body = await as_(
+            "carol", "carol@example.com", "POST", "/api/projects", {"url": remote}
+        )
+        assert status == 201, body
+        for user, email in (("carol", "carol@example.com"), ("dave", "dave@example.com")):
+            status, body = await as_(
+                user, email, "POST", "/api/projects/testploy/lock", {"operation": "gain"}
+            )
+            assert status == 200, body
+            status, body = await as_(
+                user, email, "POST", "/api/projects/testploy/deploy", {"env": "production"}
+            )
+            assert status == (202 if user == "carol" else 403), body
+            if user == "carol":
+                await finish(
+                    body["job"]["id"], {"X-Gate-Assertion": signer.sign(Identity(user, email))}
+                )
+            status, body = await as_(
+                user, email, "POST", "/api/projects/testploy/lock", {"operation": "release"}
+            )
+            assert status == 200, body
+        # A token carries its owner's email: carol's token may deploy to production too.
+        status, made = await as_(
+            "carol", "carol@example.com", "POST", "/api/tokens", {"name": "ci"}
+        )
+        assert status == 201 and made["email"] == "carol@example.com"
+        bearer = {"Authorization": f"Bearer {made['token']}"}
+        anon = pploy.client(None)
+        async with anon.post(
+            pploy.url("/api/projects/testploy/lock"), json={"operation": "gain"}, headers=bearer
+        ) as resp:
+            assert resp.status == 200
+        async with anon.post(
+            pploy.url("/api/projects/testploy/deploy"), json={"env": "production"}, headers=bearer
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            job = (await resp.json())["job"]
+        assert (job["user"], job["token"]) == ("carol", "ci")
+        await finish(job["id"], bearer)
+    finally:
+        await pploy.close()

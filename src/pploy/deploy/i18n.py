@@ -84,6 +84,7 @@ JA: dict[str, str] = {
     "Transport": "転送方式",
     # API tokens (pploy.deploy.tokenroutes)
     "API tokens": "APIトークン",
+    "API token": "APIトークン",
     "API tokens are made with a signed-in session, not with another API token.": (
         "APIトークンはサインインしたセッションで作成します(別のAPIトークンでは作成できません)。"
     ),
