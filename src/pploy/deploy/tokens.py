@@ -24,7 +24,7 @@ from aiohttp import web
 
 from pploy.deploy.errors import BadRequest, NotFound, Unauthorized
 from pploy.deploy.permissions import Caller
-from pploy.deploy.store import ApiToken, Store
+from pploy.deploy.store import ApiToken, Store, StoreUnavailable
 
 PREFIX = "pploy_"
 MAX_TOKEN_LENGTH = 200
@@ -124,7 +124,10 @@ class Tokens:
         if not record.usable(current):
             raise Unauthorized(f"API token {record.name!r} has expired")
         if record.last_used_at is None or current - record.last_used_at > USED_RESOLUTION_SECONDS:
-            self.store.token_used(record.id, current)
+            try:
+                self.store.token_used(record.id, current)
+            except StoreUnavailable:
+                pass  # bookkeeping only: a busy database must not refuse a valid token
         return Caller(record.user, record.email, token=record.name, token_id=record.id)
 
 
