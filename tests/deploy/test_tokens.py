@@ -138,6 +138,14 @@ async def test_token_lifecycle_and_identity(tmp_path: Path) -> None:
         assert status == 401 and "revoked" in text
         status, _, text = await call(bare, "GET", pploy.url("/api/jobs/1/log"), token)
         assert status == 401
+        # Standalone mode: a token stops working when its owner leaves `users`.
+        status, body = await pploy.api("POST", "/api/tokens", "bob", {"name": "bob-ci"})
+        assert status == 201
+        status, _, text = await call(bare, "GET", pploy.url("/api/status"), body["token"])
+        assert status == 200
+        pploy.services.config.users.remove("bob")
+        status, _, text = await call(bare, "GET", pploy.url("/api/status"), body["token"])
+        assert status == 401 and "no longer" in text
     finally:
         await bare.close()
         await pploy.close()

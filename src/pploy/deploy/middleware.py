@@ -109,6 +109,8 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
     public = is_public(request)
     try:  # a bearer token, when sent, is the only identity believed (see pploy.deploy.tokens)
         caller = svc.tokens.from_request(request)
+        if caller and svc.auth.picks_name and caller.user not in svc.config.users:
+            raise Unauthorized(f"the token's owner {caller.user!r} is no longer one of `users`")
     except Unauthorized as exc:
         return tokens.refusal(exc)
     try:
