@@ -126,8 +126,8 @@ async def test_token_lifecycle_and_identity(tmp_path: Path) -> None:
             {"name": ""},
             {"name": "x", "expires_days": 0},
             {"name": "x", "expires_days": "seven"},
-                {"name": "x", "expires_days": True},
-                {"name": "x", "expires_days": 99999},
+            {"name": "x", "expires_days": True},
+            {"name": "x", "expires_days": 99999},
         ):
             assert (await pploy.api("POST", "/api/tokens", "alice", bad))[0] == 400, bad
         status, body = await pploy.api("DELETE", f"/api/tokens/{token_id}", "bob")
