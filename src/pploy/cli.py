@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = [
     "pploy.deploy.cli",
     "pploy.gate.cli",
     "pploy.chain.cli",
+    "pploy.client.cli",
 ]
 
 

@@ -41,7 +41,7 @@ def test_help_of_every_subcommand(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pploy", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("serve", "gate", "up", "nginx-config", "doctor"):
+    for command in ("serve", "gate", "up", "nginx-config", "doctor", "client"):
         assert command in out
         sub = subprocess.run(
             [sys.executable, "-m", "pploy", command, "--help"], capture_output=True, text=True

@@ -10,7 +10,7 @@ import pytest
 
 from pploy.deploy.errors import BadRequest, Conflict, Forbidden
 from pploy.deploy.locks import Locks, describe_left
-from pploy.deploy.store import Lock, Store
+from pploy.deploy.store import SCHEMA_VERSION, Lock, Store
 
 T0 = 1_800_000_000.0
 
@@ -448,7 +448,7 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
             None,
         )
         assert store.get_lock("app").user == "alice"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         repository = store.adopt_repository("app", "/srv/git/app.git")
         assert store.get_job(1).repository == repository.id
         assert store.get_job(1).url == "/srv/git/app.git"
@@ -457,5 +457,7 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
         store.close()
     Store(path).close()  # opening a migrated database again changes nothing
     again = sqlite3.connect(path)
-    assert [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-2:] == ["repository", "url"]
+    assert [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-3:] == [
+        "repository", "url", "token"
+    ]
     again.close()

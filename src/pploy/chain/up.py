@@ -194,6 +194,7 @@ def gate_config(files: StackFiles, port: int, pploy_port: int) -> Any:
                 "path": "/",
                 "dest": f"http://{HOST}:{pploy_port}",
                 "assertion_audience": GATE_AUDIENCE,
+                "pass_bearer": True,  # pploy's API tokens: pploy authenticates them
             }
         ],
         "htdocs": None,

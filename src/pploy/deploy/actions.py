@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pploy.deploy.errors import BadRequest
+from pploy.deploy.permissions import Caller
+from pploy.deploy.projects import Project
 from pploy.deploy.services import Services
+from pploy.deploy.store import JobRecord
 
 
-async def remove_project(svc: Services, name: str, user: str) -> None:
-    """Remove a project: only its lock holder may, and not while a job runs. Its job records
-    and logs stay (the audit trail)."""
+async def remove_project(svc: Services, name: str, user: str, caller: Caller | None = None) -> None:
+    """Remove a project: only an admin (``permissions.admins``) who holds its lock may, and not
+    while a job runs. Its job records and logs stay (the audit trail)."""
     project = svc.projects.get(name)
+    svc.permissions.manage_projects(caller or Caller(user), f"remove {project.name}").require()
     svc.locks.require_holder(project.name, user)
     running = svc.jobs.running_for(name)
     if running:
@@ -17,3 +21,23 @@ async def remove_project(svc: Services, name: str, user: str) -> None:
             f"job #{running.record.id} is running on {name}; cancel it or wait", status=409
         )
     await svc.projects.remove(project.name, user)
+
+
+async def add_project(svc: Services, caller: Caller, url: str) -> Project:
+    """Clone ``url`` as a new project, if ``caller`` may manage projects (checked first, so a
+    refusal clones nothing)."""
+    svc.permissions.manage_projects(caller, "add projects").require()
+    return await svc.projects.clone(url)
+
+
+async def start_deploy(svc: Services, caller: Caller, project: Project, env: str) -> JobRecord:
+    """Deploy ``project`` to ``env`` as ``caller``: the permission rules first (a refusal
+    touches no lock and starts nothing), then the lock and job rules; the token's name, if one
+    was used, goes into the job record."""
+    svc.permissions.deploy(caller, project.name, env).require()
+    return await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
+
+
+async def start_checkout(svc: Services, caller: Caller, project: Project, ref: str) -> JobRecord:
+    """Check ``ref`` out in ``project`` as ``caller`` (the token's name recorded, if any)."""
+    return await svc.jobs.start_checkout(project, ref, caller.user, token=caller.token)

@@ -8,7 +8,7 @@ from pploy.deploy import actions, views
 from pploy.deploy.errors import BadRequest
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, read_json, string_field
-from pploy.deploy.requestkeys import USER
+from pploy.deploy.requestkeys import CALLER, USER
 from pploy.deploy.services import services
 
 routes = web.RouteTableDef()
@@ -32,7 +32,7 @@ async def status(request: web.Request) -> web.Response:
 async def add_project(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_json(request)
-    project = await svc.projects.clone(string_field(body, "url"))
+    project = await actions.add_project(svc, request[CALLER], string_field(body, "url"))
     return web.json_response({"project": await views.project_detail(svc, project)}, status=201)
 
 
@@ -46,7 +46,7 @@ async def get_project(request: web.Request) -> web.Response:
 @routes.delete("/api/projects/{name}")
 async def remove_project(request: web.Request) -> web.Response:
     svc = services(request)
-    await actions.remove_project(svc, request.match_info["name"], request[USER])
+    await actions.remove_project(svc, request.match_info["name"], request[USER], request[CALLER])
     return web.json_response({"removed": request.match_info["name"]})
 
 
@@ -65,7 +65,7 @@ async def checkout(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    record = await svc.jobs.start_checkout(project, string_field(body, "ref"), request[USER])
+    record = await actions.start_checkout(svc, request[CALLER], project, string_field(body, "ref"))
     return web.json_response({"job": record.to_json()}, status=202)
 
 
@@ -75,7 +75,7 @@ async def deploy(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    record = await svc.jobs.start_deploy(project, string_field(body, "env"), request[USER])
+    record = await actions.start_deploy(svc, request[CALLER], project, string_field(body, "env"))
     return web.json_response({"job": record.to_json()}, status=202)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pploy import log, streamtest
-from pploy.deploy import api, pages, streams
+from pploy.deploy import api, pages, streams, tokenroutes
 from pploy.deploy.config import Config
 from pploy.deploy.middleware import authenticate, request_context
 from pploy.deploy.services import SERVICES, Services, build_services
@@ -58,6 +58,7 @@ def create_app(config: Config) -> web.Application:
     app[SERVICES] = build_services(config)
     streams.add_routes(app)
     api.add_routes(app)
+    tokenroutes.add_routes(app)
     streamtest.add_routes(app, "/api/stream-test")  # read by `pploy doctor`
     pages.add_routes(app)
     app.router.add_static("/static/", STATIC, append_version=True)

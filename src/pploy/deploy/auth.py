@@ -15,6 +15,7 @@ from aiohttp import web
 from pploy.deploy import names
 from pploy.deploy.config import AuthConfig
 from pploy.deploy.errors import Unauthorized
+from pploy.deploy.requestkeys import EMAIL
 from pploy.networks import address_in, parse_networks
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class Authenticator:
             identity = await self.verifier.verify(token)
         except InvalidAssertion as exc:
             raise Unauthorized(f"invalid {ASSERTION_HEADER}: {exc}") from exc
+        if identity.email:
+            request[EMAIL] = identity.email  # for permission rules naming emails or @domains
         return self._valid_name(identity.user, ASSERTION_HEADER)
 
     @staticmethod

@@ -200,6 +200,26 @@ class LdapConfig(_Strict):
         return value
 
 
+class DeployRule(_Strict):
+    project: str = Field("*", description="Project names it covers (fnmatch pattern; `*` all).")
+    env: str = Field("*", description="Environments it covers (fnmatch pattern; `*` all).")
+    users: list[str] = Field(
+        description="Who may deploy there: user names, exact emails, `@domain`, or groups."
+    )
+
+
+class PermissionsConfig(_Strict):
+    admins: list[str] = Field(
+        default_factory=list,
+        description="Who may add and remove projects (same entries as `users`); empty: everyone.",
+    )
+    deploy: list[DeployRule] = Field(
+        default_factory=list,
+        description="Who may deploy where; the first rule matching project and env decides; "
+        "no matching rule: everyone.",
+    )
+
+
 class Config(_Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(9000, ge=0, le=65535)
@@ -227,6 +247,7 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
 
     @field_validator("workdir")
     @classmethod

@@ -82,6 +82,30 @@ JA: dict[str, str] = {
     "files": "ファイル",
     "Running job": "実行中のジョブ",
     "Transport": "転送方式",
+    # API tokens (pploy.deploy.tokenroutes)
+    "API tokens": "APIトークン",
+    "API token": "APIトークン",
+    "API tokens are made with a signed-in session, not with another API token.": (
+        "APIトークンはサインインしたセッションで作成します(別のAPIトークンでは作成できません)。"
+    ),
+    "Copy it now: it is shown only this once (pploy keeps only its hash).": (
+        "今すぐコピーしてください。表示はこの一度だけです(pploy はハッシュのみを保存します)。"
+    ),
+    "Create": "作成",
+    "Create a token": "トークンを作成",
+    "Created": "作成日時",
+    "Expires": "有効期限",
+    "Expires in days": "有効日数",
+    "Expires in days (empty: never)": "有効日数(空欄: 無期限)",
+    "Last used": "最終使用",
+    "Name": "名前",
+    "Name (e.g. ci)": "名前(例: ci)",
+    "New token": "新しいトークン",
+    "No tokens yet.": "トークンはまだありません。",
+    "Revoke": "失効",
+    "Your tokens": "あなたのトークン",
+    "or": "または",
+    "revoked": "失効済み",
 }
 
 CATALOGUES = {"ja": JA}

@@ -144,7 +144,9 @@ class Jobs:
                 f"is still running on {project.name}"
             )
 
-    async def start_deploy(self, project: Project, env: str, user: str) -> JobRecord:
+    async def start_deploy(
+        self, project: Project, env: str, user: str, token: str | None = None
+    ) -> JobRecord:
         try:
             names.env_name(env)
         except names.InvalidName as exc:
@@ -160,14 +162,16 @@ class Jobs:
         self._check_can_start(project, user)  # again: the await above let others in
         record = self.store.create_job(
             project=project.name, kind="deploy", env=env, user=user, sha=sha,
-            ref=None,
+            ref=None, token=token,
         )  # fmt: skip
         env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
         steps = [([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")]
         self._launch(record, project, steps)
         return record
 
-    async def start_checkout(self, project: Project, ref: str, user: str) -> JobRecord:
+    async def start_checkout(
+        self, project: Project, ref: str, user: str, token: str | None = None
+    ) -> JobRecord:
         try:
             names.ref_name(ref)
         except names.InvalidName as exc:
@@ -176,7 +180,9 @@ class Jobs:
         problem = project.checkout_problem()
         if problem:
             raise BadRequest(problem)
-        record = self.store.create_job(project=project.name, kind="checkout", ref=ref, user=user)
+        record = self.store.create_job(
+            project=project.name, kind="checkout", ref=ref, user=user, token=token
+        )
         self._launch(record, project, None)
         return record
 

@@ -13,10 +13,11 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from pploy import log
-from pploy.deploy import security
+from pploy.deploy import security, tokens
 from pploy.deploy.errors import BadRequest, PployError, Unauthorized, Unavailable
+from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import error_response, wants_json
-from pploy.deploy.requestkeys import NEW_CSRF_TOKEN, REQUEST_ID, USER
+from pploy.deploy.requestkeys import CALLER, EMAIL, NEW_CSRF_TOKEN, REQUEST_ID, USER
 from pploy.deploy.services import services
 
 # Paths anyone may reach, matched as whole paths: a project named "pingtest" or "login-svc"
@@ -105,14 +106,21 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
             "add it to allowed_hosts (or set public_url)"
         )
     public = is_public(request)
+    try:  # a bearer token, when sent, is the only identity believed (see pploy.deploy.tokens)
+        caller = svc.tokens.from_request(request)
+        if caller and svc.auth.picks_name and caller.user not in svc.config.users:
+            raise Unauthorized(f"the token's owner {caller.user!r} is no longer one of `users`")
+    except Unauthorized as exc:
+        return tokens.refusal(exc)
     try:
-        user = await svc.auth.identify(request)
+        user = caller.user if caller else await svc.auth.identify(request)
     except Unauthorized:
         if not public:
             raise
         user = None
     if user is not None:
         request[USER] = user  # absent for an anonymous request to a public path
+        request[CALLER] = caller or Caller(user, request.get(EMAIL))
     elif not public:
         if svc.auth.picks_name and not wants_json(request) and request.method == "GET":
             raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))

@@ -6,14 +6,15 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import names, security, views
+from pploy.deploy import actions, names, security, views
 from pploy.deploy.actions import remove_project
 from pploy.deploy.auth import USER_COOKIE
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
+from pploy.deploy.permissions import Refused
 from pploy.deploy.rendering import redirect_with_flash, render
-from pploy.deploy.requestkeys import USER
+from pploy.deploy.requestkeys import CALLER, USER
 from pploy.deploy.services import services
 from pploy.redirects import safe_return_path as safe_next  # the project's one validator
 
@@ -36,7 +37,10 @@ def project_url(name: str) -> str:
 async def index(request: web.Request) -> web.Response:
     svc = services(request)
     projects = [views.project_summary(svc, p) for p in svc.projects.list()]
-    return render(request, "index.html", projects=projects, jobs=svc.store.list_jobs(limit=20))
+    return render(
+        request, "index.html", projects=projects, jobs=svc.store.list_jobs(limit=20),
+        may_add=svc.permissions.manage_projects(request[CALLER], "add projects"),
+    )  # fmt: skip
 
 
 @routes.post("/projects")
@@ -45,7 +49,9 @@ async def add_project(request: web.Request) -> web.Response:
     svc = services(request)
     url = await form_field(request, "url")
     try:
-        project = await svc.projects.clone(url)
+        project = await actions.add_project(svc, request[CALLER], url)
+    except Refused:
+        raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
         raise redirect_with_flash("/", exc.message) from None
     raise redirect_with_flash(project_url(project.name), f"added {project.name}")
@@ -100,6 +106,11 @@ async def project_page(request: web.Request) -> web.Response:
         commits=commits,
         readme=files.readme,
         jobs=svc.store.list_jobs(project.name, 30),
+        may_deploy={
+            env: svc.permissions.deploy(request[CALLER], project.name, env)
+            for env in detail["envs"]
+        },
+        may_remove=svc.permissions.manage_projects(request[CALLER], f"remove {project.name}"),
     )
 
 
@@ -122,7 +133,7 @@ async def checkout(request: web.Request) -> web.Response:
     project = svc.projects.get(request.match_info["name"])
     ref = await form_field(request, "ref")
     try:
-        record = await svc.jobs.start_checkout(project, ref, request[USER])
+        record = await actions.start_checkout(svc, request[CALLER], project, ref)
     except PployError as exc:
         raise redirect_with_flash(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
@@ -135,7 +146,9 @@ async def deploy(request: web.Request) -> web.Response:
     project = svc.projects.get(request.match_info["name"])
     env = await form_field(request, "env")
     try:
-        record = await svc.jobs.start_deploy(project, env, request[USER])
+        record = await actions.start_deploy(svc, request[CALLER], project, env)
+    except Refused:
+        raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
         raise redirect_with_flash(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
@@ -147,7 +160,9 @@ async def remove(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await security.check_form_token(request)
     try:
-        await remove_project(svc, name, request[USER])
+        await remove_project(svc, name, request[USER], request[CALLER])
+    except Refused:
+        raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
         raise redirect_with_flash(project_url(name), exc.message) from None
     raise redirect_with_flash("/", f"removed {name}")

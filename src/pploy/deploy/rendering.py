@@ -4,7 +4,8 @@ the API and scripts, redirects that carry a one-time flash message."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -53,8 +54,24 @@ def redirect_with_flash(location: str, message: str | None = None) -> web.HTTPSe
     return response
 
 
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+_FOR_SCRIPTS: set[Callable[..., Any]] = set()
+
+
+def for_scripts(handler: Handler) -> Handler:
+    """Mark a route meant for scripts (the one-shot endpoints): its errors are plain text to
+    any client that does not ask for HTML, so ``curl`` prints the reason, not a page."""
+    _FOR_SCRIPTS.add(handler)
+    return handler
+
+
 def error_response(request: web.Request, status: int, message: str) -> web.Response:
-    """An error as ``{"error": message}`` for JSON clients, else as the error page."""
+    """An error as ``{"error": message}`` for JSON clients, plain text for scripts on routes
+    meant for them, else as the error page."""
     if wants_json(request):
         return web.json_response({"error": message}, status=status)
+    if request.match_info.handler in _FOR_SCRIPTS and "text/html" not in request.headers.get(
+        "Accept", ""
+    ):
+        return web.Response(text=f"error: {message}\n", status=status, content_type="text/plain")
     return render(request, "error.html", status=status, message=message, status_code=status)

@@ -6,7 +6,7 @@ Route modules import this, never the wiring in :mod:`pploy.deploy.app`."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -20,8 +20,10 @@ from pploy.deploy.expiry import ExpiryWatch
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
+from pploy.deploy.permissions import Permissions
 from pploy.deploy.projects import Projects
 from pploy.deploy.store import JobRecord, Lock, Store
+from pploy.deploy.tokens import Tokens
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -38,6 +40,13 @@ class Services:
     templates: jinja2.Environment
     directory: Directory | None = None  # config `ldap`: its people and their groups
     expiry: ExpiryWatch | None = None  # notices locks running out (lock.expired)
+    permissions: Permissions = field(init=False)
+    tokens: Tokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Permission rules may name directory groups (config `ldap`): asked at each check.
+        self.permissions = Permissions(self.config.permissions, groups_of=self.groups_of)
+        self.tokens = Tokens(self.store)
 
     def groups_of(self, user: str) -> frozenset[str]:
         """The user's directory groups (config `ldap`), for permission rules; empty without

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     message      TEXT,
     log_bytes    INTEGER NOT NULL DEFAULT 0,
     repository   INTEGER,
-    url          TEXT
+    url          TEXT,
+    token        TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE TABLE IF NOT EXISTS repositories (
@@ -51,10 +52,23 @@ CREATE TABLE IF NOT EXISTS repositories (
 );
 CREATE INDEX IF NOT EXISTS repositories_project ON repositories (project, id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS tokens (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    user         TEXT NOT NULL,
+    email        TEXT,
+    name         TEXT NOT NULL,
+    hash         TEXT NOT NULL UNIQUE,
+    created_at   REAL NOT NULL,
+    expires_at   REAL,
+    last_used_at REAL,
+    revoked_at   REAL
+);
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user, id);
 """
 
-# PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = this one.
-SCHEMA_VERSION = 1
+# PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = with them,
+# 2 = API tokens (the tokens table, jobs.token).
+SCHEMA_VERSION = 2
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
 
@@ -131,6 +145,7 @@ class JobRecord:
     log_bytes: int
     repository: int | None = None  # the repositories row it ran from (None: before version 1)
     url: str | None = None  # that repository's URL, without any password
+    token: str | None = None  # the name of the API token that started it (None: a session)
 
     @property
     def running(self) -> bool:
@@ -142,6 +157,38 @@ class JobRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "duration": round(self.duration, 3)}
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An API token's record: never the token itself, only its SHA-256 (``digest``)."""
+
+    id: int
+    user: str
+    email: str | None
+    name: str
+    digest: str
+    created_at: float
+    expires_at: float | None
+    last_used_at: float | None
+    revoked_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ApiToken:
+        fields = dict(row)
+        fields["digest"] = fields.pop("hash")
+        return cls(**fields)
+
+    def usable(self, now: float | None = None) -> bool:
+        current = time.time() if now is None else now
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > current)
+
+    def to_json(self) -> dict[str, Any]:
+        """What the owner may see: everything but the digest."""
+        out = asdict(self)
+        del out["digest"]
+        out["active"] = self.usable()
+        return out
 
 
 class Store:
@@ -171,6 +218,8 @@ class Store:
             if version < 1 and columns and "repository" not in columns:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN repository INTEGER")
                 self.db.execute("ALTER TABLE jobs ADD COLUMN url TEXT")
+            if version < 2 and columns and "token" not in columns:
+                self.db.execute("ALTER TABLE jobs ADD COLUMN token TEXT")
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -267,14 +316,15 @@ class Store:
         ref: str | None = None,
         sha: str | None = None,
         started_at: float | None = None,
+        token: str | None = None,
     ) -> JobRecord:
         current = self.current_repository(project)
         cur = self.db.execute(
             "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
-            "repository, url) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            "repository, url, token) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (
                 project, kind, env, ref, sha, user, started_at or time.time(),
-                current.id if current else None, current.url if current else None,
+                current.id if current else None, current.url if current else None, token,
             ),
         )  # fmt: skip
         job = self.get_job(int(cur.lastrowid or 0))
@@ -340,3 +390,38 @@ class Store:
             (project, project, keep),
         )
         return [row["id"] for row in rows]
+
+    # -- API tokens (only their SHA-256 is stored; see pploy.deploy.tokens) ------------
+
+    def add_token(
+        self, *, user: str, email: str | None, name: str, digest: str, expires_at: float | None
+    ) -> ApiToken:
+        cur = self.db.execute(
+            "INSERT INTO tokens (user, email, name, hash, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (user, email, name, digest, time.time(), expires_at),
+        )
+        token = self.get_token(int(cur.lastrowid or 0))
+        assert token is not None
+        return token
+
+    def get_token(self, token_id: int) -> ApiToken | None:
+        row = self.db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return ApiToken.from_row(row) if row else None
+
+    def token_by_hash(self, digest: str) -> ApiToken | None:
+        row = self.db.execute("SELECT * FROM tokens WHERE hash = ?", (digest,)).fetchone()
+        return ApiToken.from_row(row) if row else None
+
+    def list_tokens(self, user: str) -> list[ApiToken]:
+        rows = self.db.execute("SELECT * FROM tokens WHERE user = ? ORDER BY id", (user,))
+        return [ApiToken.from_row(row) for row in rows]
+
+    def revoke_token(self, token_id: int) -> None:
+        self.db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), token_id),
+        )
+
+    def token_used(self, token_id: int, when: float) -> None:
+        self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (when, token_id))

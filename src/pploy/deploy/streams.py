@@ -10,12 +10,13 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from pploy.deploy import security
+from pploy.deploy import actions, security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, parse_json_object, read_json
-from pploy.deploy.requestkeys import USER
+from pploy.deploy.rendering import for_scripts
+from pploy.deploy.requestkeys import CALLER, USER
 from pploy.deploy.services import Services, services
 from pploy.deploy.store import JobRecord
 from pploy.streamtest import STREAM_HEADERS  # the headers every stream needs to pass proxies
@@ -262,22 +263,26 @@ async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
     """Start a job and answer with its output, chunked, as the original pploy did."""
     svc = services(request)
     project = svc.projects.get(request.match_info["project"])
-    user = request[USER]
+    caller = request[CALLER]
     if kind == "deploy":
-        record = await svc.jobs.start_deploy(project, await one_shot_params(request, "env"), user)
+        env = await one_shot_params(request, "env")
+        record = await actions.start_deploy(svc, caller, project, env)
     else:
-        record = await svc.jobs.start_checkout(project, await one_shot_params(request, "ref"), user)
+        ref = await one_shot_params(request, "ref")
+        record = await actions.start_checkout(svc, caller, project, ref)
     response = await start_stream(request, "text/plain", {"X-Pploy-Job": str(record.id)})
     await write_raw(response, job_log(svc, record, 0))
     await response.write_eof()
     return response
 
 
+@for_scripts
 @starts_work
 async def one_shot_deploy(request: web.Request) -> web.StreamResponse:
     return await one_shot(request, "deploy")
 
 
+@for_scripts
 @starts_work
 async def one_shot_checkout(request: web.Request) -> web.StreamResponse:
     return await one_shot(request, "checkout")

@@ -39,7 +39,7 @@ class Principal:
 
     user: str | None
     email: str | None
-    via: str  # "session", "htpasswd" or "network"
+    via: str  # "session", "htpasswd", "network" or "bearer" (passed on for the upstream)
     session: Session | None = None
 
 

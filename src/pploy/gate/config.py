@@ -191,6 +191,9 @@ class ProxyConf(_Model):
     preserve_host: bool = False
     # Extension: send X-Gate-Assertion with this `aud` (only entries that set it get one).
     assertion_audience: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:/\-]{1,128}$")
+    # Extension: requests with `Authorization: Bearer` pass without a session, with no identity
+    # added; the upstream authenticates the token itself (pploy's API tokens).
+    pass_bearer: bool = False
 
     @field_validator("path")
     @classmethod

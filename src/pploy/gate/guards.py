@@ -16,6 +16,7 @@ from aiohttp import web
 
 from pploy import log
 from pploy.gate import requestkeys as keys
+from pploy.gate.auth import Principal
 from pploy.gate.cookies import clear_cookie
 from pploy.gate.core import Gate
 from pploy.gate.headers import is_websocket
@@ -60,14 +61,35 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "").lower()
 
 
+def _has_bearer(request: web.Request) -> bool:
+    values = request.headers.getall("Authorization", [])
+    return any(v.strip().partition(" ")[0].lower() == "bearer" for v in values)
+
+
+def _passes_bearer(gate: Gate, request: web.Request) -> bool:
+    """A bearer-token request to a route with ``pass_bearer``: the upstream checks the token."""
+    if not _has_bearer(request):
+        return False
+    route = gate.router.match(request_host(request.host), request[keys.TARGET])
+    return route is not None and route.conf.pass_bearer
+
+
 async def identity(gate: Gate, request: web.Request) -> web.StreamResponse | None:
     """A session cookie, htpasswd credentials or an allowed network admits the request (its
-    principal is kept on the request); otherwise a browser is sent to log in, others get 401."""
+    principal is kept on the request); otherwise a browser is sent to log in, others get 401.
+
+    A bearer-token request to a ``pass_bearer`` route is admitted as nobody (``via="bearer"``),
+    session or not: the token alone speaks for it, so gate adds no identity and the upstream
+    authenticates the token. Elsewhere a bearer request without a session gets 401, never the
+    login page (a script cannot log in)."""
+    if _passes_bearer(gate, request):
+        request[keys.PRINCIPAL] = Principal(user=None, email=None, via="bearer")
+        return None
     principal = await gate.auth.authenticate(request, gate.clock())
     if principal is not None:
         request[keys.PRINCIPAL] = principal
         return None
-    if _wants_html(request) and not is_websocket(request.headers):
+    if _wants_html(request) and not is_websocket(request.headers) and not _has_bearer(request):
         return redirect(login_url(gate, request[keys.TARGET].path_qs))
     headers = {"Cache-Control": "no-store"}
     if gate.auth.htpasswd is not None:

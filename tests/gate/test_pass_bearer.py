@@ -1,0 +1,64 @@
+"""``pass_bearer`` (issue 13): gate passes bearer-token requests without a session to the
+routes that set it, with no identity of its own (the upstream checks the token); elsewhere a
+bearer request without a session gets 401 JSON, never the login page."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.upstream import Upstream
+
+BEARER = {"Authorization": "Bearer pploy_some-token"}
+
+
+def headers_of(body: dict) -> dict[str, str]:
+    return {k.lower(): v for k, v in body["headers"]}
+
+
+async def test_bearer_requests_pass_only_where_allowed_and_carry_no_identity() -> None:
+    upstream = Upstream()
+    await upstream.start()
+    config = dev_config(
+        proxy=[
+            {"path": "/", "dest": upstream.url, "assertion_audience": "pploy", "pass_bearer": True},
+            {"path": "/wiki", "dest": upstream.url},
+        ]
+    )
+    gate = await start_gate(config)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as anon:
+            # No session, a bearer token: passed on, Authorization intact, no identity added
+            # (even if the client tries to smuggle one).
+            smuggled = {**BEARER, "X-Forwarded-User": "root", "X-Gate-Assertion": "x.y.z"}
+            async with anon.post(gate.url + "/api/projects", headers=smuggled) as resp:
+                assert resp.status == 200, await resp.text()
+                seen = headers_of(await resp.json())
+            assert seen["authorization"] == BEARER["Authorization"]
+            assert "x-forwarded-user" not in seen and "x-gate-assertion" not in seen
+            # A route without pass_bearer: 401 JSON, also for what looks like a browser.
+            for accept in ("*/*", "text/html"):
+                async with anon.get(
+                    gate.url + "/wiki/x", headers={**BEARER, "Accept": accept},
+                    allow_redirects=False,
+                ) as resp:  # fmt: skip
+                    assert resp.status == 401 and resp.content_type == "application/json"
+            # Without a bearer token the route is as closed as before.
+            async with anon.get(gate.url + "/api/status") as resp:
+                assert resp.status == 401
+            async with anon.get(
+                gate.url + "/api/status", headers={"Authorization": "Basic YTpi"}
+            ) as resp:
+                assert resp.status == 401
+        async with client_session() as browser:
+            await dev_login(browser, gate.url, "alice")
+            # With a session and a bearer token, the token alone speaks: no identity added.
+            async with browser.get(gate.url + "/api/status", headers=BEARER) as resp:
+                seen = headers_of(await resp.json())
+            assert "x-forwarded-user" not in seen and "x-gate-assertion" not in seen
+            async with browser.get(gate.url + "/api/status") as resp:
+                seen = headers_of(await resp.json())
+            assert seen["x-forwarded-user"] == "alice" and "x-gate-assertion" in seen
+    finally:
+        await gate.server.stop()
+        await upstream.stop()
