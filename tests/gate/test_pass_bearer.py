@@ -21,8 +21,9 @@ async def test_bearer_requests_pass_only_where_allowed_and_carry_no_identity() -
     await upstream.start()
     config = dev_config(
         proxy=[
-            {"path": "/", "dest": upstream.url, "assertion_audience": "pploy", "pass_bearer": True},
+            # gate's order: the first entry that matches wins, so the narrower one comes first
             {"path": "/wiki", "dest": upstream.url},
+            {"path": "/", "dest": upstream.url, "assertion_audience": "pploy", "pass_bearer": True},
         ]
     )
     gate = await start_gate(config)
