@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--users", metavar="A,B", help="standalone mode: comma-separated deployer names"
     )
     parser.add_argument(
+        "--prefix", metavar="PATH", help="serve under this path, e.g. /deploy (default: the root)"
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="add a demo project to the workdir (and users alice, bob if none are configured)",
@@ -41,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pploy.deploy.config import ConfigError, load_config
 
-    overrides = {"workdir": args.workdir, "host": args.host, "port": args.port}
+    overrides = {
+        "workdir": args.workdir, "host": args.host, "port": args.port,
+        "prefix": args.prefix,
+    }
     if args.users:
         overrides["users"] = [u.strip() for u in args.users.split(",") if u.strip()]
     try:
@@ -94,6 +100,7 @@ def serve(config: object, demo: bool = False) -> int:
 
         app.on_startup.append(add_demo)
     host, port = sock.getsockname()[:2]
-    print(f"pploy: serving on http://{host}:{port}/ (workdir {config.workdir})", flush=True)
+    where = f"http://{host}:{port}{config.prefix}/"
+    print(f"pploy: serving on {where} (workdir {config.workdir})", flush=True)
     eventloop.run(server.serve(app, sock))  # uvloop when installed (the `speed` extra)
     return 0

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
+from pploy.deploy import prefix as url_prefix
 from pploy.deploy.names import USER_NAME_RE
 from pploy.networks import check_networks
 
@@ -153,6 +154,16 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    prefix: str = Field(
+        "",
+        description="Serve under this path (e.g. /deploy, go-pploy's -prefix): requests arrive "
+        "with it, and every link, redirect and cookie carries it.",
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return url_prefix.normalise(value, "prefix")
 
     @field_validator("workdir")
     @classmethod
@@ -181,6 +192,7 @@ ENV_KEYS = {
     "PPLOY_USERS": "users",
     "PPLOY_AUTH_MODE": "auth.mode",
     "PPLOY_LOG_LEVEL": "log_level",
+    "PPLOY_PREFIX": "prefix",
 }
 
 
