@@ -88,7 +88,8 @@ async def test_forwarded_prefix_from_a_trusted_proxy(tmp_path: Path) -> None:
         assert found and all(link.startswith("/deploy/") for link in found), found
         assert 'data-base="/deploy"' in html
         async with pploy.client(None).get(
-            pploy.url("/projects/x"), headers={"X-Forwarded-Prefix": "/deploy"},
+            pploy.url("/projects/x"),
+            headers={"X-Forwarded-Prefix": "/deploy"},
             allow_redirects=False,
         ) as resp:
             assert resp.headers["Location"] == "/deploy/login?next=/projects/x"

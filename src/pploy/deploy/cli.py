@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from pploy.deploy.config import ConfigError, load_config
 
     overrides = {
-        "workdir": args.workdir, "host": args.host, "port": args.port,
+        "workdir": args.workdir,
+        "host": args.host,
+        "port": args.port,
         "prefix": args.prefix,
     }
     if args.users:
