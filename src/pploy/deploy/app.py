@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pploy import log, streamtest
-from pploy.deploy import api, pages, prefix, streams
+from pploy.deploy import api, legacy, pages, prefix, streams
 from pploy.deploy.config import Config
 from pploy.deploy.middleware import authenticate, request_context
 from pploy.deploy.services import SERVICES, Services, build_services
@@ -58,6 +58,7 @@ def create_app(config: Config) -> web.Application:
     pages.add_routes(app)
     app.router.add_static("/static/", STATIC, append_version=True)
     streams.add_one_shot_routes(app)  # last: /{project}/deploy must shadow no other route
+    legacy.add_routes(app)  # the originals' /{project}… URLs, after everything of pploy's
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

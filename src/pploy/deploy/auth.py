@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pploy.identity import AssertionVerifier
 
 USER_COOKIE = "user"
+GO_PPLOY_COOKIE = "pploy_user"  # go-pploy's: read (never written) so its users stay signed in
 ASSERTION_HEADER = "X-Gate-Assertion"
 
 
@@ -52,7 +53,7 @@ class Authenticator:
         """The user's name, None when the request names nobody; Unauthorized when it names
         someone pploy must not believe."""
         if self.mode == "standalone":
-            name = request.cookies.get(USER_COOKIE)
+            name = request.cookies.get(USER_COOKIE) or request.cookies.get(GO_PPLOY_COOKIE)
             if name and name in self.users:
                 return name
             return None

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from pploy.deploy import names, security, views
 from pploy.deploy.actions import remove_project
-from pploy.deploy.auth import USER_COOKIE
+from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
@@ -83,6 +83,7 @@ async def logout(request: web.Request) -> web.Response:
     await security.check_form_token(request)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(USER_COOKIE, path="/")
+    response.del_cookie(GO_PPLOY_COOKIE, path="/")
     raise response
 
 
