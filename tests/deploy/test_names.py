@@ -314,12 +314,19 @@ def test_accepted_urls_are_never_options_or_remote_helpers(text: str) -> None:
 # -- users and envs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["alice", "bob.smith", "carol@example.com", "d+e", "E_1"])
+@pytest.mark.parametrize(
+    "name",
+    ["alice", "bob.smith", "carol@example.com", "d+e", "E_1", "Taro Yamada", "山田", "O'Brien"],
+)
 def test_user_name_accepts(name: str) -> None:
     assert names.user_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-alice", "a b", "a/b", "<script>", "a\nb", "x" * 65])
+@pytest.mark.parametrize(
+    "name",
+    ["", "-alice", " a", "a ", "a  b", "a\tb", "a\u00a0b", "a\u3000b", "a\u202eb", "a\u200bb",
+     "a\u2028b", "a/b", "<script>", 'a"b', "a\\b", "a\nb", "a\x00b", "a\x7fb", "x" * 65],
+)  # fmt: skip
 def test_user_name_refuses(name: str) -> None:
     with pytest.raises(InvalidName):
         names.user_name(name)

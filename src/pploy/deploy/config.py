@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
 from pploy.deploy import prefix as url_prefix
-from pploy.deploy.names import USER_NAME_RE
+from pploy.deploy.names import InvalidName, user_name
 from pploy.networks import check_networks
 
 
@@ -176,8 +176,10 @@ class Config(_Strict):
     @classmethod
     def _user_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not USER_NAME_RE.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid user name (letters, digits, ._@-)")
+            try:
+                user_name(name)  # the one rule for names, from any source
+            except InvalidName as exc:
+                raise ValueError(str(exc)) from None
         if len(set(value)) != len(value):
             raise ValueError("names must be unique")
         return value

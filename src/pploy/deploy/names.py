@@ -140,9 +140,31 @@ def project_name_from_url(url: str) -> str:
     return project_name(tail)
 
 
+MAX_USER_NAME = 64
+# Never in a user name: markup and path or quoting characters, whatever the directory holds.
+_USER_NAME_FORBIDDEN = frozenset('<>"\\/`')
+
+
 def user_name(name: str) -> str:
-    if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name):
-        raise InvalidName(f"invalid user name {name!r}")
+    """A person's name as directories hold them ("Taro Yamada", "山田", "O'Brien",
+    "alice@example.com"): printable characters only — no control or format characters
+    (bidirectional overrides, zero-width spaces), no line separators, no whitespace but
+    single spaces between words — starting with a letter or digit, at most 64 characters,
+    and none of ``< > " \\ / ` ``. The name goes into cookies (percent-encoded), headers,
+    ``DEPLOY_USER``, logs and the audit trail, where each of those could forge something."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= MAX_USER_NAME
+        or not name.isprintable()  # Cc, Cf, Zl, Zp, and every space but U+0020
+        or not name[0].isalnum()
+        or name != name.strip()
+        or "  " in name
+        or _USER_NAME_FORBIDDEN.intersection(name)
+    ):
+        raise InvalidName(
+            f"invalid user name {name!r} (letters, digits, single spaces and punctuation "
+            'other than < > " \\ / `; at most 64 characters; starting with a letter or digit)'
+        )
     return name
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from pploy.deploy import names, security, views
 from pploy.deploy.actions import remove_project
-from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE
+from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE, cookie_value
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
@@ -72,8 +72,8 @@ async def login(request: web.Request) -> web.Response:
     target = safe_next((await request.post()).get("next"))
     response = web.HTTPSeeOther(target)
     response.set_cookie(
-        USER_COOKIE, names.user_name(name), path="/", max_age=365 * 86400, httponly=True,
-        samesite="Lax", secure=request.secure,
+        USER_COOKIE, cookie_value(names.user_name(name)), path="/", max_age=365 * 86400,
+        httponly=True, samesite="Lax", secure=request.secure,
     )  # fmt: skip
     raise response
 
