@@ -35,11 +35,24 @@ def project_name(name: str) -> str:
     return name
 
 
+# A revision suffix as the originals passed refs to git: `origin/master~1`, `HEAD^`, `v2^2~3`.
+_REVISION_SUFFIX_RE = re.compile(r"(?:[~^][0-9]{0,6})+\Z")
+
+
 def ref_name(ref: str) -> str:
-    """A branch, tag or commit as git would accept it, and never something that looks like an
-    option. Implements the rules of ``git check-ref-format`` (one-level names allowed)."""
+    """A branch, tag or commit as git would accept it, optionally followed by ``~N``/``^N``
+    revision suffixes (``origin/master~1``, ``HEAD^``), and never something that looks like an
+    option. The name implements the rules of ``git check-ref-format`` (one-level names
+    allowed)."""
     if not isinstance(ref, str) or not ref:
         raise InvalidName("a ref is required")
+    suffix = _REVISION_SUFFIX_RE.search(ref)
+    if suffix and suffix.start() > 0 and len(ref) <= MAX_REF_LENGTH:
+        try:
+            ref_name(ref[: suffix.start()])
+        except InvalidName as exc:
+            raise InvalidName(f"{exc} (in {ref!r})") from None
+        return ref
     problem = None
     if len(ref) > MAX_REF_LENGTH:
         problem = "is too long"
