@@ -160,6 +160,30 @@ class Config(_Strict):
         "with it, and every link, redirect and cookie carries it.",
     )
 
+    pidfile: Path | None = Field(
+        None, description="Write pploy's process id here while it runs (--pidfile)."
+    )
+    metrics_address: str | None = Field(
+        None,
+        description="host:port of a separate listener serving /metrics without "
+        "authentication (for Prometheus); /metrics on the main listener needs a signed-in user.",
+    )
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9102)")
+        return value
+
+    @field_validator("pidfile")
+    @classmethod
+    def _absolute_pidfile(cls, value: Path | None) -> Path | None:
+        return Path(os.path.abspath(os.path.expanduser(value))) if value is not None else None
+
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
@@ -195,6 +219,8 @@ ENV_KEYS = {
     "PPLOY_AUTH_MODE": "auth.mode",
     "PPLOY_LOG_LEVEL": "log_level",
     "PPLOY_PREFIX": "prefix",
+    "PPLOY_PIDFILE": "pidfile",
+    "PPLOY_METRICS_ADDRESS": "metrics_address",
 }
 
 

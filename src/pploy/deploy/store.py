@@ -340,3 +340,12 @@ class Store:
             (project, project, keep),
         )
         return [row["id"] for row in rows]
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Finished jobs ever recorded, by ``(kind, status)`` (records are never deleted, so
+        these only grow: Prometheus counters)."""
+        rows = self.db.execute(
+            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "GROUP BY kind, status"
+        )
+        return {(row["kind"], row["status"]): row["n"] for row in rows}
