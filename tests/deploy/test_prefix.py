@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from pploy.deploy.config import ConfigError, load_config
 from tests.deploy.support import Pploy, make_remote, start_pploy
@@ -42,6 +43,9 @@ async def test_configured_prefix_links_redirects_and_cookies(tmp_path: Path) -> 
     try:
         async with pploy.client().get(pploy.url("/api/status")) as resp:
             assert resp.status == 404  # nothing is served outside the prefix
+        raw = URL(pploy.url("/deplo%79/api/status"), encoded=True)
+        async with pploy.client().get(raw) as resp:
+            assert resp.status == 404  # the prefix is matched as sent, never decoded
         anon = pploy.client(None)
         async with anon.post(pploy.url("/deploy/api/projects"), json={"url": "x"}) as resp:
             assert resp.status == 401

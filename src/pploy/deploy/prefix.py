@@ -90,8 +90,10 @@ def middleware(configured: str, trusted: Any) -> Any:
             return web.Response(status=exc.status, text=exc.message + "\n")
         if configured:
             # Mounted as a sub-app: the router matched the full path; handlers get the rest.
-            rest = request.raw_path[len(configured) :] or "/"
-            request = request.clone(rel_url=rest)
+            raw = request.raw_path
+            if not raw.startswith(configured + "/"):  # e.g. an encoded prefix, /deplo%79/
+                raise web.HTTPNotFound()
+            request = request.clone(rel_url=raw[len(configured) :])
         request[BASE] = prefix
         if not prefix:
             return await handler(request)
