@@ -4,6 +4,7 @@ redirect, old JSON endpoints answer, ``POST /_create`` creates, one-shot deploys
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import aiohttp
@@ -89,5 +90,30 @@ async def test_go_pploy_user_cookie_signs_in(tmp_path: Path) -> None:
         async with aiohttp.ClientSession(cookies={"pploy_user": "mallory"}) as client:
             async with client.get(pploy.url("/api/status")) as resp:
                 assert resp.status == 401  # still only the configured users
+    finally:
+        await pploy.close()
+
+
+async def test_change_user_signs_a_go_pploy_user_out_also_under_a_prefix(tmp_path: Path) -> None:
+    """go-pploy set `pploy_user` at path `/` whatever its prefix; pploy under /deploy cannot
+    delete it, so "Change user" must make pploy ignore it."""
+    pploy = await start_pploy(tmp_path / "w", prefix="/deploy")
+    try:
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as client:
+            jar.update_cookies({"pploy_user": "bob"})  # path /, as go-pploy set it
+            async with client.get(pploy.url("/deploy/api/status")) as resp:
+                assert (await resp.json())["user"] == "bob"
+            async with client.get(pploy.url("/deploy/")) as resp:
+                html = await resp.text()
+            token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+            assert token
+            async with client.post(
+                pploy.url("/deploy/logout"), data={"csrf_token": token.group(1)},
+                allow_redirects=False,
+            ) as resp:  # fmt: skip
+                assert resp.headers["Location"] == "/deploy/login"
+            async with client.get(pploy.url("/deploy/api/status")) as resp:
+                assert resp.status == 401
     finally:
         await pploy.close()

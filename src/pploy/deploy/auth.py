@@ -60,7 +60,9 @@ class Authenticator:
         """The user's name, None when the request names nobody; Unauthorized when it names
         someone pploy must not believe."""
         if self.mode == "standalone":
-            raw = request.cookies.get(USER_COOKIE) or request.cookies.get(GO_PPLOY_COOKIE)
+            raw = request.cookies.get(USER_COOKIE)
+            if raw is None:  # an empty `user` (signed out) hides go-pploy's cookie too
+                raw = request.cookies.get(GO_PPLOY_COOKIE)
             name = unquote(raw) if raw else None
             if name and name in self.users:
                 return name

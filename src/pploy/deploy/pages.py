@@ -82,7 +82,12 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     await security.check_form_token(request)
     response = web.HTTPSeeOther("/login")
-    response.del_cookie(USER_COOKIE, path="/")
+    # Emptied, not deleted: go-pploy's `pploy_user` may sit at a path pploy cannot clear
+    # (`/` under a prefix), and an empty `user` makes pploy ignore it.
+    response.set_cookie(
+        USER_COOKIE, "", path="/", max_age=365 * 86400, httponly=True, samesite="Lax",
+        secure=request.secure,
+    )  # fmt: skip
     response.del_cookie(GO_PPLOY_COOKIE, path="/")
     raise response
 
