@@ -187,7 +187,7 @@ class Config(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return url_prefix.normalise(value, "prefix")
+        return url_prefix.normalise(value, "")  # pydantic names the key
 
     @field_validator("workdir")
     @classmethod

@@ -31,15 +31,15 @@ _PREFIX_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
 def normalise(value: str, source: str) -> str:
-    """``"/deploy/"`` -> ``"/deploy"``, ``""`` or ``"/"`` -> ``""``; ValueError naming
-    ``source`` for anything that is not plain path segments."""
+    """``"/deploy/"`` -> ``"/deploy"``, ``""`` or ``"/"`` -> ``""``; ValueError (naming
+    ``source`` when given) for anything that is not plain path segments."""
     text = value.strip()
     if text in ("", "/"):
         return ""
     text = "/" + text.strip("/")
     if not _PREFIX_RE.fullmatch(text) or any(s in (".", "..") for s in text.split("/")):
         raise ValueError(
-            f"{source}: {value!r} is not a path prefix like /deploy "
+            (f"{source}: " if source else "") + f"{value!r} is not a path prefix like /deploy "
             "(letters, digits, . _ ~ - in segments separated by /)"
         )
     return text
