@@ -257,3 +257,25 @@ async def test_a_dns_rebinding_page_cannot_drive_pploy_up(tmp_path: Path) -> Non
         assert up.interrupt() == 0
     finally:
         up.kill()
+
+
+async def test_up_with_a_prefix_serves_pploy_under_it(tmp_path: Path) -> None:
+    """`pploy up --prefix /deploy`: gate strips the prefix and sends X-Forwarded-Prefix, and
+    pploy's pages link, post and stream under it."""
+    port = free_port()
+    up = Up("--workdir", str(tmp_path / "stack"), "--port", str(port), "--prefix", "/deploy/")
+    try:
+        url = up.url()
+        assert url == f"http://127.0.0.1:{port}/deploy/"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            cookie = await login(session, f"http://127.0.0.1:{port}/", "dora")
+            headers = {"Cookie": cookie}
+            async with session.get(url + "api/status", headers=headers) as resp:
+                assert [p["name"] for p in (await resp.json())["projects"]] == ["demo"]
+            async with session.get(url + "projects/demo", headers=headers) as resp:
+                html = await resp.text()
+            found = re.findall(r'(?:href|action|src|data-[a-z-]+-url)="(/[^"]*)"', html)
+            assert found and all(link.startswith("/deploy/") for link in found), found
+        assert up.interrupt() == 0
+    finally:
+        up.kill()

@@ -207,7 +207,7 @@ def test_bad_environment_values_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"port:"):
         load_config(None, environ={"PPLOY_PORT": "ninety"})
     with pytest.raises(ConfigError, match=r"users:"):
-        load_config(None, environ={"PPLOY_USERS": "alice,bad name"})
+        load_config(None, environ={"PPLOY_USERS": "alice,bad<name"})
     with pytest.raises(ConfigError, match=r"auth"):
         load_config(write(tmp_path, "auth: 3\n"), environ={"PPLOY_AUTH_MODE": "proxy"})
 

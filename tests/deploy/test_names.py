@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -106,9 +107,16 @@ def test_project_name_is_always_one_safe_segment(text: str) -> None:
 # -- refs ----------------------------------------------------------------------------------------
 
 
+REVISION_SUFFIX = re.compile(r"(?:[~^][0-9]{0,6})+$")
+
+
 def git_accepts(ref: str) -> bool:
-    """What real git says about ``ref`` as a one-level-allowed ref name."""
+    """What real git says about ``ref`` as a one-level-allowed ref name, followed by revision
+    suffixes (``~N``, ``^N``), which pploy accepts as the originals did (issue 14)."""
     assert not ref.startswith("-")  # git would parse it as an option
+    suffix = REVISION_SUFFIX.search(ref)
+    if suffix and suffix.start() > 0:
+        ref = ref[: suffix.start()]
     result = subprocess.run(
         ["git", "check-ref-format", "--allow-onelevel", ref], capture_output=True, check=False
     )
@@ -155,6 +163,12 @@ HAND_PICKED = [
     "a b",
     "a~1",
     "a^",
+    "origin/master~1",
+    "HEAD^",
+    "HEAD~2^2",
+    "a~1x",
+    "~1",
+    "a..b~1",
     "a:b",
     "a?",
     "a*",
@@ -314,12 +328,19 @@ def test_accepted_urls_are_never_options_or_remote_helpers(text: str) -> None:
 # -- users and envs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["alice", "bob.smith", "carol@example.com", "d+e", "E_1"])
+@pytest.mark.parametrize(
+    "name",
+    ["alice", "bob.smith", "carol@example.com", "d+e", "E_1", "Taro Yamada", "山田", "O'Brien"],
+)
 def test_user_name_accepts(name: str) -> None:
     assert names.user_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-alice", "a b", "a/b", "<script>", "a\nb", "x" * 65])
+@pytest.mark.parametrize(
+    "name",
+    ["", "-alice", " a", "a ", "a  b", "a\tb", "a\u00a0b", "a\u3000b", "a\u202eb", "a\u200bb",
+     "a\u2028b", "a/b", "<script>", 'a"b', "a\\b", "a\nb", "a\x00b", "a\x7fb", "x" * 65],
+)  # fmt: skip
 def test_user_name_refuses(name: str) -> None:
     with pytest.raises(InvalidName):
         names.user_name(name)

@@ -202,7 +202,7 @@ async def test_failed_and_missing_scripts_and_bad_input_run_nothing(tmp_path):
             assert status == 400, (url, body)
             assert body["error"]
         # refs that are options or not ref names
-        for ref in (f"--upload-pack=touch {marker}", "-b", "a..b", "x y", "main~1", "@{-1}"):
+        for ref in (f"--upload-pack=touch {marker}", "-b", "a..b", "x y", "main~x", "@{-1}"):
             status, body = await pploy.api(
                 "POST", f"/api/projects/{fail}/checkout", "alice", {"ref": ref}
             )

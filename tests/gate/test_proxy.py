@@ -691,3 +691,15 @@ async def test_websocket_heartbeat_keeps_idle_tunnel_open(upstream):
                 assert reply.data == "echo:still here"
     finally:
         await running.server.stop()
+
+
+async def test_strip_path_route_sends_the_stripped_prefix(gate, client):
+    """pploy builds its links with X-Forwarded-Prefix; only a strip_path route sends it, and
+    a client's own value never passes."""
+    spoof = {"X-Forwarded-Prefix": "/evil"}
+    async with client.get(gate.url + "/app/whoami", headers=spoof) as resp:
+        assert header_map(await resp.json())["x-forwarded-prefix"] == ["/app"]
+    async with client.get(gate.url + "/app/deep/x", headers=spoof) as resp:
+        assert header_map(await resp.json())["x-forwarded-prefix"] == ["/app/deep"]
+    async with client.get(gate.url + "/keep/x", headers=spoof) as resp:
+        assert "x-forwarded-prefix" not in header_map(await resp.json())

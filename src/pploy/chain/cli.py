@@ -101,6 +101,13 @@ def _register_up(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         action="store_true",
         help="serve HTTPS with a self-signed certificate generated into the workdir",
     )
+    parser.add_argument(
+        "--prefix",
+        metavar="PATH",
+        default="",
+        help="serve pploy under this path, e.g. /deploy (gate strips it and sends "
+        "X-Forwarded-Prefix)",
+    )
     log.add_level_argument(parser)
     parser.set_defaults(func=_run_up)
 
@@ -111,7 +118,7 @@ def _run_up(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         print(f"pploy up: --port {args.port} is not a port number", file=sys.stderr)
         return 2
-    return run(args.workdir, args.port, args.tls, args.log_level)
+    return run(args.workdir, args.port, args.tls, args.log_level, args.prefix)
 
 
 def _register_nginx(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -177,8 +177,9 @@ def pploy_config(files: StackFiles, public_url: str, log_level: str) -> Any:
     )
 
 
-def gate_config(files: StackFiles, port: int, pploy_port: int) -> Any:
-    """gate's configuration for the stack: dev login on loopback, everything to pploy."""
+def gate_config(files: StackFiles, port: int, pploy_port: int, prefix: str = "") -> Any:
+    """gate's configuration for the stack: dev login on loopback, everything (or everything
+    under ``prefix``, stripped and sent on as ``X-Forwarded-Prefix``) to pploy."""
     from pploy.gate.config import parse_config
 
     data: dict[str, Any] = {
@@ -191,10 +192,11 @@ def gate_config(files: StackFiles, port: int, pploy_port: int) -> Any:
         # Only pploy's route gets the signed identity, minted for pploy's gate_audience.
         "proxy": [
             {
-                "path": "/",
+                "path": prefix or "/",
                 "dest": f"http://{HOST}:{pploy_port}",
                 "assertion_audience": GATE_AUDIENCE,
                 "pass_bearer": True,  # pploy's API tokens: pploy authenticates them
+                "strip_path": bool(prefix),
             }
         ],
         "htdocs": None,
@@ -224,8 +226,11 @@ def bind(port: int) -> socket.socket:
 class Stack:
     """pploy and gate running in the current event loop."""
 
-    def __init__(self, workdir: Path, port: int = DEFAULT_PORT, tls: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, port: int = DEFAULT_PORT, tls: bool = False, prefix: str = ""
+    ) -> None:
         self.workdir = workdir
+        self.prefix = prefix
         self.port = port
         self.tls = tls
         self.files: StackFiles | None = None
@@ -244,7 +249,7 @@ class Stack:
         self.port = sock.getsockname()[1]
         self.files = prepare_workdir(self.workdir, self.tls)
         scheme = "https" if self.tls else "http"
-        self.url = f"{scheme}://{HOST}:{self.port}/"
+        self.url = f"{scheme}://{HOST}:{self.port}{self.prefix}/"
         config = pploy_config(self.files, self.url.rstrip("/"), log_level)
 
         app = create_app(config)
@@ -266,7 +271,7 @@ class Stack:
             await runner.setup()
             await web.SockSite(runner, pploy_sock).start()
             self._pploy_runner = runner
-            self._gate = GateServer(gate_config(self.files, self.port, pploy_port))
+            self._gate = GateServer(gate_config(self.files, self.port, pploy_port, self.prefix))
             await self._gate.start(sock=sock)
         except BaseException:
             await self.stop()
@@ -308,8 +313,8 @@ def banner(stack: Stack) -> str:
     return "\n".join(lines)
 
 
-async def serve(workdir: Path, port: int, tls: bool, log_level: str) -> int:
-    stack = Stack(workdir, port, tls)
+async def serve(workdir: Path, port: int, tls: bool, log_level: str, prefix: str = "") -> int:
+    stack = Stack(workdir, port, tls, prefix)
     await stack.start(log_level)
     print(banner(stack), flush=True)
     stop = asyncio.Event()
@@ -337,12 +342,21 @@ async def serve(workdir: Path, port: int, tls: bool, log_level: str) -> int:
     return 0
 
 
-def run(workdir: Path | None, port: int, tls: bool, log_level: str = "info") -> int:
+def run(
+    workdir: Path | None, port: int, tls: bool, log_level: str = "info", prefix: str = ""
+) -> int:
     """The ``pploy up`` command; returns the exit code."""
+    from pploy.deploy.prefix import normalise
+
     log.setup(log_level)
     directory = (workdir or default_workdir()).expanduser().resolve()
     try:
-        return eventloop.run(serve(directory, port, tls, log_level))
+        prefix = normalise(prefix, "--prefix")
+    except ValueError as exc:
+        print(f"pploy up: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return eventloop.run(serve(directory, port, tls, log_level, prefix))
     except PortTaken as exc:
         print(f"pploy up: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pploy import log, streamtest
-from pploy.deploy import api, pages, streams, tokenroutes
+from pploy.deploy import api, legacy, pages, prefix, runtime, streams, tokenroutes
 from pploy.deploy.config import Config
 from pploy.deploy.middleware import authenticate, request_context
 from pploy.deploy.services import SERVICES, Services, build_services
@@ -53,17 +53,30 @@ async def on_cleanup(app: web.Application) -> None:
 
 
 def create_app(config: Config) -> web.Application:
-    """The aiohttp application for ``config`` (its workdir is created if missing)."""
-    app = web.Application(middlewares=[request_context, authenticate], client_max_size=1 << 20)
-    app[SERVICES] = build_services(config)
+    """The aiohttp application for ``config`` (its workdir is created if missing), mounted
+    under ``config.prefix`` when one is set."""
+    svc = build_services(config)
+    under = prefix.middleware(config.prefix, svc.auth.trusted_peer)
+    counters = runtime.Counters()
+    app = web.Application(
+        middlewares=[under, runtime.counting(counters), request_context, authenticate],
+        client_max_size=1 << 20,
+    )
+    app[SERVICES] = svc
     streams.add_routes(app)
     api.add_routes(app)
     tokenroutes.add_routes(app)
     streamtest.add_routes(app, "/api/stream-test")  # read by `pploy doctor`
     pages.add_routes(app)
+    runtime.add_routes(app, counters)  # /metrics, /api/stats
     app.router.add_static("/static/", STATIC, append_version=True)
     streams.add_one_shot_routes(app)  # last: /{project}/deploy must shadow no other route
+    legacy.add_routes(app)  # the originals' /{project}… URLs, after everything of pploy's
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
-    return app
+    root = prefix.mount(app, config.prefix)
+    if root is not app:
+        root[SERVICES] = svc  # for the run loop and start-up hooks added to the root
+        root[runtime.COUNTERS] = counters
+    return root

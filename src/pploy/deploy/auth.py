@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
     from pploy.identity import AssertionVerifier
 
 USER_COOKIE = "user"
+GO_PPLOY_COOKIE = "pploy_user"  # go-pploy's: read (never written) so its users stay signed in
 ASSERTION_HEADER = "X-Gate-Assertion"
+
+
+def cookie_value(name: str) -> str:
+    """``name`` as the ``user`` cookie holds it: percent-encoded UTF-8, so "Taro Yamada" or
+    "山田" need no cookie quoting (which browsers and servers read differently)."""
+    return quote(name, safe="@.+-_")
 
 
 class Authenticator:
@@ -66,7 +74,10 @@ class Authenticator:
         """The user's name, None when the request names nobody; Unauthorized when it names
         someone pploy must not believe."""
         if self.mode == "standalone":
-            name = request.cookies.get(USER_COOKIE)
+            raw = request.cookies.get(USER_COOKIE)
+            if raw is None:  # an empty `user` (signed out) hides go-pploy's cookie too
+                raw = request.cookies.get(GO_PPLOY_COOKIE)
+            name = unquote(raw) if raw else None
             if name and self.knows(name):
                 return name
             return None

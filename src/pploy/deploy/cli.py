@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--users", metavar="A,B", help="standalone mode: comma-separated deployer names"
     )
     parser.add_argument(
+        "--prefix", metavar="PATH", help="serve under this path, e.g. /deploy (default: the root)"
+    )
+    parser.add_argument("--pidfile", metavar="FILE", help="write pploy's process id to FILE")
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="add a demo project to the workdir (and users alice, bob if none are configured)",
@@ -41,7 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pploy.deploy.config import ConfigError, load_config
 
-    overrides = {"workdir": args.workdir, "host": args.host, "port": args.port}
+    overrides = {
+        "workdir": args.workdir,
+        "host": args.host,
+        "port": args.port,
+        "prefix": args.prefix,
+        "pidfile": args.pidfile,
+    }
     if args.users:
         overrides["users"] = [u.strip() for u in args.users.split(",") if u.strip()]
     try:
@@ -93,7 +103,32 @@ def serve(config: object, demo: bool = False) -> int:
             await ensure_demo_project(app[SERVICES].projects, config.workdir)
 
         app.on_startup.append(add_demo)
+    from pploy.deploy import runtime
+
+    metrics_sock = None
+    try:
+        if config.metrics_address:
+            metrics_host, _, metrics_port = config.metrics_address.rpartition(":")
+            try:
+                metrics_sock = socket.create_server((metrics_host.strip("[]"), int(metrics_port)))
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics_address: cannot listen on {config.metrics_address}: {exc.strerror}"
+                ) from None
+        if config.pidfile:
+            runtime.write_pidfile(config.pidfile)
+    except ConfigError as exc:
+        print(f"pploy: cannot start: {exc}", file=sys.stderr)
+        sock.close()
+        return 1
     host, port = sock.getsockname()[:2]
-    print(f"pploy: serving on http://{host}:{port}/ (workdir {config.workdir})", flush=True)
-    eventloop.run(server.serve(app, sock))  # uvloop when installed (the `speed` extra)
+    where = f"http://{host}:{port}{config.prefix}/"
+    print(f"pploy: serving on {where} (workdir {config.workdir})", flush=True)
+    if metrics_sock is not None:
+        print(f"pploy: metrics on http://{config.metrics_address}/metrics", flush=True)
+    try:
+        eventloop.run(server.serve(app, sock, metrics_sock))  # uvloop with the `speed` extra
+    finally:
+        if config.pidfile:
+            runtime.remove_pidfile(config.pidfile)
     return 0

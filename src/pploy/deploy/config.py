@@ -24,7 +24,8 @@ from pydantic import (
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
-from pploy.deploy.names import USER_NAME_RE
+from pploy.deploy import prefix as url_prefix
+from pploy.deploy.names import InvalidName, user_name
 from pploy.networks import check_networks
 
 
@@ -248,6 +249,40 @@ class Config(_Strict):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+    prefix: str = Field(
+        "",
+        description="Serve under this path (e.g. /deploy, go-pploy's -prefix): requests arrive "
+        "with it, and every link, redirect and cookie carries it.",
+    )
+
+    pidfile: Path | None = Field(
+        None, description="Write pploy's process id here while it runs (--pidfile)."
+    )
+    metrics_address: str | None = Field(
+        None,
+        description="host:port of a separate listener serving /metrics without "
+        "authentication (for Prometheus); /metrics on the main listener needs a signed-in user.",
+    )
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9102)")
+        return value
+
+    @field_validator("pidfile")
+    @classmethod
+    def _absolute_pidfile(cls, value: Path | None) -> Path | None:
+        return Path(os.path.abspath(os.path.expanduser(value))) if value is not None else None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return url_prefix.normalise(value, "")  # pydantic names the key
 
     @field_validator("workdir")
     @classmethod
@@ -260,8 +295,10 @@ class Config(_Strict):
     @classmethod
     def _user_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not USER_NAME_RE.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid user name (letters, digits, ._@-)")
+            try:
+                user_name(name)  # the one rule for names, from any source
+            except InvalidName as exc:
+                raise ValueError(str(exc)) from None
         if len(set(value)) != len(value):
             raise ValueError("names must be unique")
         return value
@@ -276,6 +313,9 @@ ENV_KEYS = {
     "PPLOY_USERS": "users",
     "PPLOY_AUTH_MODE": "auth.mode",
     "PPLOY_LOG_LEVEL": "log_level",
+    "PPLOY_PREFIX": "prefix",
+    "PPLOY_PIDFILE": "pidfile",
+    "PPLOY_METRICS_ADDRESS": "metrics_address",
 }
 
 

@@ -190,8 +190,12 @@ async def recent_commits(path: str, limit: int, revision: str = "HEAD") -> list[
 
 
 async def resolve_commit(path: str, ref: str) -> str | None:
-    """The commit a ref names, trying remote branch, tag, then the ref itself (a SHA)."""
-    for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
+    """The commit a ref names, trying remote branch, tag, then the ref itself (a SHA, or
+    ``origin/master~1``). ``HEAD`` (``HEAD^``, ``HEAD~2``) is the clone's own, as it was for
+    the originals' ``git checkout``, never origin's default branch."""
+    local = ref == "HEAD" or ref.startswith(("HEAD~", "HEAD^"))
+    candidates = (ref,) if local else (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref)
+    for candidate in candidates:
         try:
             out = await run_git(
                 "rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}",

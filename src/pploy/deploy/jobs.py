@@ -23,6 +23,7 @@ from pploy.deploy.config import Config
 from pploy.deploy.containment import create_containment
 from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.follow import LogBuffer, LogWriteError
+from pploy.deploy.latestlog import point_latest
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
 from pploy.deploy.store import JobRecord, Store, StoreUnavailable
@@ -190,6 +191,8 @@ class Jobs:
         self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
     ) -> None:
         buffer = LogBuffer(self.log_path(record), max_bytes=self.config.job.max_log_bytes)
+        if record.kind == "deploy":
+            point_latest(self.log_path(record), record.project)  # go-pploy's logs/<p>.log
         job = RunningJob(record, buffer)
         self.running[record.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
@@ -203,19 +206,24 @@ class Jobs:
     # -- run -----------------------------------------------------------------
 
     def _child_env(
-        self, job: RunningJob, project: Project, extra: dict[str, str]
+        self, job: RunningJob, project: Project, extra: dict[str, str], hardened: bool
     ) -> dict[str, str]:
-        env = git.git_env() | {
-            "TERM": "xterm-256color",
-            "DEPLOY_PROJECT": project.name,
-            JOB_TAG_VAR: self.job_tag(job.record.id),
-            "COLUMNS": str(self.config.job.pty_columns),
-            "LINES": str(self.config.job.pty_rows),
-        }
-        env.pop("LC_ALL", None)  # git_env sets C for parsing; the script gets the user's locale
-        if "LC_ALL" in os.environ:
-            env["LC_ALL"] = os.environ["LC_ALL"]
-        return env | extra
+        """The environment of a job's process. pploy's own git commands (``hardened``) get
+        git's hardening (no prompts, safe transports, C locale); the repository's scripts get
+        pploy's environment as it is, as the originals ran them: git inside a deploy script
+        behaves as it does in the shell pploy was started from."""
+        base = git.git_env() if hardened else dict(os.environ)
+        return (
+            base
+            | {
+                "TERM": "xterm-256color",
+                "DEPLOY_PROJECT": project.name,
+                JOB_TAG_VAR: self.job_tag(job.record.id),
+                "COLUMNS": str(self.config.job.pty_columns),
+                "LINES": str(self.config.job.pty_rows),
+            }
+            | extra
+        )
 
     def _write(self, job: RunningJob, data: bytes, note: bool = False) -> None:
         """Output (``note``: one of pploy's own lines) into the job's log."""
@@ -236,13 +244,18 @@ class Jobs:
         self._write(job, _note(text), note=True)
 
     async def _run_step(
-        self, job: RunningJob, project: Project, argv: Sequence[str], extra: dict[str, str]
+        self,
+        job: RunningJob,
+        project: Project,
+        argv: Sequence[str],
+        extra: dict[str, str],
+        hardened: bool = False,
     ) -> int:
         job.stopping = None
         job.process = await PtyProcess.start(
             argv,
             cwd=str(project.path),
-            env=self._child_env(job, project, extra),
+            env=self._child_env(job, project, extra, hardened),
             on_output=lambda data: self._write(job, data),
             columns=self.config.job.pty_columns,
             rows=self.config.job.pty_rows,
@@ -431,7 +444,8 @@ class Jobs:
 
     async def _echo_and_run(self, job: RunningJob, project: Project, argv: list[str]) -> int:
         self._say(job, "$ " + " ".join(argv))
-        return await self._run_step(job, project, argv, {"DEPLOY_COMMIT": job.record.ref or ""})
+        extra = {"DEPLOY_COMMIT": job.record.ref or ""}
+        return await self._run_step(job, project, argv, extra, hardened=True)
 
     @staticmethod
     def _stopped(job: RunningJob) -> bool:

@@ -35,11 +35,24 @@ def project_name(name: str) -> str:
     return name
 
 
+# A revision suffix as the originals passed refs to git: `origin/master~1`, `HEAD^`, `v2^2~3`.
+_REVISION_SUFFIX_RE = re.compile(r"(?:[~^][0-9]{0,6})+\Z")
+
+
 def ref_name(ref: str) -> str:
-    """A branch, tag or commit as git would accept it, and never something that looks like an
-    option. Implements the rules of ``git check-ref-format`` (one-level names allowed)."""
+    """A branch, tag or commit as git would accept it, optionally followed by ``~N``/``^N``
+    revision suffixes (``origin/master~1``, ``HEAD^``), and never something that looks like an
+    option. The name implements the rules of ``git check-ref-format`` (one-level names
+    allowed)."""
     if not isinstance(ref, str) or not ref:
         raise InvalidName("a ref is required")
+    suffix = _REVISION_SUFFIX_RE.search(ref)
+    if suffix and suffix.start() > 0 and len(ref) <= MAX_REF_LENGTH:
+        try:
+            ref_name(ref[: suffix.start()])
+        except InvalidName as exc:
+            raise InvalidName(f"{exc} (in {ref!r})") from None
+        return ref
     problem = None
     if len(ref) > MAX_REF_LENGTH:
         problem = "is too long"
@@ -140,9 +153,31 @@ def project_name_from_url(url: str) -> str:
     return project_name(tail)
 
 
+MAX_USER_NAME = 64
+# Never in a user name: markup and path or quoting characters, whatever the directory holds.
+_USER_NAME_FORBIDDEN = frozenset('<>"\\/`')
+
+
 def user_name(name: str) -> str:
-    if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name):
-        raise InvalidName(f"invalid user name {name!r}")
+    """A person's name as directories hold them ("Taro Yamada", "山田", "O'Brien",
+    "alice@example.com"): printable characters only — no control or format characters
+    (bidirectional overrides, zero-width spaces), no line separators, no whitespace but
+    single spaces between words — starting with a letter or digit, at most 64 characters,
+    and none of ``< > " \\ / ` ``. The name goes into cookies (percent-encoded), headers,
+    ``DEPLOY_USER``, logs and the audit trail, where each of those could forge something."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= MAX_USER_NAME
+        or not name.isprintable()  # Cc, Cf, Zl, Zp, and every space but U+0020
+        or not name[0].isalnum()
+        or name != name.strip()
+        or "  " in name
+        or _USER_NAME_FORBIDDEN.intersection(name)
+    ):
+        raise InvalidName(
+            f"invalid user name {name!r} (letters, digits, single spaces and punctuation "
+            'other than < > " \\ / `; at most 64 characters; starting with a letter or digit)'
+        )
     return name
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from pploy.deploy import actions, names, security, views
 from pploy.deploy.actions import remove_project
-from pploy.deploy.auth import USER_COOKIE
+from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE, cookie_value
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
@@ -78,8 +78,8 @@ async def login(request: web.Request) -> web.Response:
     target = safe_next((await request.post()).get("next"))
     response = web.HTTPSeeOther(target)
     response.set_cookie(
-        USER_COOKIE, names.user_name(name), path="/", max_age=365 * 86400, httponly=True,
-        samesite="Lax", secure=request.secure,
+        USER_COOKIE, cookie_value(names.user_name(name)), path="/", max_age=365 * 86400,
+        httponly=True, samesite="Lax", secure=request.secure,
     )  # fmt: skip
     raise response
 
@@ -88,7 +88,13 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     await security.check_form_token(request)
     response = web.HTTPSeeOther("/login")
-    response.del_cookie(USER_COOKIE, path="/")
+    # Emptied, not deleted: go-pploy's `pploy_user` may sit at a path pploy cannot clear
+    # (`/` under a prefix), and an empty `user` makes pploy ignore it.
+    response.set_cookie(
+        USER_COOKIE, "", path="/", max_age=365 * 86400, httponly=True, samesite="Lax",
+        secure=request.secure,
+    )  # fmt: skip
+    response.del_cookie(GO_PPLOY_COOKIE, path="/")
     raise response
 
 

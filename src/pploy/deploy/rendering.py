@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from pploy.deploy import i18n, security
+from pploy.deploy import i18n, prefix, security
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import services
 
@@ -37,6 +37,8 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
         csrf_field=security.CSRF_FIELD,
         flash=flash[:500] if flash else None,
         request_path=request.path_qs,
+        base=prefix.base(request),
+        url=lambda path: prefix.url(request, path),
         now=time.time(),
         **context,
     )

@@ -25,14 +25,25 @@ async def drain(app: web.Application) -> None:
     await svc.jobs.shutdown(svc.config.job.shutdown_grace_seconds)
 
 
-async def serve(app: web.Application, sock: socket.socket) -> None:
-    """Serve ``app`` on ``sock`` until the first SIGTERM or SIGINT, then drain and stop."""
+async def serve(
+    app: web.Application, sock: socket.socket, metrics_sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` on ``sock`` (and ``/metrics`` alone on ``metrics_sock``) until the first
+    SIGTERM or SIGINT, then drain and stop."""
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=CLOSE_TIMEOUT
     )
     await runner.setup()
+    metrics_runner = None
     try:
         await web.SockSite(runner, sock).start()
+        if metrics_sock is not None:
+            from pploy.deploy import runtime
+
+            metrics = runtime.metrics_app(app[SERVICES], app[runtime.COUNTERS])
+            metrics_runner = web.AppRunner(metrics, access_log=None)
+            await metrics_runner.setup()
+            await web.SockSite(metrics_runner, metrics_sock).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -45,4 +56,6 @@ async def serve(app: web.Application, sock: socket.socket) -> None:
         await stop.wait()
         await drain(app)
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()

@@ -425,3 +425,12 @@ class Store:
 
     def token_used(self, token_id: int, when: float) -> None:
         self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (when, token_id))
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Finished jobs ever recorded, by ``(kind, status)`` (records are never deleted, so
+        these only grow: Prometheus counters)."""
+        rows = self.db.execute(
+            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "GROUP BY kind, status"
+        )
+        return {(row["kind"], row["status"]): row["n"] for row in rows}

@@ -231,8 +231,8 @@ def handle_command(
     return {"cancelling": record.id}
 
 
-async def one_shot_params(request: web.Request, key: str) -> str:
-    """``key`` from the query string or the body.
+async def one_shot_params(request: web.Request, key: str, *aliases: str) -> str:
+    """``key`` (or one of its ``aliases``) from the query string or the body.
 
     A body must be JSON (no cross-site page can send it) or a form carrying the CSRF token
     like every other form: a foreign page's ``<form>`` always sends a form content type, even
@@ -251,9 +251,11 @@ async def one_shot_params(request: web.Request, key: str) -> str:
             "form with its CSRF token",
             status=415,
         )
-    value = request.query.get(key)
-    if value is None:
-        value = body.get(key)
+    value = None
+    for name in (key, *aliases):
+        value = request.query.get(name, body.get(name))
+        if value is not None:
+            break
     if not isinstance(value, str) or not value:
         raise BadRequest(f"{key!r} is required (query string, JSON or form field)")
     return value
@@ -265,7 +267,7 @@ async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
     project = svc.projects.get(request.match_info["project"])
     caller = request[CALLER]
     if kind == "deploy":
-        env = await one_shot_params(request, "env")
+        env = await one_shot_params(request, "env", "target")  # target: go-pploy's name
         record = await actions.start_deploy(svc, caller, project, env)
     else:
         ref = await one_shot_params(request, "ref")

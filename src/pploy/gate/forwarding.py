@@ -25,7 +25,7 @@ from pploy.gate.headers import (
     is_websocket,
     strip_cookies,
 )
-from pploy.gate.routing import request_host
+from pploy.gate.routing import encode_path, request_host
 from pploy.identity import Identity
 
 
@@ -37,9 +37,12 @@ def upstream_headers(
     host: str | None,
     websocket: bool,
     audience: str | None = None,
+    stripped: str | None = None,
 ) -> CIMultiDict[str]:
     """The client's headers, cleaned, plus forwarding and identity headers; the signed
-    assertion only with an ``audience`` (the route's ``assertion_audience``)."""
+    assertion only with an ``audience`` (the route's ``assertion_audience``);
+    ``X-Forwarded-Prefix`` with the path a ``strip_path`` route ``stripped``, so the upstream
+    can build its links under it."""
     drop = HOP_BY_HOP | connection_tokens(request.headers) | FORWARDING_NAMES
     drop |= {"host", "expect"}
     if websocket:
@@ -67,6 +70,8 @@ def upstream_headers(
     out["X-Forwarded-Proto"] = auth.client_proto(request)
     if request.host:
         out["X-Forwarded-Host"] = request.host
+    if stripped:
+        out["X-Forwarded-Prefix"] = stripped
     out["X-Request-Id"] = request[keys.REQUEST_ID]
     if host is not None:
         out["Host"] = host
@@ -107,6 +112,7 @@ async def forward(gate: Gate, request: web.Request) -> web.StreamResponse:
         host=request.host if route.conf.preserve_host and request.host else None,
         websocket=websocket,
         audience=route.conf.assertion_audience,
+        stripped=encode_path(route.prefix, False) if route.conf.strip_path else None,
     )
     url = route.upstream_url(target)
     if websocket:

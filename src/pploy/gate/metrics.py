@@ -9,19 +9,10 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
+from pploy.promtext import LabelKey
+from pploy.promtext import labels as _labels  # the one copy, shared with pploy serve
+
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-LabelKey = tuple[tuple[str, str], ...]
-
-
-def _labels(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = key + extra
-    if not items:
-        return ""
-    escaped = (
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in items
-    )
-    return "{" + ",".join(escaped) + "}"
 
 
 class Metrics:
