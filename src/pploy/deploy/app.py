@@ -24,6 +24,8 @@ STATIC = Path(__file__).parent / "static"
 async def on_startup(app: web.Application) -> None:
     svc = app[SERVICES]
     interrupted = svc.jobs.recover()
+    if svc.cluster is not None:
+        await svc.cluster.start()
     log.event(
         "pploy.start", workdir=str(svc.config.workdir), mode=svc.auth.mode,
         interrupted=len(interrupted),
@@ -39,6 +41,8 @@ async def on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
     await svc.notifier.close()
     await svc.auth.close()
+    if svc.cluster is not None:
+        await svc.cluster.stop()
     svc.store.close()
     svc.jobs.close()
 

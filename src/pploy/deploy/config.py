@@ -153,6 +153,18 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    database: str | None = Field(
+        None,
+        description="A postgresql:// URL: keep projects, locks, jobs and logs there, shared "
+        "with other pploy instances (docs/scaling.md); unset: SQLite in <workdir>/pploy.db.",
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
+        return value or None
 
     @field_validator("workdir")
     @classmethod
@@ -181,6 +193,7 @@ ENV_KEYS = {
     "PPLOY_USERS": "users",
     "PPLOY_AUTH_MODE": "auth.mode",
     "PPLOY_LOG_LEVEL": "log_level",
+    "PPLOY_DATABASE": "database",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 from aiohttp import web
@@ -18,7 +19,11 @@ from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
 from pploy.deploy.projects import Projects
-from pploy.deploy.store import JobRecord, Lock, Store
+from pploy.deploy.storage import Storage, open_store
+from pploy.deploy.store import JobRecord, Lock
+
+if TYPE_CHECKING:  # psycopg is imported only with a shared database
+    from pploy.deploy.cluster import Cluster
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -26,13 +31,14 @@ TEMPLATES = Path(__file__).parent / "templates"
 @dataclass
 class Services:
     config: Config
-    store: Store
+    store: Storage
     projects: Projects
     locks: Locks
     jobs: Jobs
     notifier: Notifier
     auth: Authenticator
     templates: jinja2.Environment
+    cluster: Cluster | None = None  # with a shared database (docs/scaling.md)
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
@@ -52,7 +58,7 @@ def build_services(config: Config) -> Services:
     """Every service for ``config``, wired to each other (its workdir is created if missing)."""
     workdir = config.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    store = Store(workdir / "pploy.db")
+    store = open_store(config.database, workdir)
     projects = Projects(workdir, git_config=config.git, store=store)
     notifier = Notifier(config.webhooks)
 
@@ -88,6 +94,14 @@ def build_services(config: Config) -> Services:
     jobs = Jobs(config, store, projects, locks, on_finish=job_finished)
     auth = Authenticator(config.auth, config.users)
     svc = Services(config, store, projects, locks, jobs, notifier, auth, build_templates())
+    if store.shared:
+        from pploy.deploy.cluster import Cluster
+        from pploy.deploy.sharedlog import SharedLogs
+        from pploy.deploy.store_pg import PgStore
+
+        assert isinstance(store, PgStore)
+        jobs.shared_logs = SharedLogs(store, jobs.final_status)
+        svc.cluster = Cluster(store, jobs, projects, jobs.shared_logs)
     return svc
 
 

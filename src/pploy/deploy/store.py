@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pploy.deploy.errors import Unavailable
+from pploy.deploy.errors import Conflict, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     message      TEXT,
     log_bytes    INTEGER NOT NULL DEFAULT 0,
     repository   INTEGER,
-    url          TEXT
+    url          TEXT,
+    instance     TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE TABLE IF NOT EXISTS repositories (
@@ -51,10 +53,12 @@ CREATE TABLE IF NOT EXISTS repositories (
 );
 CREATE INDEX IF NOT EXISTS repositories_project ON repositories (project, id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (project) WHERE status = 'running';
 """
 
-# PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = this one.
-SCHEMA_VERSION = 1
+# PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = with them,
+# 2 = jobs.instance and heartbeat_at, and at most one running job per project (an index).
+SCHEMA_VERSION = 2
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
 
@@ -68,6 +72,13 @@ STORAGE_FAILURES = {
 
 class StoreUnavailable(Unavailable):
     """pploy's database cannot be written (or read) now; retrying later may work."""
+
+
+class JobAlreadyRunning(Conflict):
+    """The database already holds a running job for the project (perhaps another pploy's)."""
+
+    def __init__(self, project: str) -> None:
+        super().__init__(f"a job is already running on {project}")
 
 
 class _GuardedConnection(sqlite3.Connection):
@@ -131,6 +142,8 @@ class JobRecord:
     log_bytes: int
     repository: int | None = None  # the repositories row it ran from (None: before version 1)
     url: str | None = None  # that repository's URL, without any password
+    instance: str | None = None  # the pploy instance that runs (ran) it
+    heartbeat_at: float | None = None  # when that instance last said it still runs it
 
     @property
     def running(self) -> bool:
@@ -146,6 +159,8 @@ class JobRecord:
 
 class Store:
     """Locks and jobs in one SQLite file."""
+
+    shared = False  # one pploy per file (the workdir lock): nothing travels through it
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -171,6 +186,14 @@ class Store:
             if version < 1 and columns and "repository" not in columns:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN repository INTEGER")
                 self.db.execute("ALTER TABLE jobs ADD COLUMN url TEXT")
+            if version < 2 and columns and "instance" not in columns:
+                self.db.execute("ALTER TABLE jobs ADD COLUMN instance TEXT")
+                self.db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
+                # Only the newest running job of a project can stay running (the new index).
+                self.db.execute(
+                    "UPDATE jobs SET status = 'interrupted' WHERE status = 'running' AND id NOT IN"
+                    " (SELECT MAX(id) FROM jobs WHERE status = 'running' GROUP BY project)"
+                )
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -255,6 +278,47 @@ class Store:
     def delete_lock(self, project: str) -> None:
         self.db.execute("DELETE FROM locks WHERE project = ?", (project,))
 
+    # Each of these is one statement that checks and writes together, so two pploys sharing a
+    # database can never both win (see storage.Storage).
+
+    def gain_lock(self, project: str, user: str, now: float, seconds: float) -> Lock | None:
+        """The lock for ``user`` (new, or theirs renewed, never shortened); None when someone
+        else holds it."""
+        row = self.db.execute(
+            "INSERT INTO locks (project, user, gained_at, expires_at) VALUES (?1, ?2, ?3, ?4) "
+            "ON CONFLICT (project) DO UPDATE SET user = excluded.user, "
+            "gained_at = CASE WHEN locks.expires_at > ?3 THEN locks.gained_at ELSE ?3 END, "
+            "expires_at = CASE WHEN locks.expires_at > ?3 THEN MAX(locks.expires_at, ?4) "
+            "ELSE ?4 END WHERE locks.user = excluded.user OR locks.expires_at <= ?3 RETURNING *",
+            (project, user, now, now + seconds),
+        ).fetchone()
+        return Lock(**dict(row)) if row else None
+
+    def extend_lock(self, project: str, user: str, now: float, seconds: float) -> Lock | None:
+        """``user``'s unexpired lock made ``seconds`` longer; None when they hold none."""
+        row = self.db.execute(
+            "UPDATE locks SET expires_at = expires_at + ? WHERE project = ? AND user = ? "
+            "AND expires_at > ? RETURNING *",
+            (seconds, project, user, now),
+        ).fetchone()
+        return Lock(**dict(row)) if row else None
+
+    def release_lock(self, project: str, user: str, now: float) -> bool:
+        """Delete ``user``'s unexpired lock; False when they hold none."""
+        cur = self.db.execute(
+            "DELETE FROM locks WHERE project = ? AND user = ? AND expires_at > ?",
+            (project, user, now),
+        )
+        return cur.rowcount > 0
+
+    def keep_lock_until(self, project: str, user: str, now: float, until: float) -> None:
+        """``user``'s unexpired lock lasts at least until ``until`` (a job of theirs runs)."""
+        self.db.execute(
+            "UPDATE locks SET expires_at = ? WHERE project = ? AND user = ? AND expires_at > ? "
+            "AND expires_at < ?",
+            (until, project, user, now, until),
+        )
+
     # -- jobs ----------------------------------------------------------------
 
     def create_job(
@@ -267,16 +331,26 @@ class Store:
         ref: str | None = None,
         sha: str | None = None,
         started_at: float | None = None,
+        instance: str | None = None,
     ) -> JobRecord:
+        """A new running job; JobAlreadyRunning when the project has one (the index says)."""
         current = self.current_repository(project)
-        cur = self.db.execute(
-            "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
-            "repository, url) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-            (
-                project, kind, env, ref, sha, user, started_at or time.time(),
-                current.id if current else None, current.url if current else None,
-            ),
-        )  # fmt: skip
+        started = started_at or time.time()
+        try:
+            cur = self.db.execute(
+                "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
+                "repository, url, instance, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (
+                    project, kind, env, ref, sha, user, started,
+                    current.id if current else None, current.url if current else None,
+                    instance, started,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError as exc:
+            if "jobs.project" in str(exc):
+                raise JobAlreadyRunning(project) from exc
+            raise
         job = self.get_job(int(cur.lastrowid or 0))
         assert job is not None
         return job
@@ -307,7 +381,8 @@ class Store:
             )
         return [JobRecord(**dict(row)) for row in rows]
 
-    def running_jobs(self) -> list[JobRecord]:
+    def running_jobs(self, instance: str | None = None) -> list[JobRecord]:
+        """Jobs recorded as running (by ``instance``, or by anyone: one pploy per file)."""
         rows = self.db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
         return [JobRecord(**dict(row)) for row in rows]
 

@@ -36,7 +36,7 @@ def parse_offset(value: str | None) -> int:
 def job_log(svc: Services, record: JobRecord, offset: int, heartbeat: float | None = None):
     """Follow a job's log from ``offset`` whether it is running or finished."""
     path = svc.jobs.log_path(record)
-    buffer = svc.jobs.live_buffer(record.id)
+    buffer = svc.jobs.live_buffer(record.id) or svc.jobs.remote_log(record)
     if buffer is None:
         record = svc.jobs.get(record.id)  # it may have finished since it was read
         if record.running:  # a record left running by a crash that recover() has not seen
