@@ -91,7 +91,9 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
     items = job_log(svc, record, offset)
     if not following:
         path = svc.jobs.log_path(record)
-        size = path.stat().st_size if path.exists() else 0
+        # A log written on another instance sharing the database is read from there.
+        remote = None if path.exists() else svc.jobs.remote_log(svc.jobs.get(record.id))
+        size = path.stat().st_size if path.exists() else remote.size if remote else 0
         response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
         response.content_type = "text/plain"
         response.charset = "utf-8"
@@ -102,7 +104,7 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
             )
         await response.prepare(request)
         sent = 0
-        async for item in follow(None, path, offset):
+        async for item in follow(remote, path, offset):
             if item is not None and item.data:
                 chunk = item.data[: response.content_length - sent]
                 await response.write(chunk)
