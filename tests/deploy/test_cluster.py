@@ -52,7 +52,9 @@ async def test_a_project_added_on_a_is_served_by_b_and_removed_from_both(pair, t
     status, listing = await b.api("GET", "/api/status")
     assert [p["name"] for p in listing["projects"]] == [name]
     # Adding it again on B is a conflict: the database knows it.
-    status, body = await b.api("POST", "/api/projects", json={"url": str(tmp_path / "testploy.git")})
+    status, body = await b.api(
+        "POST", "/api/projects", json={"url": str(tmp_path / "testploy.git")}
+    )
     assert status == 409, body
     # Removed on B: gone from A too, clone and all.
     await b.gain(name)
@@ -77,7 +79,9 @@ async def test_a_lock_gained_on_a_holds_on_b(pair, tmp_path):
     assert status == 403, body
     project = await served(b, name)
     assert project["lock"]["user"] == "alice"
-    status, body = await b.api("POST", f"/api/projects/{name}/lock", "alice", {"operation": "release"})
+    status, body = await b.api(
+        "POST", f"/api/projects/{name}/lock", "alice", {"operation": "release"}
+    )
     assert status == 200, body
     status, body = await a.api("GET", f"/api/projects/{name}")
     assert body["project"]["lock"] is None
@@ -86,7 +90,9 @@ async def test_a_lock_gained_on_a_holds_on_b(pair, tmp_path):
 async def test_one_job_per_project_across_both_and_a_deploy_on_b_works(pair, tmp_path):
     a, b = pair
     fifo = Fifo(tmp_path / "go")
-    script = f"#!/bin/sh\necho started $DEPLOY_ENV\n{fifo.script_open()}\n{fifo.wait_cmd}\necho end\n"
+    script = (
+        f"#!/bin/sh\necho started $DEPLOY_ENV\n{fifo.script_open()}\n{fifo.wait_cmd}\necho end\n"
+    )
     name = await a.add_project(make_remote(tmp_path, deploy_script=script))
     await served(b, name)
     await a.gain(name)

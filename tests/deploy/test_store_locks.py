@@ -400,12 +400,14 @@ def test_removing_a_project_keeps_its_jobs_and_frees_its_lock(store: Store, cloc
     assert locks.get("app") is None and locks.get("web").user == "bob"
     assert store.get_job(old.id) == old and [j.id for j in store.list_jobs("app")] == [old.id]
     assert store.current_repository("app") is None
+    assert [r.project for r in store.current_repositories()] == []
     removed = store.get_repository(first.id)
     assert removed.removed_by == "alice" and removed.removed_at is not None
 
     finish(store, old.id, "cancelled", T0)
     old = store.get_job(old.id)
     second = store.add_repository("app", "https://evil.example/app.git")
+    assert [r.id for r in store.current_repositories()] == [second.id]
     new = store.create_job(project="app", kind="deploy", user="bob", env="staging")
     assert new.repository == second.id != first.id and new.url == "https://evil.example/app.git"
     assert store.get_job(old.id).url == "https://git.example.com/team/app.git"

@@ -11,6 +11,7 @@ The contract (kept exactly as pploy users have it):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import shutil
 import subprocess
 import uuid
@@ -168,7 +169,7 @@ class Projects:
             return self._list_shared()
         return self.local()
 
-    def local(self) -> list[Project]:
+    def local(self) -> builtins.list[Project]:
         """The clones in this workdir."""
         found = []
         for entry in sorted(self.root.iterdir()):
@@ -191,11 +192,11 @@ class Projects:
             raise NotFound(f"no project named {name!r}")
         return Project(name, path)
 
-    def _list_shared(self) -> list[Project]:
+    def _list_shared(self) -> builtins.list[Project]:
         """The projects the shared store names that are cloned here (the others are asked
         for, and listed once cloned)."""
         assert self.store is not None
-        names_ = {repo.project for repo in self.store.current_repositories()}  # type: ignore[attr-defined]
+        names_ = {repo.project for repo in self.store.current_repositories()}
         here = {project.name: project for project in self.local()}
         for name in sorted(names_ - set(here)):
             if self.on_missing is not None:
@@ -218,7 +219,7 @@ class Projects:
     def log_dir(self, name: str) -> Path:
         return self.logs_root / names.project_name(name)
 
-    def _clone_args(self, url: str, staging: Path) -> list[str]:
+    def _clone_args(self, url: str, staging: Path) -> builtins.list[str]:
         """``git clone``'s arguments (shallow, all branches, by default)."""
         args = ["clone", "--no-single-branch"]
         if names.ANY_URL not in self.allowed_urls:

@@ -238,6 +238,14 @@ class Store:
         ).fetchone()
         return Repository(**dict(row)) if row else None
 
+    def current_repositories(self) -> list[Repository]:
+        """Every project's current repository (what a workdir should have cloned)."""
+        rows = self.db.execute(
+            "SELECT * FROM repositories WHERE id IN (SELECT MAX(id) FROM repositories "
+            "WHERE removed_at IS NULL GROUP BY project) ORDER BY project"
+        )
+        return [Repository(**dict(row)) for row in rows]
+
     def remove_project(self, project: str, user: str) -> None:
         """The project's clone is gone: its repository is marked removed (by whom, when) and its
         lock released. Its job records stay: they are the audit trail."""

@@ -158,6 +158,7 @@ class PgStore:
         except pgerrors.UniqueViolation as exc:
             raise Conflict(f"a project named {project!r} already exists") from exc
         self.notify(PROJECTS_CHANNEL, project)
+        assert row is not None  # INSERT ... RETURNING
         return Repository(**row)
 
     def adopt_repository(self, project: str, url: str) -> Repository:
@@ -288,6 +289,7 @@ class PgStore:
             ).fetchone()  # fmt: skip
         except pgerrors.UniqueViolation as exc:
             raise JobAlreadyRunning(project) from exc
+        assert row is not None  # INSERT ... RETURNING
         return JobRecord(**row)
 
     def update_job(self, job_id: int, **fields: Any) -> None:
@@ -415,7 +417,7 @@ class PgStore:
             "SELECT COALESCE(MAX(start + length(data)), 0) AS e FROM log_chunks WHERE job_id = %s",
             (job_id,),
         ).fetchone()
-        return int(row["e"])
+        return int(row["e"]) if row else 0
 
     def read_log(self, job_id: int, offset: int, limit: int) -> bytes:
         """Up to ``limit`` stored bytes of the job's log from ``offset``."""
