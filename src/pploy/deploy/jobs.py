@@ -27,7 +27,7 @@ from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
 from pploy.deploy.storage import Storage
-from pploy.deploy.store import JobRecord, StoreUnavailable
+from pploy.deploy.store import JobAlreadyRunning, JobRecord, StoreUnavailable
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
 from pploy.deploy.workdir import hold_workdir
 
@@ -186,10 +186,9 @@ class Jobs:
                     ["git", "checkout", "-f", "--detach", wanted],
                 )
             ]
-        record = self.store.create_job(
-            project=project.name, kind="deploy", env=env, user=user, sha=sha,
-            ref=None, instance=self.instance,
-        )  # fmt: skip
+        record = self._create_job(
+            project=project.name, kind="deploy", env=env, user=user, sha=sha, ref=None
+        )
         env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
         steps.append(
             ([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")
@@ -206,11 +205,24 @@ class Jobs:
         problem = project.checkout_problem()
         if problem:
             raise BadRequest(problem)
-        record = self.store.create_job(
-            project=project.name, kind="checkout", ref=ref, user=user, instance=self.instance
-        )
+        record = self._create_job(project=project.name, kind="checkout", ref=ref, user=user)
         self._launch(record, project, None)
         return record
+
+    def _create_job(self, **fields: Any) -> JobRecord:
+        """The job's record, by this instance. The database allows one running job per
+        project; when the one it still holds has in fact ended here (an end the database
+        refused, kept in memory), that end is written first: the answer is then the real
+        cause (503, a full disk) rather than a conflict with a finished job."""
+        try:
+            return self.store.create_job(**fields, instance=self.instance)
+        except JobAlreadyRunning:
+            if not self._unsaved:
+                raise
+        for job_id, saved in list(self._unsaved.items()):
+            self.store.update_job(job_id, **saved)  # StoreUnavailable: still full
+            del self._unsaved[job_id]
+        return self.store.create_job(**fields, instance=self.instance)
 
     def _checked_out_elsewhere(self, project: str, head: str | None) -> str | None:
         """With a shared database, the commit the project's last checkout (on any instance)
