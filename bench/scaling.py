@@ -33,8 +33,8 @@ from bench.fanout import read_json_line, start_loadgen, weighted_percentiles
 from bench.postgres import PostgresServer, available
 from bench.scripts import timed_lines
 
-FULL = {"connections": 32, "wrk_seconds": 5.0, "viewers": 200, "lines": 200, "interval": 0.02}
-QUICK = {"connections": 8, "wrk_seconds": 2.0, "viewers": 20, "lines": 40, "interval": 0.02}
+FULL = {"connections": 32, "wrk_seconds": 5, "viewers": 200, "lines": 200, "interval": 0.02}
+QUICK = {"connections": 8, "wrk_seconds": 2, "viewers": 20, "lines": 40, "interval": 0.02}
 COOKIE = "user=alice"
 
 

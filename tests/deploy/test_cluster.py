@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.support import Fifo, Pploy, make_remote, start_pploy
-from tests.deploy.test_server_process import Server
+from tests.deploy.test_server_process import Server, alive
 from tests.deploy.test_server_streams import LINES, gated_script, read_until, sse_events
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
@@ -168,7 +168,11 @@ async def test_a_sigkilled_instance_s_job_is_interrupted_by_the_other_within_30_
     pg_database: str,  # noqa: F811
 ) -> None:
     fifo = Fifo(tmp_path / "go")
-    script = f"#!/bin/sh\necho line one\n{fifo.script_open()}\n{fifo.wait_cmd}\necho never\n"
+    pidfile = tmp_path / "pid"
+    script = (
+        f"#!/bin/sh\necho $$ > {pidfile}\necho line one\n{fifo.script_open()}\n"
+        f"{fifo.wait_cmd}\necho never\n"
+    )
     remote = make_remote(tmp_path, deploy_script=script)
     config = tmp_path / "pploy.yml"
     config.write_text(f"users: [alice, bob]\ndatabase: {pg_database}\n")
@@ -194,6 +198,15 @@ async def test_a_sigkilled_instance_s_job_is_interrupted_by_the_other_within_30_
         assert project["lock"]["user"] == "alice"  # the lock stays
         log = await b.log(job)
         assert b"line one\n" in log and b"interrupted" in log  # so does the log
+        # A comes back on its workdir: it ends what its interrupted job left running.
+        script_pid = int(pidfile.read_text())
+        assert alive(script_pid)
+        a = Server(tmp_path / "a", config)
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            await a.ready(http)
+        assert not alive(script_pid), "the interrupted job's process survived A's restart"
+        status, body = await b.api("GET", f"/api/jobs/{job}")
+        assert body["job"]["status"] == "interrupted"
     finally:
         fifo.close()
         a.stop()

@@ -23,7 +23,7 @@ from pploy.deploy.jobs import Jobs, _note
 from pploy.deploy.projects import Projects
 from pploy.deploy.sharedlog import SharedLogs
 from pploy.deploy.store import StoreUnavailable
-from pploy.deploy.store_pg import LOG_CHANNEL, PROJECTS_CHANNEL, PgStore
+from pploy.deploy.store_pg import LOG_CHANNEL, PROJECTS_CHANNEL, SILENT_MESSAGE, PgStore
 
 HEARTBEAT_SECONDS = 5.0
 # A job whose instance has not heartbeat for this long is interrupted: with the beat above, an
@@ -154,11 +154,8 @@ class Cluster:
         for record in self.store.silent_jobs(SILENT_SECONDS):
             line = _note(f"[pploy] interrupted: instance {record.instance} stopped answering")
             end = self.logs.append_note(record.id, line)
-            if self.store.interrupt_if_silent(record.id, SILENT_SECONDS, end, MESSAGE):
+            if self.store.interrupt_if_silent(record.id, SILENT_SECONDS, end, SILENT_MESSAGE):
                 done.append(record.id)
                 log.event("job.interrupted", level="warning", job=record.id,
                           project=record.project, instance=record.instance)  # fmt: skip
         return done
-
-
-MESSAGE = "the pploy instance running it stopped answering"

@@ -549,7 +549,12 @@ class Jobs:
         every process they still have (their cgroups, tracked pids and tags)."""
         ids = []
         records = self.store.running_jobs(self.instance)
-        left = self.containment.recover([record.id for record in records])
+        swept: list[int] = []
+        if self.shared_logs is not None:  # declared interrupted by others while this was away
+            swept = self.shared_logs.store.swept_jobs(self.instance)
+        left = self.containment.recover([record.id for record in records] + swept)
+        for job_id in swept:
+            left += kill_tagged(self.job_tag(job_id))
         if left:
             log.event("job.orphans_killed", level="warning", jobs=len(records), count=left)
         for record in records:

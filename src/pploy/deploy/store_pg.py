@@ -30,6 +30,8 @@ from pploy.deploy.store import JobAlreadyRunning, JobRecord, Lock, Repository, S
 LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
 MIGRATION_LOCK = 0x70706C6F79  # pg_advisory_xact_lock key: "pploy"
+# The message of a job another instance declared interrupted (its instance went silent).
+SILENT_MESSAGE = "the pploy instance running it stopped answering"
 
 MIGRATIONS: list[str] = [
     # 1: what the SQLite store holds, plus job heartbeats and log chunks.
@@ -402,6 +404,16 @@ class PgStore:
         if row:
             self.notify(LOG_CHANNEL, str(job_id))
         return row is not None
+
+    def swept_jobs(self, instance: str, limit: int = 100) -> list[int]:
+        """The newest jobs of ``instance`` that others declared interrupted while it was
+        silent: on its return, their leftover processes may still run."""
+        rows = self.execute(
+            "SELECT id FROM jobs WHERE instance = %s AND status = 'interrupted' "
+            "AND message = %s ORDER BY id DESC LIMIT %s",
+            (instance, SILENT_MESSAGE, limit),
+        ).fetchall()
+        return [row["id"] for row in rows]
 
     def append_log(self, job_id: int, start: int, data: bytes) -> None:
         """Store one chunk of a job's log at byte ``start`` and announce it."""
