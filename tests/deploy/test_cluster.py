@@ -211,3 +211,27 @@ async def test_a_sigkilled_instance_s_job_is_interrupted_by_the_other_within_30_
         fifo.close()
         a.stop()
         await b.close()
+
+
+async def test_a_job_running_on_b_is_shown_kept_and_cancelled_through_a(pair, tmp_path):
+    a, b = pair
+    fifo = Fifo(tmp_path / "go")
+    script = f"#!/bin/sh\necho started\n{fifo.script_open()}\n{fifo.wait_cmd}\necho never\n"
+    name = await a.add_project(make_remote(tmp_path, deploy_script=script))
+    await served(b, name)
+    await a.gain(name)
+    job = await b.deploy(name)
+    try:
+        project = await served(a, name)
+        assert project["running_job"]["id"] == job  # A shows B's job
+        status, body = await a.api("DELETE", f"/api/projects/{name}")
+        assert status == 409 and f"job #{job} is running" in body["error"], body
+        status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "bob", {})
+        assert status == 403, body  # only the lock holder, wherever the job runs
+        status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "alice", {})
+        assert status == 202, body
+        record = await a.wait_job(job)
+        assert (record["status"], record["cancelled_by"]) == ("cancelled", "alice")
+        assert b"[pploy] cancelled by alice" in await a.log(job)
+    finally:
+        fifo.close()

@@ -11,9 +11,7 @@ async def remove_project(svc: Services, name: str, user: str) -> None:
     and logs stay (the audit trail)."""
     project = svc.projects.get(name)
     svc.locks.require_holder(project.name, user)
-    running = svc.jobs.running_for(name)
+    running = svc.jobs.running_record(name)
     if running:
-        raise BadRequest(
-            f"job #{running.record.id} is running on {name}; cancel it or wait", status=409
-        )
+        raise BadRequest(f"job #{running.id} is running on {name}; cancel it or wait", status=409)
     await svc.projects.remove(project.name, user)

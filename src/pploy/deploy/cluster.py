@@ -1,8 +1,9 @@
 """What one pploy instance does for the others sharing its PostgreSQL database.
 
 - Listens (one extra connection, ``LISTEN``) on ``pploy_log``, to bring its followers of other
-  instances' jobs up (sharedlog.SharedLogs), and on ``pploy_projects``, to clone projects added
-  elsewhere and drop those removed elsewhere.
+  instances' jobs up (sharedlog.SharedLogs); on ``pploy_projects``, to clone projects added
+  elsewhere and drop those removed elsewhere; on ``pploy_cancel``, to cancel a job it runs
+  that the lock holder cancelled through another instance.
 - Every HEARTBEAT_SECONDS, heartbeats the jobs it runs; a job the database no longer holds as
   running (another instance declared it interrupted: this one was cut off too long) is
   cancelled here, so it never runs on beside a newer one.
@@ -23,7 +24,13 @@ from pploy.deploy.jobs import Jobs, _note
 from pploy.deploy.projects import Projects
 from pploy.deploy.sharedlog import SharedLogs
 from pploy.deploy.store import StoreUnavailable
-from pploy.deploy.store_pg import LOG_CHANNEL, PROJECTS_CHANNEL, SILENT_MESSAGE, PgStore
+from pploy.deploy.store_pg import (
+    CANCEL_CHANNEL,
+    LOG_CHANNEL,
+    PROJECTS_CHANNEL,
+    SILENT_MESSAGE,
+    PgStore,
+)
 
 HEARTBEAT_SECONDS = 5.0
 # A job whose instance has not heartbeat for this long is interrupted: with the beat above, an
@@ -67,6 +74,7 @@ class Cluster:
                 ) as conn:
                     await conn.execute(f"LISTEN {LOG_CHANNEL}")
                     await conn.execute(f"LISTEN {PROJECTS_CHANNEL}")
+                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     self.logs.refresh_all()  # what was announced while not listening
                     await self.sync_projects()
                     async for note in conn.notifies():
@@ -81,6 +89,11 @@ class Cluster:
                 self.logs.announce(int(payload))
             elif channel == PROJECTS_CHANNEL:
                 asyncio.get_running_loop().create_task(self.sync_projects())
+            elif channel == CANCEL_CHANNEL:
+                job_id, _, user = payload.partition(" ")
+                job = self.jobs.running.get(int(job_id)) if job_id.isdigit() else None
+                if job is not None and user:
+                    self.jobs.cancel_running(job, user)
         except StoreUnavailable as exc:
             log.event("cluster.dispatch_failed", level="warning", error=exc.message)
 

@@ -113,6 +113,16 @@ class Jobs:
                 return job
         return None
 
+    def running_record(self, project: str) -> JobRecord | None:
+        """The project's running job, here or (with a shared database) on another instance."""
+        job = self.running_for(project)
+        if job is not None:
+            return job.record
+        if self.shared_logs is None:
+            return None
+        last = self.store.last_job(project)
+        return last if last is not None and last.running else None
+
     def get(self, job_id: int) -> JobRecord:
         record = self.store.get_job(job_id)
         if record is None:
@@ -505,15 +515,25 @@ class Jobs:
         """Cancel a running job; only the project's lock holder may."""
         record = self.get(job_id)
         job = self.running.get(job_id)
+        if job is None and record.running and self.shared_logs is not None:
+            # Run by another instance: it cancels it when told (cluster.Cluster listens).
+            self.locks.require_holder(record.project, user)
+            self.shared_logs.request_cancel(job_id, user)
+            return record
         if job is None:
             raise Conflict(f"job #{job_id} is not running (it is {record.status})")
         self.locks.require_holder(record.project, user)
+        self.cancel_running(job, user)
+        return record
+
+    def cancel_running(self, job: RunningJob, user: str) -> None:
+        """Stop a job this instance runs, recording who cancelled it."""
+        job_id = job.record.id
         if not job.cancelled_by:
             job.cancelled_by = user
             self._say(job, f"[pploy] cancelled by {user}")
             log.event("job.cancel", job=job_id, user=user)
         self._stop(job)
-        return record
 
     def abandon(self, job_id: int, reason: str) -> None:
         """Stop a job this instance can no longer vouch for (cluster.Cluster: the shared

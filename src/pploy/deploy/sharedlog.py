@@ -19,7 +19,7 @@ from typing import Any
 from pploy import log
 from pploy.deploy.follow import READ_CHUNK, LogBuffer
 from pploy.deploy.store import JobRecord, StoreUnavailable
-from pploy.deploy.store_pg import PgStore
+from pploy.deploy.store_pg import CANCEL_CHANNEL, PgStore
 
 # How much of a remote log one refresh fetches at a time.
 FETCH_BYTES = 1 << 20
@@ -132,6 +132,11 @@ class SharedLogs:
         """Every follower brought up (after notifications may have been missed)."""
         for job_id in list(self.following):
             self.announce(job_id)
+
+    def request_cancel(self, job_id: int, user: str) -> None:
+        """Ask the instance running ``job_id`` to cancel it for ``user`` (the lock holder,
+        checked here): it listens on CANCEL_CHANNEL."""
+        self.store.notify(CANCEL_CHANNEL, f"{job_id} {user}")
 
     def prune(self, job_ids: list[int]) -> None:
         self.store.delete_logs(job_ids)

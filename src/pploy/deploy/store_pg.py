@@ -29,6 +29,7 @@ from pploy.deploy.store import JobAlreadyRunning, JobRecord, Lock, Repository, S
 
 LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
+CANCEL_CHANNEL = "pploy_cancel"  # payload: "<job id> <user>" — the lock holder cancelled it
 MIGRATION_LOCK = 0x70706C6F79  # pg_advisory_xact_lock key: "pploy"
 # The message of a job another instance declared interrupted (its instance went silent).
 SILENT_MESSAGE = "the pploy instance running it stopped answering"
