@@ -68,7 +68,12 @@ class Storage(Protocol):
 def open_store(database: str | None, workdir: Path) -> Storage:
     """The store ``database`` names: a ``postgresql://`` URL, or None for ``<workdir>/pploy.db``."""
     if database:
-        from pploy.deploy.store_pg import PgStore  # psycopg is needed only then
-
+        try:
+            from pploy.deploy.store_pg import PgStore  # psycopg is needed only then
+        except ImportError as exc:
+            raise RuntimeError(
+                f"database: a postgresql:// URL needs psycopg ({exc}): "
+                "pip install 'pploy[postgres]'"
+            ) from exc
         return PgStore(database)
     return Store(workdir / "pploy.db")
