@@ -136,7 +136,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     record = svc.jobs.get(job_id(request))
     offset = parse_offset(request.headers.get("Last-Event-ID") or request.query.get("offset"))
     items = job_log(svc, record, offset, heartbeat=HEARTBEAT_SECONDS)
-    live = svc.jobs.live_buffer(record.id)
+    # Viewers of one job on this instance share its encodings (a remote job's too).
+    live = svc.jobs.live_buffer(record.id) or (
+        svc.jobs.remote_log(record) if record.running else None
+    )
     response = await start_stream(request, "text/event-stream")
     await response.write(b"retry: 2000\n\n")
     pending = b""
