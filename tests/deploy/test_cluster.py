@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.deploy.support import Fifo, Pploy, make_remote, start_pploy
+from tests.deploy.support import Fifo, Pploy, make_remote, push_commit, start_pploy
 from tests.deploy.test_server_process import Server, alive
 from tests.deploy.test_server_streams import LINES, gated_script, read_until, sse_events
 from tests.postgres import pg_database, pg_server  # noqa: F401
@@ -235,3 +235,19 @@ async def test_a_job_running_on_b_is_shown_kept_and_cancelled_through_a(pair, tm
         assert b"[pploy] cancelled by alice" in await a.log(job)
     finally:
         fifo.close()
+
+
+async def test_a_deploy_on_b_runs_the_commit_a_checked_out(pair, tmp_path):
+    a, b = pair
+    remote = make_remote(tmp_path, deploy_script="#!/bin/sh\ncat VERSION 2>/dev/null || echo v0\n")
+    name = await a.add_project(remote)
+    await served(b, name)
+    await a.gain(name)
+    sha = push_commit(remote, "v1", {"VERSION": "v1\n"})
+    checkout = await a.wait_job(await a.checkout(name, "main"))  # on A only
+    assert (checkout["status"], checkout["sha"]) == ("succeeded", sha)
+    job = await b.wait_job(await b.deploy(name))
+    assert (job["status"], job["sha"]) == ("succeeded", sha), job
+    log = await b.log(job["id"])
+    assert f"git checkout -f --detach {sha}".encode() in log
+    assert b"v1\r\n" in log or b"v1\n" in log  # B's clone followed A's checkout
