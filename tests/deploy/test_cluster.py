@@ -251,3 +251,26 @@ async def test_a_deploy_on_b_runs_the_commit_a_checked_out(pair, tmp_path):
     log = await b.log(job["id"])
     assert f"git checkout -f --detach {sha}".encode() in log
     assert b"v1\r\n" in log or b"v1\n" in log  # B's clone followed A's checkout
+
+
+async def test_a_project_removed_and_added_again_while_b_was_away_is_cloned_afresh(
+    pair,
+    tmp_path,
+    pg_database: str,  # noqa: F811
+):
+    a, b = pair
+    name = await a.add_project(make_remote(tmp_path))
+    assert (await served(b, name))["envs"] == ["staging", "production"]
+    await b.close()  # B goes away, its clone of the first repository stays in its workdir
+    await a.gain(name)
+    status, body = await a.api("DELETE", f"/api/projects/{name}")
+    assert status == 200, body
+    other = make_remote(tmp_path / "other", files={".deploy/config/deploy_envs": "qa\n"})
+    assert await a.add_project(other) == name
+    b = await start_pploy(tmp_path / "b", database=pg_database)
+    try:
+        project = await served(b, name)
+        assert project["envs"] == ["qa"], project  # the new repository, not B's old clone
+        assert project["repository"]["url"] == str(other)
+    finally:
+        await b.close()

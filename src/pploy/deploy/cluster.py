@@ -103,16 +103,20 @@ class Cluster:
         """Clone what the store names and this workdir lacks; drop clones of removed ones
         (not while a job of this instance runs on one)."""
         try:
-            wanted = {repo.project for repo in self.store.current_repositories()}
+            current = {repo.project: repo.id for repo in self.store.current_repositories()}
         except StoreUnavailable:
             return
         here = {project.name for project in self.projects.local()}
-        for name in sorted(wanted - here):
+        for name in sorted(set(current) - here):
             self.want_clone(name)
-        for name in sorted(here - wanted):
-            if self.jobs.running_for(name) is None and name not in self._cloning:
+        for name in sorted(here):
+            if self.jobs.running_for(name) is not None or name in self._cloning:
+                continue
+            if name not in current:
                 await self.projects.drop_clone(name)
                 log.event("cluster.project_dropped", project=name)
+            elif self.projects.cloned_for(name) not in (None, current[name]):
+                self.want_clone(name)  # removed and added again elsewhere: a new clone
 
     def want_clone(self, name: str) -> None:
         """Clone ``name`` here soon (once: a clone under way is not started again)."""
@@ -122,10 +126,14 @@ class Cluster:
 
     async def _clone(self, name: str) -> None:
         repo = self.store.current_repository(name)
-        if repo is None or (self.projects.root / name / ".git").exists():
+        if repo is None:
             return
+        if (self.projects.root / name / ".git").exists():
+            if self.projects.cloned_for(name) in (None, repo.id) or self.jobs.running_for(name):
+                return
+            await self.projects.drop_clone(name)  # of a repository since removed
         try:
-            await self.projects.clone_recorded(name, repo.url)
+            await self.projects.clone_recorded(name, repo.url, repo.id)
             log.event("cluster.project_cloned", project=name)
         except Exception as exc:  # a clone that fails is tried again on the next request
             log.event("cluster.clone_failed", level="error", project=name, error=str(exc))

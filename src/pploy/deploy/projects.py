@@ -32,6 +32,10 @@ ENVS_FILE = ".deploy/config/deploy_envs"
 README_FILE = ".deploy/config/readme.html"
 MAX_README_BYTES = 256 * 1024
 MAX_ENVS_BYTES = 64 * 1024
+# With a shared database: the id of the store's repository a clone was made for, in the clone's
+# own .git (pploy's file, never repository content), so a project removed and added again
+# elsewhere while this instance was away is cloned afresh.
+REPOSITORY_MARK = "pploy-repository"
 
 
 @dataclass(frozen=True)
@@ -205,9 +209,10 @@ class Projects:
 
     def _get_shared(self, name: str, path: Path) -> Project:
         assert self.store is not None
-        if self.store.current_repository(name) is None:
+        current = self.store.current_repository(name)
+        if current is None:
             raise NotFound(f"no project named {name!r}")
-        if not (path / ".git").exists():
+        if not (path / ".git").exists() or self.cloned_for(name) not in (None, current.id):
             if self.on_missing is not None:
                 self.on_missing(name)
             raise Unavailable(
@@ -255,7 +260,8 @@ class Projects:
             except TimeoutError as exc:
                 raise BadRequest(f"git clone took longer than {self.timeout:g} s") from exc
             if self.shared and self.store is not None:  # recorded first: the store decides
-                self.store.add_repository(name, names.without_secrets(url))  # a race's winner
+                added = self.store.add_repository(name, names.without_secrets(url))  # who won
+                (staging / ".git" / REPOSITORY_MARK).write_text(str(added.id))
             staging.rename(self.root / name)
             if self.store is not None and not self.shared:
                 self.store.add_repository(name, names.without_secrets(url))
@@ -265,7 +271,16 @@ class Projects:
                 await asyncio.to_thread(shutil.rmtree, staging, True)
         return Project(name, self.root / name)
 
-    async def clone_recorded(self, name: str, url: str) -> Project:
+    def cloned_for(self, name: str) -> int | None:
+        """The store repository id this workdir's clone of ``name`` was made for (None: not
+        recorded, or no clone)."""
+        try:
+            text = (self.root / names.project_name(name) / ".git" / REPOSITORY_MARK).read_text()
+        except OSError:
+            return None
+        return int(text) if text.strip().isdigit() else None
+
+    async def clone_recorded(self, name: str, url: str, repository: int) -> Project:
         """Clone a project another instance added (``url`` as the store has it: without any
         password, so a private repository needs this host's git credentials)."""
         if not names.url_allowed(url, self.allowed_urls):
@@ -274,6 +289,7 @@ class Projects:
         self._cloning.add(name)
         try:
             await git.run_git(*self._clone_args(url, staging), timeout=self.timeout)
+            (staging / ".git" / REPOSITORY_MARK).write_text(str(repository))
             staging.rename(self.root / names.project_name(name))
         finally:
             self._cloning.discard(name)
