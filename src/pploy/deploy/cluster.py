@@ -126,7 +126,7 @@ class Cluster:
 
     async def _clone(self, name: str) -> None:
         repo = self.store.current_repository(name)
-        if repo is None:
+        if repo is None or self.projects.cloning(name):  # under way here already
             return
         if (self.projects.root / name / ".git").exists():
             if self.projects.cloned_for(name) in (None, repo.id) or self.jobs.running_for(name):

@@ -271,6 +271,10 @@ class Projects:
                 await asyncio.to_thread(shutil.rmtree, staging, True)
         return Project(name, self.root / name)
 
+    def cloning(self, name: str) -> bool:
+        """True while this instance clones ``name`` (added here, or on demand)."""
+        return name in self._cloning
+
     def cloned_for(self, name: str) -> int | None:
         """The store repository id this workdir's clone of ``name`` was made for (None: not
         recorded, or no clone)."""
