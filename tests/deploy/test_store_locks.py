@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pploy.deploy.errors import BadRequest, Conflict, Forbidden
 from pploy.deploy.locks import Locks, describe_left
-from pploy.deploy.store import SCHEMA_VERSION, Lock, Store
+from pploy.deploy.storage import Storage
+from pploy.deploy.store import SCHEMA_VERSION, JobAlreadyRunning, Lock, Store
+from pploy.deploy.store_pg import PgStore
+from tests.postgres import pg_database, pg_server  # noqa: F401
 
 T0 = 1_800_000_000.0
 
@@ -33,9 +39,14 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "pploy.db"
 
 
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    s = Store(db_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Storage]:
+    """The same suite against each engine (storage.Storage): SQLite in a file, PostgreSQL on
+    a real server (one per session, a database per test)."""
+    if request.param == "sqlite":
+        s: Storage = Store(db_path)
+    else:
+        s = PgStore(request.getfixturevalue("pg_database"))
     yield s
     s.close()
 
@@ -88,7 +99,7 @@ def test_an_expired_lock_disappears_on_read(locks: Locks, store: Store, clock: C
     clock.advance(1)
     assert locks.get("app") is None
     # ...and it is gone from the file, not just hidden.
-    assert store.db.execute("SELECT COUNT(*) FROM locks").fetchone()[0] == 0
+    assert store.get_lock("app", now=T0) is None  # even read as of before it expired
 
 
 def test_someone_elses_lock_is_a_conflict_naming_holder_and_time_left(
@@ -237,7 +248,8 @@ def test_two_stores_on_one_file_see_each_others_writes(db_path: Path, clock: Clo
         b.close()
 
 
-def test_the_file_is_a_real_sqlite_database_in_wal_mode(store: Store, db_path: Path) -> None:
+def test_the_file_is_a_real_sqlite_database_in_wal_mode(db_path: Path) -> None:
+    store = Store(db_path)
     store.put_lock(Lock("app", "alice", T0, T0 + 10))
     other = sqlite3.connect(db_path)
     try:
@@ -245,6 +257,7 @@ def test_the_file_is_a_real_sqlite_database_in_wal_mode(store: Store, db_path: P
         assert other.execute("SELECT project, user FROM locks").fetchall() == [("app", "alice")]
     finally:
         other.close()
+        store.close()
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -281,26 +294,27 @@ def test_update_job_refuses_unknown_fields(store: Store) -> None:
 
 
 def test_kind_is_checked_by_the_database(store: Store) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.create_job(project="app", kind="rm -rf", user="alice")
 
 
 def test_listing_jobs(store: Store) -> None:
-    ids = [
-        store.create_job(project=p, kind="deploy", user="u", env="staging").id
-        for p in ["app", "web", "app", "app"]
-    ]
+    ids = []
+    for p in ["app", "web", "app", "app"]:
+        ids.append(store.create_job(project=p, kind="deploy", user="u", env="staging").id)
+        if p == "app" and len(ids) < 4:
+            finish(store, ids[-1], "succeeded", T0)
     assert [j.id for j in store.list_jobs()] == ids[::-1]
     assert [j.id for j in store.list_jobs("app")] == [ids[3], ids[2], ids[0]]
     assert [j.id for j in store.list_jobs("app", limit=2)] == [ids[3], ids[2]]
-    finish(store, ids[0], "succeeded", T0)
-    assert [j.id for j in store.running_jobs()] == ids[1:]
+    assert [j.id for j in store.running_jobs()] == [ids[1], ids[3]]
     assert store.last_job("app").id == ids[3]
     assert store.last_job("nope") is None
 
 
 def test_last_job_of_a_kind(store: Store) -> None:
     c = store.create_job(project="app", kind="checkout", user="u", ref="main")
+    finish(store, c.id, "succeeded", T0)
     d = store.create_job(project="app", kind="deploy", user="u", env="staging")
     assert store.last_job("app", "checkout").id == c.id
     assert store.last_job("app", "deploy").id == d.id
@@ -317,12 +331,12 @@ def test_last_successful_deploys_per_env(store: Store) -> None:
     s1 = deploy("staging", "succeeded")
     s2 = deploy("staging", "succeeded")
     deploy("staging", "failed")
-    deploy("staging", "running")
     p1 = deploy("production", "succeeded")
     deploy("production", "cancelled")
     deploy("qa", "failed")
     deploy("staging", "succeeded", project="web")
     deploy("staging", "succeeded", kind="checkout")
+    deploy("staging", "running")
 
     best = store.last_successful_deploys("app")
     assert set(best) == {"staging", "production"}
@@ -345,14 +359,14 @@ def test_job_ids_beyond_retention(store: Store) -> None:
 
 
 def test_running_jobs_are_never_beyond_retention(store: Store) -> None:
-    old = store.create_job(project="app", kind="deploy", user="u", env="staging")  # still running
     newer = []
     for _ in range(3):
         job = store.create_job(project="app", kind="deploy", user="u", env="staging")
         finish(store, job.id, "failed", T0)
         newer.append(job.id)
-    assert store.job_ids_beyond("app", 2) == [newer[0]]
-    assert old.id not in store.job_ids_beyond("app", 0)
+    running = store.create_job(project="app", kind="deploy", user="u", env="staging")
+    assert store.job_ids_beyond("app", 3) == [newer[0]]
+    assert running.id not in store.job_ids_beyond("app", 0)
 
 
 def test_jobs_survive_a_restart(db_path: Path) -> None:
@@ -367,7 +381,7 @@ def test_jobs_survive_a_restart(db_path: Path) -> None:
         assert [j.id for j in second.running_jobs()] == [running.id]
         assert second.last_successful_deploys("app")["production"].id == job.id
         # Ids keep counting up after a restart (AUTOINCREMENT), so logs are never reused.
-        assert second.create_job(project="app", kind="deploy", user="u").id > running.id
+        assert second.create_job(project="web", kind="deploy", user="u").id > running.id
     finally:
         second.close()
 
@@ -386,10 +400,14 @@ def test_removing_a_project_keeps_its_jobs_and_frees_its_lock(store: Store, cloc
     assert locks.get("app") is None and locks.get("web").user == "bob"
     assert store.get_job(old.id) == old and [j.id for j in store.list_jobs("app")] == [old.id]
     assert store.current_repository("app") is None
+    assert [r.project for r in store.current_repositories()] == []
     removed = store.get_repository(first.id)
     assert removed.removed_by == "alice" and removed.removed_at is not None
 
+    finish(store, old.id, "cancelled", T0)
+    old = store.get_job(old.id)
     second = store.add_repository("app", "https://evil.example/app.git")
+    assert [r.id for r in store.current_repositories()] == [second.id]
     new = store.create_job(project="app", kind="deploy", user="bob", env="staging")
     assert new.repository == second.id != first.id and new.url == "https://evil.example/app.git"
     assert store.get_job(old.id).url == "https://git.example.com/team/app.git"
@@ -434,6 +452,11 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
         "'succeeded', 12)"
     )
     old.execute("INSERT INTO locks VALUES ('app', 'alice', 1.0, 9e9)")
+    for _ in range(2):  # a crash's leftovers: two "running" on one project (ids 2, 3)
+        old.execute(
+            "INSERT INTO jobs (project, kind, user, started_at, status) "
+            "VALUES ('web', 'deploy', 'bob', 1.0, 'running')"
+        )
     old.commit()
     old.close()
 
@@ -448,16 +471,82 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
             None,
         )
         assert store.get_lock("app").user == "alice"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        # Version 3 allows one running job per project: the older leftover is interrupted.
+        assert [store.get_job(i).status for i in (2, 3)] == ["interrupted", "running"]
         repository = store.adopt_repository("app", "/srv/git/app.git")
         assert store.get_job(1).repository == repository.id
         assert store.get_job(1).url == "/srv/git/app.git"
-        assert store.create_job(project="app", kind="checkout", user="bob").id == 2
+        assert store.create_job(project="app", kind="checkout", user="bob").id == 4
+        with pytest.raises(JobAlreadyRunning):
+            store.create_job(project="web", kind="checkout", user="bob")
     finally:
         store.close()
     Store(path).close()  # opening a migrated database again changes nothing
     again = sqlite3.connect(path)
-    assert [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-3:] == [
-        "repository", "url", "token"
-    ]
+    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-5:]
+    assert columns == ["repository", "url", "token", "instance", "heartbeat_at"]
     again.close()
+
+
+# -- several pploys on one database -------------------------------------------------------------
+
+
+def another(store: Storage, db_path: Path) -> Storage:
+    """A second connection to ``store``'s database, as another pploy instance has."""
+    return Store(db_path) if isinstance(store, Store) else PgStore(store.url)
+
+
+def test_racing_gains_from_many_connections_have_one_winner(store: Storage, db_path: Path) -> None:
+    """Each user gains from a connection of their own, all at once: one lock, one winner
+    (a read-then-write would let several read "free" and all write)."""
+    stores = [another(store, db_path) for _ in range(12)]
+    barrier = threading.Barrier(len(stores))
+
+    def gain(index: int) -> Lock | None:
+        barrier.wait()
+        return stores[index].gain_lock("app", f"user{index}", T0, 600)
+
+    try:
+        for attempt in range(5):
+            project_results = []
+            with ThreadPoolExecutor(len(stores)) as pool:
+                project_results = list(pool.map(gain, range(len(stores))))
+            winners = [lock for lock in project_results if lock is not None]
+            assert len(winners) == 1, (attempt, winners)
+            assert store.get_lock("app", T0).user == winners[0].user
+            store.delete_lock("app")
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_one_running_job_per_project_across_connections(store: Storage, db_path: Path) -> None:
+    other = another(store, db_path)
+    try:
+        job = store.create_job(project="app", kind="deploy", user="alice", env="staging")
+        with pytest.raises(JobAlreadyRunning, match="already running on app"):
+            other.create_job(project="app", kind="checkout", user="bob", ref="main")
+        assert other.create_job(project="web", kind="deploy", user="bob").running
+        finish(store, job.id, "succeeded", T0)
+        assert other.create_job(project="app", kind="checkout", user="bob").running
+    finally:
+        other.close()
+
+
+def test_lock_changes_need_the_holder_in_the_statement_itself(store: Storage) -> None:
+    """extend, release and keep act only on the named user's unexpired lock."""
+    assert store.gain_lock("app", "alice", T0, 600).expires_at == T0 + 600
+    assert store.gain_lock("app", "bob", T0 + 1, 600) is None
+    assert store.extend_lock("app", "bob", T0 + 1, 60) is None
+    assert store.release_lock("app", "bob", T0 + 1) is False
+    store.keep_lock_until("app", "bob", T0 + 1, T0 + 9999)
+    assert store.get_lock("app", T0 + 1).expires_at == T0 + 600
+    store.keep_lock_until("app", "alice", T0 + 1, T0 + 900)
+    assert store.extend_lock("app", "alice", T0 + 2, 60).expires_at == T0 + 960
+    assert store.gain_lock("app", "alice", T0 + 3, 600).expires_at == T0 + 960  # never shorter
+    assert store.extend_lock("app", "alice", T0 + 961, 60) is None  # expired
+    regained = store.gain_lock("app", "bob", T0 + 961, 600)
+    assert (regained.user, regained.gained_at) == ("bob", T0 + 961)
+    assert store.release_lock("app", "bob", T0 + 962) is True
+    assert store.get_lock("app", T0 + 962) is None

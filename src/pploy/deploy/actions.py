@@ -15,11 +15,9 @@ async def remove_project(svc: Services, name: str, user: str, caller: Caller | N
     project = svc.projects.get(name)
     svc.permissions.manage_projects(caller or Caller(user), f"remove {project.name}").require()
     svc.locks.require_holder(project.name, user)
-    running = svc.jobs.running_for(name)
+    running = svc.jobs.running_record(name)
     if running:
-        raise BadRequest(
-            f"job #{running.record.id} is running on {name}; cancel it or wait", status=409
-        )
+        raise BadRequest(f"job #{running.id} is running on {name}; cancel it or wait", status=409)
     await svc.projects.remove(project.name, user)
 
 

@@ -29,6 +29,8 @@ async def on_startup(app: web.Application) -> None:
         svc.expiry.watch_existing([project.name for project in svc.projects.list()])
     if svc.directory is not None:  # a directory that is down is logged, never fatal
         await svc.directory.start()
+    if svc.cluster is not None:
+        await svc.cluster.start()
     log.event(
         "pploy.start", workdir=str(svc.config.workdir), mode=svc.auth.mode,
         interrupted=len(interrupted),
@@ -48,6 +50,8 @@ async def on_cleanup(app: web.Application) -> None:
     if svc.directory is not None:
         await svc.directory.close()
     await svc.auth.close()
+    if svc.cluster is not None:
+        await svc.cluster.stop()
     svc.store.close()
     svc.jobs.close()
 

@@ -283,6 +283,18 @@ class Config(_Strict):
     @classmethod
     def _prefix(cls, value: str) -> str:
         return url_prefix.normalise(value, "")  # pydantic names the key
+    database: str | None = Field(
+        None,
+        description="A postgresql:// URL: keep projects, locks, jobs and logs there, shared "
+        "with other pploy instances (docs/scaling.md); unset: SQLite in <workdir>/pploy.db.",
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
+        return value or None
 
     @field_validator("workdir")
     @classmethod
@@ -316,6 +328,7 @@ ENV_KEYS = {
     "PPLOY_PREFIX": "prefix",
     "PPLOY_PIDFILE": "pidfile",
     "PPLOY_METRICS_ADDRESS": "metrics_address",
+    "PPLOY_DATABASE": "database",
 }
 
 

@@ -48,6 +48,9 @@ class LogBuffer:
         self, path: Path, *, max_bytes: int = 1 << 30, memory_bytes: int = 1 << 20
     ) -> None:
         self.path = path
+        # Called with (offset, bytes) after each write: with a shared database, this ships the
+        # log to the other instances (see sharedlog.SharedLogs.shipper).
+        self.on_write: Callable[[int, bytes], None] | None = None
         self.max_bytes = max_bytes
         self.memory_bytes = memory_bytes
         self.size = 0
@@ -95,6 +98,7 @@ class LogBuffer:
         self._write(line[: max(self.max_bytes - self.size, 0)])
 
     def _write(self, data: bytes) -> None:
+        start = self.size
         view = memoryview(data)
         while view:
             try:
@@ -105,6 +109,8 @@ class LogBuffer:
             view = view[written:]
         if data:
             self._last_byte = data[-1:]
+            if self.on_write is not None:
+                self.on_write(start, bytes(data))
             self._wake()
 
     def _keep(self, data: memoryview) -> None:

@@ -11,11 +11,12 @@ import asyncio
 import hashlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pploy import log
 from pploy.deploy import git, names
@@ -26,9 +27,13 @@ from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.latestlog import point_latest
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
-from pploy.deploy.store import JobRecord, Store, StoreUnavailable
+from pploy.deploy.storage import Storage
+from pploy.deploy.store import JobAlreadyRunning, JobRecord, StoreUnavailable
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
 from pploy.deploy.workdir import hold_workdir
+
+if TYPE_CHECKING:  # psycopg is imported only with a shared database
+    from pploy.deploy.sharedlog import SharedLogs
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
 LOCK_KEEP_MARGIN = 120.0
@@ -66,7 +71,7 @@ class Jobs:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: Storage,
         projects: Projects,
         locks: Locks,
         on_finish: Callable[[JobRecord], None] | None = None,
@@ -88,6 +93,11 @@ class Jobs:
         self.accepting = True
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
+        # This pploy among those sharing a database: the same after a restart (its workdir),
+        # so that it recovers its own jobs and no other's.
+        self.instance = f"{socket.gethostname()}-{self._tag_prefix}"
+        # With a shared database: logs shipped to and followed from other instances.
+        self.shared_logs: SharedLogs | None = None
         # Where every process of a job ends up, so that cancel, timeout and recovery end all.
         try:
             self.containment = create_containment(config.workdir, config.job.containment)
@@ -106,6 +116,16 @@ class Jobs:
                 return job
         return None
 
+    def running_record(self, project: str) -> JobRecord | None:
+        """The project's running job, here or (with a shared database) on another instance."""
+        job = self.running_for(project)
+        if job is not None:
+            return job.record
+        if self.shared_logs is None:
+            return None
+        last = self.store.last_job(project)
+        return last if last is not None and last.running else None
+
     def get(self, job_id: int) -> JobRecord:
         record = self.store.get_job(job_id)
         if record is None:
@@ -119,6 +139,15 @@ class Jobs:
     def live_buffer(self, job_id: int) -> LogBuffer | None:
         job = self.running.get(job_id)
         return job.buffer if job else None
+
+    def remote_log(self, record: JobRecord) -> LogBuffer | None:
+        """With a shared database, the log of a job another instance runs (or ran: its file
+        is there, not here), read from the database; None otherwise."""
+        if self.shared_logs is None or record.id in self.running:
+            return None
+        if not record.running and self.log_path(record).exists():
+            return None
+        return self.shared_logs.open(record)
 
     @staticmethod
     def final_status(record: JobRecord) -> dict[str, Any]:
@@ -161,12 +190,25 @@ class Jobs:
             raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
         sha = await git.head_sha(str(project.path))
         self._check_can_start(project, user)  # again: the await above let others in
-        record = self.store.create_job(
-            project=project.name, kind="deploy", env=env, user=user, sha=sha,
-            ref=None, token=token,
-        )  # fmt: skip
+        steps: list[tuple[list[str], dict, str]] = []
+        wanted = self._checked_out_elsewhere(project.name, sha)
+        if wanted:  # another instance's checkout: this clone follows it first
+            sha = wanted
+            steps += [
+                (argv, {}, "$ " + " ".join(argv))
+                for argv in (
+                    ["git", "fetch", "--prune", "--tags", "--force", "origin"],
+                    ["git", "checkout", "-f", "--detach", wanted],
+                )
+            ]
+        record = self._create_job(
+            project=project.name, kind="deploy", env=env, user=user, sha=sha, ref=None,
+            token=token,
+        )
         env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
-        steps = [([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")]
+        steps.append(
+            ([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")
+        )
         self._launch(record, project, steps)
         return record
 
@@ -181,11 +223,36 @@ class Jobs:
         problem = project.checkout_problem()
         if problem:
             raise BadRequest(problem)
-        record = self.store.create_job(
+        record = self._create_job(
             project=project.name, kind="checkout", ref=ref, user=user, token=token
         )
         self._launch(record, project, None)
         return record
+
+    def _create_job(self, **fields: Any) -> JobRecord:
+        """The job's record, by this instance. The database allows one running job per
+        project; when the one it still holds has in fact ended here (an end the database
+        refused, kept in memory), that end is written first: the answer is then the real
+        cause (503, a full disk) rather than a conflict with a finished job."""
+        try:
+            return self.store.create_job(**fields, instance=self.instance)
+        except JobAlreadyRunning:
+            if not self._unsaved:
+                raise
+        for job_id, saved in list(self._unsaved.items()):
+            self.store.update_job(job_id, **saved)  # StoreUnavailable: still full
+            del self._unsaved[job_id]
+        return self.store.create_job(**fields, instance=self.instance)
+
+    def _checked_out_elsewhere(self, project: str, head: str | None) -> str | None:
+        """With a shared database, the commit the project's last checkout (on any instance)
+        left, when this clone's HEAD is another; None otherwise."""
+        if self.shared_logs is None:
+            return None
+        checkout = self.store.last_job(project, "checkout")
+        if checkout and checkout.status == "succeeded" and checkout.sha and checkout.sha != head:
+            return checkout.sha
+        return None
 
     def _launch(
         self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
@@ -193,6 +260,8 @@ class Jobs:
         buffer = LogBuffer(self.log_path(record), max_bytes=self.config.job.max_log_bytes)
         if record.kind == "deploy":
             point_latest(self.log_path(record), record.project)  # go-pploy's logs/<p>.log
+        if self.shared_logs is not None:
+            buffer.on_write = self.shared_logs.shipper(record.id)
         job = RunningJob(record, buffer)
         self.running[record.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
@@ -471,15 +540,37 @@ class Jobs:
         """Cancel a running job; only the project's lock holder may."""
         record = self.get(job_id)
         job = self.running.get(job_id)
+        if job is None and record.running and self.shared_logs is not None:
+            # Run by another instance: it cancels it when told (cluster.Cluster listens).
+            self.locks.require_holder(record.project, user)
+            self.shared_logs.request_cancel(job_id, user)
+            return record
         if job is None:
             raise Conflict(f"job #{job_id} is not running (it is {record.status})")
         self.locks.require_holder(record.project, user)
+        self.cancel_running(job, user)
+        return record
+
+    def cancel_running(self, job: RunningJob, user: str) -> None:
+        """Stop a job this instance runs, recording who cancelled it."""
+        job_id = job.record.id
         if not job.cancelled_by:
             job.cancelled_by = user
             self._say(job, f"[pploy] cancelled by {user}")
             log.event("job.cancel", job=job_id, user=user)
         self._stop(job)
-        return record
+
+    def abandon(self, job_id: int, reason: str) -> None:
+        """Stop a job this instance can no longer vouch for (cluster.Cluster: the shared
+        database holds it as interrupted, or cannot be reached): its project may already have
+        a newer job elsewhere."""
+        job = self.running.get(job_id)
+        if job is None or job.cancelled_by:
+            return
+        job.cancelled_by = "pploy (cut off from the database)"
+        self._say(job, f"[pploy] stopped: {reason}")
+        log.event("job.abandoned", level="error", job=job_id, reason=reason)
+        self._stop(job)
 
     def _time_out(self, job: RunningJob) -> None:
         job.timed_out = True
@@ -502,8 +593,13 @@ class Jobs:
         """Mark jobs a crash left ``running`` as interrupted, keeping their logs, and kill
         every process they still have (their cgroups, tracked pids and tags)."""
         ids = []
-        records = self.store.running_jobs()
-        left = self.containment.recover([record.id for record in records])
+        records = self.store.running_jobs(self.instance)
+        swept: list[int] = []
+        if self.shared_logs is not None:  # declared interrupted by others while this was away
+            swept = self.shared_logs.store.swept_jobs(self.instance)
+        left = self.containment.recover([record.id for record in records] + swept)
+        for job_id in swept:
+            left += kill_tagged(self.job_tag(job_id))
         if left:
             log.event("job.orphans_killed", level="warning", jobs=len(records), count=left)
         for record in records:
@@ -520,6 +616,13 @@ class Jobs:
                     log.event("job.log_write_failed", level="error", job=record.id,
                               error=exc.strerror)  # fmt: skip
                 size = path.stat().st_size
+            if self.shared_logs is not None:
+                try:
+                    size = self.shared_logs.append_note(
+                        record.id, _note("[pploy] interrupted: pploy stopped while this job ran")
+                    )
+                except StoreUnavailable:
+                    pass
             killed = kill_tagged(self.job_tag(record.id))
             if killed:
                 log.event("job.orphans_killed", level="warning", job=record.id, count=killed)
@@ -559,7 +662,10 @@ class Jobs:
         self.workdir_lock.release()
 
     def _prune_logs(self, project: str) -> None:
-        for job_id in self.store.job_ids_beyond(project, self.config.job.keep_logs):
+        ids = self.store.job_ids_beyond(project, self.config.job.keep_logs)
+        if self.shared_logs is not None:
+            self.shared_logs.prune(ids)
+        for job_id in ids:
             path = self.projects.log_dir(project) / f"{job_id}.log"
             try:
                 path.unlink()

@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 
 from pploy.deploy.errors import BadRequest, Conflict, Forbidden
-from pploy.deploy.store import Lock, Store
+from pploy.deploy.storage import Storage
+from pploy.deploy.store import Lock
 
 OPERATIONS = ("gain", "extend", "release")
 
@@ -17,11 +18,14 @@ def describe_left(seconds: float) -> str:
 
 
 class Locks:
-    """Gain, extend and release, with expiry checked on every read (see Store.get_lock)."""
+    """Gain, extend and release, with expiry checked on every read (see Store.get_lock).
+
+    Each change is one conditional statement in the store (gain_lock, extend_lock, ...): with
+    several pploys on one database, a read followed by a write could let two users both win."""
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         *,
         gain_minutes: float = 20,
         extend_minutes: float = 10,
@@ -49,29 +53,34 @@ class Locks:
 
     def gain(self, project: str, user: str) -> Lock:
         """Take the lock; fails if someone else holds it. The holder gaining again renews it."""
-        now = self.clock()
-        current = self.store.get_lock(project, now)
-        if current and current.user != user:
-            raise Conflict(
-                f"{project} is locked by {current.user} for another "
-                f"{describe_left(current.seconds_left(now))}"
-            )
-        expires_at = max(now + self.gain_seconds, current.expires_at if current else 0.0)
-        lock = Lock(project, user, current.gained_at if current else now, expires_at)
-        self.store.put_lock(lock)
-        self._changed("lock.gained", lock)
-        return lock
+        for _ in range(3):  # the holder may release between the two statements: try again
+            now = self.clock()
+            lock = self.store.gain_lock(project, user, now, self.gain_seconds)
+            if lock is not None:
+                self._changed("lock.gained", lock)
+                return lock
+            current = self.store.get_lock(project, now)
+            if current is not None:
+                raise Conflict(
+                    f"{project} is locked by {current.user} for another "
+                    f"{describe_left(current.seconds_left(now))}"
+                )
+        raise Conflict(f"{project}'s lock is changing hands; try again")
 
     def extend(self, project: str, user: str) -> Lock:
-        current = self.require_holder(project, user)
-        lock = Lock(project, user, current.gained_at, current.expires_at + self.extend_seconds)
-        self.store.put_lock(lock)
+        self.require_holder(project, user)
+        lock = self.store.extend_lock(project, user, self.clock(), self.extend_seconds)
+        if lock is None:  # it expired or changed hands since: say how it is now
+            self.require_holder(project, user)
+            raise Conflict(f"you must hold the lock on {project} first")
         self._changed("lock.extended", lock)
         return lock
 
     def release(self, project: str, user: str) -> None:
         current = self.require_holder(project, user)
-        self.store.delete_lock(project)
+        if not self.store.release_lock(project, user, self.clock()):
+            self.require_holder(project, user)
+            raise Conflict(f"you must hold the lock on {project} first")
         self._changed("lock.released", current)
 
     def require_holder(self, project: str, user: str) -> Lock:
@@ -89,9 +98,7 @@ class Locks:
 
     def keep_until(self, project: str, user: str, until: float) -> None:
         """Make sure the holder's lock lasts at least until ``until`` (a job is running)."""
-        current = self.store.get_lock(project, self.clock())
-        if current and current.user == user and current.expires_at < until:
-            self.store.put_lock(Lock(project, user, current.gained_at, until))
+        self.store.keep_lock_until(project, user, self.clock(), until)
 
     def _changed(self, event: str, lock: Lock) -> None:
         if self.on_change:

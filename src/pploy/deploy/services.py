@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 from aiohttp import web
@@ -22,8 +23,12 @@ from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
 from pploy.deploy.permissions import Permissions
 from pploy.deploy.projects import Projects
-from pploy.deploy.store import JobRecord, Lock, Store
+from pploy.deploy.storage import Storage, open_store
+from pploy.deploy.store import JobRecord, Lock
 from pploy.deploy.tokens import Tokens
+
+if TYPE_CHECKING:  # psycopg is imported only with a shared database
+    from pploy.deploy.cluster import Cluster
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -31,7 +36,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 @dataclass
 class Services:
     config: Config
-    store: Store
+    store: Storage
     projects: Projects
     locks: Locks
     jobs: Jobs
@@ -40,6 +45,7 @@ class Services:
     templates: jinja2.Environment
     directory: Directory | None = None  # config `ldap`: its people and their groups
     expiry: ExpiryWatch | None = None  # notices locks running out (lock.expired)
+    cluster: Cluster | None = None  # with a shared database (docs/scaling.md)
     permissions: Permissions = field(init=False)
     tokens: Tokens = field(init=False)
 
@@ -71,7 +77,7 @@ def build_services(config: Config) -> Services:
     """Every service for ``config``, wired to each other (its workdir is created if missing)."""
     workdir = config.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    store = Store(workdir / "pploy.db")
+    store = open_store(config.database, workdir)
     projects = Projects(workdir, git_config=config.git, store=store)
     notifier = Notifier(config.webhooks)
 
@@ -125,6 +131,14 @@ def build_services(config: Config) -> Services:
     svc = Services(
         config, store, projects, locks, jobs, notifier, auth, build_templates(), directory, expiry
     )
+    if store.shared:
+        from pploy.deploy.cluster import Cluster
+        from pploy.deploy.sharedlog import SharedLogs
+        from pploy.deploy.store_pg import PgStore
+
+        assert isinstance(store, PgStore)
+        jobs.shared_logs = SharedLogs(store, jobs.final_status)
+        svc.cluster = Cluster(store, jobs, projects, jobs.shared_logs)
     return svc
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pploy.deploy.errors import Unavailable
+from pploy.deploy.errors import Conflict, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     log_bytes    INTEGER NOT NULL DEFAULT 0,
     repository   INTEGER,
     url          TEXT,
-    token        TEXT
+    token        TEXT,
+    instance     TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE TABLE IF NOT EXISTS repositories (
@@ -64,11 +66,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at   REAL
 );
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user, id);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (project) WHERE status = 'running';
 """
 
 # PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = with them,
-# 2 = API tokens (the tokens table, jobs.token).
-SCHEMA_VERSION = 2
+# 2 = API tokens (the tokens table, jobs.token), 3 = jobs.instance and heartbeat_at, and at
+# most one running job per project (an index).
+SCHEMA_VERSION = 3
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
 
@@ -82,6 +86,13 @@ STORAGE_FAILURES = {
 
 class StoreUnavailable(Unavailable):
     """pploy's database cannot be written (or read) now; retrying later may work."""
+
+
+class JobAlreadyRunning(Conflict):
+    """The database already holds a running job for the project (perhaps another pploy's)."""
+
+    def __init__(self, project: str) -> None:
+        super().__init__(f"a job is already running on {project}")
 
 
 class _GuardedConnection(sqlite3.Connection):
@@ -146,6 +157,8 @@ class JobRecord:
     repository: int | None = None  # the repositories row it ran from (None: before version 1)
     url: str | None = None  # that repository's URL, without any password
     token: str | None = None  # the name of the API token that started it (None: a session)
+    instance: str | None = None  # the pploy instance that runs (ran) it
+    heartbeat_at: float | None = None  # when that instance last said it still runs it
 
     @property
     def running(self) -> bool:
@@ -194,6 +207,8 @@ class ApiToken:
 class Store:
     """Locks and jobs in one SQLite file."""
 
+    shared = False  # one pploy per file (the workdir lock): nothing travels through it
+
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self.db = sqlite3.connect(
@@ -220,6 +235,14 @@ class Store:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN url TEXT")
             if version < 2 and columns and "token" not in columns:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN token TEXT")
+            if version < 3 and columns and "instance" not in columns:
+                self.db.execute("ALTER TABLE jobs ADD COLUMN instance TEXT")
+                self.db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
+                # Only the newest running job of a project can stay running (the new index).
+                self.db.execute(
+                    "UPDATE jobs SET status = 'interrupted' WHERE status = 'running' AND id NOT IN"
+                    " (SELECT MAX(id) FROM jobs WHERE status = 'running' GROUP BY project)"
+                )
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -264,6 +287,14 @@ class Store:
         ).fetchone()
         return Repository(**dict(row)) if row else None
 
+    def current_repositories(self) -> list[Repository]:
+        """Every project's current repository (what a workdir should have cloned)."""
+        rows = self.db.execute(
+            "SELECT * FROM repositories WHERE id IN (SELECT MAX(id) FROM repositories "
+            "WHERE removed_at IS NULL GROUP BY project) ORDER BY project"
+        )
+        return [Repository(**dict(row)) for row in rows]
+
     def remove_project(self, project: str, user: str) -> None:
         """The project's clone is gone: its repository is marked removed (by whom, when) and its
         lock released. Its job records stay: they are the audit trail."""
@@ -304,6 +335,47 @@ class Store:
     def delete_lock(self, project: str) -> None:
         self.db.execute("DELETE FROM locks WHERE project = ?", (project,))
 
+    # Each of these is one statement that checks and writes together, so two pploys sharing a
+    # database can never both win (see storage.Storage).
+
+    def gain_lock(self, project: str, user: str, now: float, seconds: float) -> Lock | None:
+        """The lock for ``user`` (new, or theirs renewed, never shortened); None when someone
+        else holds it."""
+        row = self.db.execute(
+            "INSERT INTO locks (project, user, gained_at, expires_at) VALUES (?1, ?2, ?3, ?4) "
+            "ON CONFLICT (project) DO UPDATE SET user = excluded.user, "
+            "gained_at = CASE WHEN locks.expires_at > ?3 THEN locks.gained_at ELSE ?3 END, "
+            "expires_at = CASE WHEN locks.expires_at > ?3 THEN MAX(locks.expires_at, ?4) "
+            "ELSE ?4 END WHERE locks.user = excluded.user OR locks.expires_at <= ?3 RETURNING *",
+            (project, user, now, now + seconds),
+        ).fetchone()
+        return Lock(**dict(row)) if row else None
+
+    def extend_lock(self, project: str, user: str, now: float, seconds: float) -> Lock | None:
+        """``user``'s unexpired lock made ``seconds`` longer; None when they hold none."""
+        row = self.db.execute(
+            "UPDATE locks SET expires_at = expires_at + ? WHERE project = ? AND user = ? "
+            "AND expires_at > ? RETURNING *",
+            (seconds, project, user, now),
+        ).fetchone()
+        return Lock(**dict(row)) if row else None
+
+    def release_lock(self, project: str, user: str, now: float) -> bool:
+        """Delete ``user``'s unexpired lock; False when they hold none."""
+        cur = self.db.execute(
+            "DELETE FROM locks WHERE project = ? AND user = ? AND expires_at > ?",
+            (project, user, now),
+        )
+        return cur.rowcount > 0
+
+    def keep_lock_until(self, project: str, user: str, now: float, until: float) -> None:
+        """``user``'s unexpired lock lasts at least until ``until`` (a job of theirs runs)."""
+        self.db.execute(
+            "UPDATE locks SET expires_at = ? WHERE project = ? AND user = ? AND expires_at > ? "
+            "AND expires_at < ?",
+            (until, project, user, now, until),
+        )
+
     # -- jobs ----------------------------------------------------------------
 
     def create_job(
@@ -317,16 +389,26 @@ class Store:
         sha: str | None = None,
         started_at: float | None = None,
         token: str | None = None,
+        instance: str | None = None,
     ) -> JobRecord:
+        """A new running job; JobAlreadyRunning when the project has one (the index says)."""
         current = self.current_repository(project)
-        cur = self.db.execute(
-            "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
-            "repository, url, token) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-            (
-                project, kind, env, ref, sha, user, started_at or time.time(),
-                current.id if current else None, current.url if current else None, token,
-            ),
-        )  # fmt: skip
+        started = started_at or time.time()
+        try:
+            cur = self.db.execute(
+                "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
+                "repository, url, token, instance, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    project, kind, env, ref, sha, user, started,
+                    current.id if current else None, current.url if current else None,
+                    token, instance, started,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError as exc:
+            if "jobs.project" in str(exc):
+                raise JobAlreadyRunning(project) from exc
+            raise
         job = self.get_job(int(cur.lastrowid or 0))
         assert job is not None
         return job
@@ -357,7 +439,8 @@ class Store:
             )
         return [JobRecord(**dict(row)) for row in rows]
 
-    def running_jobs(self) -> list[JobRecord]:
+    def running_jobs(self, instance: str | None = None) -> list[JobRecord]:
+        """Jobs recorded as running (by ``instance``, or by anyone: one pploy per file)."""
         rows = self.db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
         return [JobRecord(**dict(row)) for row in rows]
 

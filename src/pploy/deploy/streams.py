@@ -37,7 +37,7 @@ def parse_offset(value: str | None) -> int:
 def job_log(svc: Services, record: JobRecord, offset: int, heartbeat: float | None = None):
     """Follow a job's log from ``offset`` whether it is running or finished."""
     path = svc.jobs.log_path(record)
-    buffer = svc.jobs.live_buffer(record.id)
+    buffer = svc.jobs.live_buffer(record.id) or svc.jobs.remote_log(record)
     if buffer is None:
         record = svc.jobs.get(record.id)  # it may have finished since it was read
         if record.running:  # a record left running by a crash that recover() has not seen
@@ -92,7 +92,9 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
     items = job_log(svc, record, offset)
     if not following:
         path = svc.jobs.log_path(record)
-        size = path.stat().st_size if path.exists() else 0
+        # A log written on another instance sharing the database is read from there.
+        remote = None if path.exists() else svc.jobs.remote_log(svc.jobs.get(record.id))
+        size = path.stat().st_size if path.exists() else remote.size if remote else 0
         response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
         response.content_type = "text/plain"
         response.charset = "utf-8"
@@ -103,7 +105,7 @@ async def raw_log(request: web.Request) -> web.StreamResponse:
             )
         await response.prepare(request)
         sent = 0
-        async for item in follow(None, path, offset):
+        async for item in follow(remote, path, offset):
             if item is not None and item.data:
                 chunk = item.data[: response.content_length - sent]
                 await response.write(chunk)
@@ -135,7 +137,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     record = svc.jobs.get(job_id(request))
     offset = parse_offset(request.headers.get("Last-Event-ID") or request.query.get("offset"))
     items = job_log(svc, record, offset, heartbeat=HEARTBEAT_SECONDS)
-    live = svc.jobs.live_buffer(record.id)
+    # Viewers of one job on this instance share its encodings (a remote job's too).
+    live = svc.jobs.live_buffer(record.id) or (
+        svc.jobs.remote_log(record) if record.running else None
+    )
     response = await start_stream(request, "text/event-stream")
     await response.write(b"retry: 2000\n\n")
     pending = b""

@@ -12,13 +12,13 @@ from pploy.deploy.services import Services
 
 def project_summary(svc: Services, project: Project) -> dict[str, Any]:
     lock = svc.locks.get(project.name)
-    running = svc.jobs.running_for(project.name)
+    running = svc.jobs.running_record(project.name)
     last = svc.store.last_job(project.name)
     last_deploy = svc.store.last_job(project.name, "deploy")
     return {
         "name": project.name,
         "lock": lock.to_json() if lock else None,
-        "running_job": running.record.to_json() if running else None,
+        "running_job": running.to_json() if running else None,
         "last_job": last.to_json() if last else None,
         "last_deploy": last_deploy.to_json() if last_deploy else None,
     }

@@ -1,0 +1,453 @@
+"""PostgreSQL persistence, shared by several pploy instances (``database: postgresql://…``).
+
+The same records and the same conditional statements as the SQLite store (see
+:mod:`pploy.deploy.storage`), on one synchronous psycopg connection in autocommit: each call
+is one statement (a lock change, a job row, a log chunk), so the event loop waits for one round
+trip to a nearby server and never for a transaction held open across an ``await``.
+
+Besides the SQLite store's tables it holds what instances share: log chunks (``log_chunks``,
+keyed by job and byte offset, announced on the ``pploy_log`` channel), job heartbeats, and
+notices of added or removed projects (``pploy_projects``).
+
+Schema changes are numbered SQL scripts in :data:`MIGRATIONS`, applied in order on start under
+an advisory lock (instances starting together take turns) and recorded in
+``schema_migrations``. A list of scripts, not Alembic: pploy has no ORM and no models to diff,
+its statements are hand-written, and a dozen lines of runner keep the dependency list short.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.rows import dict_row
+
+from pploy.deploy.errors import Conflict
+from pploy.deploy.store import JobAlreadyRunning, JobRecord, Lock, Repository, StoreUnavailable
+
+LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
+PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
+CANCEL_CHANNEL = "pploy_cancel"  # payload: "<job id> <user>" — the lock holder cancelled it
+MIGRATION_LOCK = 0x70706C6F79  # pg_advisory_xact_lock key: "pploy"
+# The message of a job another instance declared interrupted (its instance went silent).
+SILENT_MESSAGE = "the pploy instance running it stopped answering"
+
+MIGRATIONS: list[str] = [
+    # 1: what the SQLite store holds, plus job heartbeats and log chunks.
+    """
+    CREATE TABLE repositories (
+        id         BIGSERIAL PRIMARY KEY,
+        project    TEXT NOT NULL,
+        url        TEXT NOT NULL,
+        added_at   DOUBLE PRECISION NOT NULL,
+        removed_at DOUBLE PRECISION,
+        removed_by TEXT
+    );
+    CREATE INDEX repositories_project ON repositories (project, id);
+    CREATE UNIQUE INDEX repositories_current ON repositories (project) WHERE removed_at IS NULL;
+    CREATE TABLE locks (
+        project    TEXT PRIMARY KEY,
+        "user"     TEXT NOT NULL,
+        gained_at  DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE jobs (
+        id           BIGSERIAL PRIMARY KEY,
+        project      TEXT NOT NULL,
+        kind         TEXT NOT NULL CHECK (kind IN ('checkout', 'deploy')),
+        env          TEXT,
+        ref          TEXT,
+        sha          TEXT,
+        "user"       TEXT NOT NULL,
+        started_at   DOUBLE PRECISION NOT NULL,
+        ended_at     DOUBLE PRECISION,
+        exit_code    INTEGER,
+        signal       INTEGER,
+        status       TEXT NOT NULL,
+        cancelled_by TEXT,
+        message      TEXT,
+        log_bytes    BIGINT NOT NULL DEFAULT 0,
+        repository   BIGINT REFERENCES repositories (id),
+        url          TEXT,
+        instance     TEXT,
+        heartbeat_at DOUBLE PRECISION
+    );
+    CREATE INDEX jobs_project ON jobs (project, id);
+    CREATE INDEX jobs_status ON jobs (status);
+    CREATE UNIQUE INDEX jobs_one_running ON jobs (project) WHERE status = 'running';
+    CREATE FUNCTION pploy_now() RETURNS DOUBLE PRECISION LANGUAGE sql VOLATILE
+        AS 'SELECT extract(epoch FROM clock_timestamp())::double precision';
+    CREATE TABLE log_chunks (
+        job_id BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        start  BIGINT NOT NULL,
+        data   BYTEA NOT NULL,
+        PRIMARY KEY (job_id, start)
+    );
+    """,
+]
+
+# Errors that mean the server, not the statement, failed: 503, try again later.
+UNAVAILABLE = (psycopg.OperationalError, pgerrors.DiskFull, pgerrors.AdminShutdown)
+
+# Heartbeats and their checks use the database's clock (pploy_now(), seconds since the epoch):
+# one clock for every instance, whatever their own say.
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Apply the scripts of MIGRATIONS not applied yet, each in its own transaction; returns
+    the schema version reached."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+        version = int(row.fetchone()["v"])  # type: ignore[index]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute(script)  # type: ignore[arg-type]
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
+    return len(MIGRATIONS)
+
+
+class PgStore:
+    """Locks, repositories, jobs, heartbeats and log chunks in PostgreSQL."""
+
+    shared = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Any] | None = None
+        migrate(self.conn)
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection, opened again after one was lost (a server restart)."""
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(
+                    self.url, autocommit=True, row_factory=dict_row, connect_timeout=5
+                )
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"pploy's database cannot be reached: {exc}") from exc
+        return self._conn
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+        """Run one statement; a lost server or a full disk is StoreUnavailable (503)."""
+        try:
+            return self.conn.execute(sql, params)  # type: ignore[arg-type]
+        except UNAVAILABLE as exc:
+            if self._conn is not None and self._conn.broken:
+                self._conn.close()
+            raise StoreUnavailable(f"pploy's database cannot be written: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def notify(self, channel: str, payload: str) -> None:
+        self.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    # -- repositories ----------------------------------------------------------
+
+    def add_repository(self, project: str, url: str, added_at: float | None = None) -> Repository:
+        try:
+            row = self.execute(
+                "INSERT INTO repositories (project, url, added_at) VALUES (%s, %s, %s) RETURNING *",
+                (project, url, time.time() if added_at is None else added_at),
+            ).fetchone()
+        except pgerrors.UniqueViolation as exc:
+            raise Conflict(f"a project named {project!r} already exists") from exc
+        self.notify(PROJECTS_CHANNEL, project)
+        assert row is not None  # INSERT ... RETURNING
+        return Repository(**row)
+
+    def adopt_repository(self, project: str, url: str) -> Repository:
+        repository = self.add_repository(project, url, added_at=0.0)
+        self.execute(
+            "UPDATE jobs SET repository = %s, url = %s WHERE project = %s AND repository IS NULL",
+            (repository.id, url, project),
+        )
+        return repository
+
+    def get_repository(self, repository_id: int) -> Repository | None:
+        row = self.execute("SELECT * FROM repositories WHERE id = %s", (repository_id,)).fetchone()
+        return Repository(**row) if row else None
+
+    def current_repository(self, project: str) -> Repository | None:
+        row = self.execute(
+            "SELECT * FROM repositories WHERE project = %s AND removed_at IS NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (project,),
+        ).fetchone()
+        return Repository(**row) if row else None
+
+    def current_repositories(self) -> list[Repository]:
+        """Every project's current repository (what every instance should have cloned)."""
+        rows = self.execute(
+            "SELECT DISTINCT ON (project) * FROM repositories WHERE removed_at IS NULL "
+            "ORDER BY project, id DESC"
+        ).fetchall()
+        return [Repository(**row) for row in rows]
+
+    def remove_project(self, project: str, user: str) -> None:
+        self.execute(
+            "UPDATE repositories SET removed_at = %s, removed_by = %s "
+            "WHERE project = %s AND removed_at IS NULL",
+            (time.time(), user, project),
+        )
+        self.execute("DELETE FROM locks WHERE project = %s", (project,))
+        self.notify(PROJECTS_CHANNEL, project)
+
+    # -- locks ---------------------------------------------------------------
+
+    def get_lock(self, project: str, now: float | None = None) -> Lock | None:
+        now = time.time() if now is None else now
+        row = self.execute("SELECT * FROM locks WHERE project = %s", (project,)).fetchone()
+        if row is None:
+            return None
+        if row["expires_at"] <= now:
+            try:
+                self.execute(
+                    "DELETE FROM locks WHERE project = %s AND expires_at <= %s", (project, now)
+                )
+            except StoreUnavailable:
+                pass  # tidying only: the lock is expired whether or not its row is gone
+            return None
+        return Lock(**row)
+
+    def put_lock(self, lock: Lock) -> None:
+        self.execute(
+            'INSERT INTO locks (project, "user", gained_at, expires_at) VALUES (%s, %s, %s, %s) '
+            'ON CONFLICT (project) DO UPDATE SET "user" = excluded."user", '
+            "gained_at = excluded.gained_at, expires_at = excluded.expires_at",
+            (lock.project, lock.user, lock.gained_at, lock.expires_at),
+        )
+
+    def delete_lock(self, project: str) -> None:
+        self.execute("DELETE FROM locks WHERE project = %s", (project,))
+
+    def gain_lock(self, project: str, user: str, now: float, seconds: float) -> Lock | None:
+        row = self.execute(
+            'INSERT INTO locks AS l (project, "user", gained_at, expires_at) '
+            "VALUES (%(p)s, %(u)s, %(now)s, %(until)s) "
+            'ON CONFLICT (project) DO UPDATE SET "user" = excluded."user", '
+            "gained_at = CASE WHEN l.expires_at > %(now)s THEN l.gained_at ELSE %(now)s END, "
+            "expires_at = CASE WHEN l.expires_at > %(now)s THEN GREATEST(l.expires_at, %(until)s) "
+            'ELSE %(until)s END WHERE l."user" = excluded."user" OR l.expires_at <= %(now)s '
+            "RETURNING *",
+            {"p": project, "u": user, "now": now, "until": now + seconds},
+        ).fetchone()
+        return Lock(**row) if row else None
+
+    def extend_lock(self, project: str, user: str, now: float, seconds: float) -> Lock | None:
+        row = self.execute(
+            'UPDATE locks SET expires_at = expires_at + %s WHERE project = %s AND "user" = %s '
+            "AND expires_at > %s RETURNING *",
+            (seconds, project, user, now),
+        ).fetchone()
+        return Lock(**row) if row else None
+
+    def release_lock(self, project: str, user: str, now: float) -> bool:
+        cur = self.execute(
+            'DELETE FROM locks WHERE project = %s AND "user" = %s AND expires_at > %s',
+            (project, user, now),
+        )
+        return cur.rowcount > 0
+
+    def keep_lock_until(self, project: str, user: str, now: float, until: float) -> None:
+        self.execute(
+            'UPDATE locks SET expires_at = %s WHERE project = %s AND "user" = %s '
+            "AND expires_at > %s AND expires_at < %s",
+            (until, project, user, now, until),
+        )
+
+    # -- jobs ----------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        project: str,
+        kind: str,
+        user: str,
+        env: str | None = None,
+        ref: str | None = None,
+        sha: str | None = None,
+        started_at: float | None = None,
+        instance: str | None = None,
+    ) -> JobRecord:
+        current = self.current_repository(project)
+        try:
+            row = self.execute(
+                'INSERT INTO jobs (project, kind, env, ref, sha, "user", started_at, status, '
+                "repository, url, instance, heartbeat_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pploy_now()) "
+                "RETURNING *",
+                (
+                    project, kind, env, ref, sha, user, started_at or time.time(),
+                    current.id if current else None, current.url if current else None, instance,
+                ),
+            ).fetchone()  # fmt: skip
+        except pgerrors.UniqueViolation as exc:
+            raise JobAlreadyRunning(project) from exc
+        assert row is not None  # INSERT ... RETURNING
+        return JobRecord(**row)
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        allowed = {
+            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
+            "log_bytes",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        if not fields:
+            return
+        assignments = ", ".join(f"{key} = %s" for key in fields)
+        # An end is recorded once: not over an ``interrupted`` another instance declared.
+        running = " AND status = 'running'" if "status" in fields else ""
+        self.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = %s{running}",  # noqa: S608
+            (*fields.values(), job_id),
+        )
+        if "status" in fields:
+            self.notify(LOG_CHANNEL, str(job_id))  # viewers elsewhere learn the end
+
+    def get_job(self, job_id: int) -> JobRecord | None:
+        row = self.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return JobRecord(**row) if row else None
+
+    def list_jobs(self, project: str | None = None, limit: int = 50) -> list[JobRecord]:
+        if project is None:
+            rows = self.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT %s", (limit,))
+        else:
+            rows = self.execute(
+                "SELECT * FROM jobs WHERE project = %s ORDER BY id DESC LIMIT %s", (project, limit)
+            )
+        return [JobRecord(**row) for row in rows.fetchall()]
+
+    def running_jobs(self, instance: str | None = None) -> list[JobRecord]:
+        """Jobs recorded as running, by ``instance`` only when it is given."""
+        if instance is None:
+            rows = self.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
+        else:
+            rows = self.execute(
+                "SELECT * FROM jobs WHERE status = 'running' AND instance = %s ORDER BY id",
+                (instance,),
+            )
+        return [JobRecord(**row) for row in rows.fetchall()]
+
+    def last_successful_deploys(self, project: str) -> dict[str, JobRecord]:
+        rows = self.execute(
+            "SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs WHERE project = %s "
+            "AND kind = 'deploy' AND status = 'succeeded' GROUP BY env)",
+            (project,),
+        )
+        return {row["env"]: JobRecord(**row) for row in rows.fetchall()}
+
+    def last_job(self, project: str, kind: str | None = None) -> JobRecord | None:
+        if kind:
+            row = self.execute(
+                "SELECT * FROM jobs WHERE project = %s AND kind = %s ORDER BY id DESC LIMIT 1",
+                (project, kind),
+            ).fetchone()
+        else:
+            row = self.execute(
+                "SELECT * FROM jobs WHERE project = %s ORDER BY id DESC LIMIT 1", (project,)
+            ).fetchone()
+        return JobRecord(**row) if row else None
+
+    def job_ids_beyond(self, project: str, keep: int) -> list[int]:
+        rows = self.execute(
+            "SELECT id FROM jobs WHERE project = %s AND status != 'running' AND id NOT IN "
+            "(SELECT id FROM jobs WHERE project = %s ORDER BY id DESC LIMIT %s)",
+            (project, project, keep),
+        )
+        return [row["id"] for row in rows.fetchall()]
+
+    # -- what instances share ---------------------------------------------------
+
+    def heartbeat(self, instance: str, job_ids: list[int]) -> list[int]:
+        """Say ``instance`` still runs ``job_ids``; returns those still ``running`` in the
+        database (a job missing from the answer was declared interrupted by another)."""
+        if not job_ids:
+            return []
+        rows = self.execute(
+            "UPDATE jobs SET heartbeat_at = pploy_now() WHERE id = ANY(%s) AND instance = %s "
+            "AND status = 'running' RETURNING id",
+            (job_ids, instance),
+        ).fetchall()
+        return [row["id"] for row in rows]
+
+    def silent_jobs(self, seconds: float) -> list[JobRecord]:
+        """Running jobs whose instance has not heartbeat them for ``seconds`` (by the
+        database's clock, the one clock every instance shares)."""
+        rows = self.execute(
+            "SELECT * FROM jobs WHERE status = 'running' AND heartbeat_at < pploy_now() - %s "
+            "ORDER BY id",
+            (seconds,),
+        ).fetchall()
+        return [JobRecord(**row) for row in rows]
+
+    def interrupt_if_silent(
+        self, job_id: int, seconds: float, log_bytes: int, message: str
+    ) -> bool:
+        """Mark the job ``interrupted`` if it is still running and still silent (its lock and
+        log stay); False when it was not (it beat, ended, or another instance got there)."""
+        row = self.execute(
+            "UPDATE jobs SET status = 'interrupted', ended_at = pploy_now(), message = %s, "
+            "log_bytes = %s WHERE id = %s AND status = 'running' "
+            "AND heartbeat_at < pploy_now() - %s RETURNING id",
+            (message, log_bytes, job_id, seconds),
+        ).fetchone()
+        if row:
+            self.notify(LOG_CHANNEL, str(job_id))
+        return row is not None
+
+    def swept_jobs(self, instance: str, limit: int = 100) -> list[int]:
+        """The newest jobs of ``instance`` that others declared interrupted while it was
+        silent: on its return, their leftover processes may still run."""
+        rows = self.execute(
+            "SELECT id FROM jobs WHERE instance = %s AND status = 'interrupted' "
+            "AND message = %s ORDER BY id DESC LIMIT %s",
+            (instance, SILENT_MESSAGE, limit),
+        ).fetchall()
+        return [row["id"] for row in rows]
+
+    def append_log(self, job_id: int, start: int, data: bytes) -> None:
+        """Store one chunk of a job's log at byte ``start`` and announce it."""
+        self.execute(
+            "WITH c AS (INSERT INTO log_chunks (job_id, start, data) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%s, %s) FROM c",
+            (job_id, start, data, LOG_CHANNEL, str(job_id)),
+        )
+
+    def log_end(self, job_id: int) -> int:
+        """The byte offset where the job's stored log ends."""
+        row = self.execute(
+            "SELECT COALESCE(MAX(start + length(data)), 0) AS e FROM log_chunks WHERE job_id = %s",
+            (job_id,),
+        ).fetchone()
+        return int(row["e"]) if row else 0
+
+    def read_log(self, job_id: int, offset: int, limit: int) -> bytes:
+        """Up to ``limit`` stored bytes of the job's log from ``offset``."""
+        rows = self.execute(
+            "SELECT start, data FROM log_chunks WHERE job_id = %s AND start + length(data) > %s "
+            "AND start < %s ORDER BY start",
+            (job_id, offset, offset + limit),
+        ).fetchall()
+        out = bytearray()
+        for row in rows:
+            data = bytes(row["data"])
+            begin = max(0, offset + len(out) - row["start"])
+            if row["start"] > offset + len(out):
+                break  # a gap (a chunk that failed to land): stop before it
+            out += data[begin:]
+        return bytes(out[:limit])
+
+    def delete_logs(self, job_ids: list[int]) -> None:
+        if job_ids:
+            self.execute("DELETE FROM log_chunks WHERE job_id = ANY(%s)", (job_ids,))

@@ -1,0 +1,113 @@
+"""What only the PostgreSQL store has: numbered migrations, log chunks by byte offset,
+heartbeats and the sweep of silent instances' jobs — on a real server. And the setting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pploy.configfile import ConfigError
+from pploy.deploy.config import load_config
+from pploy.deploy.errors import Conflict
+from pploy.deploy.store import StoreUnavailable
+from pploy.deploy.store_pg import MIGRATIONS, SILENT_MESSAGE, PgStore
+from tests.postgres import pg_database, pg_server  # noqa: F401
+
+
+def test_the_database_setting_comes_from_the_file_or_the_environment(tmp_path) -> None:
+    assert load_config(None, environ={}).database is None  # SQLite by default
+    url = "postgresql://pploy@db.example/pploy"
+    assert load_config(None, environ={"PPLOY_DATABASE": url}).database == url
+    with pytest.raises(ConfigError, match="database"):
+        load_config(None, {"database": "mysql://db/pploy"}, environ={})
+
+
+@pytest.mark.slow
+def test_migrations_run_once_even_when_instances_start_together(pg_database: str) -> None:  # noqa: F811
+    stores: list[PgStore] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            stores.append(PgStore(pg_database))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with psycopg.connect(pg_database) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    PgStore(pg_database).close()  # and again: nothing to do
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.slow
+def test_log_chunks_are_read_by_byte_offset(pg_database: str) -> None:  # noqa: F811
+    store = PgStore(pg_database)
+    job = store.create_job(project="app", kind="deploy", user="alice").id
+    text = b"first line\nsecond \xc3\xa9 line\nthird\n"
+    for start, end in ((0, 11), (11, 26), (26, len(text))):
+        store.append_log(job, start, text[start:end])
+    store.append_log(job, 11, b"a replay at a stored offset is ignored")
+    assert store.log_end(job) == len(text)
+    assert store.read_log(job, 0, 1000) == text
+    assert store.read_log(job, 5, 10) == text[5:15]  # across a chunk boundary
+    assert store.read_log(job, len(text), 10) == b""
+    store.append_log(job, len(text) + 5, b"after a gap")  # a piece that never landed before it
+    assert store.read_log(job, 20, 1000) == text[20:]  # reading stops at the gap
+    store.delete_logs([job])
+    assert store.log_end(job) == 0
+    store.close()
+
+
+@pytest.mark.slow
+def test_silent_jobs_are_interrupted_once_and_beating_ones_never(pg_database: str) -> None:  # noqa: F811
+    store = PgStore(pg_database)
+    beating = store.create_job(project="app", kind="deploy", user="alice", instance="a")
+    silent = store.create_job(project="web", kind="deploy", user="bob", instance="b")
+    time.sleep(1.2)
+    assert store.heartbeat("a", [beating.id, silent.id]) == [beating.id]  # not b's job
+    assert [job.id for job in store.silent_jobs(1.0)] == [silent.id]
+    assert store.interrupt_if_silent(silent.id, 1.0, 42, SILENT_MESSAGE)
+    assert not store.interrupt_if_silent(silent.id, 1.0, 42, SILENT_MESSAGE)  # once
+    assert not store.interrupt_if_silent(beating.id, 1.0, 0, SILENT_MESSAGE)
+    record = store.get_job(silent.id)
+    assert (record.status, record.log_bytes, record.message) == ("interrupted", 42, SILENT_MESSAGE)
+    assert store.swept_jobs("b") == [silent.id] and store.swept_jobs("a") == []
+    # b comes back and records an end: it does not overwrite the interruption.
+    store.update_job(silent.id, status="succeeded", exit_code=0)
+    assert store.get_job(silent.id).status == "interrupted"
+    assert store.heartbeat("b", [silent.id]) == []  # b learns it no longer runs it
+    store.close()
+
+
+@pytest.mark.slow
+def test_one_current_repository_per_name(pg_database: str) -> None:  # noqa: F811
+    store = PgStore(pg_database)
+    store.add_repository("app", "/srv/git/app.git")
+    with pytest.raises(Conflict, match="already exists"):
+        PgStore(pg_database).add_repository("app", "/srv/git/other.git")
+    store.remove_project("app", "alice")
+    assert store.add_repository("app", "/srv/git/other.git").url == "/srv/git/other.git"
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_lost_server_is_a_503_and_the_next_statement_reconnects(pg_database: str) -> None:  # noqa: F811
+    store = PgStore(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as admin:
+        pid = store.conn.info.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable, match="database"):
+        store.get_lock("app")
+    assert store.get_lock("app") is None  # a new connection
+    store.close()

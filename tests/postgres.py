@@ -1,0 +1,38 @@
+"""A real PostgreSQL server for the tests (bench.postgres), started once per session and
+shared; each test gets a database of its own. Import the fixtures into a test module:
+``from tests.postgres import pg_server, pg_database  # noqa: F401``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from bench import postgres
+from tests.helpers import skip_or_fail
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.PostgresServer]:
+    problem = postgres.available()
+    if problem:
+        skip_or_fail(problem)
+    server = postgres.PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_database(server: postgres.PostgresServer) -> str:
+    """The URL of a new, empty database on ``server``."""
+    return server.create_database(f"t{next(_names)}")
+
+
+@pytest.fixture
+def pg_database(pg_server: postgres.PostgresServer) -> str:
+    """The URL of an empty database of this test's own."""
+    return new_database(pg_server)
