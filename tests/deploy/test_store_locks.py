@@ -550,3 +550,23 @@ def test_lock_changes_need_the_holder_in_the_statement_itself(store: Storage) ->
     assert (regained.user, regained.gained_at) == ("bob", T0 + 961)
     assert store.release_lock("app", "bob", T0 + 962) is True
     assert store.get_lock("app", T0 + 962) is None
+
+
+def test_tokens_are_kept_as_digests_revoked_once_and_named_on_jobs(store: Storage) -> None:
+    """API tokens on either engine: found by digest only, listed per owner, revoked once (a
+    second revoke keeps the first time), and a job records the token's name."""
+    made = store.add_token(
+        user="alice", email="alice@example.com", name="ci", digest="d" * 64, expires_at=None
+    )
+    store.add_token(user="bob", email=None, name="b", digest="e" * 64, expires_at=T0)
+    assert store.token_by_hash("d" * 64) == made and store.token_by_hash("f" * 64) is None
+    assert [t.name for t in store.list_tokens("alice")] == ["ci"]
+    assert "digest" not in made.to_json() and made.usable()
+    store.token_used(made.id, T0 + 5)
+    store.revoke_token(made.id)
+    revoked = store.get_token(made.id)
+    assert revoked is not None and revoked.last_used_at == T0 + 5 and not revoked.usable()
+    store.revoke_token(made.id)
+    assert store.get_token(made.id).revoked_at == revoked.revoked_at
+    job = store.create_job(project="app", kind="deploy", user="alice", env="staging", token="ci")
+    assert store.get_job(job.id).token == "ci"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ class ApiToken:
     revoked_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ApiToken:
+    def from_row(cls, row: Mapping[str, Any] | sqlite3.Row) -> ApiToken:
         fields = dict(row)
         fields["digest"] = fields.pop("hash")
         return cls(**fields)

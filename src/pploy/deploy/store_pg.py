@@ -25,7 +25,14 @@ from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 
 from pploy.deploy.errors import Conflict
-from pploy.deploy.store import JobAlreadyRunning, JobRecord, Lock, Repository, StoreUnavailable
+from pploy.deploy.store import (
+    ApiToken,
+    JobAlreadyRunning,
+    JobRecord,
+    Lock,
+    Repository,
+    StoreUnavailable,
+)
 
 LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
@@ -85,6 +92,22 @@ MIGRATIONS: list[str] = [
         data   BYTEA NOT NULL,
         PRIMARY KEY (job_id, start)
     );
+    """,
+    # 2: API tokens (only their SHA-256) and the token a job was started with.
+    """
+    CREATE TABLE tokens (
+        id           BIGSERIAL PRIMARY KEY,
+        "user"       TEXT NOT NULL,
+        email        TEXT,
+        name         TEXT NOT NULL,
+        hash         TEXT NOT NULL UNIQUE,
+        created_at   DOUBLE PRECISION NOT NULL,
+        expires_at   DOUBLE PRECISION,
+        last_used_at DOUBLE PRECISION,
+        revoked_at   DOUBLE PRECISION
+    );
+    CREATE INDEX tokens_user ON tokens ("user", id);
+    ALTER TABLE jobs ADD COLUMN token TEXT;
     """,
 ]
 
@@ -276,18 +299,20 @@ class PgStore:
         ref: str | None = None,
         sha: str | None = None,
         started_at: float | None = None,
+        token: str | None = None,
         instance: str | None = None,
     ) -> JobRecord:
         current = self.current_repository(project)
         try:
             row = self.execute(
                 'INSERT INTO jobs (project, kind, env, ref, sha, "user", started_at, status, '
-                "repository, url, instance, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pploy_now()) "
+                "repository, url, token, instance, heartbeat_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, pploy_now()) "
                 "RETURNING *",
                 (
                     project, kind, env, ref, sha, user, started_at or time.time(),
-                    current.id if current else None, current.url if current else None, instance,
+                    current.id if current else None, current.url if current else None, token,
+                    instance,
                 ),
             ).fetchone()  # fmt: skip
         except pgerrors.UniqueViolation as exc:
@@ -368,6 +393,48 @@ class PgStore:
         return [row["id"] for row in rows.fetchall()]
 
     # -- what instances share ---------------------------------------------------
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Finished jobs ever recorded, by ``(kind, status)`` (Prometheus counters)."""
+        rows = self.execute(
+            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "GROUP BY kind, status"
+        ).fetchall()
+        return {(row["kind"], row["status"]): row["n"] for row in rows}
+
+    # -- API tokens (only their SHA-256 is stored; see pploy.deploy.tokens) --------------
+
+    def add_token(
+        self, *, user: str, email: str | None, name: str, digest: str, expires_at: float | None
+    ) -> ApiToken:
+        row = self.execute(
+            'INSERT INTO tokens ("user", email, name, hash, created_at, expires_at) '
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+            (user, email, name, digest, time.time(), expires_at),
+        ).fetchone()
+        assert row is not None  # INSERT ... RETURNING
+        return ApiToken.from_row(row)
+
+    def get_token(self, token_id: int) -> ApiToken | None:
+        row = self.execute("SELECT * FROM tokens WHERE id = %s", (token_id,)).fetchone()
+        return ApiToken.from_row(row) if row else None
+
+    def token_by_hash(self, digest: str) -> ApiToken | None:
+        row = self.execute("SELECT * FROM tokens WHERE hash = %s", (digest,)).fetchone()
+        return ApiToken.from_row(row) if row else None
+
+    def list_tokens(self, user: str) -> list[ApiToken]:
+        rows = self.execute('SELECT * FROM tokens WHERE "user" = %s ORDER BY id', (user,))
+        return [ApiToken.from_row(row) for row in rows.fetchall()]
+
+    def revoke_token(self, token_id: int) -> None:
+        self.execute(
+            "UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+            (time.time(), token_id),
+        )
+
+    def token_used(self, token_id: int, when: float) -> None:
+        self.execute("UPDATE tokens SET last_used_at = %s WHERE id = %s", (when, token_id))
 
     def heartbeat(self, instance: str, job_ids: list[int]) -> list[int]:
         """Say ``instance`` still runs ``job_ids``; returns those still ``running`` in the

@@ -24,7 +24,8 @@ from aiohttp import web
 
 from pploy.deploy.errors import BadRequest, NotFound, Unauthorized
 from pploy.deploy.permissions import Caller
-from pploy.deploy.store import ApiToken, Store, StoreUnavailable
+from pploy.deploy.storage import Storage
+from pploy.deploy.store import ApiToken, StoreUnavailable
 
 PREFIX = "pploy_"
 MAX_TOKEN_LENGTH = 200
@@ -68,7 +69,7 @@ class NewToken:
 class Tokens:
     """Making, listing, revoking and checking API tokens, on the store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Storage) -> None:
         self.store = store
 
     def create(self, caller: Caller, name: str, expires_days: float | None = None) -> NewToken:
