@@ -38,7 +38,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 PROJECT = "testploy"
 # Routes anyone logged in may use whatever the lock: adding a project, logging in or out.
 OPEN_TO_ALL = {("POST", "/api/projects"), ("POST", "/projects"), ("POST", "/login"),
-               ("POST", "/logout")}  # fmt: skip
+               ("POST", "/logout"), ("POST", "/_create"), ("POST", "/_/create"),
+               ("POST", "/api/tokens"), ("POST", "/tokens")}  # fmt: skip
+# A user's own API tokens: another user's revoke finds nothing of theirs (404, or the form's
+# redirect with the refusal) and changes nothing.
+OWNER_ONLY = {("DELETE", "/api/tokens/{token_id}"), ("POST", "/tokens/{token_id}/revoke")}
 
 
 @dataclass
@@ -76,7 +80,11 @@ class World:
         self.pploy = pploy
         self.job = job
         self.fifo = fifo
-        self.routes = unsafe_routes(pploy.server.app, job)
+        # alice's API token: every route that revokes one has a real one to aim at
+        self.token_id = pploy.services.store.add_token(
+            user="alice", email=None, name="hostile", digest="0" * 64, expires_at=None
+        ).id
+        self.routes = unsafe_routes(pploy.server.app, job, self.token_id)
 
     def snapshot(self) -> Any:
         svc = self.pploy.services
@@ -86,6 +94,7 @@ class World:
             (lock.user, lock.expires_at) if lock else None,
             [p.name for p in svc.projects.list()],
             sorted(svc.jobs.running),
+            [(t.id, t.revoked_at) for t in svc.store.list_tokens("alice")],
         )
 
     async def token(self, user: str | None) -> str:
@@ -116,7 +125,7 @@ class World:
             return resp.status, body
 
 
-def unsafe_routes(app, job: int) -> list[Route]:
+def unsafe_routes(app, job: int, token_id: int) -> list[Route]:
     routes = []
     for resource in app.router.resources():
         template = resource.canonical
@@ -127,6 +136,7 @@ def unsafe_routes(app, job: int) -> list[Route]:
                 template.replace("{name}", PROJECT)
                 .replace("{project}", PROJECT)
                 .replace("{job_id}", str(job))
+                .replace("{token_id}", str(token_id))
             )
             assert "{" not in path, f"the test does not know how to fill {template}"
             routes.append(Route(route.method, template, path))
@@ -201,6 +211,11 @@ async def test_a_user_without_the_lock_changes_nothing(world):
     token = await world.token("bob")
     for route in world.routes:
         if (route.method, route.template) in OPEN_TO_ALL:
+            continue
+        if (route.method, route.template) in OWNER_ONLY:
+            status, body = await world.send(route, "bob", token=token)
+            assert status in ((303,) if route.form else (404,)), (route, status, body)
+            assert world.snapshot() == before, route
             continue
         operations = ["gain", "extend", "release"] if route.template.endswith("/lock") else [None]
         for op in operations:

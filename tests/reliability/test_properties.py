@@ -7,6 +7,7 @@ error, never a crash. (pploy's config loader has its own fuzz tests in tests/dep
 from __future__ import annotations
 
 import posixpath
+import re
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -61,7 +62,9 @@ def test_an_accepted_ref_is_never_an_option_nor_a_revision_expression(ref):
         assert repr(ref)[:20].strip("'\"")[:5] in str(exc) or len(ref) > 255 or not ref
         return
     assert not ref.startswith("-")
-    assert ".." not in ref and "@{" not in ref and not any(c in ref for c in " ~^:?*[\\")
+    # Revision suffixes (`~N`, `^N`) are allowed at the end only, as go-pploy allowed them.
+    base = re.sub(r"(?:[~^][0-9]*)+$", "", ref)
+    assert ".." not in ref and "@{" not in ref and not any(c in base for c in " ~^:?*[\\")
     assert all(ord(c) >= 0x20 and ord(c) != 0x7F for c in ref)
 
 
