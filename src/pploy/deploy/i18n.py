@@ -82,6 +82,8 @@ JA: dict[str, str] = {
     "files": "ファイル",
     "Running job": "実行中のジョブ",
     "Transport": "転送方式",
+    "rollback": "巻き戻し",
+    "deploying now undoes %s commit(s)": "今デプロイすると %s 件のコミットを取り消します",
 }
 
 CATALOGUES = {"ja": JA}

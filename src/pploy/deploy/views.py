@@ -44,9 +44,22 @@ async def project_detail(
     }
 
 
+async def commits_between(path: str, base: str, tip: str) -> list[dict[str, Any]] | None:
+    """The commits reachable from ``tip`` but not from ``base`` (newest first, at most 100), or
+    None when git cannot tell (a commit missing from the clone)."""
+    if base == tip:
+        return []
+    try:
+        return [c.to_json() for c in await git.recent_commits(path, 100, f"{base}..{tip}")]
+    except (git.GitError, TimeoutError):
+        return None
+
+
 async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
-    """Recent commits, HEAD, and per environment the last successful deploy and the commits
-    between it and HEAD (None when that commit is not in the clone)."""
+    """Recent commits, HEAD, and per environment the last successful deploy, the commits
+    between it and HEAD that deploying now would ship (``pending``) and the deployed commits
+    HEAD lacks, which deploying now would undo (``rollback``): both None when that commit is not
+    in the clone. Without ``rollback`` an older checkout would read as "up to date"."""
     path = str(project.path)
     head = await git.head_sha(path)
     commits = []
@@ -60,16 +73,17 @@ async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
     for env in await asyncio.to_thread(project.deploy_envs):
         job = deployed.get(env)
         pending: list[dict[str, Any]] | None = []
+        rollback: list[dict[str, Any]] | None = []
         if job is None or not job.sha:
-            pending = None
-        elif head and job.sha != head:
-            try:
-                pending = [
-                    c.to_json() for c in await git.recent_commits(path, 100, f"{job.sha}..{head}")
-                ]
-            except (git.GitError, TimeoutError):
-                pending = None
-        envs[env] = {"last_deployed": job.to_json() if job else None, "pending": pending}
+            pending = rollback = None
+        elif head:
+            pending = await commits_between(path, job.sha, head)
+            rollback = await commits_between(path, head, job.sha)
+        envs[env] = {
+            "last_deployed": job.to_json() if job else None,
+            "pending": pending,
+            "rollback": rollback,
+        }
     return {
         "head": head,
         "default_branch": await git.default_branch(path),
