@@ -84,6 +84,11 @@ JA: dict[str, str] = {
     "Transport": "転送方式",
     "rollback": "巻き戻し",
     "deploying now undoes %s commit(s)": "今デプロイすると %s 件のコミットを取り消します",
+    "Search the log": "ログを検索",
+    "Previous match (Shift+Enter)": "前の一致（Shift+Enter）",
+    "Next match (Enter)": "次の一致（Enter）",
+    "%s matches": "%s 件一致",
+    "no matches": "一致なし",
 }
 
 CATALOGUES = {"ja": JA}

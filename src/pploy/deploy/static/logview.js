@@ -412,6 +412,61 @@
     return m ? parseInt(m[1], 10) : null;
   }
 
+  // Every case-insensitive occurrence of `needle` (already lower-cased) in `lines` (line texts),
+  // as {line, start, end} in line order, at most `limit` of them.
+  function findMatches(texts, needle, limit) {
+    const out = [];
+    if (!needle) return out;
+    for (let i = 0; i < texts.length && out.length < limit; i++) {
+      const hay = texts[i].toLowerCase();
+      let at = hay.indexOf(needle);
+      while (at >= 0 && out.length < limit) {
+        out.push({ line: i, start: at, end: at + needle.length });
+        at = hay.indexOf(needle, at + needle.length);
+      }
+    }
+    return out;
+  }
+
+  // Wrap columns [start, end) of the text under `root` in <mark> elements, splitting text nodes
+  // (styled runs stay as they are). `ranges` are sorted and disjoint; a range may span runs.
+  function markRanges(root, ranges) {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) nodes.push(n);
+    let pos = 0;
+    let r = 0;
+    for (const node of nodes) {
+      const nodeEnd = pos + node.data.length;
+      let cur = node;
+      let curStart = pos;
+      pos = nodeEnd;
+      while (r < ranges.length) {
+        const range = ranges[r];
+        if (range.start >= nodeEnd) break;
+        const from = Math.max(range.start, curStart);
+        const to = Math.min(range.end, nodeEnd);
+        if (to > from) {
+          const mid = from > curStart ? cur.splitText(from - curStart) : cur;
+          const rest = to < nodeEnd ? mid.splitText(to - from) : null;
+          const mark = document.createElement('mark');
+          mark.className = range.current ? 'log-match log-match-current' : 'log-match';
+          mid.replaceWith(mark);
+          mark.append(mid);
+          if (rest) {
+            cur = rest;
+            curStart = to;
+          }
+        }
+        if (range.end <= nodeEnd) r++;
+        else break;
+      }
+    }
+  }
+
+  const MAX_MATCHES = 100000;
+  const SEARCH_DELAY_MS = 150;
+
   const MARGIN = 40; // rows rendered above and below the visible window
   // Characters of one line put in the DOM until the reader asks for more: layout of a line grows
   // with its length, so a 50 MB line would freeze the page. The full text stays in the terminal
@@ -423,6 +478,9 @@
     show: 'show %s more',
     copy: 'copy line',
     raw: 'raw log',
+    matches: '%s matches',
+    match: '%s',
+    none: 'no matches',
   };
   const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
   const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
@@ -449,6 +507,11 @@
       this.retries = 0;
       this.source = null;
       this.socket = null;
+      this.query = ''; // the search box's text, lower-cased
+      this.matches = []; // {line, start, end} of every match, in order
+      this.matchesByLine = new Map(); // line index -> its matches
+      this.current = -1; // index in matches of the match Enter last went to
+      this.searchStale = false; // output arrived since the matches were computed
 
       const box = document.getElementById('log-follow');
       this.follow = box ? box.checked : true;
@@ -477,6 +540,7 @@
       });
       document.addEventListener('pploy:live-updated', () => this.setFollow(this.follow));
       if (window.ResizeObserver) new ResizeObserver(() => this.schedule()).observe(el);
+      this.wireSearch();
 
       this.startTicker();
       document.body.dataset.jobStatus = el.dataset.status || 'running';
@@ -511,6 +575,7 @@
       const start = performance.now();
       while (this.queue.length && performance.now() - start < FRAME_BUDGET_MS) {
         this.term.write(this.queue.shift());
+        if (this.query) this.searchStale = true;
       }
       this.render();
       if (this.queue.length) this.schedule();
@@ -519,6 +584,7 @@
     // Parse everything queued now (before showing the final status).
     drain() {
       while (this.queue.length) this.term.write(this.queue.shift());
+      if (this.query) this.search(this.query, false);
       this.render();
     }
 
@@ -563,6 +629,13 @@
         length = room > 0 ? cap - room : i === this.term.row ? this.term.len : runsLength(line);
       }
       row.append(ln, text);
+      const found = this.matchesByLine.get(i);
+      if (found) {
+        const current = this.matches[this.current];
+        markRanges(text, found.map((m) => ({
+          start: m.start, end: m.end, current: m === current,
+        })));
+      }
       if (length > cap) row.append(this.buildExpander(i, length - cap));
       return row;
     }
@@ -618,6 +691,107 @@
       const i = n - 1;
       this.shown.set(i, (this.shown.get(i) || LINE_CAP) + MORE_STEP);
       this.term.dirty.add(i);
+      this.render();
+    }
+
+    // --- search -----------------------------------------------------------------------------
+    // The browser's own find cannot see rows that are not in the DOM, so the viewer searches its
+    // model: every line of the log is held in memory, so the whole log is searched.
+
+    wireSearch() {
+      const box = document.getElementById('log-search');
+      if (!box) return;
+      const tools = document.getElementById('log-tools');
+      if (tools) tools.hidden = false; // it needs this script; without it the page has none
+      let timer = 0;
+      box.addEventListener('input', () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => this.search(box.value, true), SEARCH_DELAY_MS);
+      });
+      box.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') {
+          e.preventDefault();
+          clearTimeout(timer);
+          if (box.value.toLowerCase() !== this.query || this.searchStale) this.search(box.value, false);
+          this.step(e.shiftKey ? -1 : 1);
+        } else if (e.key === 'Escape') {
+          box.value = '';
+          this.search('', false);
+        }
+      });
+      for (const [id, dir] of [['log-search-prev', -1], ['log-search-next', 1]]) {
+        const button = document.getElementById(id);
+        if (button) button.addEventListener('click', () => {
+          if (box.value.toLowerCase() !== this.query || this.searchStale) this.search(box.value, false);
+          this.step(dir);
+        });
+      }
+    }
+
+    lineTexts() {
+      const out = new Array(this.term.count());
+      for (let i = 0; i < out.length; i++) out[i] = this.lineText(i + 1);
+      return out;
+    }
+
+    // Find `text` in the whole log; `preview` scrolls the first match into view (as you type)
+    // without making it current, so the first Enter goes to it and the next one further on.
+    search(text, preview) {
+      const query = text.toLowerCase();
+      const keep = this.matches[this.current];
+      this.query = query;
+      this.matches = findMatches(this.lineTexts(), query, MAX_MATCHES);
+      this.searchStale = false;
+      this.matchesByLine = new Map();
+      for (const m of this.matches) {
+        const list = this.matchesByLine.get(m.line);
+        if (list) list.push(m);
+        else this.matchesByLine.set(m.line, [m]);
+      }
+      // Same query, more output: stay on the same match.
+      this.current = keep ? this.matches.findIndex(
+        (m) => m.line === keep.line && m.start === keep.start) : -1;
+      if (!query) this.current = -1;
+      this.redraw();
+      this.showCount();
+      if (preview && this.matches.length) this.reveal(this.matches[0].line + 1);
+    }
+
+    step(dir) {
+      const n = this.matches.length;
+      if (!n) return;
+      this.current = this.current < 0 ? (dir > 0 ? 0 : n - 1) : (this.current + dir + n) % n;
+      const m = this.matches[this.current];
+      // A match past a long line's cap: show the line up to it.
+      if (m.end > (this.shown.get(m.line) || LINE_CAP)) this.shown.set(m.line, m.end + 100);
+      this.redraw();
+      this.showCount();
+      this.reveal(this.matches[this.current].line + 1);
+    }
+
+    showCount() {
+      const out = document.getElementById('log-search-count');
+      if (!out) return;
+      const n = this.matches.length;
+      let text = '';
+      if (this.query && !n) text = this.label('none');
+      else if (this.query && this.current >= 0) text = (this.current + 1).toLocaleString('en') + ' / ' + n.toLocaleString('en');
+      else if (this.query) text = this.label('matches', n.toLocaleString('en'));
+      out.textContent = text;
+      this.el.dataset.matches = String(n);
+      this.el.dataset.currentMatch = this.current >= 0 ? String(this.matches[this.current].line + 1) : '';
+    }
+
+    // Rebuild the rendered rows (their highlighting changed).
+    redraw() {
+      for (const i of this.rendered.keys()) this.term.dirty.add(i);
+      this.render();
+    }
+
+    // Scroll so line n (1-based) is in view, a third of the way down; stop following.
+    reveal(n) {
+      this.setFollow(false);
+      this.el.scrollTop = this.lineTop(n);
       this.render();
     }
 
