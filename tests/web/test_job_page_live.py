@@ -150,7 +150,12 @@ async def test_finished_job_page_replays_the_whole_log(pploy, context, tmp_path)
     await page.goto(pploy.url(f"/jobs/{job}?transport=ws"))
     await expect(page.locator("#job-status")).to_have_attribute("data-status", "failed")
     await expect(page.locator("#log .log-text")).to_have_text(
-        ["$ DEPLOY_ENV=staging .deploy/bin/deploy", "a", "b", "[pploy] deploy failed, exit code 3"]
+        [
+            "$ DEPLOY_ENV=staging DEPLOY_USER=alice .deploy/bin/deploy",
+            "a",
+            "b",
+            "[pploy] deploy failed, exit code 3",
+        ]
     )
     await expect(page.locator("#job-meta")).to_contain_text("exit code 3")
     await expect(page.locator("#cancel-form")).to_have_count(0)

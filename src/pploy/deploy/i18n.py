@@ -89,6 +89,9 @@ JA: dict[str, str] = {
     "Next match (Enter)": "次の一致（Enter）",
     "%s matches": "%s 件一致",
     "no matches": "一致なし",
+    "Jump to first error": "最初のエラーへ",
+    "Copy all": "すべてコピー",
+    "no errors": "エラーなし",
 }
 
 CATALOGUES = {"ja": JA}

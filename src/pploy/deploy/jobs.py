@@ -161,7 +161,8 @@ class Jobs:
             ref=None,
         )  # fmt: skip
         env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
-        steps = [([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")]
+        echo = f"$ DEPLOY_ENV={env} DEPLOY_USER={user} .deploy/bin/deploy"  # as the README says
+        steps = [([str(project.deploy_script)], env_vars, echo)]
         self._launch(record, project, steps)
         return record
 

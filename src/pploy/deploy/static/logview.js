@@ -464,6 +464,53 @@
     }
   }
 
+  // http(s) URLs in output become links. Only these two schemes: a `javascript:` or `data:` text
+  // never becomes an href. The href is set as a property from the matched text, never as markup.
+  const URL_RE = /\bhttps?:\/\/[^\s<>"'`\\\x00-\x1f\x7f]+/g;
+  const URL_TRAIL = /[.,;:!?)\]}]+$/;
+
+  function linkify(root) {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      if (n.data.indexOf('http') >= 0) nodes.push(n);
+    }
+    for (const node of nodes) {
+      let cur = node;
+      let base = 0; // where `cur` starts in node's original text
+      const text = node.data;
+      URL_RE.lastIndex = 0;
+      for (let m = URL_RE.exec(text); m; m = URL_RE.exec(text)) {
+        const url = m[0].replace(URL_TRAIL, '');
+        let parsed;
+        try {
+          parsed = new URL(url);
+        } catch (err) {
+          continue;
+        }
+        if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') continue;
+        const mid = m.index > base ? cur.splitText(m.index - base) : cur;
+        const rest = url.length < mid.data.length ? mid.splitText(url.length) : null;
+        const a = document.createElement('a');
+        a.className = 'log-url';
+        a.href = parsed.href;
+        a.target = '_blank';
+        a.rel = 'noopener noreferrer nofollow';
+        mid.replaceWith(a);
+        a.append(mid);
+        if (!rest) break;
+        cur = rest;
+        base = m.index + url.length;
+      }
+    }
+  }
+
+  // Lines that look like errors, for "jump to first error".
+  const ERROR_RE = /(^|[^a-z])(error|errors|fatal|failed|failure|exception|traceback|panic)([^a-z]|$)/i;
+  // GitHub Actions' convention for collapsible sections.
+  const GROUP = '::group::';
+  const ENDGROUP = '::endgroup::';
+
   const MAX_MATCHES = 100000;
   const SEARCH_DELAY_MS = 150;
 
@@ -481,6 +528,7 @@
     matches: '%s matches',
     match: '%s',
     none: 'no matches',
+    noErrors: 'no errors',
   };
   const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
   const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
@@ -512,6 +560,12 @@
       this.matchesByLine = new Map(); // line index -> its matches
       this.current = -1; // index in matches of the match Enter last went to
       this.searchStale = false; // output arrived since the matches were computed
+      this.groups = new Map(); // header line index -> end line index (its ::endgroup::, or open)
+      this.groupOpen = []; // header lines of groups not yet ended, innermost last
+      this.scanned = 0; // lines below this index have been checked for group markers
+      this.collapsed = new Set(); // header line indexes of collapsed groups
+      this.view = null; // line indexes shown, in order, while any group is collapsed
+      this.allSelected = false; // Ctrl+A in the panel: copy gives the whole log
 
       const box = document.getElementById('log-follow');
       this.follow = box ? box.checked : true;
@@ -541,6 +595,7 @@
       document.addEventListener('pploy:live-updated', () => this.setFollow(this.follow));
       if (window.ResizeObserver) new ResizeObserver(() => this.schedule()).observe(el);
       this.wireSearch();
+      this.wireTools();
 
       this.startTicker();
       document.body.dataset.jobStatus = el.dataset.status || 'running';
@@ -629,6 +684,20 @@
         length = room > 0 ? cap - room : i === this.term.row ? this.term.len : runsLength(line);
       }
       row.append(ln, text);
+      if (this.groups.has(i)) {
+        // "::group::name": a disclosure button named after the group instead of the marker.
+        const name = this.lineText(i + 1).slice(GROUP.length);
+        const toggle = document.createElement('button');
+        toggle.type = 'button';
+        toggle.className = 'log-group-toggle';
+        toggle.dataset.line = String(i + 1);
+        toggle.setAttribute('aria-expanded', this.collapsed.has(i) ? 'false' : 'true');
+        toggle.textContent = (this.collapsed.has(i) ? '▸ ' : '▾ ') + name;
+        row.classList.add('log-group');
+        text.replaceChildren(toggle);
+        return row;
+      }
+      if (length > 0) linkify(text);
       const found = this.matchesByLine.get(i);
       if (found) {
         const current = this.matches[this.current];
@@ -762,6 +831,7 @@
       if (!n) return;
       this.current = this.current < 0 ? (dir > 0 ? 0 : n - 1) : (this.current + dir + n) % n;
       const m = this.matches[this.current];
+      this.expandTo(m.line);
       // A match past a long line's cap: show the line up to it.
       if (m.end > (this.shown.get(m.line) || LINE_CAP)) this.shown.set(m.line, m.end + 100);
       this.redraw();
@@ -782,6 +852,149 @@
       this.el.dataset.currentMatch = this.current >= 0 ? String(this.matches[this.current].line + 1) : '';
     }
 
+    // --- copy, select-all, sections, errors ------------------------------------------------
+
+    // The whole log as text (styles dropped): what "copy all" and Ctrl+A, Ctrl+C give.
+    allText() {
+      return this.lineTexts().join('\n') + '\n';
+    }
+
+    wireTools() {
+      const copy = document.getElementById('log-copy-all');
+      if (copy) copy.addEventListener('click', () => {
+        navigator.clipboard.writeText(this.allText()).then(
+          () => { copy.dataset.copied = 'yes'; },
+          () => { copy.dataset.copied = 'no'; },
+        );
+      });
+      if (copy && !navigator.clipboard) copy.hidden = true; // insecure context: no clipboard API
+      const jump = document.getElementById('log-first-error');
+      if (jump) jump.addEventListener('click', () => this.jumpToFirstError(jump));
+      // Ctrl+A in the panel would select only the rows in the DOM: select the whole log instead.
+      this.el.addEventListener('keydown', (e) => {
+        if ((e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === 'a') {
+          e.preventDefault();
+          this.allSelected = true;
+          this.el.classList.add('log-all-selected');
+          const sel = window.getSelection();
+          if (sel) sel.selectAllChildren(this.rows);
+        } else if (e.key === 'Escape' || !(e.ctrlKey || e.metaKey)) {
+          this.unselectAll();
+        }
+      });
+      this.el.addEventListener('mousedown', () => this.unselectAll());
+      document.addEventListener('copy', (e) => {
+        if (!this.allSelected || !e.clipboardData) return;
+        e.clipboardData.setData('text/plain', this.allText());
+        e.preventDefault();
+      });
+    }
+
+    unselectAll() {
+      if (!this.allSelected) return;
+      this.allSelected = false;
+      this.el.classList.remove('log-all-selected');
+    }
+
+    // The first line that looks like an error: selected and scrolled into view.
+    jumpToFirstError(button) {
+      const n = this.term.count();
+      for (let i = 0; i < n; i++) {
+        if (ERROR_RE.test(this.lineText(i + 1))) {
+          this.expandTo(i);
+          this.select(i + 1);
+          this.reveal(i + 1);
+          button.dataset.line = String(i + 1);
+          return;
+        }
+      }
+      button.dataset.line = '';
+      button.textContent = this.label('noErrors');
+    }
+
+    // Find group markers in lines not yet scanned. The cursor's row may still change, so the
+    // scan stops before it.
+    scanGroups() {
+      const end = Math.min(this.term.row, this.term.count());
+      let changed = false;
+      for (let i = this.scanned; i < end; i++) {
+        const line = this.term.lines[i];
+        const head = typeof line === 'string' ? line : (line[0] ? line[0].t : '');
+        if (head.startsWith(GROUP)) {
+          this.groups.set(i, null);
+          this.groupOpen.push(i);
+          changed = true;
+        } else if (head.startsWith(ENDGROUP) && this.groupOpen.length) {
+          this.groups.set(this.groupOpen.pop(), i);
+          changed = true;
+        }
+      }
+      this.scanned = Math.max(this.scanned, end);
+      if (changed) for (const h of this.groups.keys()) this.term.dirty.add(h);
+    }
+
+    toggleGroup(header) {
+      if (this.collapsed.has(header)) this.collapsed.delete(header);
+      else this.collapsed.add(header);
+      this.term.dirty.add(header);
+      this.rebuildView();
+      this.render();
+    }
+
+    // Open every collapsed group holding line i (a search match or error jumped to).
+    expandTo(i) {
+      let changed = false;
+      for (const h of Array.from(this.collapsed)) {
+        const end = this.groups.get(h);
+        if (h < i && (end === null || i <= end)) {
+          this.collapsed.delete(h);
+          this.term.dirty.add(h);
+          changed = true;
+        }
+      }
+      if (changed) this.rebuildView();
+    }
+
+    // Which lines are shown: all of them, or those outside collapsed groups.
+    rebuildView() {
+      if (!this.collapsed.size) {
+        this.view = null;
+        return;
+      }
+      const n = this.term.count();
+      const out = [];
+      for (let i = 0; i < n; i++) {
+        out.push(i);
+        if (this.collapsed.has(i)) {
+          const end = this.groups.get(i);
+          i = end === null || end === undefined ? n : end;
+        }
+      }
+      this.view = out;
+      this.viewCount = n;
+    }
+
+    rowCount() {
+      return this.view ? this.view.length : this.term.count();
+    }
+
+    lineAt(d) {
+      return this.view ? this.view[d] : d;
+    }
+
+    // Display row of line i (the header of the collapsed group holding it, if any).
+    rowOf(i) {
+      if (!this.view) return i;
+      let lo = 0;
+      let hi = this.view.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (this.view[mid] <= i) lo = mid;
+        else hi = mid - 1;
+      }
+      return lo;
+    }
+
     // Rebuild the rendered rows (their highlighting changed).
     redraw() {
       for (const i of this.rendered.keys()) this.term.dirty.add(i);
@@ -797,13 +1010,15 @@
 
     render() {
       const el = this.el;
-      const n = this.term.count();
+      this.scanGroups();
+      if (this.view && this.viewCount !== this.term.count()) this.rebuildView();
+      const n = this.rowCount();
       const H = this.rowH;
       const viewH = el.clientHeight || 600;
       const total = n * H;
       // Decide the scroll position first, so the window is computed once for where we will be.
       let top = el.scrollTop;
-      if (this.pendingLine !== null && this.pendingLine <= n) {
+      if (this.pendingLine !== null && this.pendingLine <= this.term.count()) {
         top = this.lineTop(this.pendingLine);
       } else if (this.follow) {
         top = Math.max(0, total - viewH + this.padTop * 2);
@@ -811,10 +1026,12 @@
       const first = Math.max(0, Math.floor((top - this.padTop) / H) - MARGIN);
       const last = Math.min(n, Math.ceil((top + viewH) / H) + MARGIN);
       const dirty = this.term.dirty;
+      const wanted = new Set();
+      for (let d = first; d < last; d++) wanted.add(this.lineAt(d));
 
-      let changed = first !== this.first || last !== this.last;
+      let changed = first !== this.first || last !== this.last || this.view !== this.shownView;
       for (const [i, node] of this.rendered) {
-        if (i < first || i >= last || dirty.has(i)) {
+        if (!wanted.has(i) || dirty.has(i)) {
           this.rendered.delete(i);
           node.remove();
           changed = true;
@@ -823,7 +1040,8 @@
       dirty.clear();
       if (changed) {
         const nodes = [];
-        for (let i = first; i < last; i++) {
+        for (let d = first; d < last; d++) {
+          const i = this.lineAt(d);
           let node = this.rendered.get(i);
           if (!node) {
             node = this.buildRow(i);
@@ -834,12 +1052,13 @@
         this.rows.replaceChildren(...nodes);
         this.first = first;
         this.last = last;
+        this.shownView = this.view;
       }
       this.top.style.height = first * H + 'px';
       this.bottom.style.height = (n - last) * H + 'px';
-      this.el.dataset.lines = String(n);
+      this.el.dataset.lines = String(this.term.count());
 
-      if (this.pendingLine !== null && this.pendingLine <= n) {
+      if (this.pendingLine !== null && this.pendingLine <= this.term.count()) {
         const line = this.pendingLine;
         this.pendingLine = null;
         this.select(line);
@@ -852,7 +1071,8 @@
     // Scroll position that shows line n (1-based) a third of the way down the panel.
     lineTop(n) {
       const H = this.rowH;
-      return Math.max(0, this.padTop + (n - 1) * H - Math.floor(this.el.clientHeight / 3));
+      const row = this.rowOf(n - 1);
+      return Math.max(0, this.padTop + row * H - Math.floor(this.el.clientHeight / 3));
     }
 
     select(n) {
@@ -891,6 +1111,11 @@
     }
 
     onClick(e) {
+      const group = e.target.closest && e.target.closest('button.log-group-toggle');
+      if (group) {
+        this.toggleGroup(parseInt(group.dataset.line, 10) - 1);
+        return;
+      }
       const expand = e.target.closest && e.target.closest('button.log-expand');
       if (expand) {
         this.expand(parseInt(expand.dataset.line, 10));
