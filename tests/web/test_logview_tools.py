@@ -128,3 +128,31 @@ def test_jump_to_first_error(page: Any, live: LivePploy) -> None:
     box = page.locator("#log").bounding_box()
     r = row.bounding_box()
     assert box["y"] <= r["y"] and r["y"] + r["height"] <= box["y"] + box["height"]
+
+
+def test_timestamps_toggle_shows_when_lines_arrived(page: Any, live: LivePploy) -> None:
+    """pploy records when output arrived beside the log; the toggle shows it per line without
+    the log's bytes or the copied text changing."""
+    job = open_finished(page, live, script("echo one", "sleep 1.3", "echo two", "echo three"))
+    raw = live.run(live.pploy.log(job))
+    assert b"one\r\ntwo\r\nthree" in raw or b"one\ntwo\nthree" in raw
+    status, body = live.run(live.pploy.api("GET", f"/api/jobs/{job}/times"))
+    assert status == 200
+    times = dict(body["lines"])
+    assert 2 in times and 3 in times  # "one" and "two" began in separate pieces
+    assert 1.0 < times[3] - times[2] < 5
+    assert page.locator("#log .log-ts").count() == 0
+    page.check("#log-times")
+    page.wait_for_selector("#log .log-ts[data-ts]")
+    stamps = page.eval_on_selector_all(
+        "#log .log-line", "rows => rows.map(r => r.querySelector('.log-ts').dataset.ts || '')"
+    )
+    assert all(len(s) == 8 and s[2] == ":" for s in stamps[:4]), stamps
+    assert stamps[1] != stamps[2]  # 1.3 s apart
+    assert stamps[2] == stamps[3]  # "two" and "three" came together
+    title = page.locator("#log .log-line >> nth=1").locator(".log-ts").get_attribute("title")
+    assert "GMT" in title  # the zone is named on hover
+    # The times are drawn by CSS: the text of the rows (what a copy takes) has none of them.
+    assert stamps[1] not in page.inner_text('#log .log-line[data-line="2"]')
+    page.uncheck("#log-times")
+    assert page.locator("#log .log-ts").count() == 0

@@ -92,6 +92,7 @@ JA: dict[str, str] = {
     "Jump to first error": "最初のエラーへ",
     "Copy all": "すべてコピー",
     "no errors": "エラーなし",
+    "Timestamps": "時刻",
 }
 
 CATALOGUES = {"ja": JA}

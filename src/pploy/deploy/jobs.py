@@ -27,6 +27,7 @@ from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
 from pploy.deploy.store import JobRecord, Store, StoreUnavailable
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
+from pploy.deploy.timeline import TimelineWriter, times_path
 from pploy.deploy.workdir import hold_workdir
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
@@ -59,6 +60,7 @@ class RunningJob:
     message: str | None = None
     stopping: asyncio.Task[str] | None = None
     watchers: list[Callable[[], None]] = field(default_factory=list)
+    timeline: TimelineWriter | None = None  # when each piece of output arrived (timeline.py)
 
 
 class Jobs:
@@ -183,7 +185,7 @@ class Jobs:
         self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
     ) -> None:
         buffer = LogBuffer(self.log_path(record), max_bytes=self.config.job.max_log_bytes)
-        job = RunningJob(record, buffer)
+        job = RunningJob(record, buffer, timeline=TimelineWriter(times_path(buffer.path)))
         self.running[record.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
         log.event(
@@ -212,6 +214,8 @@ class Jobs:
         """Output (``note``: one of pploy's own lines) into the job's log."""
         if job.failure:
             return
+        if job.timeline:
+            job.timeline.note(job.buffer.size, time.time())
         try:
             if note:
                 job.buffer.append_note(data)
@@ -304,6 +308,8 @@ class Jobs:
                 job.buffer.finish(
                     {"id": record.id, "status": status, "exit_code": exit_code, "message": message}
                 )
+            if job.timeline:
+                job.timeline.close()
             self.running.pop(record.id, None)
 
     async def _record_end(
@@ -538,7 +544,8 @@ class Jobs:
     def _prune_logs(self, project: str) -> None:
         for job_id in self.store.job_ids_beyond(project, self.config.job.keep_logs):
             path = self.projects.log_dir(project) / f"{job_id}.log"
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            for old in (path, times_path(path)):
+                try:
+                    old.unlink()
+                except FileNotFoundError:
+                    pass

@@ -566,6 +566,8 @@
       this.collapsed = new Set(); // header line indexes of collapsed groups
       this.view = null; // line indexes shown, in order, while any group is collapsed
       this.allSelected = false; // Ctrl+A in the panel: copy gives the whole log
+      this.times = null; // [[line, unix time], ...] from the server while timestamps are shown
+      this.timesTimer = 0;
 
       const box = document.getElementById('log-follow');
       this.follow = box ? box.checked : true;
@@ -640,6 +642,7 @@
     drain() {
       while (this.queue.length) this.term.write(this.queue.shift());
       if (this.query) this.search(this.query, false);
+      if (this.showTimes) this.loadTimes();
       this.render();
     }
 
@@ -683,7 +686,9 @@
         }
         length = room > 0 ? cap - room : i === this.term.row ? this.term.len : runsLength(line);
       }
-      row.append(ln, text);
+      row.append(ln);
+      if (this.times) row.append(this.buildTime(i));
+      row.append(text);
       if (this.groups.has(i)) {
         // "::group::name": a disclosure button named after the group instead of the marker.
         const name = this.lineText(i + 1).slice(GROUP.length);
@@ -852,6 +857,68 @@
       this.el.dataset.currentMatch = this.current >= 0 ? String(this.matches[this.current].line + 1) : '';
     }
 
+    // --- timestamps -------------------------------------------------------------------------
+    // pploy records beside the log when each piece of output arrived (<job>.times); the log's
+    // bytes stay as the script wrote them. Shown in the viewer's time zone, labelled on hover.
+
+    buildTime(i) {
+      const ts = document.createElement('span');
+      ts.className = 'log-ts';
+      const t = this.timeOf(i + 1);
+      if (t !== null) {
+        const d = new Date(t * 1000);
+        const pad = (x) => (x < 10 ? '0' : '') + x;
+        // Drawn by CSS from data-ts, like line numbers: copying the log never copies times.
+        ts.dataset.ts = pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+        ts.title = d.toString();
+      }
+      return ts;
+    }
+
+    // When line n's output arrived: the last recorded time at or before line n.
+    timeOf(n) {
+      const t = this.times;
+      if (!t || !t.length || t[0][0] > n) return null;
+      let lo = 0;
+      let hi = t.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (t[mid][0] <= n) lo = mid;
+        else hi = mid - 1;
+      }
+      return t[lo][1];
+    }
+
+    async loadTimes() {
+      const url = this.el.dataset.timesUrl;
+      if (!url) return;
+      try {
+        const response = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+        if (!response.ok) return;
+        const body = await response.json();
+        if (!this.showTimes) return;
+        this.times = Array.isArray(body.lines) ? body.lines : [];
+        this.el.classList.add('log-with-times');
+        this.redraw();
+      } catch (err) {
+        // Network hiccup: the next refresh tries again.
+      }
+    }
+
+    setTimes(on) {
+      this.showTimes = on;
+      clearInterval(this.timesTimer);
+      if (on) {
+        this.loadTimes();
+        // While the job runs, new output gets its times on the next fetch.
+        this.timesTimer = setInterval(() => { if (!this.ended) this.loadTimes(); }, 2000);
+      } else {
+        this.times = null;
+        this.el.classList.remove('log-with-times');
+        this.redraw();
+      }
+    }
+
     // --- copy, select-all, sections, errors ------------------------------------------------
 
     // The whole log as text (styles dropped): what "copy all" and Ctrl+A, Ctrl+C give.
@@ -868,6 +935,11 @@
         );
       });
       if (copy && !navigator.clipboard) copy.hidden = true; // insecure context: no clipboard API
+      const times = document.getElementById('log-times');
+      if (times) {
+        times.addEventListener('change', () => this.setTimes(times.checked));
+        if (times.checked) this.setTimes(true);
+      }
       const jump = document.getElementById('log-first-error');
       if (jump) jump.addEventListener('click', () => this.jumpToFirstError(jump));
       // Ctrl+A in the panel would select only the rows in the DOM: select the whole log instead.
