@@ -153,6 +153,10 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dangerous_envs: list[str] = Field(
+        default_factory=lambda: ["production"],
+        description="Environments whose deploy button asks for confirmation first.",
+    )
 
     @field_validator("workdir")
     @classmethod

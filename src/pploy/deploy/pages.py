@@ -6,13 +6,18 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import names, security, views
+from pploy.deploy import history, i18n, names, security, views
 from pploy.deploy.actions import remove_project
 from pploy.deploy.auth import USER_COOKIE
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
-from pploy.deploy.rendering import redirect_with_flash, render
+from pploy.deploy.rendering import (
+    LANGUAGE_COOKIE,
+    redirect_with_error,
+    redirect_with_flash,
+    render,
+)
 from pploy.deploy.requestkeys import USER
 from pploy.deploy.services import services
 from pploy.redirects import safe_return_path as safe_next  # the project's one validator
@@ -47,7 +52,8 @@ async def add_project(request: web.Request) -> web.Response:
     try:
         project = await svc.projects.clone(url)
     except PployError as exc:
-        raise redirect_with_flash("/", exc.message) from None
+        # Kept without its secrets: the typed URL travels back in a cookie.
+        raise redirect_with_error("/", exc.message, {"url": names.without_secrets(url)}) from None
     raise redirect_with_flash(project_url(project.name), f"added {project.name}")
 
 
@@ -99,7 +105,7 @@ async def project_page(request: web.Request) -> web.Response:
         project=detail,
         commits=commits,
         readme=files.readme,
-        jobs=svc.store.list_jobs(project.name, 30),
+        history=history.history_view(svc.store, project.name, request.query),
     )
 
 
@@ -111,7 +117,7 @@ async def lock(request: web.Request) -> web.Response:
     try:
         svc.locks.apply(project.name, request[USER], operation)
     except PployError as exc:
-        raise redirect_with_flash(project_url(project.name), exc.message) from None
+        raise redirect_with_error(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(project_url(project.name))
 
 
@@ -124,7 +130,7 @@ async def checkout(request: web.Request) -> web.Response:
     try:
         record = await svc.jobs.start_checkout(project, ref, request[USER])
     except PployError as exc:
-        raise redirect_with_flash(project_url(project.name), exc.message) from None
+        raise redirect_with_error(project_url(project.name), exc.message, {"ref": ref}) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
 
 
@@ -137,7 +143,7 @@ async def deploy(request: web.Request) -> web.Response:
     try:
         record = await svc.jobs.start_deploy(project, env, request[USER])
     except PployError as exc:
-        raise redirect_with_flash(project_url(project.name), exc.message) from None
+        raise redirect_with_error(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
 
 
@@ -149,7 +155,7 @@ async def remove(request: web.Request) -> web.Response:
     try:
         await remove_project(svc, name, request[USER])
     except PployError as exc:
-        raise redirect_with_flash(project_url(name), exc.message) from None
+        raise redirect_with_error(project_url(name), exc.message) from None
     raise redirect_with_flash("/", f"removed {name}")
 
 
@@ -181,8 +187,21 @@ async def cancel(request: web.Request) -> web.Response:
     try:
         svc.jobs.cancel(record.id, request[USER])
     except PployError as exc:
-        raise redirect_with_flash(f"/jobs/{record.id}", exc.message) from None
+        raise redirect_with_error(f"/jobs/{record.id}", exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
+
+
+@routes.get("/language")
+async def set_language(request: web.Request) -> web.Response:
+    """The language switcher: remember the choice in a cookie, go back where the reader was."""
+    language = request.query.get("set", "")
+    response = web.HTTPSeeOther(safe_next(request.query.get("next")))
+    if language in i18n.LANGUAGES:
+        response.set_cookie(
+            LANGUAGE_COOKIE, language, path="/", max_age=365 * 86400, samesite="Lax",
+            secure=request.secure,
+        )  # fmt: skip
+    raise response
 
 
 def add_routes(app: web.Application) -> None:

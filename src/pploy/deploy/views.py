@@ -15,12 +15,19 @@ def project_summary(svc: Services, project: Project) -> dict[str, Any]:
     running = svc.jobs.running_for(project.name)
     last = svc.store.last_job(project.name)
     last_deploy = svc.store.last_job(project.name, "deploy")
+    # "Last deployed" means the last successful deploy, as on the project page; a failed attempt
+    # after it is shown as such beside it.
+    deployed = svc.store.last_successful_deploys(project.name).values()
+    succeeded = max(deployed, key=lambda job: job.id, default=None)
+    failed = svc.store.last_failed_deploy(project.name)
     return {
         "name": project.name,
         "lock": lock.to_json() if lock else None,
         "running_job": running.record.to_json() if running else None,
         "last_job": last.to_json() if last else None,
         "last_deploy": last_deploy.to_json() if last_deploy else None,
+        "last_successful_deploy": succeeded.to_json() if succeeded else None,
+        "last_failed_deploy": failed.to_json() if failed else None,
     }
 
 
