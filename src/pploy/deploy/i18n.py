@@ -7,7 +7,10 @@ English strings are the keys; a missing translation falls back to English.
 # ruff: noqa: E501
 from __future__ import annotations
 
-LANGUAGES = ("en", "ja")
+from pploy.languages import LANGUAGES, negotiate
+
+__all__ = ["CATALOGUES", "JA", "LANGUAGES", "negotiate", "translator"]
+
 
 JA: dict[str, str] = {
     "Projects": "プロジェクト",
@@ -115,27 +118,6 @@ JA: dict[str, str] = {
 }
 
 CATALOGUES = {"ja": JA}
-
-
-def negotiate(accept_language: str | None) -> str:
-    """The best of LANGUAGES for an Accept-Language header (q-values respected)."""
-    best, best_q = "en", 0.0
-    for index, item in enumerate((accept_language or "").split(",")):
-        parts = item.strip().split(";")
-        tag = parts[0].strip().lower()
-        q = 1.0
-        for param in parts[1:]:
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        primary = tag.split("-")[0]
-        q -= index * 1e-6  # earlier wins ties
-        if primary in LANGUAGES and q > best_q:
-            best, best_q = primary, q
-    return best
 
 
 def translator(language: str):  # noqa: ANN201 - returns a plain callable for Jinja
