@@ -156,3 +156,48 @@ def test_timestamps_toggle_shows_when_lines_arrived(page: Any, live: LivePploy) 
     assert stamps[1] not in page.inner_text('#log .log-line[data-line="2"]')
     page.uncheck("#log-times")
     assert page.locator("#log .log-ts").count() == 0
+
+
+def test_wrap_lines_keeps_rows_apart_and_search_working(page: Any, live: LivePploy) -> None:
+    """Wrapped, a long line takes the rows it needs (no overlap, no sideways scrolling) and
+    the virtualised panel still brings a far match into view."""
+    deploy = script(
+        "awk 'BEGIN { for (i = 1; i <= 3000; i++) { s = \"\"; "
+        "for (j = 0; j < (i % 7) * 40; j++) s = s \"w\"; "
+        'if (i == 2500) print "far line " s " target"; else print "line " i " " s } }\''
+    )
+    open_finished(page, live, deploy)
+    log = page.locator("#log")
+    assert page.evaluate("(() => { const l = document.getElementById('log'); "
+                         "return l.scrollWidth > l.clientWidth; })()")
+    page.check("#log-wrap")
+    assert "log-wrap" in log.get_attribute("class")
+    assert page.evaluate("(() => { const l = document.getElementById('log'); "
+                         "return l.scrollWidth <= l.clientWidth; })()")
+    gaps = page.evaluate(
+        """() => {
+          const rows = Array.from(document.querySelectorAll('#log .log-line'));
+          const out = [];
+          for (let k = 1; k < rows.length; k++) {
+            const a = rows[k - 1].getBoundingClientRect();
+            const b = rows[k].getBoundingClientRect();
+            const text = rows[k - 1].querySelector('.log-text');
+            out.push([b.top - a.bottom, text.scrollHeight - text.clientHeight]);
+          }
+          return out;
+        }"""
+    )
+    assert gaps and all(abs(gap) < 1 and hidden <= 1 for gap, hidden in gaps), gaps[:5]
+    tall = page.evaluate(
+        "Math.max(...Array.from(document.querySelectorAll('#log .log-line'))"
+        ".map(r => r.getBoundingClientRect().height))"
+    )
+    assert tall >= 40  # a 240-character line wraps onto more than one row
+    page.fill("#log-search", "target")
+    page.press("#log-search", "Enter")
+    row = page.locator('#log .log-line[data-line="2501"]')
+    box, r = log.bounding_box(), row.bounding_box()
+    assert box["y"] <= r["y"] and r["y"] + r["height"] <= box["y"] + box["height"]
+    page.uncheck("#log-wrap")
+    assert page.evaluate("(() => { const l = document.getElementById('log'); "
+                         "return l.scrollWidth > l.clientWidth; })()")

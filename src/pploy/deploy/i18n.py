@@ -115,6 +115,8 @@ JA: dict[str, str] = {
     "Commit: %s": "コミット: %s",
     "Nothing new since the last deploy (%s).": "前回のデプロイから変更はありません（%s）。",
     "Sign out": "ログアウト",
+    "commit": "コミット",
+    "Wrap lines": "折り返し",
 }
 
 CATALOGUES = {"ja": JA}

@@ -567,6 +567,9 @@
       this.view = null; // line indexes shown, in order, while any group is collapsed
       this.allSelected = false; // Ctrl+A in the panel: copy gives the whole log
       this.times = null; // [[line, unix time], ...] from the server while timestamps are shown
+      this.wrap = false; // wrap long lines (rows then span several visual rows)
+      this.wrapRows = null; // with wrap: visual rows before each display row (prefix sums)
+      this.cols = 0; // with wrap: characters per visual row
       this.timesTimer = 0;
 
       const box = document.getElementById('log-follow');
@@ -653,6 +656,7 @@
       row.className = 'log-line';
       if (i === this.selected) row.classList.add('log-line-selected');
       row.dataset.line = String(i + 1);
+      if (this.wrap && this.cols) row.style.height = this.visualRows(i) * this.rowH + 'px';
       const ln = document.createElement('a');
       ln.className = 'log-ln';
       ln.href = '#L' + (i + 1);
@@ -935,6 +939,8 @@
         );
       });
       if (copy && !navigator.clipboard) copy.hidden = true; // insecure context: no clipboard API
+      const wrap = document.getElementById('log-wrap');
+      if (wrap) wrap.addEventListener('change', () => this.setWrap(wrap.checked));
       const times = document.getElementById('log-times');
       if (times) {
         times.addEventListener('change', () => this.setTimes(times.checked));
@@ -1067,6 +1073,95 @@
       return lo;
     }
 
+    // --- wrapping ------------------------------------------------------------------------
+    // Rows stay virtualised when wrapped: the font is monospace, so a line of L characters
+    // takes ceil(L / cols) visual rows; each row gets that height and breaks anywhere.
+
+    setWrap(on) {
+      const keep = this.first + MARGIN < this.rowCount() ? this.lineAt(Math.min(
+        this.rowCount() - 1, this.rowAtY(this.el.scrollTop - this.padTop))) : null;
+      this.wrap = on;
+      this.el.classList.toggle('log-wrap', on);
+      this.cols = 0;
+      this.wrapRows = null;
+      for (const i of this.rendered.keys()) this.term.dirty.add(i);
+      this.render();
+      if (keep !== null && !this.follow) {
+        this.el.scrollTop = this.padTop + this.rowTop(this.rowOf(keep));
+        this.render();
+      }
+    }
+
+    lineLength(i) {
+      const line = this.term.lines[i];
+      if (line === undefined) return 0;
+      const length = typeof line === 'string' ? line.length
+        : i === this.term.row ? this.term.len : runsLength(line);
+      const cap = this.shown.get(i) || LINE_CAP;
+      return length > cap ? cap + 60 : length; // the expander's words after a capped line
+    }
+
+    visualRows(i) {
+      if (this.groups.has(i)) return 1;
+      return Math.max(1, Math.ceil(this.lineLength(i) / this.cols));
+    }
+
+    // Characters per visual row: the panel's text width over one character's width.
+    measureCols() {
+      if (!this.charW) this.charW = this.measureChar();
+      const row = this.rows.querySelector('.log-text');
+      const left = row ? row.getBoundingClientRect().left - this.el.getBoundingClientRect().left : 64;
+      return Math.max(10, Math.floor((this.el.clientWidth - left - 8) / this.charW));
+    }
+
+    measureChar() {
+      const probe = document.createElement('span');
+      probe.className = 'log-text';
+      probe.style.position = 'absolute';
+      probe.style.visibility = 'hidden';
+      probe.style.whiteSpace = 'pre';
+      probe.textContent = 'x'.repeat(100);
+      this.el.append(probe);
+      const charW = probe.getBoundingClientRect().width / 100 || 8;
+      probe.remove();
+      return charW;
+    }
+
+    layoutWrap(n) {
+      const cols = this.measureCols();
+      if (cols !== this.cols) {
+        this.cols = cols;
+        for (const i of this.rendered.keys()) this.term.dirty.add(i);
+      }
+      const rows = new Float64Array(n + 1);
+      for (let d = 0; d < n; d++) rows[d + 1] = rows[d] + this.visualRows(this.lineAt(d));
+      this.wrapRows = rows;
+    }
+
+    // Pixels from the top of the rows to display row d.
+    rowTop(d) {
+      if (this.wrap && this.wrapRows) {
+        return this.wrapRows[Math.min(d, this.wrapRows.length - 1)] * this.rowH;
+      }
+      return d * this.rowH;
+    }
+
+    // The display row at pixel y (from the top of the rows).
+    rowAtY(y) {
+      if (!(this.wrap && this.wrapRows)) return Math.max(0, Math.floor(y / this.rowH));
+      const rows = this.wrapRows;
+      const target = y / this.rowH;
+      let lo = 0;
+      let hi = rows.length - 2;
+      if (hi < 0) return 0;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (rows[mid] <= target) lo = mid;
+        else hi = mid - 1;
+      }
+      return lo;
+    }
+
     // Rebuild the rendered rows (their highlighting changed).
     redraw() {
       for (const i of this.rendered.keys()) this.term.dirty.add(i);
@@ -1085,9 +1180,9 @@
       this.scanGroups();
       if (this.view && this.viewCount !== this.term.count()) this.rebuildView();
       const n = this.rowCount();
-      const H = this.rowH;
       const viewH = el.clientHeight || 600;
-      const total = n * H;
+      if (this.wrap) this.layoutWrap(n);
+      const total = this.rowTop(n);
       // Decide the scroll position first, so the window is computed once for where we will be.
       let top = el.scrollTop;
       if (this.pendingLine !== null && this.pendingLine <= this.term.count()) {
@@ -1095,8 +1190,8 @@
       } else if (this.follow) {
         top = Math.max(0, total - viewH + this.padTop * 2);
       }
-      const first = Math.max(0, Math.floor((top - this.padTop) / H) - MARGIN);
-      const last = Math.min(n, Math.ceil((top + viewH) / H) + MARGIN);
+      const first = Math.max(0, this.rowAtY(top - this.padTop) - MARGIN);
+      const last = Math.min(n, this.rowAtY(top + viewH) + 1 + MARGIN);
       const dirty = this.term.dirty;
       const wanted = new Set();
       for (let d = first; d < last; d++) wanted.add(this.lineAt(d));
@@ -1126,8 +1221,8 @@
         this.last = last;
         this.shownView = this.view;
       }
-      this.top.style.height = first * H + 'px';
-      this.bottom.style.height = (n - last) * H + 'px';
+      this.top.style.height = this.rowTop(first) + 'px';
+      this.bottom.style.height = total - this.rowTop(last) + 'px';
       this.el.dataset.lines = String(this.term.count());
 
       if (this.pendingLine !== null && this.pendingLine <= this.term.count()) {
@@ -1142,9 +1237,8 @@
 
     // Scroll position that shows line n (1-based) a third of the way down the panel.
     lineTop(n) {
-      const H = this.rowH;
       const row = this.rowOf(n - 1);
-      return Math.max(0, this.padTop + row * H - Math.floor(this.el.clientHeight / 3));
+      return Math.max(0, this.padTop + this.rowTop(row) - Math.floor(this.el.clientHeight / 3));
     }
 
     select(n) {
