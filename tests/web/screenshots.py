@@ -75,7 +75,7 @@ def main() -> None:
                             context.clear_cookies()
                         page.goto(live.url(path))
                         if name == "job":
-                            page.wait_for_selector("body[data-job-status=succeeded]")
+                            page.wait_for_selector("#log[data-connection=ended]")
                             page.fill("#log-search", "package-1")
                             page.press("#log-search", "Enter")
                         if name == "project":

@@ -46,7 +46,7 @@ def test_enter_and_shift_enter_walk_the_whole_log(page: Any, live: LivePploy) ->
     job = live.start_job(numbered_log())
     live.wait_job(job)
     page.goto(live.url(f"/jobs/{job}"))
-    page.wait_for_selector("body[data-job-status=succeeded]")
+    page.wait_for_selector("#log[data-connection=ended]")  # the whole log is in
     assert int(page.get_attribute("#log", "data-lines")) > LINES
     assert page.locator("#log .log-line").count() < 1000  # virtualised: most rows are not there
     box = page.locator("input[type=search]#log-search")
@@ -88,7 +88,7 @@ def test_match_across_colours_and_hostile_text_stays_text(page: Any, live: LiveP
     )
     live.wait_job(job)
     page.goto(live.url(f"/jobs/{job}"))
-    page.wait_for_selector("body[data-job-status=succeeded]")
+    page.wait_for_selector("#log[data-connection=ended]")  # the whole log is in
     box = page.locator("#log-search")
     box.fill("n red<b>")
     box.press("Enter")

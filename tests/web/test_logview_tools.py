@@ -23,7 +23,7 @@ def open_finished(page: Any, live: LivePploy, deploy_script: str) -> int:
     job = live.start_job(deploy_script)
     live.wait_job(job)
     page.goto(live.url(f"/jobs/{job}"))
-    page.wait_for_selector("body[data-job-status=succeeded]")
+    page.wait_for_selector("#log[data-connection=ended]")  # the whole log is in
     return job
 
 
@@ -138,9 +138,14 @@ def test_timestamps_toggle_shows_when_lines_arrived(page: Any, live: LivePploy) 
     assert b"one\r\ntwo\r\nthree" in raw or b"one\ntwo\nthree" in raw
     status, body = live.run(live.pploy.api("GET", f"/api/jobs/{job}/times"))
     assert status == 200
-    times = dict(body["lines"])
-    assert 2 in times and 3 in times  # "one" and "two" began in separate pieces
-    assert 1.0 < times[3] - times[2] < 5
+    pairs = body["lines"]
+
+    def time_of(line: int) -> float:
+        """The last recorded time at or before ``line`` (as the viewer reads them)."""
+        return [t for n, t in pairs if n <= line][-1]
+
+    assert 1.0 < time_of(3) - time_of(2) < 5  # "two" came 1.3 s after "one"
+    assert time_of(4) == time_of(3)
     assert page.locator("#log .log-ts").count() == 0
     page.check("#log-times")
     page.wait_for_selector("#log .log-ts[data-ts]")
