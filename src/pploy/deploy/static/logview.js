@@ -603,7 +603,9 @@
       this.wireTools();
 
       this.startTicker();
-      document.body.dataset.jobStatus = el.dataset.status || 'running';
+      // A finished job's status is set once its log has been received (finish()): before that
+      // the page would claim an end it has not shown yet.
+      if ((el.dataset.status || 'running') === 'running') document.body.dataset.jobStatus = 'running';
       this.connect();
     }
 
