@@ -74,6 +74,18 @@ def test_enter_and_shift_enter_walk_the_whole_log(page: Any, live: LivePploy) ->
     box.press("Enter")  # and forwards round to the first
     assert in_view(page, "output line 21000 has")
 
+    # The whole-log search is quick enough to run on every keystroke's pause.
+    ms = page.evaluate(
+        """() => {
+          const view = document.getElementById('log').pployLog;
+          const start = performance.now();
+          view.search('needle', false);
+          return performance.now() - start;
+        }"""
+    )
+    print(f"\nsearching {LINES:,} lines: {ms:.1f} ms")
+    assert ms < 1000, ms
+
     box.fill("no such text anywhere")
     page.wait_for_function("document.getElementById('log').dataset.matches === '0'")
     assert page.inner_text("#log-search-count") == "no matches"
