@@ -198,6 +198,11 @@ def test_browser_requests_all_stay_under_the_prefix(setup: Setup) -> None:
             page.goto(f"{setup.url}{PREFIX}/")
             page.click("a[href='/deploy/projects/testploy']")
             expect(page.locator("#lock-panel")).to_be_visible()
+            page.click('#languages a[lang="ja"]')  # the switcher goes and comes back under it
+            expect(page.locator("html")).to_have_attribute("lang", "ja")
+            assert urlsplit(page.url).path == f"{PREFIX}/projects/testploy"
+            page.click('#languages a[lang="en"]')
+            expect(page.locator("html")).to_have_attribute("lang", "en")
             for transport in ("sse", "ws"):
                 page.goto(f"{setup.url}{PREFIX}/jobs/{job_id}?transport={transport}")
                 expect(page.locator("#log")).to_contain_text("done")

@@ -274,6 +274,12 @@ async def test_up_with_a_prefix_serves_pploy_under_it(tmp_path: Path) -> None:
                 assert [p["name"] for p in (await resp.json())["projects"]] == ["demo"]
             async with session.get(url + "projects/demo", headers=headers) as resp:
                 html = await resp.text()
+            # gate's own sign-out page is gate's, at the host's root: the one link outside
+            sign_out = re.findall(r'<a href="([^"]*)" id="sign-out"', html)
+            assert sign_out == ["/logout"], sign_out
+            async with session.get(f"http://127.0.0.1:{port}/logout", headers=headers) as resp:
+                assert resp.status == 200 and "Sign out of gate?" in await resp.text()
+            html = html.replace('<a href="/logout" id="sign-out"', "")
             found = re.findall(r'(?:href|action|src|data-[a-z-]+-url)="(/[^"]*)"', html)
             assert found and all(link.startswith("/deploy/") for link in found), found
         assert up.interrupt() == 0

@@ -188,7 +188,7 @@ async def test_two_clones_of_one_name_at_once_make_one_project(
         "fd::3",
         "relative/repo.git",
         "{bare}/..",
-        "{bare_parent}/.git",
+        "/.git",  # names nothing (``{bare_parent}/.git`` is named after its folder now)
         "file:///",
         "git@-oProxyCommand=touch:{marker}",
         " {bare}",

@@ -412,3 +412,17 @@ def test_allowed_urls_patterns(url: str, allowed: bool) -> None:
     assert names.url_allowed(url, patterns) is allowed
     assert names.url_allowed(url, ["*"]) is True  # the default allows any URL
     assert names.url_allowed(url, []) is False
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://h/org/app/.git", "app"),
+        ("/srv/app/.git/", "app"),
+        ("file:///srv/app/.git", "app"),
+        ("git@h:org/app/.git", "app"),
+    ],
+)
+def test_a_dot_git_folder_is_named_after_its_parent(url: str, name: str) -> None:
+    """Issue 15: ``…/app/.git`` (a working tree's repository) is the project ``app``."""
+    assert names.project_name_from_url(url) == name

@@ -396,9 +396,11 @@ async def test_log_retention_keeps_history_and_removes_old_logs(tmp_path):
         status, body = await pploy.api("DELETE", f"/api/projects/{name}", "alice")
         assert status == 200
         assert not (tmp_path / "work/projects" / name).exists()
+        # (each log with its timestamps sidecar, see timeline.py; the oldest's went with it)
         assert sorted(p.name for p in (tmp_path / "work/logs" / name).iterdir()) == [
-            f"{jobs[1]['id']}.log", f"{jobs[2]['id']}.log"
-        ]
+            f"{jobs[1]['id']}.log", f"{jobs[1]['id']}.times",
+            f"{jobs[2]['id']}.log", f"{jobs[2]['id']}.times",
+        ]  # fmt: skip
         status, body = await pploy.api("GET", f"/api/jobs/{jobs[0]['id']}")
         assert status == 200 and body["job"]["status"] == "succeeded"
     finally:
@@ -499,7 +501,7 @@ async def test_pages_render_and_escape(tmp_path):
             html = await resp.text()
         assert "<h3>Read me</h3>" in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt; subject" in html
-        assert html.count('name="env"') == 3 and 'value="test"' in html
+        assert html.count('type="submit" name="env"') == 3 and 'value="test"' in html
         async with client.get(pploy.url("/"), headers={"Accept-Language": "ja,en;q=0.5"}) as resp:
             assert "プロジェクト" in await resp.text()
         async with client.get(pploy.url("/jobs/99999")) as resp:

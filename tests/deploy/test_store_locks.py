@@ -570,3 +570,44 @@ def test_tokens_are_kept_as_digests_revoked_once_and_named_on_jobs(store: Storag
     assert store.get_token(made.id).revoked_at == revoked.revoked_at
     job = store.create_job(project="app", kind="deploy", user="alice", env="staging", token="ci")
     assert store.get_job(job.id).token == "ci"
+
+
+def test_history_search_filters_pages_and_failed_attempts_on_either_engine(
+    store: Storage,
+) -> None:
+    """The project page's history (find_jobs) and the index's failed attempt
+    (last_failed_deploy) mean the same on SQLite and PostgreSQL: the search ignores case and
+    takes ``%`` and ``_`` literally; filters are exact; pages are newest first."""
+    ids = []
+    for n, (env, status, message) in enumerate(
+        [
+            ("staging", "succeeded", "Shipped 50% of it"),
+            ("production", "succeeded", None),
+            ("production", "failed", "exit 1"),
+            ("staging", "failed", "a_b"),
+        ]
+    ):
+        job = store.create_job(
+            project="app", kind="deploy", user="Alice" if n % 2 else "bob", env=env
+        )
+        store.update_job(job.id, status=status, message=message, ended_at=T0 + n)
+        ids.append(job.id)
+    store.create_job(project="other", kind="deploy", user="bob", env="staging")
+
+    def found(filters: dict[str, str], query: str = "", limit: int = 10, offset: int = 0):
+        jobs, total = store.find_jobs("app", filters, query, limit, offset)
+        return [j.id for j in jobs], total
+
+    assert found({}) == (ids[::-1], 4)
+    assert found({}, limit=3, offset=3) == ([ids[0]], 4)
+    assert found({"env": "production", "status": "failed"}) == ([ids[2]], 1)
+    assert found({"user": "Alice"}) == ([ids[3], ids[1]], 2)
+    assert found({}, "alice") == ([ids[3], ids[1]], 2)  # case ignored
+    assert found({}, "50%") == ([ids[0]], 1)
+    assert found({}, "%") == ([ids[0]], 1)  # literal, not a wildcard
+    assert found({}, "a_b") == ([ids[3]], 1)
+    assert found({}, "_") == ([ids[3]], 1)
+    assert found({}, "'; DROP TABLE jobs; --") == ([], 0)
+    failed = store.last_failed_deploy("app")
+    assert failed is not None and failed.id == ids[3]  # newer than the last success
+    assert store.last_failed_deploy("other") is None  # running is not failed

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from pploy.deploy import actions, views
+from pploy.deploy import actions, timeline, views
 from pploy.deploy.errors import BadRequest
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, read_json, string_field
@@ -101,6 +103,15 @@ async def project_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     svc = services(request)
     return web.json_response({"job": svc.jobs.get(job_id(request)).to_json()})
+
+
+@routes.get("/api/jobs/{job_id}/times")
+async def job_times(request: web.Request) -> web.Response:
+    """When the job's output arrived, per line: ``{"lines": [[line, unix time], ...]}``."""
+    svc = services(request)
+    path = svc.jobs.log_path(svc.jobs.get(job_id(request)))
+    lines = await asyncio.to_thread(timeline.line_times, path)
+    return web.json_response({"lines": [[n, t] for n, t in lines]})
 
 
 @routes.post("/api/jobs/{job_id}/cancel")

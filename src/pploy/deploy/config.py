@@ -296,6 +296,11 @@ class Config(_Strict):
             raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
         return value or None
 
+    dangerous_envs: list[str] = Field(
+        default_factory=lambda: ["production"],
+        description="Environments whose deploy button asks for confirmation first.",
+    )
+
     @field_validator("workdir")
     @classmethod
     def _absolute_workdir(cls, value: Path) -> Path:

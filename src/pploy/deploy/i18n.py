@@ -7,7 +7,10 @@ English strings are the keys; a missing translation falls back to English.
 # ruff: noqa: E501
 from __future__ import annotations
 
-LANGUAGES = ("en", "ja")
+from pploy.languages import LANGUAGES, negotiate
+
+__all__ = ["CATALOGUES", "JA", "LANGUAGES", "negotiate", "translator"]
+
 
 JA: dict[str, str] = {
     "Projects": "プロジェクト",
@@ -106,30 +109,41 @@ JA: dict[str, str] = {
     "Your tokens": "あなたのトークン",
     "or": "または",
     "revoked": "失効済み",
+    "rollback": "巻き戻し",
+    "deploying now undoes %s commit(s)": "今デプロイすると %s 件のコミットを取り消します",
+    "Search the log": "ログを検索",
+    "Previous match (Shift+Enter)": "前の一致（Shift+Enter）",
+    "Next match (Enter)": "次の一致（Enter）",
+    "%s matches": "%s 件一致",
+    "no matches": "一致なし",
+    "Jump to first error": "最初のエラーへ",
+    "Copy all": "すべてコピー",
+    "no errors": "エラーなし",
+    "Timestamps": "時刻",
+    "All environments": "すべての環境",
+    "All kinds": "すべての種類",
+    "All statuses": "すべての状態",
+    "Search ref, commit, message": "ref・コミット・メッセージを検索",
+    "Filter": "絞り込み",
+    "Clear": "解除",
+    "Newer": "新しい",
+    "Older": "古い",
+    "Page %s of %s": "%s / %s ページ",
+    "%s jobs": "%s 件",
+    "then": "その後",
+    "%s min left": "残り %s 分",
+    "%s s left": "残り %s 秒",
+    "Deploy to %s?": "%s にデプロイしますか？",
+    "This ROLLS BACK %s commit(s):": "%s 件のコミットを巻き戻します:",
+    "This ships %s commit(s):": "%s 件のコミットを反映します:",
+    "Commit: %s": "コミット: %s",
+    "Nothing new since the last deploy (%s).": "前回のデプロイから変更はありません（%s）。",
+    "Sign out": "ログアウト",
+    "commit": "コミット",
+    "Wrap lines": "折り返し",
 }
 
 CATALOGUES = {"ja": JA}
-
-
-def negotiate(accept_language: str | None) -> str:
-    """The best of LANGUAGES for an Accept-Language header (q-values respected)."""
-    best, best_q = "en", 0.0
-    for index, item in enumerate((accept_language or "").split(",")):
-        parts = item.strip().split(";")
-        tag = parts[0].strip().lower()
-        q = 1.0
-        for param in parts[1:]:
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        primary = tag.split("-")[0]
-        q -= index * 1e-6  # earlier wins ties
-        if primary in LANGUAGES and q > best_q:
-            best, best_q = primary, q
-    return best
 
 
 def translator(language: str):  # noqa: ANN201 - returns a plain callable for Jinja

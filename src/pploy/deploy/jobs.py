@@ -30,6 +30,7 @@ from pploy.deploy.projects import Project, Projects
 from pploy.deploy.storage import Storage
 from pploy.deploy.store import JobAlreadyRunning, JobRecord, StoreUnavailable
 from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
+from pploy.deploy.timeline import TimelineWriter, times_path
 from pploy.deploy.workdir import hold_workdir
 
 if TYPE_CHECKING:  # psycopg is imported only with a shared database
@@ -65,6 +66,7 @@ class RunningJob:
     message: str | None = None
     stopping: asyncio.Task[str] | None = None
     watchers: list[Callable[[], None]] = field(default_factory=list)
+    timeline: TimelineWriter | None = None  # when each piece of output arrived (timeline.py)
 
 
 class Jobs:
@@ -206,9 +208,8 @@ class Jobs:
             token=token,
         )
         env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
-        steps.append(
-            ([str(project.deploy_script)], env_vars, f"$ DEPLOY_ENV={env} .deploy/bin/deploy")
-        )
+        echo = f"$ DEPLOY_ENV={env} DEPLOY_USER={user} .deploy/bin/deploy"  # as the README says
+        steps.append(([str(project.deploy_script)], env_vars, echo))
         self._launch(record, project, steps)
         return record
 
@@ -262,7 +263,7 @@ class Jobs:
             point_latest(self.log_path(record), record.project)  # go-pploy's logs/<p>.log
         if self.shared_logs is not None:
             buffer.on_write = self.shared_logs.shipper(record.id)
-        job = RunningJob(record, buffer)
+        job = RunningJob(record, buffer, timeline=TimelineWriter(times_path(buffer.path)))
         self.running[record.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
         log.event(
@@ -298,6 +299,8 @@ class Jobs:
         """Output (``note``: one of pploy's own lines) into the job's log."""
         if job.failure:
             return
+        if job.timeline:
+            job.timeline.note(job.buffer.size, time.time())
         try:
             if note:
                 job.buffer.append_note(data)
@@ -395,6 +398,8 @@ class Jobs:
                 job.buffer.finish(
                     {"id": record.id, "status": status, "exit_code": exit_code, "message": message}
                 )
+            if job.timeline:
+                job.timeline.close()
             self.running.pop(record.id, None)
 
     async def _record_end(
@@ -667,7 +672,8 @@ class Jobs:
             self.shared_logs.prune(ids)
         for job_id in ids:
             path = self.projects.log_dir(project) / f"{job_id}.log"
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            for old in (path, times_path(path)):
+                try:
+                    old.unlink()
+                except FileNotFoundError:
+                    pass

@@ -146,8 +146,16 @@ def without_secrets(url: str) -> str:
 
 
 def project_name_from_url(url: str) -> str:
-    """``…/testploy.git`` → ``testploy``, validated as a project name."""
-    tail = url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    """``…/testploy.git`` → ``testploy``, validated as a project name; ``…/app/.git`` (a
+    working tree's repository) → ``app``, the folder's name."""
+    url = url.rstrip("/")
+    if url.endswith("/.git"):
+        folder = url[: -len("/.git")].rstrip("/")
+        scheme, has_scheme, rest = folder.partition("://")
+        is_host = bool(has_scheme) and "/" not in rest  # https://h/.git: no folder to name
+        if folder and not is_host and not folder.endswith(":"):
+            url = folder
+    tail = url.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     if tail.endswith(".git"):
         tail = tail[:-4]
     return project_name(tail)

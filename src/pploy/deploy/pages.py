@@ -6,14 +6,19 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import actions, names, security, views
+from pploy.deploy import actions, history, i18n, names, security, views
 from pploy.deploy.actions import remove_project
 from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE, cookie_value
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id
 from pploy.deploy.permissions import Refused
-from pploy.deploy.rendering import redirect_with_flash, render
+from pploy.deploy.rendering import (
+    LANGUAGE_COOKIE,
+    redirect_with_error,
+    redirect_with_flash,
+    render,
+)
 from pploy.deploy.requestkeys import CALLER, USER
 from pploy.deploy.services import services
 from pploy.redirects import safe_return_path as safe_next  # the project's one validator
@@ -53,7 +58,8 @@ async def add_project(request: web.Request) -> web.Response:
     except Refused:
         raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
-        raise redirect_with_flash("/", exc.message) from None
+        # Kept without its secrets: the typed URL travels back in a cookie.
+        raise redirect_with_error("/", exc.message, {"url": names.without_secrets(url)}) from None
     raise redirect_with_flash(project_url(project.name), f"added {project.name}")
 
 
@@ -111,12 +117,12 @@ async def project_page(request: web.Request) -> web.Response:
         project=detail,
         commits=commits,
         readme=files.readme,
-        jobs=svc.store.list_jobs(project.name, 30),
         may_deploy={
             env: svc.permissions.deploy(request[CALLER], project.name, env)
             for env in detail["envs"]
         },
         may_remove=svc.permissions.manage_projects(request[CALLER], f"remove {project.name}"),
+        history=history.history_view(svc.store, project.name, request.query),
     )
 
 
@@ -128,7 +134,7 @@ async def lock(request: web.Request) -> web.Response:
     try:
         svc.locks.apply(project.name, request[USER], operation)
     except PployError as exc:
-        raise redirect_with_flash(project_url(project.name), exc.message) from None
+        raise redirect_with_error(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(project_url(project.name))
 
 
@@ -141,7 +147,7 @@ async def checkout(request: web.Request) -> web.Response:
     try:
         record = await actions.start_checkout(svc, request[CALLER], project, ref)
     except PployError as exc:
-        raise redirect_with_flash(project_url(project.name), exc.message) from None
+        raise redirect_with_error(project_url(project.name), exc.message, {"ref": ref}) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
 
 
@@ -156,7 +162,7 @@ async def deploy(request: web.Request) -> web.Response:
     except Refused:
         raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
-        raise redirect_with_flash(project_url(project.name), exc.message) from None
+        raise redirect_with_error(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
 
 
@@ -170,7 +176,7 @@ async def remove(request: web.Request) -> web.Response:
     except Refused:
         raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
-        raise redirect_with_flash(project_url(name), exc.message) from None
+        raise redirect_with_error(project_url(name), exc.message) from None
     raise redirect_with_flash("/", f"removed {name}")
 
 
@@ -202,8 +208,21 @@ async def cancel(request: web.Request) -> web.Response:
     try:
         svc.jobs.cancel(record.id, request[USER])
     except PployError as exc:
-        raise redirect_with_flash(f"/jobs/{record.id}", exc.message) from None
+        raise redirect_with_error(f"/jobs/{record.id}", exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")
+
+
+@routes.get("/language")
+async def set_language(request: web.Request) -> web.Response:
+    """The language switcher: remember the choice in a cookie, go back where the reader was."""
+    language = request.query.get("set", "")
+    response = web.HTTPSeeOther(safe_next(request.query.get("next")))
+    if language in i18n.LANGUAGES:
+        response.set_cookie(
+            LANGUAGE_COOKIE, language, path="/", max_age=365 * 86400, samesite="Lax",
+            secure=request.secure,
+        )  # fmt: skip
+    raise response
 
 
 def add_routes(app: web.Application) -> None:

@@ -150,10 +150,13 @@ def build_templates() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     templates.filters["datetime"] = lambda ts: (
-        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+        # With the zone: a bare time is ambiguous for a team across time zones.
+        time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts)) if ts else ""
     )
     templates.filters["duration"] = format_duration
-    templates.filters["isodate"] = lambda text: text[:16].replace("T", " ")
+    templates.filters["isodate"] = lambda text: (
+        text[:16].replace("T", " ") + (" " + text[19:].replace(":", "") if text[19:] else "")
+    )  # git's ISO date keeps its offset: 2026-01-02 03:04 +0900
     return templates
 
 

@@ -466,6 +466,49 @@ class Store:
             ).fetchone()
         return JobRecord(**dict(row)) if row else None
 
+    def find_jobs(
+        self, project: str, filters: dict[str, str], query: str, limit: int, offset: int
+    ) -> tuple[list[JobRecord], int]:
+        """One page of a project's jobs, newest first, and how many match in all. ``filters``
+        maps env/kind/status/user to an exact value; ``query`` is found (case-insensitively)
+        in the ref, commit, user, environment or message. Values are bound, never spliced."""
+        where = ["project = ?"]
+        params: list[Any] = [project]
+        for column in ("env", "kind", "status", "user"):
+            if filters.get(column):
+                where.append(f"{column} = ?")
+                params.append(filters[column])
+        if query:
+            escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            where.append(
+                "(" + " OR ".join(
+                    f"COALESCE({c}, '') LIKE ? ESCAPE '\\'"
+                    for c in ("ref", "sha", "user", "env", "message")
+                ) + ")"
+            )  # fmt: skip
+            params += [pattern] * 5
+        condition = " AND ".join(where)
+        count = f"SELECT COUNT(*) AS n FROM jobs WHERE {condition}"  # noqa: S608
+        total = self.db.execute(count, params).fetchone()["n"]
+        rows = self.db.execute(
+            f"SELECT * FROM jobs WHERE {condition} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
+            (*params, limit, offset),
+        )
+        return [JobRecord(**dict(row)) for row in rows], total
+
+    def last_failed_deploy(self, project: str) -> JobRecord | None:
+        """The newest finished deploy of a project that did not succeed, if it is newer than
+        its last successful deploy (a failed attempt the index shows beside the success)."""
+        row = self.db.execute(
+            "SELECT * FROM jobs WHERE project = ? AND kind = 'deploy' AND status NOT IN "
+            "('succeeded', 'running') AND id > COALESCE((SELECT MAX(id) FROM jobs WHERE "
+            "project = ? AND kind = 'deploy' AND status = 'succeeded'), 0) "
+            "ORDER BY id DESC LIMIT 1",
+            (project, project),
+        ).fetchone()
+        return JobRecord(**dict(row)) if row else None
+
     def job_ids_beyond(self, project: str, keep: int) -> list[int]:
         """Finished jobs of a project older than the newest ``keep`` (their logs may go)."""
         rows = self.db.execute(

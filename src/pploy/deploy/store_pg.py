@@ -384,6 +384,48 @@ class PgStore:
             ).fetchone()
         return JobRecord(**row) if row else None
 
+    def find_jobs(
+        self, project: str, filters: dict[str, str], query: str, limit: int, offset: int
+    ) -> tuple[list[JobRecord], int]:
+        """As :meth:`pploy.deploy.store.Store.find_jobs` (``ILIKE``: SQLite's ``LIKE`` ignores
+        case, PostgreSQL's does not). Values are bound, never spliced."""
+        where = ["project = %s"]
+        params: list[Any] = [project]
+        for column in ("env", "kind", "status", "user"):
+            if filters.get(column):
+                where.append(f'"{column}" = %s')
+                params.append(filters[column])
+        if query:
+            escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(
+                "(" + " OR ".join(
+                    f"COALESCE({c}, '') ILIKE %s ESCAPE '\\'"
+                    for c in ("ref", "sha", '"user"', "env", "message")
+                ) + ")"
+            )  # fmt: skip
+            params += [f"%{escaped}%"] * 5
+        condition = " AND ".join(where)
+        counted = self.execute(
+            f"SELECT COUNT(*) AS n FROM jobs WHERE {condition}",  # noqa: S608
+            params,
+        ).fetchone()
+        total = counted["n"] if counted else 0
+        rows = self.execute(
+            f"SELECT * FROM jobs WHERE {condition} ORDER BY id DESC LIMIT %s OFFSET %s",  # noqa: S608
+            (*params, limit, offset),
+        )
+        return [JobRecord(**row) for row in rows.fetchall()], total
+
+    def last_failed_deploy(self, project: str) -> JobRecord | None:
+        row = self.execute(
+            "SELECT * FROM jobs WHERE project = %s AND kind = 'deploy' AND status NOT IN "
+            "('succeeded', 'running') AND id > COALESCE((SELECT MAX(id) FROM jobs WHERE "
+            "project = %s AND kind = 'deploy' AND status = 'succeeded'), 0) "
+            "ORDER BY id DESC LIMIT 1",
+            (project, project),
+        ).fetchone()
+        return JobRecord(**row) if row else None
+
     def job_ids_beyond(self, project: str, keep: int) -> list[int]:
         rows = self.execute(
             "SELECT id FROM jobs WHERE project = %s AND status != 'running' AND id NOT IN "

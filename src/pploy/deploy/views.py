@@ -15,12 +15,19 @@ def project_summary(svc: Services, project: Project) -> dict[str, Any]:
     running = svc.jobs.running_record(project.name)
     last = svc.store.last_job(project.name)
     last_deploy = svc.store.last_job(project.name, "deploy")
+    # "Last deployed" means the last successful deploy, as on the project page; a failed attempt
+    # after it is shown as such beside it.
+    deployed = svc.store.last_successful_deploys(project.name).values()
+    succeeded = max(deployed, key=lambda job: job.id, default=None)
+    failed = svc.store.last_failed_deploy(project.name)
     return {
         "name": project.name,
         "lock": lock.to_json() if lock else None,
         "running_job": running.to_json() if running else None,
         "last_job": last.to_json() if last else None,
         "last_deploy": last_deploy.to_json() if last_deploy else None,
+        "last_successful_deploy": succeeded.to_json() if succeeded else None,
+        "last_failed_deploy": failed.to_json() if failed else None,
     }
 
 
@@ -44,9 +51,22 @@ async def project_detail(
     }
 
 
+async def commits_between(path: str, base: str, tip: str) -> list[dict[str, Any]] | None:
+    """The commits reachable from ``tip`` but not from ``base`` (newest first, at most 100), or
+    None when git cannot tell (a commit missing from the clone)."""
+    if base == tip:
+        return []
+    try:
+        return [c.to_json() for c in await git.recent_commits(path, 100, f"{base}..{tip}")]
+    except (git.GitError, TimeoutError):
+        return None
+
+
 async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
-    """Recent commits, HEAD, and per environment the last successful deploy and the commits
-    between it and HEAD (None when that commit is not in the clone)."""
+    """Recent commits, HEAD, and per environment the last successful deploy, the commits
+    between it and HEAD that deploying now would ship (``pending``) and the deployed commits
+    HEAD lacks, which deploying now would undo (``rollback``): both None when that commit is not
+    in the clone. Without ``rollback`` an older checkout would read as "up to date"."""
     path = str(project.path)
     head = await git.head_sha(path)
     commits = []
@@ -60,16 +80,17 @@ async def commits_view(svc: Services, project: Project) -> dict[str, Any]:
     for env in await asyncio.to_thread(project.deploy_envs):
         job = deployed.get(env)
         pending: list[dict[str, Any]] | None = []
+        rollback: list[dict[str, Any]] | None = []
         if job is None or not job.sha:
-            pending = None
-        elif head and job.sha != head:
-            try:
-                pending = [
-                    c.to_json() for c in await git.recent_commits(path, 100, f"{job.sha}..{head}")
-                ]
-            except (git.GitError, TimeoutError):
-                pending = None
-        envs[env] = {"last_deployed": job.to_json() if job else None, "pending": pending}
+            pending = rollback = None
+        elif head:
+            pending = await commits_between(path, job.sha, head)
+            rollback = await commits_between(path, head, job.sha)
+        envs[env] = {
+            "last_deployed": job.to_json() if job else None,
+            "pending": pending,
+            "rollback": rollback,
+        }
     return {
         "head": head,
         "default_branch": await git.default_branch(path),

@@ -82,6 +82,7 @@ def _forbidden(gate: Gate, request: web.Request, exc: Forbidden) -> web.Response
     response = page(
         403,
         "Access denied",
+        request=request,
         message="This site does not admit your account.",
         who=exc.info,
         reason=exc.reason,
@@ -103,6 +104,7 @@ def _failed(gate: Gate, request: web.Request, exc: LoginFailed) -> web.Response:
     return page(
         exc.status,
         "Sign-in failed",
+        request=request,
         message=str(exc),
         links=[(gate.config.paths.login, "Try again")],
         request_id=request.get(keys.REQUEST_ID),
@@ -129,7 +131,9 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
     if isinstance(provider, DevProvider):
         if request.method == "POST":
             if not same_origin_post(gate, request):
-                return page(403, "Sign-in refused", message="Cross-site sign-in is not allowed.")
+                return page(
+                    403, "Sign-in refused", request, message="Cross-site sign-in is not allowed."
+                )
             form = await request.post()
             next_path = str(form.get("next") or "/")
             try:
@@ -141,6 +145,7 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
                 return page(
                     400,
                     "Sign in",
+                    request=request,
                     message=str(exc),
                     dev_form=True,
                     login_path=gate.config.paths.login,
@@ -152,6 +157,7 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
         return page(
             200,
             "Sign in",
+            request=request,
             dev_form=True,
             login_path=gate.config.paths.login,
             next=safe_return_path(request.query.get("next", "/")),
@@ -190,6 +196,7 @@ async def handle_callback(gate: Gate, request: web.Request) -> web.StreamRespons
         return page(
             403,
             "Sign-in cancelled",
+            request=request,
             message=f"The provider answered: {params['error'][:100]}",
             links=[(gate.config.paths.login, "Try again")],
             request_id=request.get(keys.REQUEST_ID),
@@ -233,6 +240,7 @@ async def handle_error(gate: Gate, request: web.Request) -> web.StreamResponse:
     return page(
         401,
         "Sign-in error",
+        request=request,
         message="Signing in did not work. Please try again.",
         links=[(gate.config.paths.login, "Sign in")],
     )

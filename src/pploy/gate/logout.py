@@ -38,6 +38,7 @@ def _logout_form(
     return page(
         status,
         "Sign out",
+        request=request,
         message=message,
         error=status >= 400,
         confirm={
@@ -75,6 +76,7 @@ async def handle_logout(gate: Gate, request: web.Request) -> web.StreamResponse:
         response = page(
             200,
             "Signed out",
+            request=request,
             message="You are signed out of gate.",
             links=[(gate.config.paths.login, "Sign in again")],
         )

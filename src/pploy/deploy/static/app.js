@@ -12,12 +12,13 @@
 
   // --- countdowns ----------------------------------------------------------------------------
 
-  function formatLeft(seconds) {
-    const h = Math.floor(seconds / 3600);
-    const m = Math.floor(seconds / 60) % 60;
-    const s = seconds % 60;
-    const pad = (x) => (x < 10 ? '0' : '') + x;
-    return h ? h + ':' + pad(m) + ':' + pad(s) : m + ':' + pad(s);
+  // "18 min left" (minutes rounded up), "45 s left" in the last minute: "18:53" would read as a
+  // time of day. The wording comes from the page (data-text-*, translated by the server).
+  function formatLeft(seconds, el) {
+    if (seconds >= 60) {
+      return (el.dataset.textMin || '%s min left').replace('%s', String(Math.ceil(seconds / 60)));
+    }
+    return (el.dataset.textSec || '%s s left').replace('%s', String(seconds));
   }
 
   // One timer for the page; it re-queries the DOM each tick, so elements swapped in by the live
@@ -27,9 +28,9 @@
     for (const el of document.querySelectorAll('.countdown[data-expires-at]')) {
       const expires = parseFloat(el.dataset.expiresAt);
       if (!Number.isFinite(expires)) continue;
-      // Round up: "0:01" until the very last second, then "expired".
+      // Round up: "1 s left" until the very last second, then "expired".
       const left = Math.ceil(expires - now);
-      const text = left > 0 ? formatLeft(left) : el.dataset.expiredText || 'expired';
+      const text = left > 0 ? formatLeft(left, el) : el.dataset.expiredText || 'expired';
       if (el.textContent !== text) el.textContent = text;
       el.classList.toggle('countdown-expired', left <= 0);
     }

@@ -412,6 +412,108 @@
     return m ? parseInt(m[1], 10) : null;
   }
 
+  // Every case-insensitive occurrence of `needle` (already lower-cased) in `lines` (line texts),
+  // as {line, start, end} in line order, at most `limit` of them.
+  function findMatches(texts, needle, limit) {
+    const out = [];
+    if (!needle) return out;
+    for (let i = 0; i < texts.length && out.length < limit; i++) {
+      const hay = texts[i].toLowerCase();
+      let at = hay.indexOf(needle);
+      while (at >= 0 && out.length < limit) {
+        out.push({ line: i, start: at, end: at + needle.length });
+        at = hay.indexOf(needle, at + needle.length);
+      }
+    }
+    return out;
+  }
+
+  // Wrap columns [start, end) of the text under `root` in <mark> elements, splitting text nodes
+  // (styled runs stay as they are). `ranges` are sorted and disjoint; a range may span runs.
+  function markRanges(root, ranges) {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) nodes.push(n);
+    let pos = 0;
+    let r = 0;
+    for (const node of nodes) {
+      const nodeEnd = pos + node.data.length;
+      let cur = node;
+      let curStart = pos;
+      pos = nodeEnd;
+      while (r < ranges.length) {
+        const range = ranges[r];
+        if (range.start >= nodeEnd) break;
+        const from = Math.max(range.start, curStart);
+        const to = Math.min(range.end, nodeEnd);
+        if (to > from) {
+          const mid = from > curStart ? cur.splitText(from - curStart) : cur;
+          const rest = to < nodeEnd ? mid.splitText(to - from) : null;
+          const mark = document.createElement('mark');
+          mark.className = range.current ? 'log-match log-match-current' : 'log-match';
+          mid.replaceWith(mark);
+          mark.append(mid);
+          if (rest) {
+            cur = rest;
+            curStart = to;
+          }
+        }
+        if (range.end <= nodeEnd) r++;
+        else break;
+      }
+    }
+  }
+
+  // http(s) URLs in output become links. Only these two schemes: a `javascript:` or `data:` text
+  // never becomes an href. The href is set as a property from the matched text, never as markup.
+  const URL_RE = /\bhttps?:\/\/[^\s<>"'`\\\x00-\x1f\x7f]+/g;
+  const URL_TRAIL = /[.,;:!?)\]}]+$/;
+
+  function linkify(root) {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      if (n.data.indexOf('http') >= 0) nodes.push(n);
+    }
+    for (const node of nodes) {
+      let cur = node;
+      let base = 0; // where `cur` starts in node's original text
+      const text = node.data;
+      URL_RE.lastIndex = 0;
+      for (let m = URL_RE.exec(text); m; m = URL_RE.exec(text)) {
+        const url = m[0].replace(URL_TRAIL, '');
+        let parsed;
+        try {
+          parsed = new URL(url);
+        } catch (err) {
+          continue;
+        }
+        if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') continue;
+        const mid = m.index > base ? cur.splitText(m.index - base) : cur;
+        const rest = url.length < mid.data.length ? mid.splitText(url.length) : null;
+        const a = document.createElement('a');
+        a.className = 'log-url';
+        a.href = parsed.href;
+        a.target = '_blank';
+        a.rel = 'noopener noreferrer nofollow';
+        mid.replaceWith(a);
+        a.append(mid);
+        if (!rest) break;
+        cur = rest;
+        base = m.index + url.length;
+      }
+    }
+  }
+
+  // Lines that look like errors, for "jump to first error".
+  const ERROR_RE = /(^|[^a-z])(error|errors|fatal|failed|failure|exception|traceback|panic)([^a-z]|$)/i;
+  // GitHub Actions' convention for collapsible sections.
+  const GROUP = '::group::';
+  const ENDGROUP = '::endgroup::';
+
+  const MAX_MATCHES = 100000;
+  const SEARCH_DELAY_MS = 150;
+
   const MARGIN = 40; // rows rendered above and below the visible window
   // Characters of one line put in the DOM until the reader asks for more: layout of a line grows
   // with its length, so a 50 MB line would freeze the page. The full text stays in the terminal
@@ -423,6 +525,10 @@
     show: 'show %s more',
     copy: 'copy line',
     raw: 'raw log',
+    matches: '%s matches',
+    match: '%s',
+    none: 'no matches',
+    noErrors: 'no errors',
   };
   const FRAME_BUDGET_MS = 12; // parse time per animation frame before yielding to the browser
   const FINAL = ['succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out'];
@@ -449,6 +555,22 @@
       this.retries = 0;
       this.source = null;
       this.socket = null;
+      this.query = ''; // the search box's text, lower-cased
+      this.matches = []; // {line, start, end} of every match, in order
+      this.matchesByLine = new Map(); // line index -> its matches
+      this.current = -1; // index in matches of the match Enter last went to
+      this.searchStale = false; // output arrived since the matches were computed
+      this.groups = new Map(); // header line index -> end line index (its ::endgroup::, or open)
+      this.groupOpen = []; // header lines of groups not yet ended, innermost last
+      this.scanned = 0; // lines below this index have been checked for group markers
+      this.collapsed = new Set(); // header line indexes of collapsed groups
+      this.view = null; // line indexes shown, in order, while any group is collapsed
+      this.allSelected = false; // Ctrl+A in the panel: copy gives the whole log
+      this.times = null; // [[line, unix time], ...] from the server while timestamps are shown
+      this.wrap = false; // wrap long lines (rows then span several visual rows)
+      this.wrapRows = null; // with wrap: visual rows before each display row (prefix sums)
+      this.cols = 0; // with wrap: characters per visual row
+      this.timesTimer = 0;
 
       const box = document.getElementById('log-follow');
       this.follow = box ? box.checked : true;
@@ -477,9 +599,13 @@
       });
       document.addEventListener('pploy:live-updated', () => this.setFollow(this.follow));
       if (window.ResizeObserver) new ResizeObserver(() => this.schedule()).observe(el);
+      this.wireSearch();
+      this.wireTools();
 
       this.startTicker();
-      document.body.dataset.jobStatus = el.dataset.status || 'running';
+      // A finished job's status is set once its log has been received (finish()): before that
+      // the page would claim an end it has not shown yet.
+      if ((el.dataset.status || 'running') === 'running') document.body.dataset.jobStatus = 'running';
       this.connect();
     }
 
@@ -511,6 +637,7 @@
       const start = performance.now();
       while (this.queue.length && performance.now() - start < FRAME_BUDGET_MS) {
         this.term.write(this.queue.shift());
+        if (this.query) this.searchStale = true;
       }
       this.render();
       if (this.queue.length) this.schedule();
@@ -519,6 +646,8 @@
     // Parse everything queued now (before showing the final status).
     drain() {
       while (this.queue.length) this.term.write(this.queue.shift());
+      if (this.query) this.search(this.query, false);
+      if (this.showTimes) this.loadTimes();
       this.render();
     }
 
@@ -529,6 +658,7 @@
       row.className = 'log-line';
       if (i === this.selected) row.classList.add('log-line-selected');
       row.dataset.line = String(i + 1);
+      if (this.wrap && this.cols) row.style.height = this.visualRows(i) * this.rowH + 'px';
       const ln = document.createElement('a');
       ln.className = 'log-ln';
       ln.href = '#L' + (i + 1);
@@ -562,7 +692,30 @@
         }
         length = room > 0 ? cap - room : i === this.term.row ? this.term.len : runsLength(line);
       }
-      row.append(ln, text);
+      row.append(ln);
+      if (this.times) row.append(this.buildTime(i));
+      row.append(text);
+      if (this.groups.has(i)) {
+        // "::group::name": a disclosure button named after the group instead of the marker.
+        const name = this.lineText(i + 1).slice(GROUP.length);
+        const toggle = document.createElement('button');
+        toggle.type = 'button';
+        toggle.className = 'log-group-toggle';
+        toggle.dataset.line = String(i + 1);
+        toggle.setAttribute('aria-expanded', this.collapsed.has(i) ? 'false' : 'true');
+        toggle.textContent = (this.collapsed.has(i) ? '▸ ' : '▾ ') + name;
+        row.classList.add('log-group');
+        text.replaceChildren(toggle);
+        return row;
+      }
+      if (length > 0) linkify(text);
+      const found = this.matchesByLine.get(i);
+      if (found) {
+        const current = this.matches[this.current];
+        markRanges(text, found.map((m) => ({
+          start: m.start, end: m.end, current: m === current,
+        })));
+      }
       if (length > cap) row.append(this.buildExpander(i, length - cap));
       return row;
     }
@@ -621,26 +774,433 @@
       this.render();
     }
 
+    // --- search -----------------------------------------------------------------------------
+    // The browser's own find cannot see rows that are not in the DOM, so the viewer searches its
+    // model: every line of the log is held in memory, so the whole log is searched.
+
+    wireSearch() {
+      const box = document.getElementById('log-search');
+      if (!box) return;
+      const tools = document.getElementById('log-tools');
+      if (tools) tools.hidden = false; // it needs this script; without it the page has none
+      let timer = 0;
+      box.addEventListener('input', () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => this.search(box.value, true), SEARCH_DELAY_MS);
+      });
+      box.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') {
+          e.preventDefault();
+          clearTimeout(timer);
+          if (box.value.toLowerCase() !== this.query || this.searchStale) this.search(box.value, false);
+          this.step(e.shiftKey ? -1 : 1);
+        } else if (e.key === 'Escape') {
+          box.value = '';
+          this.search('', false);
+        }
+      });
+      for (const [id, dir] of [['log-search-prev', -1], ['log-search-next', 1]]) {
+        const button = document.getElementById(id);
+        if (button) button.addEventListener('click', () => {
+          if (box.value.toLowerCase() !== this.query || this.searchStale) this.search(box.value, false);
+          this.step(dir);
+        });
+      }
+    }
+
+    lineTexts() {
+      const out = new Array(this.term.count());
+      for (let i = 0; i < out.length; i++) out[i] = this.lineText(i + 1);
+      return out;
+    }
+
+    // Find `text` in the whole log; `preview` scrolls the first match into view (as you type)
+    // without making it current, so the first Enter goes to it and the next one further on.
+    search(text, preview) {
+      const query = text.toLowerCase();
+      const keep = this.matches[this.current];
+      this.query = query;
+      this.matches = findMatches(this.lineTexts(), query, MAX_MATCHES);
+      this.searchStale = false;
+      this.matchesByLine = new Map();
+      for (const m of this.matches) {
+        const list = this.matchesByLine.get(m.line);
+        if (list) list.push(m);
+        else this.matchesByLine.set(m.line, [m]);
+      }
+      // Same query, more output: stay on the same match.
+      this.current = keep ? this.matches.findIndex(
+        (m) => m.line === keep.line && m.start === keep.start) : -1;
+      if (!query) this.current = -1;
+      this.redraw();
+      this.showCount();
+      if (preview && this.matches.length) this.reveal(this.matches[0].line + 1);
+    }
+
+    step(dir) {
+      const n = this.matches.length;
+      if (!n) return;
+      this.current = this.current < 0 ? (dir > 0 ? 0 : n - 1) : (this.current + dir + n) % n;
+      const m = this.matches[this.current];
+      this.expandTo(m.line);
+      // A match past a long line's cap: show the line up to it.
+      if (m.end > (this.shown.get(m.line) || LINE_CAP)) this.shown.set(m.line, m.end + 100);
+      this.redraw();
+      this.showCount();
+      this.reveal(this.matches[this.current].line + 1);
+    }
+
+    showCount() {
+      const out = document.getElementById('log-search-count');
+      if (!out) return;
+      const n = this.matches.length;
+      let text = '';
+      if (this.query && !n) text = this.label('none');
+      else if (this.query && this.current >= 0) text = (this.current + 1).toLocaleString('en') + ' / ' + n.toLocaleString('en');
+      else if (this.query) text = this.label('matches', n.toLocaleString('en'));
+      out.textContent = text;
+      this.el.dataset.matches = String(n);
+      this.el.dataset.currentMatch = this.current >= 0 ? String(this.matches[this.current].line + 1) : '';
+    }
+
+    // --- timestamps -------------------------------------------------------------------------
+    // pploy records beside the log when each piece of output arrived (<job>.times); the log's
+    // bytes stay as the script wrote them. Shown in the viewer's time zone, labelled on hover.
+
+    buildTime(i) {
+      const ts = document.createElement('span');
+      ts.className = 'log-ts';
+      const t = this.timeOf(i + 1);
+      if (t !== null) {
+        const d = new Date(t * 1000);
+        const pad = (x) => (x < 10 ? '0' : '') + x;
+        // Drawn by CSS from data-ts, like line numbers: copying the log never copies times.
+        ts.dataset.ts = pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+        ts.title = d.toString();
+      }
+      return ts;
+    }
+
+    // When line n's output arrived: the last recorded time at or before line n.
+    timeOf(n) {
+      const t = this.times;
+      if (!t || !t.length || t[0][0] > n) return null;
+      let lo = 0;
+      let hi = t.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (t[mid][0] <= n) lo = mid;
+        else hi = mid - 1;
+      }
+      return t[lo][1];
+    }
+
+    async loadTimes() {
+      const url = this.el.dataset.timesUrl;
+      if (!url) return;
+      try {
+        const response = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+        if (!response.ok) return;
+        const body = await response.json();
+        if (!this.showTimes) return;
+        this.times = Array.isArray(body.lines) ? body.lines : [];
+        this.el.classList.add('log-with-times');
+        this.redraw();
+      } catch (err) {
+        // Network hiccup: the next refresh tries again.
+      }
+    }
+
+    setTimes(on) {
+      this.showTimes = on;
+      clearInterval(this.timesTimer);
+      if (on) {
+        this.loadTimes();
+        // While the job runs, new output gets its times on the next fetch.
+        this.timesTimer = setInterval(() => { if (!this.ended) this.loadTimes(); }, 2000);
+      } else {
+        this.times = null;
+        this.el.classList.remove('log-with-times');
+        this.redraw();
+      }
+    }
+
+    // --- copy, select-all, sections, errors ------------------------------------------------
+
+    // The whole log as text (styles dropped): what "copy all" and Ctrl+A, Ctrl+C give.
+    allText() {
+      return this.lineTexts().join('\n') + '\n';
+    }
+
+    wireTools() {
+      const copy = document.getElementById('log-copy-all');
+      if (copy) copy.addEventListener('click', () => {
+        navigator.clipboard.writeText(this.allText()).then(
+          () => { copy.dataset.copied = 'yes'; },
+          () => { copy.dataset.copied = 'no'; },
+        );
+      });
+      if (copy && !navigator.clipboard) copy.hidden = true; // insecure context: no clipboard API
+      const wrap = document.getElementById('log-wrap');
+      if (wrap) wrap.addEventListener('change', () => this.setWrap(wrap.checked));
+      const times = document.getElementById('log-times');
+      if (times) {
+        times.addEventListener('change', () => this.setTimes(times.checked));
+        if (times.checked) this.setTimes(true);
+      }
+      const jump = document.getElementById('log-first-error');
+      if (jump) jump.addEventListener('click', () => this.jumpToFirstError(jump));
+      // Ctrl+A in the panel would select only the rows in the DOM: select the whole log instead.
+      this.el.addEventListener('keydown', (e) => {
+        if ((e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === 'a') {
+          e.preventDefault();
+          this.allSelected = true;
+          this.el.classList.add('log-all-selected');
+          const sel = window.getSelection();
+          if (sel) sel.selectAllChildren(this.rows);
+        } else if (e.key === 'Escape' || !(e.ctrlKey || e.metaKey)) {
+          this.unselectAll();
+        }
+      });
+      this.el.addEventListener('mousedown', () => this.unselectAll());
+      document.addEventListener('copy', (e) => {
+        if (!this.allSelected || !e.clipboardData) return;
+        e.clipboardData.setData('text/plain', this.allText());
+        e.preventDefault();
+      });
+    }
+
+    unselectAll() {
+      if (!this.allSelected) return;
+      this.allSelected = false;
+      this.el.classList.remove('log-all-selected');
+    }
+
+    // The first line that looks like an error: selected and scrolled into view.
+    jumpToFirstError(button) {
+      const n = this.term.count();
+      for (let i = 0; i < n; i++) {
+        if (ERROR_RE.test(this.lineText(i + 1))) {
+          this.expandTo(i);
+          this.select(i + 1);
+          this.reveal(i + 1);
+          button.dataset.line = String(i + 1);
+          return;
+        }
+      }
+      button.dataset.line = '';
+      button.textContent = this.label('noErrors');
+    }
+
+    // Find group markers in lines not yet scanned. The cursor's row may still change, so the
+    // scan stops before it.
+    scanGroups() {
+      const end = Math.min(this.term.row, this.term.count());
+      let changed = false;
+      for (let i = this.scanned; i < end; i++) {
+        const line = this.term.lines[i];
+        const head = typeof line === 'string' ? line : (line[0] ? line[0].t : '');
+        if (head.startsWith(GROUP)) {
+          this.groups.set(i, null);
+          this.groupOpen.push(i);
+          changed = true;
+        } else if (head.startsWith(ENDGROUP) && this.groupOpen.length) {
+          this.groups.set(this.groupOpen.pop(), i);
+          changed = true;
+        }
+      }
+      this.scanned = Math.max(this.scanned, end);
+      if (changed) for (const h of this.groups.keys()) this.term.dirty.add(h);
+    }
+
+    toggleGroup(header) {
+      if (this.collapsed.has(header)) this.collapsed.delete(header);
+      else this.collapsed.add(header);
+      this.term.dirty.add(header);
+      this.rebuildView();
+      this.render();
+    }
+
+    // Open every collapsed group holding line i (a search match or error jumped to).
+    expandTo(i) {
+      let changed = false;
+      for (const h of Array.from(this.collapsed)) {
+        const end = this.groups.get(h);
+        if (h < i && (end === null || i <= end)) {
+          this.collapsed.delete(h);
+          this.term.dirty.add(h);
+          changed = true;
+        }
+      }
+      if (changed) this.rebuildView();
+    }
+
+    // Which lines are shown: all of them, or those outside collapsed groups.
+    rebuildView() {
+      if (!this.collapsed.size) {
+        this.view = null;
+        return;
+      }
+      const n = this.term.count();
+      const out = [];
+      for (let i = 0; i < n; i++) {
+        out.push(i);
+        if (this.collapsed.has(i)) {
+          const end = this.groups.get(i);
+          i = end === null || end === undefined ? n : end;
+        }
+      }
+      this.view = out;
+      this.viewCount = n;
+    }
+
+    rowCount() {
+      return this.view ? this.view.length : this.term.count();
+    }
+
+    lineAt(d) {
+      return this.view ? this.view[d] : d;
+    }
+
+    // Display row of line i (the header of the collapsed group holding it, if any).
+    rowOf(i) {
+      if (!this.view) return i;
+      let lo = 0;
+      let hi = this.view.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (this.view[mid] <= i) lo = mid;
+        else hi = mid - 1;
+      }
+      return lo;
+    }
+
+    // --- wrapping ------------------------------------------------------------------------
+    // Rows stay virtualised when wrapped: the font is monospace, so a line of L characters
+    // takes ceil(L / cols) visual rows; each row gets that height and breaks anywhere.
+
+    setWrap(on) {
+      const keep = this.first + MARGIN < this.rowCount() ? this.lineAt(Math.min(
+        this.rowCount() - 1, this.rowAtY(this.el.scrollTop - this.padTop))) : null;
+      this.wrap = on;
+      this.el.classList.toggle('log-wrap', on);
+      this.cols = 0;
+      this.wrapRows = null;
+      for (const i of this.rendered.keys()) this.term.dirty.add(i);
+      this.render();
+      if (keep !== null && !this.follow) {
+        this.el.scrollTop = this.padTop + this.rowTop(this.rowOf(keep));
+        this.render();
+      }
+    }
+
+    lineLength(i) {
+      const line = this.term.lines[i];
+      if (line === undefined) return 0;
+      const length = typeof line === 'string' ? line.length
+        : i === this.term.row ? this.term.len : runsLength(line);
+      const cap = this.shown.get(i) || LINE_CAP;
+      return length > cap ? cap + 60 : length; // the expander's words after a capped line
+    }
+
+    visualRows(i) {
+      if (this.groups.has(i)) return 1;
+      return Math.max(1, Math.ceil(this.lineLength(i) / this.cols));
+    }
+
+    // Characters per visual row: the panel's text width over one character's width.
+    measureCols() {
+      if (!this.charW) this.charW = this.measureChar();
+      const row = this.rows.querySelector('.log-text');
+      const left = row ? row.getBoundingClientRect().left - this.el.getBoundingClientRect().left : 64;
+      return Math.max(10, Math.floor((this.el.clientWidth - left - 8) / this.charW));
+    }
+
+    measureChar() {
+      const probe = document.createElement('span');
+      probe.className = 'log-text';
+      probe.style.position = 'absolute';
+      probe.style.visibility = 'hidden';
+      probe.style.whiteSpace = 'pre';
+      probe.textContent = 'x'.repeat(100);
+      this.el.append(probe);
+      const charW = probe.getBoundingClientRect().width / 100 || 8;
+      probe.remove();
+      return charW;
+    }
+
+    layoutWrap(n) {
+      const cols = this.measureCols();
+      if (cols !== this.cols) {
+        this.cols = cols;
+        for (const i of this.rendered.keys()) this.term.dirty.add(i);
+      }
+      const rows = new Float64Array(n + 1);
+      for (let d = 0; d < n; d++) rows[d + 1] = rows[d] + this.visualRows(this.lineAt(d));
+      this.wrapRows = rows;
+    }
+
+    // Pixels from the top of the rows to display row d.
+    rowTop(d) {
+      if (this.wrap && this.wrapRows) {
+        return this.wrapRows[Math.min(d, this.wrapRows.length - 1)] * this.rowH;
+      }
+      return d * this.rowH;
+    }
+
+    // The display row at pixel y (from the top of the rows).
+    rowAtY(y) {
+      if (!(this.wrap && this.wrapRows)) return Math.max(0, Math.floor(y / this.rowH));
+      const rows = this.wrapRows;
+      const target = y / this.rowH;
+      let lo = 0;
+      let hi = rows.length - 2;
+      if (hi < 0) return 0;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (rows[mid] <= target) lo = mid;
+        else hi = mid - 1;
+      }
+      return lo;
+    }
+
+    // Rebuild the rendered rows (their highlighting changed).
+    redraw() {
+      for (const i of this.rendered.keys()) this.term.dirty.add(i);
+      this.render();
+    }
+
+    // Scroll so line n (1-based) is in view, a third of the way down; stop following.
+    reveal(n) {
+      this.setFollow(false);
+      this.el.scrollTop = this.lineTop(n);
+      this.render();
+    }
+
     render() {
       const el = this.el;
-      const n = this.term.count();
-      const H = this.rowH;
+      this.scanGroups();
+      if (this.view && this.viewCount !== this.term.count()) this.rebuildView();
+      const n = this.rowCount();
       const viewH = el.clientHeight || 600;
-      const total = n * H;
+      if (this.wrap) this.layoutWrap(n);
+      const total = this.rowTop(n);
       // Decide the scroll position first, so the window is computed once for where we will be.
       let top = el.scrollTop;
-      if (this.pendingLine !== null && this.pendingLine <= n) {
+      if (this.pendingLine !== null && this.pendingLine <= this.term.count()) {
         top = this.lineTop(this.pendingLine);
       } else if (this.follow) {
         top = Math.max(0, total - viewH + this.padTop * 2);
       }
-      const first = Math.max(0, Math.floor((top - this.padTop) / H) - MARGIN);
-      const last = Math.min(n, Math.ceil((top + viewH) / H) + MARGIN);
+      const first = Math.max(0, this.rowAtY(top - this.padTop) - MARGIN);
+      const last = Math.min(n, this.rowAtY(top + viewH) + 1 + MARGIN);
       const dirty = this.term.dirty;
+      const wanted = new Set();
+      for (let d = first; d < last; d++) wanted.add(this.lineAt(d));
 
-      let changed = first !== this.first || last !== this.last;
+      let changed = first !== this.first || last !== this.last || this.view !== this.shownView;
       for (const [i, node] of this.rendered) {
-        if (i < first || i >= last || dirty.has(i)) {
+        if (!wanted.has(i) || dirty.has(i)) {
           this.rendered.delete(i);
           node.remove();
           changed = true;
@@ -649,7 +1209,8 @@
       dirty.clear();
       if (changed) {
         const nodes = [];
-        for (let i = first; i < last; i++) {
+        for (let d = first; d < last; d++) {
+          const i = this.lineAt(d);
           let node = this.rendered.get(i);
           if (!node) {
             node = this.buildRow(i);
@@ -660,12 +1221,13 @@
         this.rows.replaceChildren(...nodes);
         this.first = first;
         this.last = last;
+        this.shownView = this.view;
       }
-      this.top.style.height = first * H + 'px';
-      this.bottom.style.height = (n - last) * H + 'px';
-      this.el.dataset.lines = String(n);
+      this.top.style.height = this.rowTop(first) + 'px';
+      this.bottom.style.height = total - this.rowTop(last) + 'px';
+      this.el.dataset.lines = String(this.term.count());
 
-      if (this.pendingLine !== null && this.pendingLine <= n) {
+      if (this.pendingLine !== null && this.pendingLine <= this.term.count()) {
         const line = this.pendingLine;
         this.pendingLine = null;
         this.select(line);
@@ -677,8 +1239,8 @@
 
     // Scroll position that shows line n (1-based) a third of the way down the panel.
     lineTop(n) {
-      const H = this.rowH;
-      return Math.max(0, this.padTop + (n - 1) * H - Math.floor(this.el.clientHeight / 3));
+      const row = this.rowOf(n - 1);
+      return Math.max(0, this.padTop + this.rowTop(row) - Math.floor(this.el.clientHeight / 3));
     }
 
     select(n) {
@@ -717,6 +1279,11 @@
     }
 
     onClick(e) {
+      const group = e.target.closest && e.target.closest('button.log-group-toggle');
+      if (group) {
+        this.toggleGroup(parseInt(group.dataset.line, 10) - 1);
+        return;
+      }
       const expand = e.target.closest && e.target.closest('button.log-expand');
       if (expand) {
         this.expand(parseInt(expand.dataset.line, 10));
