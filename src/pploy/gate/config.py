@@ -7,6 +7,7 @@ Validation errors name the key (``auth.info.client_id: …``) so a typo is found
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -293,6 +294,8 @@ class GateConfig(_Model):
     identity_headers: IdentityHeadersConf = IdentityHeadersConf()
     trusted_proxies: StrList = []
     allowed_hosts: StrList = []
+    # Processes serving the port together (SO_REUSEPORT); None: one per CPU core.
+    workers: int | None = Field(default=None, ge=1, le=256)
 
     # Where the file was, to resolve relative paths (htdocs, ssl, htpasswd, key files).
     base_dir: Path = Path(".")
@@ -336,6 +339,10 @@ class GateConfig(_Model):
             return True
         domain = (self.auth.session.cookie_domain or "").lower().lstrip(".")
         return bool(domain) and (host == domain or host.endswith("." + domain))
+
+    def worker_count(self) -> int:
+        """How many worker processes ``pploy gate`` runs (``workers``, default the cores)."""
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
 
     def files_read(self) -> list[Path]:
         """Every file gate reads: the configuration and each key, certificate and password

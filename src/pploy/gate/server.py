@@ -58,6 +58,8 @@ class GateServer:
     gate: Gate | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    # Several worker processes listen on the same address (see pploy.gate.workers).
+    reuse_port: bool = False
 
     async def start(self, sock: socket.socket | None = None) -> None:
         host = sock.getsockname()[0] if sock is not None else self.config.listen[0]
@@ -90,7 +92,9 @@ class GateServer:
             site: web.BaseSite = web.SockSite(runner, sock, ssl_context=context)
         else:
             listen_host, port = self.config.listen
-            site = web.TCPSite(runner, listen_host, port, ssl_context=context)
+            site = web.TCPSite(
+                runner, listen_host, port, ssl_context=context, reuse_port=self.reuse_port or None
+            )
         await site.start()
         self.urls.append(site.name)
         if self.config.metrics.address:
@@ -103,7 +107,7 @@ class GateServer:
             )
             await mrunner.setup()
             self.runners.append(mrunner)
-            msite = web.TCPSite(mrunner, mhost, mport)
+            msite = web.TCPSite(mrunner, mhost, mport, reuse_port=self.reuse_port or None)
             await msite.start()
             self.urls.append(msite.name)
         log.event(
