@@ -248,10 +248,11 @@ class GateProcess:
     """``pploy gate`` (dev login) proxying everything to ``dest``; ``cookie`` is a signed-in
     session (plus pploy's standalone ``user`` cookie, which gate passes on)."""
 
-    def __init__(self, root: Path, dest: str) -> None:
+    def __init__(self, root: Path, dest: str, workers: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
+        extra = {"workers": workers} if workers is not None else {}
         config = root / f"gate-{self.port}.yml"
         config.write_text(
             json.dumps(
@@ -264,6 +265,7 @@ class GateProcess:
                     "htdocs": None,
                     "proxy": [{"path": "/", "dest": dest, "assertion_audience": "pploy"}],
                     "trusted_proxies": ["127.0.0.1/32"],
+                    **extra,
                 }
             )
         )

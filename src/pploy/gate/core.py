@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from joserfc.jwk import ECKey
 
+from pploy.gate.accesslog import AccessLog
 from pploy.gate.auth import Authenticator
 from pploy.gate.config import GateConfig
 from pploy.gate.headers import identity_names
@@ -24,7 +25,7 @@ from pploy.gate.metrics import Metrics
 from pploy.gate.providers import Provider, make_provider
 from pploy.gate.proxy import UpstreamProxy
 from pploy.gate.recheck import Rechecker
-from pploy.gate.routing import Router
+from pploy.gate.routing import Router, request_host
 from pploy.gate.session import CookieCodec
 from pploy.gate.static import StaticFiles
 from pploy.identity import AssertionSigner, load_private_key
@@ -51,6 +52,7 @@ class Gate:
             lifetime=int(assertion.lifetime), key=key, extra_public_keys=extra
         )
         self.metrics = Metrics()
+        self.access_log = AccessLog(config.access_log.format)
         self.router = Router(config.proxy)
         self.static = (
             StaticFiles(config.resolve(config.htdocs), never_serve=config.files_read())
@@ -68,6 +70,17 @@ class Gate:
         headers = config.identity_headers
         sent = [h for h in (headers.user, headers.email, headers.assertion) if h]
         self.identity_names = identity_names([*sent, *headers.strip])
+        self._hosts: dict[str, bool] = {}
+
+    def serves_host(self, host_header: str) -> bool:
+        """``config.serves_host`` for a Host header, remembered per header value (the same
+        few names arrive on every request; bounded, as a client may send any)."""
+        known = self._hosts.get(host_header)
+        if known is None:
+            if len(self._hosts) >= 1024:
+                self._hosts.clear()
+            known = self._hosts[host_header] = self.config.serves_host(request_host(host_header))
+        return known
 
     @property
     def provider(self) -> Provider:
@@ -90,6 +103,7 @@ class Gate:
         await self.upstream.start()
 
     async def stop(self, _app: web.Application | None = None) -> None:
+        self.access_log.flush()
         await self.upstream.close()
         if self._http is not None:
             await self._http.close()

@@ -22,7 +22,6 @@ from pploy.gate.headers import is_websocket
 from pploy.gate.login import login_url, redirect
 from pploy.gate.pages import page
 from pploy.gate.providers import LoginFailed
-from pploy.gate.routing import request_host
 
 Guard = Callable[[Gate, web.Request], Awaitable[web.StreamResponse | None]]
 
@@ -31,7 +30,7 @@ async def host(gate: Gate, request: web.Request) -> web.StreamResponse | None:
     """Only names gate is configured for (or IP literals and localhost, which no attacker can
     point elsewhere) are served; 421 for any other, 400 without a Host."""
     name = request.headers.get("Host")
-    if name is not None and gate.config.serves_host(request_host(name)):
+    if name is not None and gate.serves_host(name):
         return None
     log.event(
         "gate.host_refused",
