@@ -171,16 +171,27 @@ async def test_workers_share_the_port_sessions_and_metrics(stack):
         assert sum(held.values()) == CONNECTIONS, held
         assert all(count > 0 for count in held.values()), held
 
-    # Whichever worker answers the scrape, it reports every worker's requests.
+        # Every worker publishes the same assertion key (generated once, by the parent), or
+        # an upstream would reject assertions signed by the workers it did not ask.
+        async def jwks() -> list[str]:
+            async with client.get(f"{stack.url}/.well-known/gate/jwks.json") as resp:
+                return [key["kid"] for key in (await resp.json())["keys"]]
+
+        kids = await asyncio.gather(*(jwks() for _ in range(CONNECTIONS)))
+        assert len({tuple(k) for k in kids}) == 1 and len(kids[0]) == 1, kids
+
+    # Whichever worker answers the scrape, it reports every worker's requests (the proxied
+    # ones and the JWKS ones: 2 x CONNECTIONS answered 200).
     label = 'code="200"'
+    expected = 2 * CONNECTIONS
     deadline = time.monotonic() + 10
     seen: list[int] = []
     while time.monotonic() < deadline:
         seen = [await _metric(stack.metrics_port, label) for _ in range(6)]
-        if seen == [CONNECTIONS] * 6:
+        if seen == [expected] * 6:
             break
         await asyncio.sleep(0.2)
-    assert seen == [CONNECTIONS] * 6, seen
+    assert seen == [expected] * 6, seen
 
 
 async def test_a_dead_worker_is_replaced_and_sigterm_stops_all(stack):

@@ -7,6 +7,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from joserfc.jwk import ECKey
 
 from pploy import log
 from pploy.gate.app import build_app, build_metrics_app
@@ -60,6 +61,8 @@ class GateServer:
     urls: list[str] = field(default_factory=list)
     # Several worker processes listen on the same address (see pploy.gate.workers).
     reuse_port: bool = False
+    # The assertion signing key when the config names no key file (shared by workers).
+    assertion_key: ECKey | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         host = sock.getsockname()[0] if sock is not None else self.config.listen[0]
@@ -74,7 +77,7 @@ class GateServer:
                 level="error",
                 message="DEV LOGIN ON A NON-LOOPBACK ADDRESS: ANYONE CAN LOG IN AS ANYONE",
             )
-        self.gate = Gate(self.config)
+        self.gate = Gate(self.config, assertion_key=self.assertion_key)
         app = build_app(self.gate)
         # handler_cancellation: a client that leaves cancels its handler, and with it the
         # upstream request, instead of the upstream running on until its next write.

@@ -7,6 +7,9 @@ nothing: it forks the workers before any event loop exists, waits until every on
 starts a new one if one dies, and on SIGTERM or SIGINT passes SIGTERM to each and waits while
 each stops gracefully (``SHUTDOWN_GRACE``).
 
+Without ``auth.assertion.key_file``, the parent generates the assertion signing key once, so
+every worker signs with it and publishes the same JWKS.
+
 Metrics are added up across workers: each worker writes a snapshot of its figures to a
 private directory (mode 0700) every ``METRICS_INTERVAL`` seconds and when it stops, and a
 scrape answered by any worker adds the other workers' latest snapshots to its own live
@@ -29,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from joserfc.jwk import ECKey
 
 from pploy import eventloop, log
 from pploy.gate.config import GateConfig
@@ -79,9 +84,10 @@ async def serve(
     reuse_port: bool = False,
     metrics_dir: Path | None = None,
     on_ready: Callable[[], None] | None = None,
+    assertion_key: ECKey | None = None,
 ) -> int:
     """Run one gate in this process until SIGTERM or SIGINT, then stop it gracefully."""
-    server = GateServer(config, reuse_port=reuse_port)
+    server = GateServer(config, reuse_port=reuse_port, assertion_key=assertion_key)
     await server.start()
     share: MetricsShare | None = None
     writer: asyncio.Task[None] | None = None
@@ -108,7 +114,9 @@ async def serve(
     return 0
 
 
-def _worker(config: GateConfig, metrics_dir: Path, ready_fd: int) -> int:
+def _worker(
+    config: GateConfig, metrics_dir: Path, ready_fd: int, assertion_key: ECKey | None
+) -> int:
     """The body of a forked worker; returns its exit status."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -119,7 +127,13 @@ def _worker(config: GateConfig, metrics_dir: Path, ready_fd: int) -> int:
     try:
         return int(
             eventloop.run(
-                serve(config, reuse_port=True, metrics_dir=metrics_dir, on_ready=ready)
+                serve(
+                    config,
+                    reuse_port=True,
+                    metrics_dir=metrics_dir,
+                    on_ready=ready,
+                    assertion_key=assertion_key,
+                )
             )
         )
     except StartupRefused as exc:
@@ -140,6 +154,13 @@ class Supervisor:
         self.children: dict[int, float] = {}  # pid -> when it was started
         self.stopping = False
         self._ready_r, self._ready_w = os.pipe()
+        # Upstreams verify assertions against the JWKS of whichever worker they ask: without
+        # a key file, every worker must sign with the same generated key.
+        self.assertion_key = (
+            None
+            if config.auth.assertion.key_file
+            else ECKey.generate_key("P-256", auto_kid=True)
+        )
 
     def _spawn(self) -> int:
         sys.stdout.flush()
@@ -149,7 +170,7 @@ class Supervisor:
             code = 1
             try:
                 os.close(self._ready_r)
-                code = _worker(self.config, self.metrics_dir, self._ready_w)
+                code = _worker(self.config, self.metrics_dir, self._ready_w, self.assertion_key)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
