@@ -289,6 +289,15 @@ class GateProcess:
                 self.cookie = f"_gate_session={morsel.value}; user=alice"
                 return self.cookie
 
+    def server_pids(self) -> list[int]:
+        """The processes serving requests: the workers, or gate itself with one worker."""
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [int(c) for c in children] or [pid]
+
     def stop(self) -> None:
         stop_process(self.proc)
 
