@@ -163,9 +163,13 @@ class Authenticator:
             if session is None:
                 return None
             if len(self._sessions) >= SESSION_CACHE_SIZE:
-                self._sessions.clear()
+                self._sessions = {k: s for k, s in self._sessions.items() if s.valid(now)}
+                if len(self._sessions) >= SESSION_CACHE_SIZE:
+                    self._sessions.clear()
             self._sessions[value] = session  # only cookies gate sealed get here
         if not session.valid(now) or session.policy != self.policy:
+            # Never kept past the cookie's own expiry (nor served from the cache after it).
+            self._sessions.pop(value, None)
             return None
         return session
 
