@@ -83,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
         print("gate refuses to start:\n" + "\n".join(problems), file=sys.stderr)
         return 2
     if count > 1:
+        if not sys.platform.startswith("linux"):
+            print(
+                "workers: more than one worker needs Linux (SO_REUSEPORT spreading connections "
+                "over processes); set workers: 1",
+                file=sys.stderr,
+            )
+            return 2
         return run_workers(config, count)
     try:
         return int(eventloop.run(serve(config)))

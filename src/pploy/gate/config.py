@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -341,8 +342,11 @@ class GateConfig(_Model):
         return bool(domain) and (host == domain or host.endswith("." + domain))
 
     def worker_count(self) -> int:
-        """How many worker processes ``pploy gate`` runs (``workers``, default the cores)."""
-        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
+        """How many worker processes ``pploy gate`` runs: ``workers``, by default one per core
+        on Linux (where SO_REUSEPORT spreads connections over them), one elsewhere."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, os.cpu_count() or 1) if sys.platform.startswith("linux") else 1
 
     def files_read(self) -> list[Path]:
         """Every file gate reads: the configuration and each key, certificate and password
