@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -286,7 +287,9 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
     gate = None
     try:
         await pploy.ready()
-        gate = GateProcess(root / "gate", pploy.base)
+        # BENCH_GATE_WORKERS=N: gate with N workers instead of its default (one per core).
+        workers_env = os.environ.get("BENCH_GATE_WORKERS")
+        gate = GateProcess(root / "gate", pploy.base, int(workers_env) if workers_env else None)
         await gate.login()
         async with aiohttp.ClientSession(
             cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout()
