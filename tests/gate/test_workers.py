@@ -218,3 +218,28 @@ async def test_a_dead_worker_is_replaced_and_sigterm_stops_all(stack):
     with pytest.raises(RuntimeError, match="nothing listens"):
         wait_port(stack.port, timeout=0.5)
     assert stack.log.read_text().count("gate.stop") == WORKERS, tail(stack.log)
+
+
+def _config_file(tmp: Path, **extra) -> Path:
+    path = tmp / "gate.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "address": f"127.0.0.1:{free_port()}",
+                "auth": {"session": {"key": SESSION_KEY}, "info": {"service": "dev"}},
+                **extra,
+            }
+        )
+    )
+    return path
+
+
+def test_worker_count_must_be_positive_and_needs_linux(tmp_path, capsys, monkeypatch):
+    from pploy.cli import main
+
+    path = _config_file(tmp_path)
+    assert main(["gate", "--config", str(path), "--workers", "0"]) == 2
+    assert "--workers: must be at least 1" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert main(["gate", "--config", str(_config_file(tmp_path, workers=2))]) == 2
+    assert "more than one worker needs Linux" in capsys.readouterr().err
