@@ -89,6 +89,7 @@ class WorkersGate:
         }
         path = tmp / "gate.yml"
         path.write_text(yaml.safe_dump(config))
+        self.config_path = path
         self.log = tmp / "gate.log"
         env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")
         self.proc = subprocess.Popen(
@@ -218,6 +219,46 @@ async def test_a_dead_worker_is_replaced_and_sigterm_stops_all(stack):
     with pytest.raises(RuntimeError, match="nothing listens"):
         wait_port(stack.port, timeout=0.5)
     assert stack.log.read_text().count("gate.stop") == WORKERS, tail(stack.log)
+
+
+async def test_sighup_restarts_workers_in_turn_with_the_new_configuration(stack):
+    workers = stack.workers()
+    cookie = await _session_cookie(stack.url)
+
+    async def get(host: str | None = None) -> int:
+        headers = {"Cookie": cookie, **({"Host": host} if host else {})}
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as client:
+            async with client.get(f"{stack.url}/x", headers=headers) as resp:
+                return resp.status
+
+    assert await get("deploy.example.test") == 421
+    config = yaml.safe_load(stack.config_path.read_text())
+    config["allowed_hosts"] = ["deploy.example.test"]
+    stack.config_path.write_text(yaml.safe_dump(config))
+    stack.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = stack.workers()
+        if len(now) == WORKERS and not set(now) & set(workers):
+            break
+        await asyncio.sleep(0.1)
+    now = stack.workers()
+    assert len(now) == WORKERS and not set(now) & set(workers), (workers, now, tail(stack.log))
+    assert "gate.reload " in stack.log.read_text()
+    for _ in range(6):  # the new rule, on every worker; the old session still admitted
+        assert await get("deploy.example.test") == 200
+        assert await get() == 200
+
+    # A configuration that does not load leaves the running workers alone.
+    stack.config_path.write_text("address: [not, an, address\n")
+    stack.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "gate.reload.refused" not in stack.log.read_text():
+        assert time.monotonic() < deadline, tail(stack.log)
+        await asyncio.sleep(0.1)
+    assert stack.workers() == now
+    assert await get() == 200
 
 
 def _config_file(tmp: Path, **extra) -> Path:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pploy import eventloop, log
-from pploy.gate.config import ConfigError, load_config, warnings
+from pploy.gate.config import ConfigError, GateConfig, load_config, warnings
 from pploy.gate.server import StartupRefused, startup_problems
 from pploy.gate.workers import run_workers, serve
 
@@ -90,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        return run_workers(config, count)
+        def reload() -> tuple[GateConfig, int]:
+            fresh = load_config(args.config)
+            return fresh, args.workers if args.workers is not None else fresh.worker_count()
+
+        return run_workers(config, count, reload)
     try:
         return int(eventloop.run(serve(config)))
     except StartupRefused as exc:

@@ -5,7 +5,8 @@ worker can serve any request: each worker is a whole gate listening on the same 
 ``SO_REUSEPORT``, and the kernel spreads new connections over them. The parent process serves
 nothing: it forks the workers before any event loop exists, waits until every one listens,
 starts a new one if one dies, and on SIGTERM or SIGINT passes SIGTERM to each and waits while
-each stops gracefully (``SHUTDOWN_GRACE``).
+each stops gracefully (``SHUTDOWN_GRACE``). On SIGHUP it reads the configuration again and
+replaces the workers one at a time, each new one listening before an old one stops.
 
 Without ``auth.assertion.key_file``, the parent generates the assertion signing key once, so
 every worker signs with it and publishes the same JWKS.
@@ -38,7 +39,7 @@ from joserfc.jwk import ECKey
 from pploy import eventloop, log
 from pploy.gate.config import GateConfig
 from pploy.gate.metrics import Metrics
-from pploy.gate.server import SHUTDOWN_GRACE, GateServer, StartupRefused
+from pploy.gate.server import SHUTDOWN_GRACE, GateServer, StartupRefused, startup_problems
 
 METRICS_INTERVAL = 0.5
 # How long every worker gets to start listening before the parent gives up.
@@ -122,7 +123,7 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     def ready() -> None:
-        os.write(ready_fd, b"1")
+        os.write(ready_fd, f"{os.getpid()}\n".encode())  # one short write: atomic on a pipe
 
     try:
         return int(
@@ -147,13 +148,25 @@ def _worker(
 class Supervisor:
     """The parent: forks ``count`` workers, keeps them running, stops them all on a signal."""
 
-    def __init__(self, config: GateConfig, count: int) -> None:
+    def __init__(
+        self,
+        config: GateConfig,
+        count: int,
+        reload: Callable[[], tuple[GateConfig, int]] | None = None,
+    ) -> None:
+        """``reload``: reads the configuration again on SIGHUP (and the worker count)."""
         self.config = config
         self.count = count
+        self.reload = reload
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="pploy-gate-metrics-"))
         self.children: dict[int, float] = {}  # pid -> when it was started
+        self.ready: set[int] = set()  # workers that have said they listen
+        self.retiring: set[int] = set()  # sent SIGTERM on purpose: not to be replaced
+        self.probation: set[int] = set()  # new workers of a reload, not replaced if they fail
         self.stopping = False
+        self.reload_requested = False
         self._ready_r, self._ready_w = os.pipe()
+        self._ready_buffer = b""
         # Upstreams verify assertions against the JWKS of whichever worker they ask: without
         # a key file, every worker must sign with the same generated key.
         self.assertion_key = (
@@ -181,6 +194,18 @@ class Supervisor:
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.stopping = True
 
+    def _on_hangup(self, _signum: int, _frame: object) -> None:
+        self.reload_requested = True
+
+    def _read_ready(self, timeout: float) -> None:
+        """Collect the pids of workers that report listening (waits up to ``timeout``)."""
+        readable, _, _ = select.select([self._ready_r], [], [], timeout)
+        if not readable:
+            return
+        self._ready_buffer += os.read(self._ready_r, 4096)
+        *lines, self._ready_buffer = self._ready_buffer.split(b"\n")
+        self.ready.update(int(line) for line in lines if line.strip().isdigit())
+
     def _reap(self) -> list[tuple[int, int, float]]:
         """Workers that have exited since the last call: pid, exit status, seconds lived."""
         gone = []
@@ -192,6 +217,7 @@ class Supervisor:
                 lived = time.monotonic() - started
                 gone.append((pid, os.waitstatus_to_exitcode(status), lived))
             self.children.pop(pid, None)
+            self.ready.discard(pid)
             self._zero_gauges(pid)
         return gone
 
@@ -207,19 +233,18 @@ class Supervisor:
 
     def _wait_ready(self) -> int:
         """0 once every worker listens; else the exit status of the first that failed."""
-        ready = 0
         deadline = time.monotonic() + START_TIMEOUT
-        while ready < self.count:
+        while not self.ready.issuperset(self.children):
             if self.stopping:
                 return 0
             for _pid, code, _lived in self._reap():
                 return code or 1
             if time.monotonic() > deadline:
-                log.event("gate.workers.timeout", level="error", ready=ready, workers=self.count)
+                log.event(
+                    "gate.workers.timeout", level="error", ready=len(self.ready), workers=self.count
+                )
                 return 1
-            readable, _, _ = select.select([self._ready_r], [], [], 0.1)
-            if readable:
-                ready += len(os.read(self._ready_r, self.count))
+            self._read_ready(0.1)
         return 0
 
     def _stop_all(self, grace: float) -> None:
@@ -239,6 +264,7 @@ class Supervisor:
 
     def run(self) -> int:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         code = 0
         try:
             for _ in range(self.count):
@@ -256,22 +282,79 @@ class Supervisor:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return code
 
+    def _tick(self, timeout: float) -> None:
+        """Collect readiness; replace a worker that died unexpectedly (not one retired on
+        purpose, nor a reload's new worker that failed to start)."""
+        self._read_ready(timeout)
+        for pid, code, lived in self._reap():
+            if pid in self.retiring:
+                self.retiring.discard(pid)
+                continue
+            log.event("gate.worker.exit", level="error", pid=pid, status=code)
+            if pid in self.probation:
+                self.probation.discard(pid)
+                continue
+            if self.stopping:
+                continue
+            if lived < RESTART_DELAY:
+                time.sleep(RESTART_DELAY)
+            self._spawn()
+
     def _watch(self) -> None:
-        """Until a signal: start a new worker for each one that dies."""
+        """Until SIGTERM/SIGINT: replace workers that die; on SIGHUP, restart them in turn."""
         while not self.stopping:
-            time.sleep(0.1)
-            for pid, code, lived in self._reap():
-                log.event("gate.worker.exit", level="error", pid=pid, status=code)
-                if self.stopping:
-                    break
-                if lived < RESTART_DELAY:
-                    time.sleep(RESTART_DELAY)
-                self._spawn()
-            # Drain readiness bytes of restarted workers.
-            while select.select([self._ready_r], [], [], 0)[0]:
-                os.read(self._ready_r, 64)
+            self._tick(0.1)
+            if self.reload_requested:
+                self.reload_requested = False
+                self._rolling_restart()
+
+    def _rolling_restart(self) -> None:
+        """Read the configuration again and replace the workers one at a time: each new
+        worker listens (SO_REUSEPORT) before an old one is stopped gracefully, so the address
+        never goes away. A configuration that does not load, or a new worker that does not
+        start, leaves the old workers serving."""
+        if self.reload is None:
+            return
+        try:
+            config, count = self.reload()
+        except Exception as exc:  # a bad file must never take the running gate down
+            log.event("gate.reload.refused", level="error", reason=str(exc))
+            return
+        problems = startup_problems(config)
+        if problems:
+            log.event("gate.reload.refused", level="error", reason="; ".join(problems))
+            return
+        old_config, old_key = self.config, self.assertion_key
+        self.config = config
+        if config.auth.assertion.key_file:
+            self.assertion_key = None
+        elif self.assertion_key is None:
+            self.assertion_key = ECKey.generate_key("P-256", auto_kid=True)
+        old = sorted(self.children)
+        log.event("gate.reload", workers=count, replacing=old)
+        for index in range(max(count, len(old))):
+            if index < count:
+                pid = self._spawn()
+                self.probation.add(pid)
+                deadline = time.monotonic() + START_TIMEOUT
+                while pid in self.children and pid not in self.ready and not self.stopping:
+                    if time.monotonic() > deadline:
+                        os.kill(pid, signal.SIGKILL)
+                    self._tick(0.1)
+                self.probation.discard(pid)
+                if pid not in self.ready:
+                    log.event("gate.reload.failed", level="error", pid=pid)
+                    self.config, self.assertion_key = old_config, old_key
+                    return
+            if index < len(old) and old[index] in self.children:
+                self.retiring.add(old[index])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(old[index], signal.SIGTERM)
+        self.count = count
 
 
-def run_workers(config: GateConfig, count: int) -> int:
+def run_workers(
+    config: GateConfig, count: int, reload: Callable[[], tuple[GateConfig, int]] | None = None
+) -> int:
     """``pploy gate`` with ``count`` worker processes; returns the exit status."""
-    return Supervisor(config, count).run()
+    return Supervisor(config, count, reload).run()
