@@ -104,7 +104,7 @@ async def profile(seconds: float, py_spy: str, raw_out: Path | None) -> str:
             await asyncio.to_thread(wrk, gate.url + "/small", 50, 1, cookie)  # warm-up
             raw = root / "gate.raw"
             spy = subprocess.Popen(
-                [py_spy, "record", "-p", str(gate.proc.pid), "-d", str(int(seconds) + 1),
+                [py_spy, "record", "-p", str(gate.server_pids()[0]), "-d", str(int(seconds) + 1),
                  "-r", "200", "-f", "raw", "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip

@@ -82,19 +82,21 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         print("gate refuses to start:\n" + "\n".join(problems), file=sys.stderr)
         return 2
-    if count > 1:
-        if not sys.platform.startswith("linux"):
-            print(
-                "workers: more than one worker needs Linux (SO_REUSEPORT spreading connections "
-                "over processes); set workers: 1",
-                file=sys.stderr,
-            )
-            return 2
+    if sys.platform.startswith("linux"):
+        # Also with one worker: the parent restarts a worker that dies and handles SIGHUP.
+
         def reload() -> tuple[GateConfig, int]:
             fresh = load_config(args.config)
             return fresh, args.workers if args.workers is not None else fresh.worker_count()
 
         return run_workers(config, count, reload)
+    if count > 1:
+        print(
+            "workers: more than one worker needs Linux (SO_REUSEPORT spreading connections "
+            "over processes); set workers: 1",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return int(eventloop.run(serve(config)))
     except StartupRefused as exc:
