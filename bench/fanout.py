@@ -365,7 +365,14 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
         "late_joiners": late,
         "pploy_idle_rss_mib": round(idle / 1024, 1),
         "rows": rows,
-        "note": "The load generators run on the same 2 cores as the servers; CPU is the "
+        "note": "Through gate / direct p99: "
+        + ", ".join(
+            f"{count} viewers ×{round(g['latency_ms']['p99'] / d['latency_ms']['p99'], 2)}"
+            for count, (d, g) in phases.items()
+            if d["latency_ms"]["p99"]
+        )
+        + f" (gate with {len(workers)} worker{'s' if len(workers) > 1 else ''}). "
+        "The load generators run on the same 2 cores as the servers; CPU is the "
         "server's user+system time over the deploy's duration (100% = one core). Latency "
         "medians here are over all viewers' lines. Median of the viewers, not of repetitions "
         f"(one run each: {viewers} viewers already sample it {viewers} times).",

@@ -58,6 +58,22 @@ def _measure(url: str, connections: int, seconds: float, cookie: str, pid: int |
     return result
 
 
+def _scaling(med: dict) -> str:
+    """One sentence: gate with 1 and N workers against Go and direct, at 50 connections."""
+    one, many = med["gate_1_worker"], med["gate"]
+    loads = [r["loadavg"][0] for m in med.values() for r in m["runs"]]
+    text = (
+        f"At 50 connections: gate with 1 worker {one['rps']:g} req/s "
+        f"({one['cpu_us_per_request']} µs CPU/request), with {os.cpu_count()} workers "
+        f"{many['rps']:g} req/s (×{round(many['rps'] / one['rps'], 2) if one['rps'] else '-'})"
+    )
+    for name, label in (("go", "Go ReverseProxy"), ("go_tuned", "Go with a 100-idle pool")):
+        if name in med and med[name]["rps"]:
+            text += f"; gate/{label} = {round(many['rps'] / med[name]['rps'], 2)}"
+    text += f"; gate/direct = {round(many['rps'] / med['direct']['rps'], 3)}"
+    return text + f" (1-minute load average during the runs {min(loads)}–{max(loads)})."
+
+
 async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
     quick = ctx.quick
     seconds = 1 if quick else 5
@@ -162,14 +178,15 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
             }
         )
     return {
+        "scaling": (scaling := _scaling(figures["small_get"]["50_connections"])),
         "sizes": {"wrk_seconds": seconds, "repetitions": reps, "download_bytes": download},
         "go_baseline": {"built": go_binary is not None, "detail": go_version},
         "gate_workers": os.cpu_count(),
         **figures,
         "rows": rows,
-        "note": "wrk runs with 1 thread at 1 connection and 2 threads at 50, on the same 2 "
-        "cores as the servers. nginx proxies over plain HTTP with a keep-alive upstream pool "
-        "(the cheapest nginx can do); gate keeps its default settings (workers: one per core; "
+        "note": scaling + " wrk runs with 1 thread at 1 connection and 2 threads at 50, on the "
+        "same 2 cores as the servers. nginx proxies over plain HTTP with a keep-alive upstream "
+        "pool (the cheapest nginx can do); gate keeps its default settings (workers: one per core; "
         "gate_1_worker: workers: 1), access log on. go: httputil.ReverseProxy as typester/gate "
         "sets it up (default Transport: 2 idle connections per backend, one log line per "
         "request, to a file); go_tuned: the same with a 100-connection idle pool. Every target "
