@@ -252,11 +252,12 @@ class UpstreamProxy:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
             await response.write_eof()
+        except TimeoutError as exc:
+            # First: aiohttp's read timeout is also a ClientConnectionError.
+            self._midstream(request, route, "idle_timeout", exc)
+            raise
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             self._midstream(request, route, "broken", exc)
-            raise
-        except TimeoutError as exc:
-            self._midstream(request, route, "idle_timeout", exc)
             raise
         finally:
             self.metrics.open_streams -= 1
