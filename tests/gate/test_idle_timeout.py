@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
 from tests.gate.upstream import Upstream
@@ -28,16 +29,43 @@ async def _silent_server() -> tuple[asyncio.AbstractServer, int]:
     return server, sock.getsockname()[1]
 
 
+BIG = 32 * 1024 * 1024
+
+
+async def _big_server() -> tuple[web.AppRunner, int]:
+    """Streams 32 MiB (chunked) as fast as it is read."""
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        piece = b"x" * 65536
+        for _ in range(BIG // len(piece)):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, sock.getsockname()[1]
+
+
 @pytest.fixture
 async def stack():
     upstream = Upstream()
     await upstream.start()
     silent, port = await _silent_server()
+    big_runner, big_port = await _big_server()
     gate = await start_gate(
         dev_config(
             proxy=[
                 {"path": "/app", "dest": upstream.url, "strip_path": True},
                 {"path": "/silent", "dest": f"http://127.0.0.1:{port}"},
+                {"path": "/bulk", "dest": f"http://127.0.0.1:{big_port}", "strip_path": True},
             ],
             upstream={"idle_timeout": "1s"},
         )
@@ -47,6 +75,7 @@ async def stack():
     finally:
         await gate.server.stop()
         silent.close()
+        await big_runner.cleanup()
         await upstream.stop()
 
 
@@ -79,7 +108,21 @@ async def test_silence_mid_stream_cuts_the_client_connection(stack):
             assert resp.status == 200
             assert await resp.content.readline() == b"first\n"
             with pytest.raises(aiohttp.ClientPayloadError):
-                await resp.read()
+                await asyncio.wait_for(resp.read(), 10)
         assert 0.9 < time.monotonic() - started < 10
     await asyncio.wait_for(upstream.cancelled.wait(), 5)  # and the upstream was let go
     assert _idle_errors(gate) == 1
+
+
+async def test_a_slow_client_is_not_the_upstreams_silence(stack):
+    """gate waiting for the client to read is no reason to cut the upstream."""
+    gate, _ = stack
+    async with client_session(timeout=aiohttp.ClientTimeout(total=60)) as client:
+        await dev_login(client, gate.url)
+        async with client.get(gate.url + "/bulk/big") as resp:
+            assert resp.status == 200
+            first = await resp.content.readany()
+            await asyncio.sleep(3)  # three idle timeouts without reading
+            rest = await asyncio.wait_for(resp.read(), 30)
+    assert len(first) + len(rest) == BIG
+    assert _idle_errors(gate) == 0
