@@ -238,10 +238,11 @@ class GateProcess:
     """``pploy gate`` (dev login) proxying everything to ``dest``; ``cookie`` is a signed-in
     session (plus pploy's standalone ``user`` cookie, which gate passes on)."""
 
-    def __init__(self, root: Path, dest: str) -> None:
+    def __init__(self, root: Path, dest: str, workers: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
+        extra = {"workers": workers} if workers is not None else {}
         config = root / f"gate-{self.port}.yml"
         config.write_text(
             json.dumps(
@@ -254,6 +255,7 @@ class GateProcess:
                     "htdocs": None,
                     "proxy": [{"path": "/", "dest": dest, "assertion_audience": "pploy"}],
                     "trusted_proxies": ["127.0.0.1/32"],
+                    **extra,
                 }
             )
         )
@@ -276,6 +278,15 @@ class GateProcess:
                 morsel = resp.cookies["_gate_session"]
                 self.cookie = f"_gate_session={morsel.value}; user=alice"
                 return self.cookie
+
+    def server_pids(self) -> list[int]:
+        """The processes serving requests: the workers, or gate itself with one worker."""
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [int(c) for c in children] or [pid]
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -1,5 +1,6 @@
-"""Fan-out: many SSE viewers, in separate load-generator processes, follow one deploy that
-prints 100 lines/s for 20 s — first straight to pploy, then through gate. Reported: viewers
+"""Fan-out: many SSE viewers (400, then 1,000), in separate load-generator processes, follow
+one deploy that prints 100 lines/s for 20 s — first straight to pploy, then through gate (its
+default workers; CPU and RSS per worker). Reported: viewers
 that received every line, delivery latency (arrival − write) median/p99, server CPU and peak
 RSS. Then late joiners: viewers connecting to a live job that has already written 100,000
 lines; the time until each has the whole backlog.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -223,52 +225,9 @@ async def backlog_phase(
     return out
 
 
-async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
-    quick = ctx.quick
-    viewers = 20 if quick else 1000
-    procs = 2 if quick else 4
-    rate = 100
-    seconds = 0.5 if quick else 20.0
-    lines = int(rate * seconds)
-    backlog_lines = 2000 if quick else 100_000
-    joiners = 4 if quick else 100
-    root: Path = ctx.tmp
-    go, stop = root / "go", root / "stop"
-    remote = make_remote(root, timed_lines(str(go), lines, 1 / rate), name="fanout")
-    backlog_remote = make_remote(root, backlog(str(stop), backlog_lines), name="backlog")
-    pploy = PployProcess(root / "pploy")
-    gate = None
-    try:
-        await pploy.ready()
-        gate = GateProcess(root / "gate", pploy.base)
-        await gate.login()
-        async with aiohttp.ClientSession(
-            cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout()
-        ) as http:
-            project = await pploy.prepare(http, remote)
-            idle = rss_kib(pploy.proc.pid)
-            servers = {"pploy": pploy.proc.pid}
-            direct = await live_phase(
-                pploy, http, project, go, pploy.base, "user=alice", servers,
-                viewers, procs, lines, seconds,
-            )  # fmt: skip
-            servers = {"pploy": pploy.proc.pid, "gate": gate.proc.pid}
-            via_gate = await live_phase(
-                pploy, http, project, go, gate.url, gate.cookie, servers,
-                viewers, procs, lines, seconds,
-            )  # fmt: skip
-            late_project = await pploy.prepare(http, backlog_remote)
-            late = await backlog_phase(
-                pploy, http, late_project, stop, backlog_lines, joiners,
-                {"pploy": (pploy.base, "user=alice"), "gate": (gate.url, gate.cookie)},
-                servers,
-            )  # fmt: skip
-    finally:
-        for server in (gate, pploy):
-            if server is not None:
-                server.stop()
-
-    rows = []
+def _live_rows(viewers: int, lines: int, direct: dict, via_gate: dict, idle: int) -> list[dict]:
+    """The report rows of one viewer count: direct, then through gate."""
+    rows: list[dict] = []
     for label, phase in (("pploy direct", direct), ("through gate", via_gate)):
         every = phase["viewers_with_every_line"]
         p99 = phase["latency_ms"]["p99"]
@@ -307,6 +266,68 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
                 "met": rss * 1.048576 <= TARGET_RSS_MB,
             },
         ]
+    return rows
+
+
+async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
+    quick = ctx.quick
+    viewer_counts = (20,) if quick else (400, 1000)
+    viewers = viewer_counts[-1]
+    procs = 2 if quick else 4
+    rate = 100
+    seconds = 0.5 if quick else 20.0
+    lines = int(rate * seconds)
+    backlog_lines = 2000 if quick else 100_000
+    joiners = 4 if quick else 100
+    root: Path = ctx.tmp
+    go, stop = root / "go", root / "stop"
+    remote = make_remote(root, timed_lines(str(go), lines, 1 / rate), name="fanout")
+    backlog_remote = make_remote(root, backlog(str(stop), backlog_lines), name="backlog")
+    pploy = PployProcess(root / "pploy")
+    gate = None
+    try:
+        await pploy.ready()
+        # BENCH_GATE_WORKERS=N: gate with N workers instead of its default (one per core).
+        workers_env = os.environ.get("BENCH_GATE_WORKERS")
+        gate = GateProcess(root / "gate", pploy.base, int(workers_env) if workers_env else None)
+        await gate.login()
+        async with aiohttp.ClientSession(
+            cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout()
+        ) as http:
+            project = await pploy.prepare(http, remote)
+            idle = rss_kib(pploy.proc.pid)
+            workers = gate.server_pids()
+            gate_servers = {
+                "pploy": pploy.proc.pid,
+                **{f"gate{'' if len(workers) == 1 else i + 1}": p for i, p in enumerate(workers)},
+            }
+            phases: dict[int, tuple[dict, dict]] = {}
+            for count in viewer_counts:
+                direct = await live_phase(
+                    pploy, http, project, go, pploy.base, "user=alice",
+                    {"pploy": pploy.proc.pid}, count, procs, lines, seconds,
+                )  # fmt: skip
+                via_gate = await live_phase(
+                    pploy, http, project, go, gate.url, gate.cookie, gate_servers,
+                    count, procs, lines, seconds,
+                )  # fmt: skip
+                phases[count] = (direct, via_gate)
+            servers = gate_servers
+            late_project = await pploy.prepare(http, backlog_remote)
+            late = await backlog_phase(
+                pploy, http, late_project, stop, backlog_lines, joiners,
+                {"pploy": (pploy.base, "user=alice"), "gate": (gate.url, gate.cookie)},
+                servers,
+            )  # fmt: skip
+    finally:
+        for server in (gate, pploy):
+            if server is not None:
+                server.stop()
+
+    rows = []
+    for viewers, (direct, via_gate) in phases.items():
+        rows += _live_rows(viewers, lines, direct, via_gate, idle)
+    direct, via_gate = phases[viewer_counts[-1]]
     for route in ("pploy", "gate"):
         figures = late[route]
         s = figures["seconds"]
@@ -328,7 +349,7 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
         )
     return {
         "sizes": {
-            "viewers": viewers,
+            "viewers": list(viewer_counts),
             "load_processes": procs,
             "lines_per_second": rate,
             "seconds": seconds,
@@ -337,10 +358,21 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
         },
         "direct": direct,
         "gate": via_gate,
+        "by_viewers": {
+            str(count): {"direct": d, "gate": g} for count, (d, g) in phases.items()
+        },
+        "gate_workers": len(workers),
         "late_joiners": late,
         "pploy_idle_rss_mib": round(idle / 1024, 1),
         "rows": rows,
-        "note": "The load generators run on the same 2 cores as the servers; CPU is the "
+        "note": "Through gate / direct p99: "
+        + ", ".join(
+            f"{count} viewers ×{round(g['latency_ms']['p99'] / d['latency_ms']['p99'], 2)}"
+            for count, (d, g) in phases.items()
+            if d["latency_ms"]["p99"]
+        )
+        + f" (gate with {len(workers)} worker{'s' if len(workers) > 1 else ''}). "
+        "The load generators run on the same 2 cores as the servers; CPU is the "
         "server's user+system time over the deploy's duration (100% = one core). Latency "
         "medians here are over all viewers' lines. Median of the viewers, not of repetitions "
         f"(one run each: {viewers} viewers already sample it {viewers} times).",

@@ -1,6 +1,6 @@
-"""The event loop pploy and gate run on: uvloop when it is installed (the optional ``speed``
-extra: ``pip install pploy[speed]``), else asyncio's own. ``PPLOY_EVENT_LOOP=asyncio`` keeps
-asyncio's loop even with uvloop installed."""
+"""The event loop pploy and gate run on: uvloop when it is installed (a default dependency
+wherever it builds: not on Windows or PyPy), else asyncio's own. ``PPLOY_EVENT_LOOP=asyncio``
+keeps asyncio's loop even with uvloop installed."""
 
 from __future__ import annotations
 

@@ -215,3 +215,11 @@ def test_cli_runs_and_stops_cleanly(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_workers_key_defaults_to_the_cores_and_refuses_zero():
+    base = {"address": "127.0.0.1:1", "auth": {"session": {"key": "k"}, "info": {"service": "dev"}}}
+    assert parse_config(base).worker_count() == (os.cpu_count() or 1)
+    assert parse_config({**base, "workers": 3}).worker_count() == 3
+    with pytest.raises(ConfigError, match="workers"):
+        parse_config({**base, "workers": 0})

@@ -402,7 +402,8 @@ async def test_access_log_line_per_request(gate, client):
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
+            # Access-log lines arrive in batches (one record, one line per request).
+            lines.extend(record.getMessage().splitlines())
             arrived.set()
 
     logger = logging.getLogger("pploy")

@@ -9,7 +9,6 @@ WebSocket) or a static file. Nothing reaches an upstream or htdocs without every
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import secrets
@@ -19,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pploy import log, streamtest
+from pploy import streamtest
 from pploy.gate import guards
 from pploy.gate import requestkeys as keys
 from pploy.gate.auth import Principal
@@ -115,8 +114,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 def _write_access_log(
     gate: Gate, request: web.Request, status: int, size: int, elapsed: float
 ) -> None:
-    fmt = gate.config.access_log.format
-    if fmt == "off":
+    if not gate.access_log.enabled:
         return
     principal: Principal | None = request.get(keys.PRINCIPAL)
     fields: dict[str, Any] = {
@@ -133,11 +131,7 @@ def _write_access_log(
         "ws": "1" if is_websocket(request.headers) else None,
         "aborted": "client" if request.get(keys.ABORTED) else None,
     }
-    if fmt == "json":
-        line = json.dumps({"event": "gate.access", **{k: v for k, v in fields.items() if v}})
-        log._logger.info(line)
-    else:
-        log.event("gate.access", **fields)
+    gate.access_log.add(fields)
 
 
 def build_app(gate: Gate) -> web.Application:

@@ -102,12 +102,25 @@ class Authenticator:
         self._basic_ok: dict[bytes, float] = {}
         self._sessions: dict[str, Session] = {}
         self._basic_key = hashlib.sha256(config.auth.session.key.encode()).digest()
+        self._trusted_peers: dict[str, bool] = {}
 
     # --- client facts -------------------------------------------------------------------
 
+    def _is_trusted(self, address: str | None) -> bool:
+        """Whether a peer address is a trusted proxy; remembered, as gate asks several times
+        per request about the same few peers (bounded: peers are many on a public address)."""
+        if not address or not self.trusted:
+            return False
+        known = self._trusted_peers.get(address)
+        if known is None:
+            if len(self._trusted_peers) >= 4096:
+                self._trusted_peers.clear()
+            known = self._trusted_peers[address] = address_in(address, self.trusted)
+        return known
+
     def client_ip(self, request: web.Request) -> str:
         peer = request.remote or ""
-        if not address_in(peer, self.trusted):
+        if not self._is_trusted(peer):
             return peer
         chain = [
             p.strip()
@@ -121,7 +134,7 @@ class Authenticator:
         return chain[0] if chain else peer
 
     def client_proto(self, request: web.Request) -> str:
-        if address_in(request.remote, self.trusted):
+        if self._is_trusted(request.remote):
             proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
             if proto in ("http", "https"):
                 return proto
@@ -133,7 +146,7 @@ class Authenticator:
         return f"{self.client_proto(request)}://{(request.host or '').lower()}"
 
     def from_trusted_proxy(self, request: web.Request) -> bool:
-        return address_in(request.remote, self.trusted)
+        return self._is_trusted(request.remote)
 
     # --- credentials --------------------------------------------------------------------
 
@@ -150,9 +163,13 @@ class Authenticator:
             if session is None:
                 return None
             if len(self._sessions) >= SESSION_CACHE_SIZE:
-                self._sessions.clear()
+                self._sessions = {k: s for k, s in self._sessions.items() if s.valid(now)}
+                if len(self._sessions) >= SESSION_CACHE_SIZE:
+                    self._sessions.clear()
             self._sessions[value] = session  # only cookies gate sealed get here
         if not session.valid(now) or session.policy != self.policy:
+            # Never kept past the cookie's own expiry (nor served from the cache after it).
+            self._sessions.pop(value, None)
             return None
         return session
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
 from pploy import eventloop, log
 from pploy.gate.config import ConfigError, GateConfig, load_config, warnings
-from pploy.gate.server import GateServer, StartupRefused, startup_problems
+from pploy.gate.server import StartupRefused, startup_problems
+from pploy.gate.workers import run_workers, serve
 
 DESCRIPTION = """\
 Run gate, the authenticating reverse proxy: users sign in with Google, GitHub (or GitHub
@@ -27,6 +26,8 @@ examples:
   pploy gate --config gate.yml --check-config   validate and exit (0 = fine)
   pploy gate -conf config.yml                   typester/gate's spelling
   pploy gate                                    reads ./config.yml, as typester/gate did
+  pploy gate --config gate.yml --workers 1      one process (default: `workers:`, else
+                                                one worker process per CPU core)
 
 endpoints without authentication: /ping (health), /.well-known/gate/jwks.json (public keys
 of the X-Gate-Assertion header sent upstream), and the login/callback/logout paths.
@@ -54,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--check-config",
         action="store_true",
         help="validate the configuration (keys, values, named files) and exit",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (overrides the `workers` key; "
+        "default: one per CPU core)",
     )
     log.add_level_argument(parser)
     parser.set_defaults(func=run)
@@ -84,8 +92,31 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"{args.config}: configuration OK")
         return 0
+    if args.workers is not None and args.workers < 1:
+        print("--workers: must be at least 1", file=sys.stderr)
+        return 2
+    count = args.workers if args.workers is not None else config.worker_count()
+    problems = startup_problems(config)
+    if problems:
+        print("gate refuses to start:\n" + "\n".join(problems), file=sys.stderr)
+        return 2
+    if sys.platform.startswith("linux"):
+        # Also with one worker: the parent restarts a worker that dies and handles SIGHUP.
+
+        def reload() -> tuple[GateConfig, int]:
+            fresh = load_config(args.config)
+            return fresh, args.workers if args.workers is not None else fresh.worker_count()
+
+        return run_workers(config, count, reload)
+    if count > 1:
+        print(
+            "workers: more than one worker needs Linux (SO_REUSEPORT spreading connections "
+            "over processes); set workers: 1",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        return eventloop.run(_serve(config))
+        return int(eventloop.run(serve(config)))
     except StartupRefused as exc:
         print(f"gate refuses to start:\n{exc}", file=sys.stderr)
         return 2
@@ -93,17 +124,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"gate cannot listen on {config.address}: {exc}", file=sys.stderr)
         return 1
 
-
-async def _serve(config: GateConfig) -> int:
-    server = GateServer(config)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.event("gate.stop")
-        await server.stop()
-    return 0

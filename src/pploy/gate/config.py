@@ -8,7 +8,9 @@ and reporting errors is ``pploy.configfile``'s, shared with pploy (``ConfigError
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -296,6 +298,8 @@ class GateConfig(_Model):
     identity_headers: IdentityHeadersConf = IdentityHeadersConf()
     trusted_proxies: StrList = []
     allowed_hosts: StrList = []
+    # Processes serving the port together (SO_REUSEPORT); None: one per CPU core.
+    workers: int | None = Field(default=None, ge=1, le=256)
 
     # Where the file was, to resolve relative paths (htdocs, ssl, htpasswd, key files).
     base_dir: Path = Path(".")
@@ -346,6 +350,13 @@ class GateConfig(_Model):
             return True
         domain = (self.auth.session.cookie_domain or "").lower().lstrip(".")
         return bool(domain) and (host == domain or host.endswith("." + domain))
+
+    def worker_count(self) -> int:
+        """How many worker processes ``pploy gate`` runs: ``workers``, by default one per core
+        on Linux (where SO_REUSEPORT spreads connections over them), one elsewhere."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, os.cpu_count() or 1) if sys.platform.startswith("linux") else 1
 
     def files_read(self) -> list[Path]:
         """Every file gate reads: the configuration and each key, certificate and password

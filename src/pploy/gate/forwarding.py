@@ -28,6 +28,11 @@ from pploy.gate.headers import (
 from pploy.gate.routing import encode_path, request_host
 from pploy.identity import Identity
 
+# Never passed on as the client sent them (precomputed; the Connection header's own tokens are
+# added per request, and only when it has any).
+_DROP_HTTP = HOP_BY_HOP | FORWARDING_NAMES | {"host", "expect"}
+_DROP_WEBSOCKET = _DROP_HTTP | WEBSOCKET_HANDSHAKE
+
 
 def upstream_headers(
     gate: Gate,
@@ -43,10 +48,9 @@ def upstream_headers(
     assertion only with an ``audience`` (the route's ``assertion_audience``);
     ``X-Forwarded-Prefix`` with the path a ``strip_path`` route ``stripped``, so the upstream
     can build its links under it."""
-    drop = HOP_BY_HOP | connection_tokens(request.headers) | FORWARDING_NAMES
-    drop |= {"host", "expect"}
-    if websocket:
-        drop |= WEBSOCKET_HANDSHAKE
+    drop = _DROP_WEBSOCKET if websocket else _DROP_HTTP
+    if "Connection" in request.headers:
+        drop = drop | connection_tokens(request.headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         key = canonical(name)

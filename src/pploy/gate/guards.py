@@ -32,7 +32,7 @@ async def host(gate: Gate, request: web.Request) -> web.StreamResponse | None:
     """Only names gate is configured for (or IP literals and localhost, which no attacker can
     point elsewhere) are served; 421 for any other, 400 without a Host."""
     name = request.headers.get("Host")
-    if name is not None and gate.config.serves_host(request_host(name)):
+    if name is not None and gate.serves_host(name):
         return None
     log.event(
         "gate.host_refused",

@@ -7,6 +7,7 @@ its own, so an upstream can trust ``X-Forwarded-User`` only because gate put it 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -78,8 +79,10 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical(name: str) -> str:
-    """One spelling per header: lower case, ``_`` read as ``-`` (as CGI-style servers do)."""
+    """One spelling per header: lower case, ``_`` read as ``-`` (as CGI-style servers do).
+    Remembered per spelling (bounded): the same few names come on every request."""
     return name.strip().lower().replace("_", "-")
 
 
@@ -106,7 +109,7 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones."""
-    drop = HOP_BY_HOP | connection_tokens(upstream)
+    drop = HOP_BY_HOP | connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if canonical(name) not in drop:

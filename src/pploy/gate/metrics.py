@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 from pploy.promtext import LabelKey
 from pploy.promtext import labels as _labels  # the one copy, shared with pploy serve
@@ -27,6 +29,9 @@ class Metrics:
         self._hist: dict[LabelKey, list[int]] = {}
         self._hist_sum: dict[LabelKey, float] = defaultdict(float)
         self._hist_count: dict[LabelKey, int] = defaultdict(int)
+        # With several worker processes: the other workers' latest snapshots, added to this
+        # worker's own figures when rendering (see pploy.gate.workers).
+        self.peers: Callable[[], list[dict[str, Any]]] | None = None
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests[(("route", route), ("method", method), ("code", str(status)))] += 1
@@ -44,7 +49,55 @@ class Metrics:
     def login(self, provider: str, result: str) -> None:
         self.logins[(("provider", provider), ("result", result))] += 1
 
+    def snapshot(self) -> dict[str, Any]:
+        """Every figure as plain JSON data, for another process to add up."""
+
+        def pairs(values: dict[LabelKey, int]) -> list[Any]:
+            return [[list(map(list, key)), value] for key, value in values.items()]
+
+        return {
+            "requests": pairs(self.requests),
+            "upstream_errors": pairs(self.upstream_errors),
+            "logins": pairs(self.logins),
+            "open_streams": self.open_streams,
+            "open_websockets": self.open_websockets,
+            "hist": [
+                [list(map(list, key)), counts, self._hist_sum[key], self._hist_count[key]]
+                for key, counts in self._hist.items()
+            ],
+        }
+
+    def add(self, snapshot: dict[str, Any]) -> None:
+        """Add another process's :meth:`snapshot` to these figures."""
+
+        def key_of(raw: list[list[str]]) -> LabelKey:
+            return tuple((str(k), str(v)) for k, v in raw)
+
+        for name in ("requests", "upstream_errors", "logins"):
+            table: dict[LabelKey, int] = getattr(self, name)
+            for raw, value in snapshot.get(name, []):
+                table[key_of(raw)] += int(value)
+        self.open_streams += int(snapshot.get("open_streams", 0))
+        self.open_websockets += int(snapshot.get("open_websockets", 0))
+        for raw, counts, total, count in snapshot.get("hist", []):
+            key = key_of(raw)
+            mine = self._hist.setdefault(key, [0] * len(BUCKETS))
+            for index, value in enumerate(counts[: len(BUCKETS)]):
+                mine[index] += int(value)
+            self._hist_sum[key] += float(total)
+            self._hist_count[key] += int(count)
+
     def render(self) -> str:
+        """The Prometheus text; with worker processes, the sum over all of them."""
+        if self.peers is None:
+            return self._render()
+        total = Metrics()
+        total.add(self.snapshot())
+        for snapshot in self.peers():
+            total.add(snapshot)
+        return total._render()
+
+    def _render(self) -> str:
         lines: list[str] = []
 
         def counter(name: str, help_text: str, values: dict[LabelKey, int]) -> None:

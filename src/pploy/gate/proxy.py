@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -80,6 +81,44 @@ async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
+class IdleSweep:
+    """``upstream.idle_timeout`` for responses being streamed, checked about once a second.
+
+    aiohttp's read timeout re-arms a timer on every chunk received (8% of gate's time with
+    hundreds of live viewers). While streaming, each stream instead records when it last
+    heard from its upstream (one clock read per chunk) and one task per gate closes the
+    upstreams silent for longer than the timeout. Time spent writing to a slow client never
+    counts as the upstream's silence. Until the headers, aiohttp's own timeout applies.
+    """
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.last: dict[aiohttp.ClientResponse, float] = {}
+        self.expired: set[aiohttp.ClientResponse] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.idle:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.idle / 4))
+            now = loop.time()
+            for upstream, last in list(self.last.items()):
+                if now - last > self.idle:
+                    self.expired.add(upstream)
+                    del self.last[upstream]
+                    upstream.close()
+
+
 class UpstreamProxy:
     """Holds the client session used for every upstream; one per gate process."""
 
@@ -87,6 +126,7 @@ class UpstreamProxy:
         self.conf = conf
         self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self.sweep = IdleSweep(conf.idle_timeout)
 
     async def start(self) -> None:
         # limit=0: no pool cap, or 100 long streams would block every other request.
@@ -104,8 +144,10 @@ class UpstreamProxy:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
+        self.sweep.start()
 
     async def close(self) -> None:
+        await self.sweep.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -246,20 +288,42 @@ class UpstreamProxy:
         response.headers.extend(out_headers)
         await response.prepare(request)
         request[keys.SENT_STATUS] = response.status
+        sweep = self.sweep if has_body and self.sweep.idle else None
+        if sweep is not None:
+            # From here the sweep keeps the idle timeout, not a timer re-armed per chunk.
+            connection = upstream.connection
+            if connection is not None and connection.protocol is not None:
+                connection.protocol.read_timeout = None
+                connection.protocol.start_timeout()  # with no timeout: cancels the armed timer
+            clock = asyncio.get_running_loop().time
+            sweep.last[upstream] = clock()
         self.metrics.open_streams += 1
         try:
-            if has_body:
+            if sweep is not None:
+                last = sweep.last
+                async for chunk in upstream.content.iter_any():
+                    last[upstream] = math.inf  # writing to the client: not upstream silence
+                    await response.write(chunk)
+                    last[upstream] = clock()
+                if upstream in sweep.expired:
+                    raise TimeoutError("the upstream was silent for upstream.idle_timeout")
+            elif has_body:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
             await response.write_eof()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            self._midstream(request, route, "broken", exc)
-            raise
         except TimeoutError as exc:
+            # First: aiohttp's read timeout is also a ClientConnectionError.
             self._midstream(request, route, "idle_timeout", exc)
+            raise
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            idle = sweep is not None and upstream in sweep.expired
+            self._midstream(request, route, "idle_timeout" if idle else "broken", exc)
             raise
         finally:
             self.metrics.open_streams -= 1
+            if sweep is not None:
+                sweep.last.pop(upstream, None)
+                sweep.expired.discard(upstream)
         return response
 
     # --- WebSocket --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ twice) are refused, and empty segments (``//``) are collapsed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
@@ -26,8 +27,9 @@ class RequestPath:
     trailing_slash: bool
     query: str  # raw query string, without "?"
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
+        """The path, re-encoded one way (computed once: every endpoint lookup asks)."""
         return encode_path(self.segments, self.trailing_slash)
 
     @property
@@ -48,6 +50,14 @@ def _dangerous(segment: bytes) -> bool:
 def parse_target(raw_target: str) -> RequestPath:
     """Split the raw request target (path and query, as sent) into decoded segments."""
     path, _, query = raw_target.partition("?")
+    segments, trailing = _parse_path(path)
+    return RequestPath(segments, trailing, query)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_path(path: str) -> tuple[tuple[bytes, ...], bool]:
+    """Decoded segments and trailing slash of a raw path; remembered, as the same few paths
+    come again and again (a refused path raises and is not remembered)."""
     if not path.startswith("/") or "#" in path:
         raise BadPath("request target must be an absolute path")
     segments = []
@@ -59,7 +69,7 @@ def parse_target(raw_target: str) -> RequestPath:
             raise BadPath("dot segments are not allowed in paths")
         segments.append(decoded)
     trailing = path.endswith("/") and bool(segments)
-    return RequestPath(tuple(segments), trailing, query)
+    return tuple(segments), trailing
 
 
 def encode_path(segments: tuple[bytes, ...] | list[bytes], trailing_slash: bool) -> str:
@@ -93,7 +103,7 @@ class Route:
             host=conf.host.lower() if conf.host else None,
         )
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
         return (self.host or "") + (encode_path(self.prefix, False))
 

@@ -7,6 +7,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from joserfc.jwk import ECKey
 
 from pploy import log
 from pploy.gate.app import build_app, build_metrics_app
@@ -58,6 +59,10 @@ class GateServer:
     gate: Gate | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    # Several worker processes listen on the same address (see pploy.gate.workers).
+    reuse_port: bool = False
+    # The assertion signing key when the config names no key file (shared by workers).
+    assertion_key: ECKey | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         host = sock.getsockname()[0] if sock is not None else self.config.listen[0]
@@ -72,7 +77,7 @@ class GateServer:
                 level="error",
                 message="DEV LOGIN ON A NON-LOOPBACK ADDRESS: ANYONE CAN LOG IN AS ANYONE",
             )
-        self.gate = Gate(self.config)
+        self.gate = Gate(self.config, assertion_key=self.assertion_key)
         app = build_app(self.gate)
         # handler_cancellation: a client that leaves cancels its handler, and with it the
         # upstream request, instead of the upstream running on until its next write.
@@ -90,7 +95,9 @@ class GateServer:
             site: web.BaseSite = web.SockSite(runner, sock, ssl_context=context)
         else:
             listen_host, port = self.config.listen
-            site = web.TCPSite(runner, listen_host, port, ssl_context=context)
+            site = web.TCPSite(
+                runner, listen_host, port, ssl_context=context, reuse_port=self.reuse_port or None
+            )
         await site.start()
         self.urls.append(site.name)
         if self.config.metrics.address:
@@ -103,7 +110,7 @@ class GateServer:
             )
             await mrunner.setup()
             self.runners.append(mrunner)
-            msite = web.TCPSite(mrunner, mhost, mport)
+            msite = web.TCPSite(mrunner, mhost, mport, reuse_port=self.reuse_port or None)
             await msite.start()
             self.urls.append(msite.name)
         log.event(
