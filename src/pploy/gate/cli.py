@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pploy import eventloop, log
+from pploy import log
 from pploy.gate.config import ConfigError, GateConfig, load_config, warnings
-from pploy.gate.server import StartupRefused, startup_problems
-from pploy.gate.workers import run_workers, serve
+from pploy.gate.server import startup_problems
+from pploy.gate.workers import run_one, run_workers
 
 DESCRIPTION = """\
 Run gate, the authenticating reverse proxy: users sign in with Google, GitHub (or GitHub
@@ -115,12 +115,5 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        return int(eventloop.run(serve(config)))
-    except StartupRefused as exc:
-        print(f"gate refuses to start:\n{exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"gate cannot listen on {config.address}: {exc}", file=sys.stderr)
-        return 1
+    return run_one(config)
 

@@ -125,18 +125,17 @@ def _worker(
     def ready() -> None:
         os.write(ready_fd, f"{os.getpid()}\n".encode())  # one short write: atomic on a pipe
 
+    return run_one(
+        config, reuse_port=True, metrics_dir=metrics_dir, on_ready=ready,
+        assertion_key=assertion_key,
+    )  # fmt: skip
+
+
+def run_one(config: GateConfig, **options: Any) -> int:
+    """Serve ``config`` in this process until stopped (``options`` as :func:`serve` takes
+    them); the exit status, with the reason on stderr when gate cannot start."""
     try:
-        return int(
-            eventloop.run(
-                serve(
-                    config,
-                    reuse_port=True,
-                    metrics_dir=metrics_dir,
-                    on_ready=ready,
-                    assertion_key=assertion_key,
-                )
-            )
-        )
+        return int(eventloop.run(serve(config, **options)))
     except StartupRefused as exc:
         print(f"gate refuses to start:\n{exc}", file=sys.stderr)
         return 2
