@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.support import Fifo, make_remote
-from tests.helpers import free_port
+from tests.helpers import free_port, skip_or_fail
 
 
 class Server:
@@ -381,7 +381,7 @@ CONTAINMENTS = pytest.mark.parametrize("containment", ["cgroup", "subreaper"])
 
 def contained_server(tmp_path: Path, containment: str, timeout_minutes: float = 120) -> Server:
     if containment == "cgroup" and not Path("/sys/fs/cgroup").exists():
-        pytest.skip("no cgroup file system")
+        skip_or_fail("no cgroup file system")
     config = tmp_path / "pploy.yml"
     config.write_text(
         "users: [alice]\njob:\n  shutdown_grace_seconds: 1\n  cancel_grace_seconds: [1, 1]\n"
