@@ -25,7 +25,7 @@ from bench.common import GateProcess, Upstream, loadavg, wrk
 
 # (bucket, substrings of a frame "function (file:line)"); the innermost matching frame wins.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    ("access log (format, batch)", ("_write_access_log", "accesslog.py")),
+    ("access log (format, batch)", ("finish", "requestlog.py", "accesslog.py")),
     ("metrics", ("gate/metrics.py",)),
     (
         "session cookie (Cookie parse, cache lookup, expiry and policy check)",

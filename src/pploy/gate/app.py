@@ -9,26 +9,19 @@ WebSocket) or a static file. Nothing reaches an upstream or htdocs without every
 from __future__ import annotations
 
 import asyncio
-import random
-import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from pploy import streamtest
-from pploy.gate import guards
+from pploy.gate import guards, requestlog
 from pploy.gate import requestkeys as keys
-from pploy.gate.auth import Principal
 from pploy.gate.core import Gate
 from pploy.gate.endpoints import Endpoints
 from pploy.gate.forwarding import forward
-from pploy.gate.headers import is_websocket
 from pploy.gate.routing import BadPath, parse_target
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Upper bound on all request headers together; aiohttp also limits each line to 8190 bytes.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -61,23 +54,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def new_request_id() -> str:
-    """32 hex digits. A request id correlates log lines and is no secret, so it comes from a
-    fast PRNG (os.urandom cost a syscall on every request)."""
-    return f"{_ids.getrandbits(128):032x}"
-
-
-_ids = random.Random(secrets.randbits(128))
-
-
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics and one access-log line per request (at its end, streams too)."""
     gate = request.app[GATE_KEY]
-    incoming = request.headers.get("X-Request-Id", "")
-    trusted = gate.auth.from_trusted_proxy(request)
-    request_id = incoming if trusted and _REQUEST_ID.match(incoming) else new_request_id()
-    request[keys.REQUEST_ID] = request_id
+    request_id = requestlog.request_id(gate, request)
     started = time.monotonic()
     status = 500
     size = 0
@@ -105,33 +86,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         request[keys.ABORTED] = True
         raise
     finally:
-        elapsed = time.monotonic() - started
-        route = request.get(keys.ROUTE, "gate")
-        gate.metrics.request(route, request.method, status, elapsed)
-        _write_access_log(gate, request, status, size, elapsed)
-
-
-def _write_access_log(
-    gate: Gate, request: web.Request, status: int, size: int, elapsed: float
-) -> None:
-    if not gate.access_log.enabled:
-        return
-    principal: Principal | None = request.get(keys.PRINCIPAL)
-    fields: dict[str, Any] = {
-        "rid": request[keys.REQUEST_ID],
-        "client": gate.auth.client_ip(request),
-        "method": request.method,
-        "path": request.raw_path[:2048],
-        "status": status,
-        "bytes": size,
-        "ms": round(elapsed * 1000, 2),
-        "route": request.get(keys.ROUTE),
-        "user": principal.user if principal else None,
-        "via": principal.via if principal else None,
-        "ws": "1" if is_websocket(request.headers) else None,
-        "aborted": "client" if request.get(keys.ABORTED) else None,
-    }
-    gate.access_log.add(fields)
+        requestlog.finish(gate, request, status, size, time.monotonic() - started)
 
 
 def build_app(gate: Gate) -> web.Application:

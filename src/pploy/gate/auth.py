@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
-from aiohttp import web
 
 from pploy import log
 from pploy.gate.config import GateConfig
+from pploy.gate.headers import cookie_value
+from pploy.gate.incoming import Incoming
 from pploy.gate.session import CookieCodec, Session
 from pploy.networks import address_in, parse_networks
 
@@ -118,7 +119,7 @@ class Authenticator:
             known = self._trusted_peers[address] = address_in(address, self.trusted)
         return known
 
-    def client_ip(self, request: web.Request) -> str:
+    def client_ip(self, request: Incoming) -> str:
         peer = request.remote or ""
         if not self._is_trusted(peer):
             return peer
@@ -133,25 +134,29 @@ class Authenticator:
                 return hop
         return chain[0] if chain else peer
 
-    def client_proto(self, request: web.Request) -> str:
+    def client_proto(self, request: Incoming) -> str:
         if self._is_trusted(request.remote):
             proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
             if proto in ("http", "https"):
                 return proto
         return "https" if request.secure else "http"
 
-    def own_origin(self, request: web.Request) -> str:
+    def own_origin(self, request: Incoming) -> str:
         """The origin the client is on: scheme (as nginx saw it, if trusted) and Host. A
         browser's ``Origin`` must equal it, scheme included, to count as same-origin."""
         return f"{self.client_proto(request)}://{(request.host or '').lower()}"
 
-    def from_trusted_proxy(self, request: web.Request) -> bool:
+    def from_trusted_proxy(self, request: Incoming) -> bool:
         return self._is_trusted(request.remote)
 
     # --- credentials --------------------------------------------------------------------
 
-    def session(self, request: web.Request, now: float) -> Session | None:
-        value = request.cookies.get(self.cookie_name)
+    def cookie(self, request: Incoming) -> str:
+        """The session cookie's value as sent ("" when there is none)."""
+        return cookie_value(request.headers, self.cookie_name) or ""
+
+    def session(self, request: Incoming, now: float) -> Session | None:
+        value = self.cookie(request)
         if not value:
             return None
         session = self._sessions.get(value)
@@ -178,7 +183,7 @@ class Authenticator:
         if cookie:
             self._sessions.pop(cookie, None)
 
-    async def basic(self, request: web.Request) -> str | None:
+    async def basic(self, request: Incoming) -> str | None:
         """The htpasswd user named by a valid ``Authorization: Basic`` header, if any."""
         if self.htpasswd is None:
             return None
@@ -213,7 +218,7 @@ class Authenticator:
         self._basic_ok[cache_key] = now + BASIC_CACHE_SECONDS
         return user
 
-    async def authenticate(self, request: web.Request, now: float) -> Principal | None:
+    async def authenticate(self, request: Incoming, now: float) -> Principal | None:
         session = self.session(request, now)
         if session is not None:
             return Principal(session.user, session.email, "session", session)

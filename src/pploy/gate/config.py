@@ -300,6 +300,9 @@ class GateConfig(_Model):
     allowed_hosts: StrList = []
     # Processes serving the port together (SO_REUSEPORT); None: one per CPU core.
     workers: int | None = Field(default=None, ge=1, le=256)
+    # Plain proxied requests served by gate's own lean front end (pploy.gate.fastpath);
+    # false: aiohttp's server answers everything.
+    fast_path: bool = True
 
     # Where the file was, to resolve relative paths (htdocs, ssl, htpasswd, key files).
     base_dir: Path = Path(".")

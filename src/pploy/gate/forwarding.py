@@ -25,6 +25,7 @@ from pploy.gate.headers import (
     is_websocket,
     strip_cookies,
 )
+from pploy.gate.incoming import Incoming
 from pploy.gate.routing import encode_path, request_host
 from pploy.identity import Identity
 
@@ -36,7 +37,7 @@ _DROP_WEBSOCKET = _DROP_HTTP | WEBSOCKET_HANDSHAKE
 
 def upstream_headers(
     gate: Gate,
-    request: web.Request,
+    request: Incoming,
     principal: Principal,
     *,
     host: str | None,

@@ -20,15 +20,16 @@ from pploy.gate.auth import Principal
 from pploy.gate.cookies import clear_cookie
 from pploy.gate.core import Gate
 from pploy.gate.headers import is_websocket
+from pploy.gate.incoming import Incoming
 from pploy.gate.login import login_url, redirect
 from pploy.gate.pages import page
 from pploy.gate.providers import LoginFailed
 from pploy.gate.routing import request_host
 
-Guard = Callable[[Gate, web.Request], Awaitable[web.StreamResponse | None]]
+Guard = Callable[[Gate, Incoming], Awaitable[web.StreamResponse | None]]
 
 
-async def host(gate: Gate, request: web.Request) -> web.StreamResponse | None:
+async def host(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """Only names gate is configured for (or IP literals and localhost, which no attacker can
     point elsewhere) are served; 421 for any other, 400 without a Host."""
     name = request.headers.get("Host")
@@ -50,7 +51,7 @@ async def host(gate: Gate, request: web.Request) -> web.StreamResponse | None:
     )
 
 
-def _wants_html(request: web.Request) -> bool:
+def _wants_html(request: Incoming) -> bool:
     """A browser navigation: may be redirected to the login page; others get 401."""
     if request.method not in ("GET", "HEAD"):
         return False
@@ -61,12 +62,12 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "").lower()
 
 
-def _has_bearer(request: web.Request) -> bool:
+def _has_bearer(request: Incoming) -> bool:
     values = request.headers.getall("Authorization", [])
     return any(v.strip().partition(" ")[0].lower() == "bearer" for v in values)
 
 
-def _passes_bearer(gate: Gate, request: web.Request) -> bool:
+def _passes_bearer(gate: Gate, request: Incoming) -> bool:
     """A bearer-token request to a route with ``pass_bearer``: the upstream checks the token."""
     if not _has_bearer(request):
         return False
@@ -74,7 +75,7 @@ def _passes_bearer(gate: Gate, request: web.Request) -> bool:
     return route is not None and route.conf.pass_bearer
 
 
-async def identity(gate: Gate, request: web.Request) -> web.StreamResponse | None:
+async def identity(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """A session cookie, htpasswd credentials or an allowed network admits the request (its
     principal is kept on the request); otherwise a browser is sent to log in, others get 401.
 
@@ -101,14 +102,14 @@ async def identity(gate: Gate, request: web.Request) -> web.StreamResponse | Non
     )
 
 
-async def restrictions(gate: Gate, request: web.Request) -> web.StreamResponse | None:
+async def restrictions(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """A session must still pass the provider's restrictions (GitHub organisations, re-checked
     every ``auth.info.recheck_interval``): if not, 403 and the cookie is cleared; 502 (the
     session kept) when the provider cannot answer right now."""
     session = request[keys.PRINCIPAL].session
     if session is None:
         return None
-    cookie = request.cookies.get(gate.auth.cookie_name, "")
+    cookie = gate.auth.cookie(request)
     try:
         verdict = await gate.rechecker.verdict(cookie, session, gate.clock())
     except LoginFailed as exc:
@@ -147,7 +148,7 @@ async def restrictions(gate: Gate, request: web.Request) -> web.StreamResponse |
     return response
 
 
-async def websocket_origin(gate: Gate, request: web.Request) -> web.StreamResponse | None:
+async def websocket_origin(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """Cross-site WebSocket hijacking: a browser's Origin must be the origin the user is on,
     scheme included. No Origin: not a browser (browsers always send it on a handshake)."""
     origin = request.headers.get("Origin")

@@ -107,7 +107,7 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
     return tokens
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones."""
     drop = HOP_BY_HOP | connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
@@ -115,6 +115,13 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         if canonical(name) not in drop:
             out.add(name, value)
     return out
+
+
+def streamed(headers: CIMultiDict[str]) -> bool:
+    """A response body that is streamed (no length, or server-sent events): gate tells a
+    buffering proxy in front (nginx) to pass it through at once."""
+    content_type = headers.get("Content-Type", "").lower()
+    return "content-length" not in headers or content_type.startswith("text/event-stream")
 
 
 def strip_cookies(header: str, names: Iterable[str]) -> str:
@@ -126,6 +133,21 @@ def strip_cookies(header: str, names: Iterable[str]) -> str:
         if name and name not in unwanted:
             kept.append(part.strip())
     return "; ".join(kept)
+
+
+def cookie_value(headers: Mapping[str, str] | CIMultiDictProxy[str], name: str) -> str | None:
+    """The value of cookie ``name`` in the Cookie header (a quoted value unquoted; the last
+    one when it is sent twice, as aiohttp reads it). The one reader of gate's own cookies for
+    both front ends, so they can never disagree about which session a request carries."""
+    found = None
+    for part in headers.get("Cookie", "").split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            found = value
+    return found
 
 
 def is_websocket(headers: CIMultiDictProxy[str]) -> bool:

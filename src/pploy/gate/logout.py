@@ -24,7 +24,7 @@ from pploy.redirects import safe_return_path
 def logout_token(gate: Gate, request: web.Request) -> str:
     """The token the logout form carries: bound to this browser's session cookie, which
     another site can neither read nor guess, so it cannot sign the user out."""
-    cookie = request.cookies.get(gate.auth.cookie_name, "")
+    cookie = gate.auth.cookie(request)
     key = hashlib.sha256(b"gate-logout\0" + gate.config.auth.session.key.encode()).digest()
     return hmac.new(key, cookie.encode(), "sha256").hexdigest()
 
@@ -82,7 +82,7 @@ async def handle_logout(gate: Gate, request: web.Request) -> web.StreamResponse:
         )
     clear_cookie(gate, response, gate.auth.cookie_name)
     clear_cookie(gate, response, STATE_COOKIE)
-    gate.auth.forget(request.cookies.get(gate.auth.cookie_name))
+    gate.auth.forget(gate.auth.cookie(request))
     log.event("gate.logout", rid=request.get(keys.REQUEST_ID))
     return response
 

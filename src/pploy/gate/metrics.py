@@ -26,6 +26,10 @@ class Metrics:
         self.logins: dict[LabelKey, int] = defaultdict(int)
         self.open_streams = 0
         self.open_websockets = 0
+        # The fast path (pploy.gate.fastpath): requests it answered itself, and connections
+        # it handed to aiohttp, by why.
+        self.fast_path_requests = 0
+        self.fast_path_handovers: dict[LabelKey, int] = defaultdict(int)
         self._hist: dict[LabelKey, list[int]] = {}
         self._hist_sum: dict[LabelKey, float] = defaultdict(float)
         self._hist_count: dict[LabelKey, int] = defaultdict(int)
@@ -46,6 +50,9 @@ class Metrics:
     def upstream_error(self, route: str, kind: str) -> None:
         self.upstream_errors[(("route", route), ("kind", kind))] += 1
 
+    def handover(self, reason: str) -> None:
+        self.fast_path_handovers[(("reason", reason),)] += 1
+
     def login(self, provider: str, result: str) -> None:
         self.logins[(("provider", provider), ("result", result))] += 1
 
@@ -59,6 +66,8 @@ class Metrics:
             "requests": pairs(self.requests),
             "upstream_errors": pairs(self.upstream_errors),
             "logins": pairs(self.logins),
+            "fast_path_handovers": pairs(self.fast_path_handovers),
+            "fast_path_requests": self.fast_path_requests,
             "open_streams": self.open_streams,
             "open_websockets": self.open_websockets,
             "hist": [
@@ -73,10 +82,11 @@ class Metrics:
         def key_of(raw: list[list[str]]) -> LabelKey:
             return tuple((str(k), str(v)) for k, v in raw)
 
-        for name in ("requests", "upstream_errors", "logins"):
+        for name in ("requests", "upstream_errors", "logins", "fast_path_handovers"):
             table: dict[LabelKey, int] = getattr(self, name)
             for raw, value in snapshot.get(name, []):
                 table[key_of(raw)] += int(value)
+        self.fast_path_requests += int(snapshot.get("fast_path_requests", 0))
         self.open_streams += int(snapshot.get("open_streams", 0))
         self.open_websockets += int(snapshot.get("open_websockets", 0))
         for raw, counts, total, count in snapshot.get("hist", []):
@@ -115,6 +125,16 @@ class Metrics:
             self.upstream_errors,
         )
         counter("gate_logins_total", "Login attempts, by provider and result.", self.logins)
+        lines.append(
+            "# HELP gate_fast_path_requests_total Requests answered by the fast path itself."
+        )
+        lines.append("# TYPE gate_fast_path_requests_total counter")
+        lines.append(f"gate_fast_path_requests_total {self.fast_path_requests}")
+        counter(
+            "gate_fast_path_handovers_total",
+            "Connections the fast path handed to the full server, by reason.",
+            self.fast_path_handovers,
+        )
         lines.append("# HELP gate_open_streams Proxied HTTP responses being streamed now.")
         lines.append("# TYPE gate_open_streams gauge")
         lines.append(f"gate_open_streams {self.open_streams}")

@@ -31,7 +31,8 @@ from yarl import URL
 from pploy import log
 from pploy.gate import requestkeys as keys
 from pploy.gate.config import UpstreamConf
-from pploy.gate.headers import response_headers
+from pploy.gate.headers import response_headers, streamed
+from pploy.gate.incoming import Incoming
 from pploy.gate.metrics import Metrics
 from pploy.gate.pages import page
 
@@ -49,11 +50,6 @@ def wire_close_code(code: Any) -> int:
     if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
         return code
     return 1011
-
-
-def _streaming(headers: CIMultiDict[str]) -> bool:
-    content_type = headers.get("Content-Type", "").lower()
-    return "content-length" not in headers or content_type.startswith("text/event-stream")
 
 
 def _complete_small_body(upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> bool:
@@ -159,7 +155,7 @@ class UpstreamProxy:
 
     # --- failures, written once for HTTP and WebSocket ------------------------------------
 
-    def _failed(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
+    def failed(self, request: Incoming, route: str, kind: str, exc: BaseException) -> None:
         """Count and log an upstream failure (before or after the response started)."""
         self.metrics.upstream_error(route, kind)
         log.event(
@@ -171,10 +167,10 @@ class UpstreamProxy:
             rid=request.get(keys.REQUEST_ID),
         )
 
-    def _unavailable(self, request: web.Request, route: str, exc: BaseException) -> web.Response:
+    def unavailable(self, request: Incoming, route: str, exc: BaseException) -> web.Response:
         """Nothing sent to the client yet: a 502 page (504 on a timeout)."""
         timeout = isinstance(exc, asyncio.TimeoutError)
-        self._failed(request, route, "timeout" if timeout else "connect", exc)
+        self.failed(request, route, "timeout" if timeout else "connect", exc)
         status = 504 if timeout else 502
         return page(
             status,
@@ -186,7 +182,7 @@ class UpstreamProxy:
     def _midstream(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
         """Headers are gone already: cut the client connection so a truncated body is never
         mistaken for a complete one."""
-        self._failed(request, route, kind, exc)
+        self.failed(request, route, kind, exc)
         if request.transport is not None:
             request.transport.close()
 
@@ -223,7 +219,7 @@ class UpstreamProxy:
         except aiohttp.WSServerHandshakeError as exc:
             return self._refused(request, route, exc)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return self._unavailable(request, route, exc)
+            return self.unavailable(request, route, exc)
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -249,7 +245,7 @@ class UpstreamProxy:
         try:
             out_headers = response_headers(upstream.headers)
             has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
-            if has_body and _streaming(out_headers):
+            if has_body and streamed(out_headers):
                 # Tell a buffering proxy in front (nginx) to pass this through at once.
                 out_headers.setdefault("X-Accel-Buffering", "no")
             if keys.REQUEST_ID in request:
@@ -260,9 +256,9 @@ class UpstreamProxy:
                 try:
                     body_bytes = upstream.content.read_nowait()
                 except aiohttp.ClientPayloadError as exc:
-                    return self._unavailable(request, route, exc)
+                    return self.unavailable(request, route, exc)
                 if len(body_bytes) != int(out_headers["Content-Length"]):
-                    return self._unavailable(request, route, ValueError("truncated body"))
+                    return self.unavailable(request, route, ValueError("truncated body"))
                 finished = True
                 return _whole(upstream, out_headers, body_bytes)
             response = await self._stream(request, route, upstream, out_headers, has_body)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from joserfc.jwk import ECKey
 
 from pploy import log
-from pploy.gate.app import build_app, build_metrics_app
+from pploy.gate.app import ENDPOINTS_KEY, build_app, build_metrics_app
 from pploy.gate.config import GateConfig, check_files, is_loopback_address, parse_address, warnings
 from pploy.gate.core import Gate
+from pploy.gate.fastpath import FastPath
 
 # How long a connection may sit without a complete request: idle keep-alive connections and
 # clients that send half a request and stall (slowloris). aiohttp's AppRunner default is an
@@ -21,6 +24,16 @@ IDLE_CONNECTION_TIMEOUT = 75.0
 # On stop, how long requests in progress get to finish before they are cancelled. Streams and
 # WebSockets never finish by themselves: without a bound, a restart waited a minute for them.
 SHUTDOWN_GRACE = 3.0
+
+
+# Pending connections the kernel queues for gate (aiohttp's default).
+BACKLOG = 128
+
+
+def _url(listener: asyncio.Server, *, secure: bool) -> str:
+    host, port = listener.sockets[0].getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if secure else 'http'}://{host}:{port}"
 
 
 class StartupRefused(Exception):
@@ -58,6 +71,8 @@ class GateServer:
     config: GateConfig
     gate: Gate | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
+    listeners: list[asyncio.Server] = field(default_factory=list)
+    fast_path: FastPath | None = None
     urls: list[str] = field(default_factory=list)
     # Several worker processes listen on the same address (see pploy.gate.workers).
     reuse_port: bool = False
@@ -90,16 +105,30 @@ class GateServer:
         )
         await runner.setup()
         self.runners.append(runner)
+        assert runner.server is not None
+        factory: Callable[[], asyncio.Protocol] = runner.server
+        if self.config.fast_path:
+            self.fast_path = FastPath(
+                self.gate, app[ENDPOINTS_KEY], runner.server, IDLE_CONNECTION_TIMEOUT
+            )
+            self.fast_path.start()
+            factory = self.fast_path.protocol
         context = _ssl_context(self.config)
+        loop = asyncio.get_running_loop()
         if sock is not None:
-            site: web.BaseSite = web.SockSite(runner, sock, ssl_context=context)
+            listener = await loop.create_server(factory, sock=sock, ssl=context, backlog=BACKLOG)
         else:
             listen_host, port = self.config.listen
-            site = web.TCPSite(
-                runner, listen_host, port, ssl_context=context, reuse_port=self.reuse_port or None
+            listener = await loop.create_server(
+                factory,
+                listen_host,
+                port,
+                ssl=context,
+                backlog=BACKLOG,
+                reuse_port=self.reuse_port or None,
             )
-        await site.start()
-        self.urls.append(site.name)
+        self.listeners.append(listener)
+        self.urls.append(_url(listener, secure=context is not None))
         if self.config.metrics.address:
             mhost, mport = parse_address(self.config.metrics.address)
             mrunner = web.AppRunner(
@@ -122,6 +151,12 @@ class GateServer:
         )
 
     async def stop(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        if self.fast_path is not None:
+            await self.fast_path.close(SHUTDOWN_GRACE)
+            self.fast_path = None
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
