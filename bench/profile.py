@@ -38,6 +38,11 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
         ("gate/routing.py", "gate/guards.py", "gate/app.py", "gate/forwarding.py",
          "gate/proxy.py", "gate/core.py"),
     ),  # fmt: skip
+    (
+        "fast path: request heads (httptools), admission, one task per request",
+        ("FrontConnection", "FastPath.admit", "gate/fastpath.py"),
+    ),
+    ("fast path: upstream relay (httptools response parsing, pool)", ("gate/relay.py",)),
     ("upstream keep-alive pool (aiohttp connector)", ("connector.py",)),
     (
         "upstream request and response parsing (aiohttp client)",
@@ -51,7 +56,14 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
          "web_urldispatcher", "web_middlewares"),
     ),  # fmt: skip
 ]
-SEND = ("_write (aiohttp/http_writer", "_writelines (aiohttp/http_writer", "selector_events.py")
+SEND = (
+    "_write (aiohttp/http_writer",
+    "_writelines (aiohttp/http_writer",
+    "selector_events.py",
+    # The fast path's writes: uvloop's transport.write is C, so py-spy shows the calling line.
+    "Relay._finish (",
+    "Relay.start (",
+)
 SEND_BUCKET = "socket send() calls (to the client and to the upstream)"
 LOOP_BUCKET = "event loop (epoll, socket reads, callbacks)"
 

@@ -25,6 +25,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -211,6 +212,7 @@ class RawUpstream:
 
     def __init__(self) -> None:
         self.heads: list[bytes] = []
+        self.connections = 0  # accepted so far
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
@@ -229,11 +231,16 @@ class RawUpstream:
             self.server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.heads.append(head)
                 method, target = head.split(b" ", 2)[:2]
+                served += 1
+                if target.startswith(b"/once") and served > 1:
+                    return  # a kept connection the server drops as the next request comes
                 if target.startswith(b"/silent"):
                     await reader.read()  # never answers; done when gate hangs up
                     return
@@ -268,6 +275,8 @@ class RawUpstream:
             return head.encode() + BIG_BODY
         if target == b"/chunked":
             return self.CHUNKED
+        if target.startswith(b"/once"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"
         return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -1008,3 +1017,134 @@ async def test_connection_is_handed_over_to_aiohttp(gate, cookie, metrics_reader
     after = await metrics_reader.read(name)
     assert before is not None, f"{name} is not rendered at /_gate/metrics"
     assert after == before + 1
+
+
+# --- the upstream pool: reuse, concurrency, retries, back-pressure ---------------------------
+
+
+async def test_concurrent_kept_connections_each_get_their_own_answer(gate, cookie, upstream):
+    """Many clients at once over a shared upstream pool: a connection released by one
+    response serves another client's request at once; each client must get its own answer
+    and the log and metrics its own status (a relay read after reuse once logged status 0)."""
+    clients, rounds = 24, 8
+    conns = [await Conn.open(gate) for _ in range(clients)]
+    before = len(upstream.requests)
+
+    async def one(index: int, c: Conn) -> list[str]:
+        seen = []
+        for n in range(rounds):
+            reply = await c.get(f"/app/who/{index}/{n}", cookie)
+            assert reply.status == 200
+            seen.append(reply.json()["raw_path"])
+        return seen
+
+    try:
+        results = await asyncio.gather(*(one(i, c) for i, c in enumerate(conns)))
+    finally:
+        for c in conns:
+            await c.close()
+    for index, seen in enumerate(results):
+        assert seen == [f"/who/{index}/{n}" for n in range(rounds)]
+    assert len(upstream.requests) - before == clients * rounds
+    text = gate.gate.metrics.render()
+    assert 'code="0"' not in text and 'code="499"' not in text
+
+
+async def test_a_pooled_connection_dropped_by_the_upstream_is_retried_once(
+    gate, cookie, raw_upstream
+):
+    """The upstream closes a kept connection just as gate reuses it: a GET is sent again on
+    a new connection; a POST, which may have had effects, gets 502 instead."""
+    c = await Conn.open(gate)
+    try:
+        first = await c.get("/raw/once/1", cookie)
+        assert first.status == 200 and first.body == b"once"
+        connections = raw_upstream.connections
+        again = await c.get("/raw/once/2", cookie)  # pooled connection: dropped, then retried
+        assert again.status == 200 and again.body == b"once"
+        assert raw_upstream.connections == connections + 1
+        await c.get("/raw/once/3", cookie)  # leaves a kept upstream connection in the pool
+        post = await c.get("/raw/once/4", cookie, "Content-Length: 0\r\n", method="POST")
+        assert post.status == 502
+        assert post.header("X-Request-Id")
+    finally:
+        await c.close()
+
+
+async def test_a_client_that_stops_reading_pauses_the_upstream(gate, cookie):
+    """Back-pressure: gate stops reading the upstream while the client's socket is full, so a
+    slow reader never makes gate hold the body in memory; then every byte still arrives."""
+    fast = gate.server.fast_path
+    c = await Conn.open(gate, limit=2**16)
+    try:
+        await c.send(c.head("GET", "/raw/big", cookie))
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not any(r.paused for r in fast.pool.active):
+            assert asyncio.get_running_loop().time() < deadline, "the upstream was never paused"
+            await asyncio.sleep(0.01)
+        reply = await read_reply(c.reader)
+        assert reply.status == 200 and reply.body == BIG_BODY
+        assert (await c.get("/app/after-big", cookie)).status == 200
+    finally:
+        await c.close()
+
+
+async def test_the_fast_path_can_be_switched_off(upstream):
+    """``fast_path: false``: aiohttp's server answers everything (same answers)."""
+    running = await start_gate(
+        dev_config(fast_path=False, proxy=[{"path": "/app", "dest": upstream.url}])
+    )
+    try:
+        assert running.server.fast_path is None
+        async with client_session() as session:
+            await dev_login(session, running.url)
+            async with session.get(running.url + "/app/x") as resp:
+                assert resp.status == 200
+        assert "gate_fast_path_requests_total 0" in running.gate.metrics.render()
+    finally:
+        await running.server.stop()
+
+
+async def test_tls_gate_serves_the_fast_path_and_hands_over_on_the_same_connection(
+    upstream, tmp_path
+):
+    """gate terminating TLS itself: the fast path reads the decrypted bytes, and a request it
+    does not take moves to aiohttp's server on the same TLS connection."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    running = await start_gate(
+        dev_config(
+            ssl={"cert": str(tmp_path / "cert.pem"), "key": str(tmp_path / "key.pem")},
+            proxy=[{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        )
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    try:
+        url = f"https://127.0.0.1:{running.port}"
+        async with client_session(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            await dev_login(session, url)  # a form post: aiohttp's server answers it
+            jar = session.cookie_jar
+        connector = aiohttp.TCPConnector(ssl=context, limit=1)  # one connection throughout
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as session:
+            for i in range(3):
+                async with session.get(f"{url}/app/tls{i}") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["raw_path"] == f"/tls{i}"
+            async with session.post(f"{url}/app/upload", data=b"x" * 5000) as resp:
+                assert resp.status == 200 and (await resp.json())["bytes"] == 5000
+            async with session.get(f"{url}/app/after") as resp:
+                assert resp.status == 200
+        text = running.gate.metrics.render()
+        assert "gate_fast_path_requests_total 3" in text, [
+            line for line in text.splitlines() if "fast_path" in line or "requests_total{" in line
+        ]
+        assert 'gate_fast_path_handovers_total{reason="body"}' in text
+    finally:
+        await running.server.stop()

@@ -62,6 +62,8 @@ async def _upstream() -> tuple[web.AppRunner, int]:
     """Answers with the user gate vouched for."""
 
     async def whoami(request: web.Request) -> web.Response:
+        if request.path.startswith("/echo/"):
+            return web.Response(text=request.path)
         return web.Response(text=request.headers.get("X-Forwarded-User", "-"))
 
     app = web.Application()
@@ -284,3 +286,37 @@ def test_worker_count_must_be_positive_and_needs_linux(tmp_path, capsys, monkeyp
     monkeypatch.setattr(sys, "platform", "darwin")
     assert main(["gate", "--config", str(_config_file(tmp_path, workers=2))]) == 2
     assert "more than one worker needs Linux" in capsys.readouterr().err
+
+
+async def test_many_kept_connections_each_get_their_own_answer_and_status(stack):
+    """The fast path on uvloop, in worker processes, with upstream connections pooled and
+    reused between clients the moment a response completes: every client gets the answer to
+    its own request, and every request is counted with the status it was sent (reading a
+    reused connection's state once logged status 0 for some of them)."""
+    cookie = await _session_cookie(stack.url)
+    clients, rounds = 40, 15
+
+    async def one(index: int, client: aiohttp.ClientSession) -> list[str]:
+        seen = []
+        for n in range(rounds):
+            async with client.get(f"{stack.url}/echo/{index}/{n}") as resp:
+                assert resp.status == 200
+                seen.append(await resp.text())
+        return seen
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), headers={"Cookie": cookie}
+    ) as client:
+        results = await asyncio.gather(*(one(i, client) for i in range(clients)))
+    for index, seen in enumerate(results):
+        assert seen == [f"/echo/{index}/{n}" for n in range(rounds)]
+    deadline = time.monotonic() + 10
+    while True:
+        ok = await _metric(stack.metrics_port, 'route="/",method="GET",code="200"')
+        if ok >= clients * rounds or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert ok == clients * rounds
+    for code in ('code="0"', 'code="499"', 'code="502"'):
+        assert await _metric(stack.metrics_port, code) == 0, code

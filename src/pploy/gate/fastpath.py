@@ -181,7 +181,7 @@ class FastPath:
         while any(c.task is not None for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            conn.close()
+            conn.close(abort=True)  # a stream never ends by itself, nor drains to a stuck client
         await self.pool.close()
 
     async def _sweep(self) -> None:
@@ -544,8 +544,12 @@ class FrontConnection(asyncio.Protocol):
         if self.reading_paused:
             transport.resume_reading()
 
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+    def close(self, abort: bool = False) -> None:
+        """Close the client connection (what was written is still sent), or ``abort`` it."""
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            elif not self.transport.is_closing():
+                self.transport.close()
         self.closed = True
         self.fast.connections.discard(self)

@@ -154,9 +154,14 @@ class GateServer:
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
-        if self.fast_path is not None:
-            await self.fast_path.close(SHUTDOWN_GRACE)
-            self.fast_path = None
+        # Both front ends give their requests in progress the same grace, at the same time.
+        await asyncio.gather(
+            *([self.fast_path.close(SHUTDOWN_GRACE)] if self.fast_path is not None else []),
+            self._cleanup_runners(),
+        )
+        self.fast_path = None
+
+    async def _cleanup_runners(self) -> None:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
