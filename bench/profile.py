@@ -106,7 +106,10 @@ def table(buckets: collections.Counter[str], leaves: collections.Counter[str], t
     return "\n".join(out)
 
 
-async def profile(seconds: float, py_spy: str, raw_out: Path | None) -> str:
+async def sample(
+    seconds: float, py_spy: str, raw_out: Path | None
+) -> tuple[collections.Counter[str], collections.Counter[str], int, str]:
+    """Buckets, leaf frames, sample count, and a one-line description of the run."""
     with tempfile.TemporaryDirectory(prefix="pploy-profile-") as tmp:
         root = Path(tmp)
         upstream = Upstream(root)
@@ -135,9 +138,39 @@ async def profile(seconds: float, py_spy: str, raw_out: Path | None) -> str:
     head = (
         f"gate, 1 worker, {eventloop.name()}, wrk -t2 -c50 {seconds:g} s: "
         f"{result.get('rps', 0):.0f} req/s under py-spy; {total} samples; "
-        f"load average {load}\n\n"
+        f"load average {load}"
     )
-    return head + table(buckets, leaves, total)
+    return buckets, leaves, total, head
+
+
+async def profile(seconds: float, py_spy: str, raw_out: Path | None) -> str:
+    buckets, leaves, total, head = await sample(seconds, py_spy, raw_out)
+    return head + "\n\n" + table(buckets, leaves, total)
+
+
+async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
+    """As a section of ``python -m bench run``: one row per bucket (skipped, with a note,
+    where py-spy is not installed)."""
+    py_spy = shutil.which("py-spy")
+    seconds = 2 if ctx.quick else 8
+    if py_spy is None:
+        return {"sizes": {"seconds": seconds}, "rows": [], "note": "py-spy is not installed "
+                "(pip install py-spy): no profile in this run."}  # fmt: skip
+    buckets, leaves, total, head = await sample(seconds, py_spy, None)
+    rows = [
+        {"case": name, "metric": "share of gate's samples", "value": round(100 * n / total, 1),
+         "unit": "%"}
+        for name, n in buckets.most_common()
+    ]  # fmt: skip
+    top = "; ".join(f"{100 * n / total:.1f}% `{name}`" for name, n in leaves.most_common(6))
+    return {
+        "sizes": {"seconds": seconds, "connections": 50},
+        "rows": rows,
+        "samples": total,
+        "note": f"{head}. Top leaf frames: {top}. Each sample goes to the bucket of its "
+        "innermost frame that names one (`bench/profile.py`); uvloop's socket writes are C, so "
+        "py-spy shows them as the Python line that calls them (counted as send() calls).",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "fanout": "bench.fanout",
     "proxy": "bench.proxy",
     "websocket": "bench.websocket",
+    "profile": "bench.profile",
 }
 TITLES = {
     "latency": "1. Line latency per hop",
@@ -32,6 +33,7 @@ TITLES = {
     "fanout": "3. Fan-out (SSE viewers of one deploy)",
     "proxy": "4. Proxy overhead",
     "websocket": "5. WebSocket round trip",
+    "profile": "6. Where gate's time goes (py-spy, small GETs)",
 }
 
 

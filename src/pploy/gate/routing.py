@@ -116,7 +116,22 @@ class Route:
         """gate's ``/prefix`` → ``/prefix/`` redirect."""
         return bool(self.prefix) and target.segments == self.prefix and not target.trailing_slash
 
+    @functools.cached_property
+    def _urls(self) -> dict[RequestPath, str]:
+        return {}
+
     def upstream_url(self, target: RequestPath) -> str:
+        """The upstream URL for a request path; remembered per path (bounded), as the same
+        few paths come again and again and re-encoding them was a share of each request."""
+        urls = self._urls
+        url = urls.get(target)
+        if url is None:
+            if len(urls) >= 4096:
+                urls.clear()
+            url = urls[target] = self._upstream_url(target)
+        return url
+
+    def _upstream_url(self, target: RequestPath) -> str:
         rest = target.segments[len(self.prefix) :] if self.conf.strip_path else target.segments
         segments = self.dest_prefix + rest
         # Nothing left after the prefix means the request was for the prefix's directory.
