@@ -154,8 +154,8 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
     py_spy = shutil.which("py-spy")
     seconds = 2 if ctx.quick else 8
     if py_spy is None:
-        return {"sizes": {"seconds": seconds}, "rows": [], "note": "py-spy is not installed "
-                "(pip install py-spy): no profile in this run."}  # fmt: skip
+        note = "py-spy is not installed (pip install py-spy): no profile in this run."
+        return {"sizes": {"seconds": seconds}, "rows": [], "skipped": True, "note": note}
     buckets, leaves, total, head = await sample(seconds, py_spy, None)
     rows = [
         {"case": name, "metric": "share of gate's samples", "value": round(100 * n / total, 1),

@@ -163,6 +163,24 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
                     f"p99 ×{round(g['p99_ms'] / m['p99_ms'], 2) if m['p99_ms'] else '-'}",
                 )
             rows.append(row)
+    fifty = figures["small_get"].get("50_connections", {})
+    for name, label in (("go", "Go's ReverseProxy as typester/gate ships it"),
+                        ("go_tuned", "Go with a 100-connection idle pool (stretch)")):  # fmt: skip
+        if name in fifty and fifty[name]["rps"]:
+            ratio = round(fifty["gate"]["rps"] / fifty[name]["rps"], 2)
+            rows.append(
+                {
+                    "case": "small GET, 50 connections",
+                    "metric": f"gate (default workers) req/s against {label}",
+                    "value": fifty["gate"]["rps"],
+                    "unit": "req/s",
+                    "baseline": fifty[name]["rps"],
+                    "baseline_label": f"{name} req/s, same run",
+                    "ratio": ratio,
+                    "target": "≥ 1× (issue 16)" if name == "go" else "≥ 1× (stretch)",
+                    "met": ratio >= 1,
+                }
+            )
     dl = {name: round(statistics.median(v), 1) for name, v in downloads.items()}
     figures["download_mb_s"] = {"median": dl, "runs": downloads}
     for name in ("nginx", "gate"):
