@@ -74,7 +74,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             response.headers.setdefault("X-Request-Id", request_id)
             size = response.content_length or 0
         else:
-            size = response.body_length
+            size = request.get(keys.BODY_BYTES, response.body_length)
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -83,6 +83,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     except asyncio.CancelledError:
         # The client went away: log what it was sent, or 499 (nginx's "client closed").
         status = request.get(keys.SENT_STATUS, 499)
+        size = request.get(keys.BODY_BYTES, 0)
         request[keys.ABORTED] = True
         raise
     finally:

@@ -294,18 +294,21 @@ class UpstreamProxy:
             clock = asyncio.get_running_loop().time
             sweep.last[upstream] = clock()
         self.metrics.open_streams += 1
+        sent = 0
         try:
             if sweep is not None:
                 last = sweep.last
                 async for chunk in upstream.content.iter_any():
                     last[upstream] = math.inf  # writing to the client: not upstream silence
                     await response.write(chunk)
+                    sent += len(chunk)
                     last[upstream] = clock()
                 if upstream in sweep.expired:
                     raise TimeoutError("the upstream was silent for upstream.idle_timeout")
             elif has_body:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
+                    sent += len(chunk)
             await response.write_eof()
         except TimeoutError as exc:
             # First: aiohttp's read timeout is also a ClientConnectionError.
@@ -316,6 +319,7 @@ class UpstreamProxy:
             self._midstream(request, route, "idle_timeout" if idle else "broken", exc)
             raise
         finally:
+            request[keys.BODY_BYTES] = sent
             self.metrics.open_streams -= 1
             if sweep is not None:
                 sweep.last.pop(upstream, None)
