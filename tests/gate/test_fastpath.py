@@ -275,6 +275,14 @@ class RawUpstream:
             return head.encode() + BIG_BODY
         if target == b"/chunked":
             return self.CHUNKED
+        if target == b"/switch":
+            # An upgrade nobody asked for: gate must not start relaying another protocol.
+            return (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n"
+                b"Connection: Upgrade\r\n\r\n"
+            )
+        if target == b"/garbage":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n"
         if target.startswith(b"/once"):
             return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"
         return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
@@ -1148,3 +1156,27 @@ async def test_tls_gate_serves_the_fast_path_and_hands_over_on_the_same_connecti
         assert 'gate_fast_path_handovers_total{reason="body"}' in text
     finally:
         await running.server.stop()
+
+
+@pytest.mark.parametrize("path", ["/raw/switch", "/raw/garbage"])
+async def test_an_unasked_upgrade_or_a_malformed_response_is_a_502(gate, cookie, path):
+    """The upstream answers a plain GET with 101 or with a head llhttp refuses: the client gets
+    gate's 502 page and its connection stays usable; nothing else is relayed, and nothing
+    escapes gate's own handling (no "Fatal error" from the event loop)."""
+    errors: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record)
+
+    handler = Keep(level=logging.ERROR)
+    logging.getLogger("asyncio").addHandler(handler)
+    c = await Conn.open(gate)
+    try:
+        reply = await c.get(path, cookie)
+        assert reply.status == 502 and reply.header("X-Request-Id")
+        assert (await c.get("/app/after-bad-upstream", cookie)).status == 200
+    finally:
+        await c.close()
+        logging.getLogger("asyncio").removeHandler(handler)
+    assert [r.getMessage() for r in errors] == []

@@ -376,7 +376,7 @@ class FastPath:
             if outcome is Outcome.TIMEOUT:
                 error = TimeoutError("the upstream sent no response within upstream.idle_timeout")
             page = gate.upstream.unavailable(request, route.label, error)
-            return *conn.respond(page, request), False
+            return *conn.respond(page, request), request.keep_alive  # as the full server does
         # Headers are gone already: cut the client so a truncated body is never taken whole.
         kind = "idle_timeout" if outcome is Outcome.IDLE else "broken"
         gate.upstream.failed(request, route.label, kind, error)

@@ -214,7 +214,8 @@ class Relay(asyncio.Protocol):
         self.last = self.pool.clock() if not self.paused else math.inf
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # Malformed, or an upgrade (101) gate never asked for: this connection is done.
             self.error = exc
             self.close()
             self._finish(Outcome.BROKEN if self.head_sent else Outcome.UNAVAILABLE)
