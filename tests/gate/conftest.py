@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,26 @@ async def gate_logout(client: aiohttp.ClientSession, gate_url: str) -> None:
 
 async def collect(iterator: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in iterator])
+
+
+@contextlib.contextmanager
+def pploy_log() -> Iterator[tuple[list[str], asyncio.Event]]:
+    """Every line the ``pploy`` logger writes (info and up) while inside, and an event set on
+    each record (access-log lines arrive in batches: one record, one line per request)."""
+    lines: list[str] = []
+    arrived = asyncio.Event()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.extend(record.getMessage().splitlines())
+            arrived.set()
+
+    logger = logging.getLogger("pploy")
+    handler, previous = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines, arrived
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

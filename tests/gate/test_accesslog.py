@@ -3,28 +3,15 @@ shortly before a stop are not lost, and nothing is formatted when the log is off
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
-from tests.gate.conftest import client_session, dev_config, start_gate
+from tests.gate.conftest import client_session, dev_config, pploy_log, start_gate
 
 
 @pytest.fixture
 def lines():
-    collected: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            collected.extend(record.getMessage().splitlines())
-
-    logger = logging.getLogger("pploy")
-    handler, previous = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield collected
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    with pploy_log() as (collected, _arrived):
+        yield collected
 
 
 @pytest.mark.parametrize("fmt", ["kv", "json"])

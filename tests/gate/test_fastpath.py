@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import client_session, dev_config, dev_login, pploy_log, start_gate
 from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -875,21 +875,8 @@ async def test_five_megabytes_to_a_slow_reader_arrive_byte_exact(gate, cookie):
 
 @pytest.fixture
 def access_lines():
-    lines: list[str] = []
-    arrived = asyncio.Event()
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.extend(record.getMessage().splitlines())
-            arrived.set()
-
-    logger = logging.getLogger("pploy")
-    handler, previous = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines, arrived
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    with pploy_log() as captured:
+        yield captured
 
 
 async def test_access_log_line_per_request_on_a_kept_connection(gate, conn, cookie, access_lines):
@@ -1180,3 +1167,13 @@ async def test_an_unasked_upgrade_or_a_malformed_response_is_a_502(gate, cookie,
         await c.close()
         logging.getLogger("asyncio").removeHandler(handler)
     assert [r.getMessage() for r in errors] == []
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\rb", "a\r\n\r\nGET /x HTTP/1.1"])
+async def test_a_line_break_inside_a_header_value_never_reaches_the_wire(value):
+    """Values gate adds itself (a user name, a reason phrase) cannot split a head."""
+    from pploy.gate.relay import head_bytes
+
+    assert head_bytes("GET / HTTP/1.1", [("Host", "x")]) == b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with pytest.raises(ValueError):
+        head_bytes("GET / HTTP/1.1", [("Host", "x"), ("X-Forwarded-User", value)])

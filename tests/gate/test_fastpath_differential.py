@@ -9,7 +9,6 @@ request aiohttp refuses (or the reverse) would show here first.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import AsyncIterator
 
@@ -17,7 +16,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import client_session, dev_config, dev_login, pploy_log, start_gate
 from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -162,19 +161,8 @@ async def test_the_fast_path_serves_the_ordinary_cases(targets):
 async def test_both_front_ends_log_the_same_line(targets):
     """One access-log line per request, with the same fields (body bytes, not bytes on the
     wire, for a streamed response too) whichever front end served it."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.extend(record.getMessage().splitlines())
-
-    handler = Keep()
-    logger = logging.getLogger("pploy")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
     seen: dict[bool, list[dict[str, str]]] = {}
-    try:
+    with pploy_log() as (lines, _arrived):
         for fast, target in targets.items():
             base = target.running.url
             target.upstream.reset()
@@ -201,9 +189,6 @@ async def test_both_front_ends_log_the_same_line(targets):
                 if f.get("event") == "gate.access" and f.get("path", "").startswith("/app/")
             ]
             lines.clear()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
     assert len(seen[True]) == 3, seen
     assert [f["bytes"] for f in seen[True]] == ["7", "1000", seen[True][2]["bytes"]]
     assert seen[True] == seen[False]

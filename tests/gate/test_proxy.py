@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import socket
 import time
 
@@ -15,7 +14,7 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
-from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import client_session, dev_config, dev_login, pploy_log, start_gate
 from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -397,21 +396,7 @@ async def test_request_id_passed_upstream_and_returned(gate, client):
 
 
 async def test_access_log_line_per_request(gate, client):
-    lines: list[str] = []
-    arrived = asyncio.Event()
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            # Access-log lines arrive in batches (one record, one line per request).
-            lines.extend(record.getMessage().splitlines())
-            arrived.set()
-
-    logger = logging.getLogger("pploy")
-    handler = Collect()
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with pploy_log() as (lines, arrived):
         async with client.get(gate.url + "/app/logged") as resp:
             rid = resp.headers["X-Request-Id"]
             await resp.read()
@@ -419,9 +404,6 @@ async def test_access_log_line_per_request(gate, client):
         while not any(f"rid={rid}" in line for line in lines):
             arrived.clear()
             await asyncio.wait_for(arrived.wait(), 5)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
     mine = [line for line in lines if "event=gate.access" in line and f"rid={rid}" in line]
     assert len(mine) == 1
     assert "status=200" in mine[0] and "user=alice@example.com" in mine[0]

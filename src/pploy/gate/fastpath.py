@@ -40,7 +40,7 @@ from pploy.gate import requestkeys as keys
 from pploy.gate.core import Gate
 from pploy.gate.endpoints import Endpoints
 from pploy.gate.forwarding import upstream_headers
-from pploy.gate.relay import Origin, Outcome, Pool, Relay, Result
+from pploy.gate.relay import Origin, Outcome, Pool, Relay, Result, head_bytes
 from pploy.gate.routing import BadPath, Route, encode_path, parse_target, request_host
 
 # aiohttp refuses these when sent twice; such a request is handed to it to refuse.
@@ -335,17 +335,14 @@ class FastPath:
             stripped=encode_path(route.prefix, False) if conf.strip_path else None,
         )
         path = route.upstream_url(request[keys.TARGET])[len(route.dest_origin) :]
-        lines = [f"{request.method} {path} HTTP/1.1\r\n"]
+        pairs = list(headers.items())
         if "Host" not in headers:
-            lines.append(f"Host: {origin.host_header}\r\n")
-        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+            pairs.insert(0, ("Host", origin.host_header))
         if request.method in EMPTY_BODY and "Content-Length" not in headers:
-            lines.append("Content-Length: 0\r\n")
-        lines.append("\r\n")
-        data = "".join(lines).encode("utf-8", "surrogateescape")
-        if data.count(b"\n") != len(lines) or data.count(b"\r") != len(lines):
-            # A CR or LF inside a value gate added: never let it split the request.
-            exc = ValueError("a header value holds a line break")
+            pairs.append(("Content-Length", "0"))
+        try:
+            data = head_bytes(f"{request.method} {path} HTTP/1.1", pairs)
+        except ValueError as exc:  # a CR or LF inside a value gate added
             page = gate.upstream.unavailable(request, route.label, exc)
             return *conn.respond(page, request), False
         head_only = request.method == "HEAD"
@@ -515,10 +512,7 @@ class FrontConnection(asyncio.Protocol):
             headers.add("Set-Cookie", morsel.output(header="")[1:])
         if not request.keep_alive:
             headers["Connection"] = "close"
-        lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
-        lines.append("\r\n")
-        out = "".join(lines).encode("utf-8", "surrogateescape")
+        out = head_bytes(f"HTTP/1.1 {response.status} {response.reason}", headers.items())
         if request.method != "HEAD":
             out += body
         if self.transport is not None and not self.closed:

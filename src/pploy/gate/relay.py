@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import http
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import cast
@@ -280,10 +281,7 @@ class Relay(asyncio.Protocol):
         if self.closing:
             headers["Connection"] = "close"
         reason = self.reason.decode("latin-1") or _phrase(status)
-        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
-        lines.append("\r\n")
-        self.out.append("".join(lines).encode("utf-8", "surrogateescape"))
+        self.out.append(head_bytes(f"HTTP/1.1 {status} {reason}", headers.items()))
         self.head_built = True
         if self.streaming:
             self.pool.metrics.open_streams += 1
@@ -309,6 +307,17 @@ class Relay(asyncio.Protocol):
             self.out.append(b"0\r\n\r\n")
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
+
+
+def head_bytes(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A request or response head on the wire. A CR or LF inside a value would split it
+    into headers (or messages) nobody wrote: ValueError, never sent."""
+    lines = [first_line, *(f"{name}: {value}" for name, value in headers), "", ""]
+    data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    breaks = len(lines) - 1
+    if data.count(b"\n") != breaks or data.count(b"\r") != breaks:
+        raise ValueError("a header value holds a line break")
+    return data
 
 
 def _phrase(status: int) -> str:
