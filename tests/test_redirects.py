@@ -45,3 +45,28 @@ def test_gate_and_pploy_use_the_same_validator():
 
     assert pages.safe_next is safe_return_path
     assert login.safe_return_path is safe_return_path
+
+
+DOT_SEGMENTS = [
+    "/..",
+    "/.",
+    "/a/../b",
+    "/a/./b",
+    "/projects/demo/..",
+    "/%2e%2e/projects",
+    "/%2E/projects",
+    "/a/%2e%2e/b?x=1",
+    "/%252e%252e/projects",  # encoded twice
+    "/a/.%2e/b",
+    "/..?next=/",
+]
+
+
+def test_dot_segments_are_refused_in_every_encoding():
+    """A browser resolves dot segments before it requests the path, so what is checked would
+    not be what is visited: every spelling of ``.`` or ``..`` as a segment is refused, while a
+    dot inside a segment (a file name, a version) is an ordinary path."""
+    for target in DOT_SEGMENTS:
+        assert safe_return_path(target) == "/", target
+    for target in ("/projects/my.app", "/jobs/3/log.txt", "/a/...", "/a/.well-known", "/a?x=.."):
+        assert safe_return_path(target) == target, target
