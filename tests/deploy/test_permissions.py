@@ -56,7 +56,7 @@ def test_entries_are_names_exact_emails_domains_and_groups() -> None:
         assert "production" in decision.reason and "rule 1" in decision.reason
     # Groups come from the directory's hook; none by default.
     assert not perms.deploy(Caller("frank"), "app", "production").allowed
-    perms.groups_of = lambda user: {"sre"} if user == "frank" else set()
+    perms.groups_of = lambda caller: {"sre"} if caller.user == "frank" else set()
     assert perms.deploy(Caller("frank"), "app", "production").allowed
     # Other environments match no rule: everyone.
     assert perms.deploy(Caller("bob"), "app", "staging").allowed

@@ -185,6 +185,11 @@ class LdapConfig(_Strict):
     base_dn: str = Field(description="Where people (and groups) are searched.")
     filter: str = Field("(cn=*)", description="Which entries under base_dn are deployers.")
     attribute: str = Field("cn", description="The attribute whose value is the user name.")
+    mail_attribute: str = Field(
+        "mail",
+        description="The attribute holding a person's email: gate mode finds a user's groups "
+        "by the email gate vouched for, not by gate's user name.",
+    )
     group_base_dn: str | None = Field(
         None, description="Where groups are searched (default: base_dn)."
     )

@@ -21,10 +21,10 @@ from pploy.deploy.errors import Forbidden
 if TYPE_CHECKING:
     from pploy.deploy.config import PermissionsConfig
 
-GroupsOf = Callable[[str], Iterable[str]]
+GroupsOf = Callable[["Caller"], Iterable[str]]
 
 
-def no_groups(user: str) -> Iterable[str]:
+def no_groups(caller: Caller) -> Iterable[str]:
     """The default ``groups_of``: without a directory nobody is in any group."""
     return ()
 
@@ -70,7 +70,7 @@ def matches(entry: str, caller: Caller, groups_of: GroupsOf = no_groups) -> bool
         return bool(email) and email == entry.lower()
     if caller.user == entry:
         return True
-    return entry in set(groups_of(caller.user))
+    return entry in set(groups_of(caller))
 
 
 class Permissions:
