@@ -17,7 +17,7 @@ from pploy.deploy import actions, security, tokens
 from pploy.deploy.errors import BadRequest, PployError, Unauthorized, Unavailable
 from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import error_response, wants_json
-from pploy.deploy.requestkeys import CALLER, EMAIL, NEW_CSRF_TOKEN, REQUEST_ID, USER
+from pploy.deploy.requestkeys import ACTIONS, CALLER, EMAIL, NEW_CSRF_TOKEN, REQUEST_ID, USER
 from pploy.deploy.services import services
 
 # Paths anyone may reach, matched as whole paths: a project named "pingtest" or "login-svc"
@@ -89,6 +89,7 @@ async def _through_actions(request: web.Request, handler: Any) -> web.StreamResp
     """Run an unsafe request's handler; one that succeeds (2xx, 3xx) must have entered an
     action (or be marked :func:`no_action`). A streamed answer already under way is logged."""
     with actions.taking() as taken:
+        request[ACTIONS] = taken  # named on the request's log line
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -146,6 +147,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         log.event(
             "http.request", request_id=request_id, method=request.method, path=request.path,
             status=status, user=request.get(USER), remote=request.remote,
+            action=",".join(request.get(ACTIONS, ())) or None,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )  # fmt: skip
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from pploy import log
 from pploy.deploy import actions, security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
@@ -17,7 +18,7 @@ from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, parse_json_object, read_json
 from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import for_scripts
-from pploy.deploy.requestkeys import CALLER
+from pploy.deploy.requestkeys import CALLER, REQUEST_ID
 from pploy.deploy.services import Services, services
 from pploy.deploy.store import JobRecord
 from pploy.streamtest import STREAM_HEADERS  # the headers every stream needs to pass proxies
@@ -240,10 +241,16 @@ async def handle_command(
     run = COMMANDS.get(name) if isinstance(name, str) else None
     if run is None:
         return {"error": 'unknown command; the only one is {"action": "cancel"}'}
-    try:
-        await run(svc, request[CALLER], record.id)
-    except PployError as exc:
-        return {"error": exc.message, "status": exc.status}
+    with actions.taking() as taken:
+        try:
+            await run(svc, request[CALLER], record.id)
+        except PployError as exc:
+            return {"error": exc.message, "status": exc.status}
+        finally:
+            log.event(
+                "ws.command", request_id=request.get(REQUEST_ID), command=name,
+                user=request[CALLER].user, action=",".join(taken) or None,
+            )  # fmt: skip
     return {"cancelling": record.id}
 
 
