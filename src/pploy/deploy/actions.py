@@ -132,9 +132,7 @@ async def cancel_job(svc: Services, caller: Caller, job_id: int) -> JobRecord:
 
 
 @action
-async def create_token(
-    svc: Services, caller: Caller, name: str, expires_days: object
-) -> NewToken:
+async def create_token(svc: Services, caller: Caller, name: str, expires_days: object) -> NewToken:
     """A new API token for ``caller``, made with a signed-in session: a token never mints
     another (a leaked token that expires must not be able to make one that does not)."""
     svc.permissions.mint_tokens(caller).require()
