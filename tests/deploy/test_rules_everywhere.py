@@ -24,7 +24,8 @@ from tests.helpers import free_port
 
 
 def gate_config(tmp_path: Path, signer: AssertionSigner, extra: str = "") -> Path:
-    """A gate-mode config file whose admins are alice alone (gate's keys in a file)."""
+    """A gate-mode config file whose admins are alice and carol@example.com (gate's keys in a
+    file)."""
     keys = tmp_path / "gate-jwks.json"
     keys.write_text(json.dumps(signer.jwks()))
     config = tmp_path / "pploy.yml"
@@ -35,7 +36,7 @@ def gate_config(tmp_path: Path, signer: AssertionSigner, extra: str = "") -> Pat
               mode: gate
               gate_public_key_file: {keys}
             permissions:
-              admins: [alice]
+              admins: [alice, carol@example.com]
             """
         )
         + extra
@@ -52,6 +53,9 @@ async def test_a_non_admin_adds_nothing_through_the_old_create_urls(tmp_path: Pa
     server = Server(tmp_path / "work", gate_config(tmp_path, signer))
     bob = {"X-Gate-Assertion": signer.sign(Identity("bob", "bob@example.com"))}
     alice = {"X-Gate-Assertion": signer.sign(Identity("alice", "alice@example.com"))}
+    impostor = {
+        "X-Gate-Assertion": signer.sign(Identity("carol@example.com", "mallory@example.org"))
+    }
     try:
         async with aiohttp.ClientSession() as http:
             await server.ready(http)
@@ -66,12 +70,14 @@ async def test_a_non_admin_adds_nothing_through_the_old_create_urls(tmp_path: Pa
                 ("/_create", {"json": {"url": str(remote)}, "headers": bearer}),
                 ("/_/create", {"params": {"url": str(remote)}, "headers": bob}),
                 ("/_/create", {"json": {"url": str(remote)}, "headers": bob}),
+                # a provider lets anyone pick the login "carol@example.com": a name, not carol
+                ("/_create", {"params": {"url": str(remote)}, "headers": impostor}),
             ]
             for path, how in attacks:
                 async with http.post(server.base + path, allow_redirects=False, **how) as resp:
                     body = await resp.text()
                     assert resp.status == 403, (path, how, resp.status, body)
-                    assert "bob may not add projects" in body and "admins" in body, body
+                    assert "may not add projects" in body and "admins" in body, body
                 async with http.get(server.base + "/api/status", headers=alice) as resp:
                     assert (await resp.json())["projects"] == [], path
                 assert not (tmp_path / "work/projects/payload").exists(), path
@@ -191,11 +197,16 @@ async def test_an_admin_lists_and_revokes_another_users_tokens(tmp_path: Path) -
         # ...and the other on the tokens page, as a browser would
         status, page = await call("GET", "/tokens?user=bob", "admin")
         assert status == 200 and 'id="tokens-owner"' in page and "laptop" in page
+        assert 'id="tokens-of-user"' in page  # the admin's form to look someone up
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
         action = f"/tokens/{made['laptop']['id']}/revoke?user=bob"
         assert action in page
-        status, _ = await call("POST", action, "admin", data={"csrf_token": csrf})
-        assert status == 303
+        async with http.post(
+            pploy.url(action), data={"csrf_token": csrf}, headers=as_("admin"),
+            allow_redirects=False,
+        ) as resp:  # fmt: skip
+            assert resp.status == 303 and resp.headers["Location"] == "/tokens?user=bob"
+            assert "revoked bob's token" in resp.cookies["flash"].value
         tokens = pploy.services.store.list_tokens("bob")
         assert all(t.revoked_at for t in tokens) and len(tokens) == 2
     finally:

@@ -107,7 +107,8 @@ async def revoke_token_form(request: web.Request) -> web.Response:
         revoked = await actions.revoke_token(svc, request[CALLER], token_id)
     except PployError as exc:
         raise redirect_with_flash(back, exc.message) from None
-    raise redirect_with_flash(back, f"revoked {revoked.user}'s token {revoked.name!r}")
+    whose = "" if revoked.user == request[CALLER].user else f"{revoked.user}'s "
+    raise redirect_with_flash(back, f"revoked {whose}token {revoked.name!r}")
 
 
 def add_routes(app: web.Application) -> None:
