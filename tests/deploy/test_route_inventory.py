@@ -14,6 +14,7 @@ with a deliberately unguarded route."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import json
@@ -216,6 +217,39 @@ def test_every_state_changing_route_is_in_the_registry(tmp_path: Path) -> None:
     assert len(inventory(app)) == len(ROUTES) + len(EXEMPT)
     # every action of the layer is reached by some route
     assert {case.action for case in ROUTES.values()} == actions.names()
+
+
+# What changes state on the services: only pploy.deploy.actions may call these.
+STATE_CHANGING = {
+    "locks": {"apply", "gain", "extend", "release", "keep_until"},
+    "jobs": {"start_deploy", "start_checkout", "cancel", "cancel_running"},
+    "projects": {"clone", "clone_recorded", "remove"},
+    "tokens": {"create", "revoke"},
+    "store": {"add_token", "revoke_token", "remove_project"},
+}
+ROUTE_MODULES = ["api", "pages", "streams", "tokenroutes", "legacy", "runtime"]
+
+
+def direct_calls(source: str) -> list[str]:
+    """``<...>.locks.apply(...)`` and the like in ``source``: a service's state-changing
+    method called past the actions layer."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if isinstance(owner, ast.Attribute) and node.func.attr in STATE_CHANGING.get(
+                owner.attr, ()
+            ):
+                found.append(f"line {node.lineno}: .{owner.attr}.{node.func.attr}()")
+    return found
+
+
+def test_route_modules_change_nothing_past_the_actions_layer() -> None:
+    root = Path(actions.__file__).parent
+    for module in ROUTE_MODULES:
+        assert direct_calls((root / f"{module}.py").read_text()) == [], module
+    assert direct_calls((root / "actions.py").read_text())  # the check sees real calls
+    assert direct_calls(inspect.getsource(unguarded)) == ["line 4: .locks.apply()"]
 
 
 async def unguarded(request: web.Request) -> web.Response:
