@@ -36,10 +36,13 @@ limits dn.exact="{reader}" size.soft=500 size.hard=500 size.prtotal=unlimited
 """
 
 
-def person(cn: str) -> str:
+def person(cn: str, mail: str | None = None) -> str:
     """An inetOrgPerson; a cn with a control character goes base64 (``cn::``) under a uid RDN."""
     if cn.isprintable():
-        return f"dn: cn={cn},{PEOPLE}\nobjectClass: inetOrgPerson\ncn: {cn}\nsn: Person\n"
+        mail_line = f"mail: {mail}\n" if mail else ""
+        return (
+            f"dn: cn={cn},{PEOPLE}\nobjectClass: inetOrgPerson\ncn: {cn}\nsn: Person\n{mail_line}"
+        )
     encoded = base64.b64encode(cn.encode()).decode()
     return (
         f"dn: uid=odd,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: odd\ncn:: {encoded}\nsn: Person\n"
@@ -62,8 +65,8 @@ LDIF = "\n".join(
         f"dn: {GROUPS}\nobjectClass: organizationalUnit\nou: groups\n",
         f"dn: {READER_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
         f"cn: reader\nuserPassword: {READER_PASSWORD}\n",
-        person("carol"),
-        person("dave"),
+        person("carol", "carol@example.com"),
+        person("dave", "Dave@Example.com"),
         person("alice"),
         person("eve\x07bell"),
         group("deployers", ["carol", "dave"]),

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pploy.deploy.config import ConfigError, load_config
+from pploy.deploy.permissions import Caller
 from tests.deploy.slapd import (
     GROUPS,
     PEOPLE,
@@ -25,7 +26,7 @@ from tests.deploy.slapd import (
     ROOT_PASSWORD,
     Slapd,
 )
-from tests.deploy.support import Pploy, start_pploy
+from tests.deploy.support import Pploy, make_remote, start_pploy
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ async def test_groups_come_from_group_of_names(slapd: Slapd, tmp_path: Path):
         assert directory.groups_of("alice") == frozenset()
         assert directory.groups_of("mallory") == frozenset()
         # the hook permission rules call
-        assert pploy.services.groups_of("dave") == {"deployers", "admins"}
+        assert pploy.services.groups_of(Caller("dave")) == {"deployers", "admins"}
     finally:
         await pploy.close()
 
@@ -249,6 +250,91 @@ def test_member_of_values_are_groups_too() -> None:
     listing = _listing(config, people, [])
     assert listing.users == ("taro",)
     assert listing.groups["taro"] == {"Deployers", "ops,night", "開発"}
+
+
+async def test_gate_mode_finds_groups_by_the_vouched_email_not_the_chosen_name(
+    slapd: Slapd, tmp_path: Path
+):
+    """gate's user name is what the provider lets a person pick (a GitHub login): someone who
+    signs up as ``dave`` gains nothing of the directory's dave. Groups follow the email gate
+    vouched for, matched against the entry's ``mail`` (case aside); a token keeps its maker's."""
+    import json
+
+    from pploy.identity import AssertionSigner, Identity
+
+    signer = AssertionSigner()
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(signer.jwks()))
+    rules = {
+        "admins": ["admins"],
+        "deploy": [{"env": "production", "users": ["deployers"]}],
+    }
+    pploy = await start_pploy(
+        tmp_path / "work", ldap=ldap_settings(slapd.url), permissions=rules,
+        **{"auth.mode": "gate", "auth.gate_public_key_file": str(keys)},
+    )  # fmt: skip
+    remote = str(make_remote(tmp_path))
+
+    async def as_(identity: Identity, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"X-Gate-Assertion": signer.sign(identity)}
+        async with pploy.client(None).request(
+            method, pploy.url(path), json=body, headers=headers
+        ) as resp:
+            return resp.status, await resp.json()
+
+    try:
+        impostor = Identity("dave", "mallory@example.org")  # dave's name, not dave's email
+        unverified = Identity("dave", None)
+        for who in (impostor, unverified):
+            status, body = await as_(who, "POST", "/api/projects", {"url": remote})
+            assert status == 403 and "admins" in body["error"], (who, body)
+        assert not (tmp_path / "work/projects/testploy").exists()
+        dave = Identity("dave-gh", "dave@example.com")  # the directory's Dave@Example.com
+        status, body = await as_(dave, "POST", "/api/projects", {"url": remote})
+        assert status == 201, body
+        carol = Identity("c4rol", "carol@example.com")  # in deployers, not in admins
+        status, body = await as_(carol, "DELETE", "/api/projects/testploy")
+        assert status == 403 and "admins" in body["error"]
+        status, body = await as_(
+            carol, "POST", "/api/projects/testploy/lock", {"operation": "gain"}
+        )
+        assert status == 200, body
+        status, body = await as_(impostor, "POST", "/api/projects/testploy/deploy",
+                                 {"env": "production"})  # fmt: skip
+        assert status == 403 and "deployers" in body["error"], body
+        status, made = await as_(carol, "POST", "/api/tokens", {"name": "ci"})
+        assert status == 201
+        async with pploy.client(None).post(
+            pploy.url("/api/projects/testploy/deploy"), json={"env": "production"},
+            headers={"Authorization": f"Bearer {made['token']}"},
+        ) as resp:  # fmt: skip
+            assert resp.status == 202, await resp.text()
+            job = (await resp.json())["job"]
+        url = pploy.url(f"/api/jobs/{job['id']}/log?follow=1")
+        async with pploy.client(None).get(
+            url, headers={"Authorization": f"Bearer {made['token']}"}
+        ) as resp:
+            assert b"deployed production" in await resp.read()
+    finally:
+        await pploy.close()
+
+
+def test_an_email_two_entries_hold_vouches_for_neither() -> None:
+    from pploy.deploy.config import LdapConfig
+    from pploy.deploy.directory import Directory, _listing
+
+    config = LdapConfig(url="ldap://x", base_dn=PEOPLE, attribute="uid")
+    people = [
+        {"type": "searchResEntry", "dn": f"uid={uid},{PEOPLE}",
+         "attributes": {"uid": uid, "mail": mail, "memberOf": [f"cn={uid}s,{GROUPS}"]}}
+        for uid, mail in (("ann", "shared@example.com"), ("ben", "Shared@example.com"),
+                          ("cat", ["cat@example.com", "cat@old.example.com"]))
+    ]  # fmt: skip
+    directory = Directory(config)
+    directory.listing = _listing(config, people, [])
+    assert directory.groups_of("ann") == {"anns"}
+    assert directory.groups_of_email("shared@example.com") == frozenset()
+    assert directory.groups_of_email("CAT@old.example.com") == {"cats"}
 
 
 async def test_a_directory_larger_than_slapds_size_limit(

@@ -44,6 +44,9 @@ def test_entries_are_names_exact_emails_domains_and_groups() -> None:
         Caller("eve", "eve@evilops.example"),  # not the domain, only ends like it
         Caller("eve", "eve@ops.example.evil"),
         Caller("@ops.example"),  # a name is not an email
+        # nor is a name spelled like one (a provider lets people choose their login)
+        Caller("carol@example.com"),
+        Caller("carol@example.com", "mallory@example.org"),
     ]
     for caller in allowed:
         assert perms.deploy(caller, "app", "production").allowed, caller
@@ -53,7 +56,7 @@ def test_entries_are_names_exact_emails_domains_and_groups() -> None:
         assert "production" in decision.reason and "rule 1" in decision.reason
     # Groups come from the directory's hook; none by default.
     assert not perms.deploy(Caller("frank"), "app", "production").allowed
-    perms.groups_of = lambda user: {"sre"} if user == "frank" else set()
+    perms.groups_of = lambda caller: {"sre"} if caller.user == "frank" else set()
     assert perms.deploy(Caller("frank"), "app", "production").allowed
     # Other environments match no rule: everyone.
     assert perms.deploy(Caller("bob"), "app", "staging").allowed
@@ -89,7 +92,9 @@ def test_config_names_the_bad_key() -> None:
 
 
 async def test_issue_rules_enforced_on_every_route(tmp_path) -> None:
-    pploy = await start_pploy(tmp_path / "work", permissions=RULES)
+    pploy = await start_pploy(
+        tmp_path / "work", permissions=RULES, **{"auth.names_are_self_chosen": True}
+    )
     remote = make_remote(tmp_path)
     other = make_remote(tmp_path, name="other")
     try:
@@ -224,6 +229,12 @@ async def test_emails_and_domains_come_from_gates_assertion_and_the_tokens_owner
                 user, email, "POST", "/api/projects/testploy/lock", {"operation": "release"}
             )
             assert status == 200, body
+        # A provider lets people pick their login: one named like carol's email is not carol.
+        status, body = await as_(
+            "carol@example.com", "mallory@example.org", "POST", "/api/projects/testploy/deploy",
+            {"env": "production"},
+        )  # fmt: skip
+        assert status == 403 and "may not deploy" in body["error"], body
         # A token carries its owner's email: carol's token may deploy to production too.
         status, made = await as_(
             "carol", "carol@example.com", "POST", "/api/tokens", {"name": "ci"}

@@ -23,7 +23,9 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePploy]:
-    server = LivePploy(tmp_path_factory.mktemp("pploy"), permissions=RULES)
+    server = LivePploy(
+        tmp_path_factory.mktemp("pploy"), permissions=RULES, **{"auth.names_are_self_chosen": True}
+    )
     yield server
     server.close()
 

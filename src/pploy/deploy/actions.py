@@ -1,26 +1,79 @@
-"""Operations that span several services, shared by the JSON API and the HTML pages."""
+"""The one place that decides what a caller may do: every state change — adding or removing a
+project, the lock, checkout, deploy, cancel, API tokens — is a function here taking the
+:class:`~pploy.deploy.permissions.Caller`, whatever the route (JSON API, HTML forms, one-shot
+endpoints, WebSocket commands, the originals' URLs). Routes never call the state-changing
+methods of ``svc.locks``, ``svc.jobs``, ``svc.projects`` or ``svc.tokens`` themselves.
+
+Each action records on the request that it ran (:func:`taking`, set up by the middleware for
+every request): a state-changing request that succeeds without one is refused as a bug by
+:mod:`pploy.deploy.middleware`, and ``tests/deploy/test_route_inventory.py`` lists the router's
+routes and fails on any that no action and no hostile test covers.
+"""
 
 from __future__ import annotations
 
-from pploy.deploy.errors import BadRequest
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import ParamSpec, TypeVar
+
+from pploy.deploy.errors import BadRequest, NotFound
 from pploy.deploy.permissions import Caller
 from pploy.deploy.projects import Project
 from pploy.deploy.services import Services
-from pploy.deploy.store import JobRecord
+from pploy.deploy.store import ApiToken, JobRecord, Lock
+from pploy.deploy.tokens import NewToken
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The actions the current request has entered (in order); None outside a request.
+_TAKEN: ContextVar[list[str] | None] = ContextVar("pploy_actions_taken", default=None)
+_ACTIONS: dict[str, Callable[..., Awaitable[object]]] = {}
 
 
-async def remove_project(svc: Services, name: str, user: str, caller: Caller | None = None) -> None:
-    """Remove a project: only an admin (``permissions.admins``) who holds its lock may, and not
-    while a job runs. Its job records and logs stay (the audit trail)."""
-    project = svc.projects.get(name)
-    svc.permissions.manage_projects(caller or Caller(user), f"remove {project.name}").require()
-    svc.locks.require_holder(project.name, user)
-    running = svc.jobs.running_record(name)
-    if running:
-        raise BadRequest(f"job #{running.id} is running on {name}; cancel it or wait", status=409)
-    await svc.projects.remove(project.name, user)
+@contextmanager
+def taking() -> Iterator[list[str]]:
+    """Collect the names of the actions entered inside the block (one request's, or one
+    WebSocket command's)."""
+    taken: list[str] = []
+    reset = _TAKEN.set(taken)
+    try:
+        yield taken
+    finally:
+        _TAKEN.reset(reset)
 
 
+def action(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Mark ``function`` as an action: entering it is recorded before any rule is decided."""
+
+    @functools.wraps(function)
+    async def entered(*args: P.args, **kwargs: P.kwargs) -> R:
+        taken = _TAKEN.get()
+        if taken is not None:
+            taken.append(function.__name__)
+        return await function(*args, **kwargs)
+
+    _ACTIONS[function.__name__] = entered
+    return entered
+
+
+def is_action(function: object) -> bool:
+    """True for a function of this module marked with :func:`action`."""
+    name = getattr(function, "__name__", "")
+    return _ACTIONS.get(name) is function
+
+
+def names() -> frozenset[str]:
+    """Every action's name."""
+    return frozenset(_ACTIONS)
+
+
+# -- projects -----------------------------------------------------------------------------
+
+
+@action
 async def add_project(svc: Services, caller: Caller, url: str) -> Project:
     """Clone ``url`` as a new project, if ``caller`` may manage projects (checked first, so a
     refusal clones nothing)."""
@@ -28,6 +81,32 @@ async def add_project(svc: Services, caller: Caller, url: str) -> Project:
     return await svc.projects.clone(url)
 
 
+@action
+async def remove_project(svc: Services, caller: Caller, name: str) -> None:
+    """Remove a project: only an admin (``permissions.admins``) who holds its lock may, and not
+    while a job runs. Its job records and logs stay (the audit trail)."""
+    project = svc.projects.get(name)
+    svc.permissions.manage_projects(caller, f"remove {project.name}").require()
+    svc.locks.require_holder(project.name, caller.user)
+    running = svc.jobs.running_record(name)
+    if running:
+        raise BadRequest(f"job #{running.id} is running on {name}; cancel it or wait", status=409)
+    await svc.projects.remove(project.name, caller.user)
+
+
+# -- the lock and jobs --------------------------------------------------------------------
+
+
+@action
+async def apply_lock(
+    svc: Services, caller: Caller, project: Project, operation: str
+) -> Lock | None:
+    """``gain``, ``extend`` or ``release`` ``project``'s lock as ``caller`` (a lock someone
+    else holds is refused by the lock rules; releasing returns None)."""
+    return svc.locks.apply(project.name, caller.user, operation)
+
+
+@action
 async def start_deploy(svc: Services, caller: Caller, project: Project, env: str) -> JobRecord:
     """Deploy ``project`` to ``env`` as ``caller``: the permission rules first (a refusal
     touches no lock and starts nothing), then the lock and job rules; the token's name, if one
@@ -36,6 +115,44 @@ async def start_deploy(svc: Services, caller: Caller, project: Project, env: str
     return await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
 
 
+@action
 async def start_checkout(svc: Services, caller: Caller, project: Project, ref: str) -> JobRecord:
     """Check ``ref`` out in ``project`` as ``caller`` (the token's name recorded, if any)."""
     return await svc.jobs.start_checkout(project, ref, caller.user, token=caller.token)
+
+
+@action
+async def cancel_job(svc: Services, caller: Caller, job_id: int) -> JobRecord:
+    """Cancel job ``job_id``: only the holder of its project's lock may (the job records
+    ``caller`` as who cancelled it)."""
+    return svc.jobs.cancel(job_id, caller.user)
+
+
+# -- API tokens ---------------------------------------------------------------------------
+
+
+@action
+async def create_token(svc: Services, caller: Caller, name: str, expires_days: object) -> NewToken:
+    """A new API token for ``caller``, made with a signed-in session: a token never mints
+    another (a leaked token that expires must not be able to make one that does not)."""
+    svc.permissions.mint_tokens(caller).require()
+    return svc.tokens.create(caller, name, expires_days)
+
+
+@action
+async def revoke_token(svc: Services, caller: Caller, token_id: int) -> ApiToken:
+    """Revoke token ``token_id``: the caller's own, or anyone's for an admin
+    (``permissions.admins``) — how an admin cuts off a person gate no longer lets in. For
+    anyone else another user's token is as unknown as a missing one."""
+    record = svc.store.get_token(token_id)
+    if record is None or not svc.permissions.manage_tokens_of(caller, record.user).allowed:
+        raise NotFound(f"you have no token #{token_id}")
+    return svc.tokens.revoke(record.user, token_id)
+
+
+def tokens_of(svc: Services, caller: Caller, user: str | None) -> list[ApiToken]:
+    """The tokens of ``user`` (default: the caller's own); another user's only for an admin.
+    A read: it changes nothing, so it is not recorded as an action."""
+    owner = user or caller.user
+    svc.permissions.manage_tokens_of(caller, owner).require()
+    return svc.tokens.list(owner)

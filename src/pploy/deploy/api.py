@@ -48,7 +48,7 @@ async def get_project(request: web.Request) -> web.Response:
 @routes.delete("/api/projects/{name}")
 async def remove_project(request: web.Request) -> web.Response:
     svc = services(request)
-    await actions.remove_project(svc, request.match_info["name"], request[USER], request[CALLER])
+    await actions.remove_project(svc, request[CALLER], request.match_info["name"])
     return web.json_response({"removed": request.match_info["name"]})
 
 
@@ -57,7 +57,8 @@ async def lock(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    result = svc.locks.apply(project.name, request[USER], string_field(body, "operation"))
+    operation = string_field(body, "operation")
+    result = await actions.apply_lock(svc, request[CALLER], project, operation)
     return web.json_response({"lock": result.to_json() if result else None})
 
 
@@ -118,7 +119,7 @@ async def job_times(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     svc = services(request)
     await read_json(request)
-    record = svc.jobs.cancel(job_id(request), request[USER])
+    record = await actions.cancel_job(svc, request[CALLER], job_id(request))
     return web.json_response({"job": record.to_json()}, status=202)
 
 

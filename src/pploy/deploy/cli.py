@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
+from types import FrameType
 
 from aiohttp import web
 
@@ -76,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(config: object, demo: bool = False) -> int:
-    from pploy.deploy import server
     from pploy.deploy.app import SERVICES, create_app
     from pploy.deploy.config import Config, ConfigError
 
@@ -105,6 +106,28 @@ def serve(config: object, demo: bool = False) -> int:
         app.on_startup.append(add_demo)
     from pploy.deploy import runtime
 
+    # Until the server's own handler takes over, SIGTERM stops pploy through the `finally`
+    # below, which removes the pidfile: installed before the pidfile is written, so no signal
+    # can leave a stale one behind.
+    previous = signal.signal(signal.SIGTERM, _stop_while_starting)
+    try:
+        return _serve_with_pidfile(config, app, sock)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping anyway: nothing may cut this
+        if config.pidfile:
+            runtime.remove_pidfile(config.pidfile)  # only if it still names this process
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _serve_with_pidfile(config: object, app: web.Application, sock: socket.socket) -> int:
+    from pploy.deploy import runtime, server
+    from pploy.deploy.config import Config, ConfigError
+
+    assert isinstance(config, Config)
     metrics_sock = None
     try:
         if config.metrics_address:
@@ -126,9 +149,5 @@ def serve(config: object, demo: bool = False) -> int:
     print(f"pploy: serving on {where} (workdir {config.workdir})", flush=True)
     if metrics_sock is not None:
         print(f"pploy: metrics on http://{config.metrics_address}/metrics", flush=True)
-    try:
-        eventloop.run(server.serve(app, sock, metrics_sock))  # uvloop with the `speed` extra
-    finally:
-        if config.pidfile:
-            runtime.remove_pidfile(config.pidfile)
+    eventloop.run(server.serve(app, sock, metrics_sock))  # uvloop with the `speed` extra
     return 0

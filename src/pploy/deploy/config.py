@@ -110,6 +110,11 @@ class AuthConfig(_Strict):
         None, description="gate mode: a PEM public key or JWKS file instead of the URL."
     )
     gate_audience: str = Field("pploy", description="gate mode: the assertion's expected `aud`.")
+    names_are_self_chosen: bool = Field(
+        False,
+        description="standalone mode: acknowledge that anyone picks any name, so `permissions` "
+        "is advisory (required to use `permissions` in standalone mode).",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -180,6 +185,11 @@ class LdapConfig(_Strict):
     base_dn: str = Field(description="Where people (and groups) are searched.")
     filter: str = Field("(cn=*)", description="Which entries under base_dn are deployers.")
     attribute: str = Field("cn", description="The attribute whose value is the user name.")
+    mail_attribute: str = Field(
+        "mail",
+        description="The attribute holding a person's email: gate mode finds a user's groups "
+        "by the email gate vouched for, not by gate's user name.",
+    )
     group_base_dn: str | None = Field(
         None, description="Where groups are searched (default: base_dn)."
     )
@@ -283,6 +293,7 @@ class Config(_Strict):
     @classmethod
     def _prefix(cls, value: str) -> str:
         return url_prefix.normalise(value, "")  # pydantic names the key
+
     database: str | None = Field(
         None,
         description="A postgresql:// URL: keep projects, locks, jobs and logs there, shared "
@@ -372,5 +383,17 @@ def load_config(
     ):
         raise ConfigError(
             f"{source}: auth.gate_jwks_url: required in gate mode (or auth.gate_public_key_file)"
+        )
+    permissions = config.permissions
+    if (
+        config.auth.mode == "standalone"
+        and (permissions.admins or permissions.deploy)
+        and not config.auth.names_are_self_chosen
+    ):
+        raise ConfigError(
+            f"{source}: permissions: in standalone mode anyone picks any name from the list, so "
+            "these rules only advise: anyone may sign in as an admin. Use auth.mode gate or "
+            "proxy to enforce them, or set auth.names_are_self_chosen: true to keep them as "
+            "advice"
         )
     return config

@@ -10,7 +10,10 @@ Each refresh also reads the directory's groups, so :meth:`Directory.groups_of` a
 a round trip. A user's groups are the ``cn`` of every ``groupOfNames`` (``member``) or
 ``groupOfUniqueNames`` (``uniqueMember``) under ``group_base_dn`` (default ``base_dn``) naming
 the user's entry, plus the first value of every DN in the entry's ``memberOf`` (Active
-Directory, or OpenLDAP's memberof overlay). Permission rules reach them through that one method.
+Directory, or OpenLDAP's memberof overlay). Permission rules reach them through that one method,
+or, in gate mode, through :meth:`Directory.groups_of_email`: gate's user name is whatever the
+login provider lets a person pick (a GitHub login), so there the directory is asked about the
+email gate vouched for, matched against ``mail_attribute``.
 
 ldap3 is blocking: every call runs in a worker thread, bounded by ``timeout_seconds``.
 """
@@ -44,6 +47,9 @@ class Listing:
 
     users: tuple[str, ...] = ()
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    # lowercased email (mail_attribute) -> the one person it belongs to; an email two entries
+    # hold belongs to neither (it cannot vouch for either)
+    by_email: dict[str, str] = field(default_factory=dict)
     skipped: int = 0  # entries whose name pploy refuses (see names.user_name)
 
 
@@ -120,7 +126,8 @@ def read_listing(config: LdapConfig) -> Listing:
         ) as conn:
             people = conn.extend.standard.paged_search(
                 config.base_dn, config.filter, ldap3.SUBTREE,
-                attributes=[config.attribute, "memberOf"], paged_size=PAGE_SIZE, generator=False,
+                attributes=[config.attribute, "memberOf", config.mail_attribute],
+                paged_size=PAGE_SIZE, generator=False,
             )  # fmt: skip
             truncated = (conn.result or {}).get("description") == "sizeLimitExceeded"
             groups = conn.extend.standard.paged_search(
@@ -148,6 +155,7 @@ def _listing(
     users: list[str] = []
     by_dn: dict[str, str] = {}
     member_of: dict[str, set[str]] = {}
+    emails: dict[str, set[str]] = {}
     skipped = 0
     for entry in people:
         if entry.get("type") != "searchResEntry":
@@ -165,6 +173,8 @@ def _listing(
             users.append(name)
             member_of[name] = set()
         by_dn[_normal_dn(entry["dn"])] = name
+        for mail in _values(attributes, config.mail_attribute):
+            emails.setdefault(mail.strip().lower(), set()).add(name)
         for dn in _values(attributes, "memberOf"):
             group = _first_rdn_value(dn)
             if group:
@@ -184,6 +194,7 @@ def _listing(
         users=tuple(users),
         groups={name: frozenset(found_groups) for name, found_groups in member_of.items()},
         skipped=skipped,
+        by_email={mail: next(iter(owners)) for mail, owners in emails.items() if len(owners) == 1},
     )
 
 
@@ -208,6 +219,12 @@ class Directory:
         """The groups the directory puts ``name`` in (empty for a name it does not list).
         This is the hook permission rules use; it never waits for the directory."""
         return self.listing.groups.get(name, frozenset())
+
+    def groups_of_email(self, email: str) -> frozenset[str]:
+        """The groups of the one person whose ``mail_attribute`` is ``email`` (compared
+        without regard to case); empty when nobody or more than one entry holds it."""
+        name = self.listing.by_email.get(email.strip().lower())
+        return self.groups_of(name) if name is not None else frozenset()
 
     async def refresh(self) -> bool:
         """Read the directory once; on failure keep the last list and log why. True on success."""

@@ -13,9 +13,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import api
+from pploy.deploy import actions, api
 from pploy.deploy.errors import BadRequest, NotFound
 from pploy.deploy.middleware import starts_work
+from pploy.deploy.requestkeys import CALLER
 from pploy.deploy.services import services
 from pploy.deploy.streams import one_shot_params
 
@@ -52,8 +53,8 @@ async def project_logs(request: web.Request) -> web.Response:
 async def create_project(request: web.Request) -> web.Response:
     """go-pploy's ``POST /_create`` (the Scala ``/_/create``): ``url`` as a form field (with
     the CSRF token), JSON or the query string; then the new project's page."""
-    svc = services(request)
-    project = await svc.projects.clone(await one_shot_params(request, "url"))
+    url = await one_shot_params(request, "url")
+    project = await actions.add_project(services(request), request[CALLER], url)
     raise web.HTTPSeeOther(_project_page(project.name))
 
 

@@ -13,11 +13,11 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from pploy import log
-from pploy.deploy import security, tokens
+from pploy.deploy import actions, security, tokens
 from pploy.deploy.errors import BadRequest, PployError, Unauthorized, Unavailable
 from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import error_response, wants_json
-from pploy.deploy.requestkeys import CALLER, EMAIL, NEW_CSRF_TOKEN, REQUEST_ID, USER
+from pploy.deploy.requestkeys import ACTIONS, CALLER, EMAIL, NEW_CSRF_TOKEN, REQUEST_ID, USER
 from pploy.deploy.services import services
 
 # Paths anyone may reach, matched as whole paths: a project named "pingtest" or "login-svc"
@@ -42,6 +42,67 @@ def starts_work(handler: Handler) -> Handler:
     serving (log streams, pages, cancel) but answers these with 503 "shutting down"."""
     _STARTS_WORK.add(handler)
     return handler
+
+
+_NO_ACTION: dict[Callable[..., Any], str] = {}
+
+
+def no_action(reason: str) -> Callable[[Handler], Handler]:
+    """Mark a state-changing route that decides no rule of :mod:`pploy.deploy.actions`
+    (signing in or out changes only the caller's own cookies), with the reason; any other
+    unsafe request that succeeds without entering an action is refused as a bug."""
+
+    def mark(handler: Handler) -> Handler:
+        _NO_ACTION[handler] = reason
+        return handler
+
+    return mark
+
+
+def exempt_reason(handler: Callable[..., Any]) -> str | None:
+    """Why ``handler`` changes state without an action (None: it must use one)."""
+    return _NO_ACTION.get(handler)
+
+
+class Unguarded(PployError):
+    """A route changed state without going through the actions layer: a bug in pploy."""
+
+    status = 500
+
+
+def _require_action(request: web.Request, taken: list[str]) -> None:
+    if taken or request.match_info.handler in _NO_ACTION:
+        return
+    route = request.match_info.route
+    where = f"{route.method} {route.resource.canonical if route.resource else request.path}"
+    log.event(
+        "action.missing", level="error", route=where, request_id=request.get(REQUEST_ID),
+        problem="a state-changing route succeeded without going through pploy.deploy.actions",
+    )  # fmt: skip
+    raise Unguarded(
+        f"{where} changed state without going through pploy's actions layer, where the rules "
+        "are decided (a bug in pploy: please report it)"
+    )
+
+
+async def _through_actions(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Run an unsafe request's handler; one that succeeds (2xx, 3xx) must have entered an
+    action (or be marked :func:`no_action`). A streamed answer already under way is logged."""
+    with actions.taking() as taken:
+        request[ACTIONS] = taken  # named on the request's log line
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                _require_action(request, taken)
+            raise
+        if response.status < 400:
+            try:
+                _require_action(request, taken)
+            except Unguarded:
+                if not response.prepared:
+                    raise
+        return response
 
 
 @web.middleware
@@ -86,6 +147,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         log.event(
             "http.request", request_id=request_id, method=request.method, path=request.path,
             status=status, user=request.get(USER), remote=request.remote,
+            action=",".join(request.get(ACTIONS, ())) or None,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )  # fmt: skip
 
@@ -133,7 +195,9 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
         security.check_origin(request, svc.config.public_url, trust)
     if not svc.jobs.accepting and request.match_info.handler in _STARTS_WORK:
         raise Unavailable("pploy is shutting down and takes no new work; try again once it is back")
-    return await handler(request)
+    if request.method in security.SAFE_METHODS:
+        return await handler(request)
+    return await _through_actions(request, handler)
 
 
 def _log_store_error(request_id: str, request: web.Request, exc: sqlite3.Error) -> None:

@@ -7,10 +7,9 @@ from urllib.parse import quote
 from aiohttp import web
 
 from pploy.deploy import actions, history, i18n, names, security, views
-from pploy.deploy.actions import remove_project
 from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE, cookie_value
 from pploy.deploy.errors import BadRequest, PployError
-from pploy.deploy.middleware import starts_work
+from pploy.deploy.middleware import no_action, starts_work
 from pploy.deploy.params import job_id
 from pploy.deploy.permissions import Refused
 from pploy.deploy.rendering import (
@@ -19,7 +18,7 @@ from pploy.deploy.rendering import (
     redirect_with_flash,
     render,
 )
-from pploy.deploy.requestkeys import CALLER, USER
+from pploy.deploy.requestkeys import CALLER
 from pploy.deploy.services import services
 from pploy.redirects import safe_return_path as safe_next  # the project's one validator
 
@@ -74,6 +73,7 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 @routes.post("/login")
+@no_action("standalone mode: the caller picks their own name (a cookie of their own)")
 async def login(request: web.Request) -> web.Response:
     svc = services(request)
     if not svc.auth.picks_name:
@@ -91,6 +91,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.post("/logout")
+@no_action("clears the caller's own cookies")
 async def logout(request: web.Request) -> web.Response:
     await security.check_form_token(request)
     response = web.HTTPSeeOther("/login")
@@ -132,7 +133,7 @@ async def lock(request: web.Request) -> web.Response:
     project = svc.projects.get(request.match_info["name"])
     operation = await form_field(request, "operation")
     try:
-        svc.locks.apply(project.name, request[USER], operation)
+        await actions.apply_lock(svc, request[CALLER], project, operation)
     except PployError as exc:
         raise redirect_with_error(project_url(project.name), exc.message) from None
     raise web.HTTPSeeOther(project_url(project.name))
@@ -172,7 +173,7 @@ async def remove(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await security.check_form_token(request)
     try:
-        await remove_project(svc, name, request[USER], request[CALLER])
+        await actions.remove_project(svc, request[CALLER], name)
     except Refused:
         raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:
@@ -206,7 +207,7 @@ async def cancel(request: web.Request) -> web.Response:
     record = svc.jobs.get(job_id(request))
     await security.check_form_token(request)
     try:
-        svc.jobs.cancel(record.id, request[USER])
+        await actions.cancel_job(svc, request[CALLER], record.id)
     except PployError as exc:
         raise redirect_with_error(f"/jobs/{record.id}", exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{record.id}")

@@ -21,10 +21,10 @@ from pploy.deploy.errors import Forbidden
 if TYPE_CHECKING:
     from pploy.deploy.config import PermissionsConfig
 
-GroupsOf = Callable[[str], Iterable[str]]
+GroupsOf = Callable[["Caller"], Iterable[str]]
 
 
-def no_groups(user: str) -> Iterable[str]:
+def no_groups(caller: Caller) -> Iterable[str]:
     """The default ``groups_of``: without a directory nobody is in any group."""
     return ()
 
@@ -66,11 +66,11 @@ def matches(entry: str, caller: Caller, groups_of: GroupsOf = no_groups) -> bool
     email = (caller.email or "").lower()
     if entry.startswith("@"):
         return bool(email) and email.endswith(entry.lower()) and email.count("@") == 1
-    if "@" in entry:
-        return bool(email) and email == entry.lower() or caller.user == entry
+    if "@" in entry:  # an email: only an email gate or the token vouched for, never a name
+        return bool(email) and email == entry.lower()
     if caller.user == entry:
         return True
-    return entry in set(groups_of(caller.user))
+    return entry in set(groups_of(caller))
 
 
 class Permissions:
@@ -92,6 +92,32 @@ class Permissions:
             False,
             f"{caller.user} may not {action}: only the admins in permissions.admins may "
             f"({', '.join(admins)})",
+        )
+
+    def mint_tokens(self, caller: Caller) -> Decision:
+        """May ``caller`` make an API token? Only with a signed-in session: a token never
+        mints another (a leaked token that expires must not make one that does not)."""
+        if caller.token is None:
+            return Decision(True, "")
+        return Decision(
+            False,
+            "API tokens are made with a signed-in session, not with another API token "
+            f"(this request used {caller.token!r})",
+        )
+
+    def manage_tokens_of(self, caller: Caller, owner: str) -> Decision:
+        """May ``caller`` list and revoke ``owner``'s API tokens? Their own, always; anyone's
+        for an admin listed in ``admins`` (an empty list makes nobody an admin here: everyone
+        revoking everyone's tokens is no default)."""
+        if owner == caller.user:
+            return Decision(True, "")
+        admins = self.config.admins
+        if admins and self._covered(admins, caller):
+            return Decision(True, "")
+        return Decision(
+            False,
+            f"{caller.user} may not manage {owner}'s API tokens: only the admins in "
+            f"permissions.admins may ({', '.join(admins) or 'none configured'})",
         )
 
     def deploy(self, caller: Caller, project: str, env: str) -> Decision:

@@ -13,3 +13,5 @@ NEW_CSRF_TOKEN: web.RequestKey[str] = web.RequestKey("pploy_new_csrf_token", str
 CALLER: web.RequestKey[Caller] = web.RequestKey("pploy_caller", Caller)
 # The email gate's assertion vouched for (gate mode), for permission rules naming emails.
 EMAIL: web.RequestKey[str] = web.RequestKey("pploy_email", str)
+# The actions (pploy.deploy.actions) an unsafe request went through, for its log line.
+ACTIONS: web.RequestKey[list[str]] = web.RequestKey("pploy_actions", list)

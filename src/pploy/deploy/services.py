@@ -21,7 +21,7 @@ from pploy.deploy.expiry import ExpiryWatch
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
-from pploy.deploy.permissions import Permissions
+from pploy.deploy.permissions import Caller, Permissions
 from pploy.deploy.projects import Projects
 from pploy.deploy.storage import Storage, open_store
 from pploy.deploy.store import JobRecord, Lock
@@ -54,10 +54,16 @@ class Services:
         self.permissions = Permissions(self.config.permissions, groups_of=self.groups_of)
         self.tokens = Tokens(self.store)
 
-    def groups_of(self, user: str) -> frozenset[str]:
-        """The user's directory groups (config `ldap`), for permission rules; empty without
-        a directory. Answered from the cached listing: never waits for the directory."""
-        return self.directory.groups_of(user) if self.directory is not None else frozenset()
+    def groups_of(self, caller: Caller) -> frozenset[str]:
+        """The caller's directory groups (config `ldap`), for permission rules; empty without
+        a directory. In gate mode found by the email gate vouched for (gate's user name is
+        what the login provider lets people pick), elsewhere by the user name. Answered from
+        the cached listing: never waits for the directory."""
+        if self.directory is None:
+            return frozenset()
+        if self.auth.mode == "gate":
+            return self.directory.groups_of_email(caller.email) if caller.email else frozenset()
+        return self.directory.groups_of(caller.user)
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""

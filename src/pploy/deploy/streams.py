@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from pploy import log
 from pploy.deploy import actions, security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
 from pploy.deploy.middleware import starts_work
 from pploy.deploy.params import job_id, parse_json_object, read_json
+from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import for_scripts
-from pploy.deploy.requestkeys import CALLER, USER
+from pploy.deploy.requestkeys import CALLER, REQUEST_ID
 from pploy.deploy.services import Services, services
 from pploy.deploy.store import JobRecord
 from pploy.streamtest import STREAM_HEADERS  # the headers every stream needs to pass proxies
@@ -199,7 +201,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return
             if msg.type == WSMsgType.TEXT:
-                await ws.send_str(json.dumps(handle_command(svc, request, record, msg.data)))
+                reply = await handle_command(svc, request, record, msg.data)
+                await ws.send_str(json.dumps(reply))
 
     sender = asyncio.create_task(send_log())
     receiver = asyncio.create_task(receive_commands())
@@ -220,19 +223,34 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def handle_command(
+# The commands a log's WebSocket takes, each an action (pploy.deploy.actions) called with the
+# caller and the job: the route inventory test checks every one is an action with a hostile test.
+COMMANDS: dict[str, Callable[[Services, Caller, int], Awaitable[object]]] = {
+    "cancel": actions.cancel_job,
+}
+
+
+async def handle_command(
     svc: Services, request: web.Request, record: JobRecord, text: str
 ) -> dict[str, Any]:
     try:
         command = parse_json_object(text)
     except BadRequest:
         return {"error": "commands are JSON objects"}
-    if command.get("action") != "cancel":
+    name = command.get("action")
+    run = COMMANDS.get(name) if isinstance(name, str) else None
+    if run is None:
         return {"error": 'unknown command; the only one is {"action": "cancel"}'}
-    try:
-        svc.jobs.cancel(record.id, request[USER])
-    except PployError as exc:
-        return {"error": exc.message, "status": exc.status}
+    with actions.taking() as taken:
+        try:
+            await run(svc, request[CALLER], record.id)
+        except PployError as exc:
+            return {"error": exc.message, "status": exc.status}
+        finally:
+            log.event(
+                "ws.command", request_id=request.get(REQUEST_ID), command=name,
+                user=request[CALLER].user, action=",".join(taken) or None,
+            )  # fmt: skip
     return {"cancelling": record.id}
 
 

@@ -1,31 +1,24 @@
-"""API tokens over HTTP: ``/api/tokens`` (JSON) and the ``/tokens`` page, each acting on the
-caller's own tokens only. Tokens are made with a signed-in session, never with another token:
-a leaked token that expires must not be able to mint one that does not."""
+"""API tokens over HTTP: ``/api/tokens`` (JSON) and the ``/tokens`` page. Each acts on the
+caller's own tokens, or, for an admin (``permissions.admins``), on another user's named by
+``?user=``: how an admin cuts off someone gate no longer lets in. Tokens are made with a
+signed-in session, never with another token. The rules are in :mod:`pploy.deploy.actions`."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from aiohttp import web
 
-from pploy.deploy import security
-from pploy.deploy.errors import BadRequest, Forbidden, PployError
+from pploy.deploy import actions, security
+from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.params import read_json, string_field
-from pploy.deploy.permissions import Caller
+from pploy.deploy.permissions import Refused
 from pploy.deploy.rendering import redirect_with_flash, render
 from pploy.deploy.requestkeys import CALLER
 from pploy.deploy.services import services
 from pploy.deploy.tokens import NewToken
 
 routes = web.RouteTableDef()
-
-
-def _session_caller(request: web.Request) -> Caller:
-    caller = request[CALLER]
-    if caller.token is not None:
-        raise Forbidden(
-            "API tokens are made with a signed-in session, not with another API token "
-            f"(this request used {caller.token!r})"
-        )
-    return caller
 
 
 def _token_id(request: web.Request) -> int:
@@ -35,51 +28,47 @@ def _token_id(request: web.Request) -> int:
     return int(raw)
 
 
-def _expires_days(value: object) -> float | None:
-    """``expires_days`` as sent: absent/empty for a token that never expires."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise BadRequest(f"expires_days must be a number, not {value!r}") from None
-    return value  # type: ignore[return-value]  # Tokens.create checks numbers
-
-
 @routes.post("/api/tokens")
 async def create_token(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_json(request)
-    created = svc.tokens.create(
-        _session_caller(request),
-        string_field(body, "name"),
-        _expires_days(body.get("expires_days")),
+    created = await actions.create_token(
+        svc, request[CALLER], string_field(body, "name"), body.get("expires_days")
     )
     return web.json_response(created.to_json(), status=201, headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/api/tokens")
 async def list_tokens(request: web.Request) -> web.Response:
-    svc = services(request)
-    return web.json_response(
-        {"tokens": [t.to_json() for t in svc.tokens.list(request[CALLER].user)]}
-    )
+    """The caller's tokens; ``?user=bob``: bob's, for an admin."""
+    tokens = actions.tokens_of(services(request), request[CALLER], _owner(request))
+    return web.json_response({"tokens": [t.to_json() for t in tokens]})
 
 
 @routes.delete("/api/tokens/{token_id}")
 async def revoke_token(request: web.Request) -> web.Response:
-    svc = services(request)
-    revoked = svc.tokens.revoke(request[CALLER].user, _token_id(request))
+    revoked = await actions.revoke_token(services(request), request[CALLER], _token_id(request))
     return web.json_response({"token": revoked.to_json()})
+
+
+def _owner(request: web.Request) -> str | None:
+    """``?user=``: whose tokens an admin looks at (absent or empty: the caller's own)."""
+    return request.query.get("user") or None
+
+
+def _page_url(owner: str | None) -> str:
+    return "/tokens" + (f"?{urlencode({'user': owner})}" if owner else "")
 
 
 def _page(request: web.Request, created: NewToken | None = None, status: int = 200) -> web.Response:
     svc = services(request)
     caller = request[CALLER]
+    owner = _owner(request)
     response = render(
-        request, "tokens.html", status=status, tokens=svc.tokens.list(caller.user),
+        request, "tokens.html", status=status,
+        tokens=actions.tokens_of(svc, caller, owner), owner=owner or caller.user,
         created=created, via_token=caller.token,
+        may_see_others=svc.permissions.manage_tokens_of(caller, "").allowed,
     )  # fmt: skip
     response.headers["Cache-Control"] = "no-store"  # the page may show a new token once
     return response
@@ -97,11 +86,12 @@ async def create_token_form(request: web.Request) -> web.Response:
     form = await request.post()
     name = form.get("name")
     try:
-        created = svc.tokens.create(
-            _session_caller(request),
-            name if isinstance(name, str) else "",
-            _expires_days(form.get("expires_days")),
-        )
+        created = await actions.create_token(
+            svc, request[CALLER], name if isinstance(name, str) else "",
+            form.get("expires_days"),
+        )  # fmt: skip
+    except Refused:
+        raise  # made with a token: a 403, as on the API
     except PployError as exc:
         raise redirect_with_flash("/tokens", exc.message) from None
     return _page(request, created, status=201)
@@ -111,11 +101,14 @@ async def create_token_form(request: web.Request) -> web.Response:
 async def revoke_token_form(request: web.Request) -> web.Response:
     svc = services(request)
     await security.check_form_token(request)
+    back = _page_url(_owner(request))
+    token_id = _token_id(request)
     try:
-        revoked = svc.tokens.revoke(request[CALLER].user, _token_id(request))
+        revoked = await actions.revoke_token(svc, request[CALLER], token_id)
     except PployError as exc:
-        raise redirect_with_flash("/tokens", exc.message) from None
-    raise redirect_with_flash("/tokens", f"revoked token {revoked.name!r}")
+        raise redirect_with_flash(back, exc.message) from None
+    whose = "" if revoked.user == request[CALLER].user else f"{revoked.user}'s "
+    raise redirect_with_flash(back, f"revoked {whose}token {revoked.name!r}")
 
 
 def add_routes(app: web.Application) -> None:

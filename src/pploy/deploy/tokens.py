@@ -72,8 +72,14 @@ class Tokens:
     def __init__(self, store: Storage) -> None:
         self.store = store
 
-    def create(self, caller: Caller, name: str, expires_days: float | None = None) -> NewToken:
-        """A new token for ``caller`` (who acts with their session: tokens do not mint tokens)."""
+    def create(self, caller: Caller, name: str, expires_days: object = None) -> NewToken:
+        """A new token for ``caller`` (who acts with their session: tokens do not mint tokens);
+        ``expires_days`` as sent (a number, its text, absent or empty for never)."""
+        if isinstance(expires_days, str):
+            try:
+                expires_days = float(expires_days) if expires_days else None
+            except ValueError:
+                raise BadRequest(f"expires_days must be a number, not {expires_days!r}") from None
         name = name.strip()
         if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
             raise BadRequest(
