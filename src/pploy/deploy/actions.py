@@ -6,7 +6,7 @@ from pploy.deploy.errors import BadRequest
 from pploy.deploy.permissions import Caller
 from pploy.deploy.projects import Project
 from pploy.deploy.services import Services
-from pploy.deploy.store import JobRecord
+from pploy.deploy.store import JobRecord, Lock
 
 
 async def remove_project(svc: Services, name: str, user: str, caller: Caller | None = None) -> None:
@@ -39,3 +39,15 @@ async def start_deploy(svc: Services, caller: Caller, project: Project, env: str
 async def start_checkout(svc: Services, caller: Caller, project: Project, ref: str) -> JobRecord:
     """Check ``ref`` out in ``project`` as ``caller`` (the token's name recorded, if any)."""
     return await svc.jobs.start_checkout(project, ref, caller.user, token=caller.token)
+
+
+async def apply_lock(
+    svc: Services, caller: Caller, project: Project, operation: str
+) -> Lock | None:
+    """Gain, extend or release ``project``'s lock as ``caller`` (see Locks.apply)."""
+    return svc.locks.apply(project.name, caller.user, operation)
+
+
+async def cancel_job(svc: Services, caller: Caller, job_id: int) -> JobRecord:
+    """Cancel job ``job_id`` as ``caller`` (the lock holder only, see Jobs.cancel)."""
+    return svc.jobs.cancel(job_id, caller.user)

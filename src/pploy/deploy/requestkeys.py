@@ -13,3 +13,5 @@ NEW_CSRF_TOKEN: web.RequestKey[str] = web.RequestKey("pploy_new_csrf_token", str
 CALLER: web.RequestKey[Caller] = web.RequestKey("pploy_caller", Caller)
 # The email gate's assertion vouched for (gate mode), for permission rules naming emails.
 EMAIL: web.RequestKey[str] = web.RequestKey("pploy_email", str)
+# The request is a form of go-pploy's UI whose browser proved it same-origin (middleware).
+ORIGIN_PROVEN: web.RequestKey[bool] = web.RequestKey("pploy_origin_proven", bool)
