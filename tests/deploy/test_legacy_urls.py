@@ -134,6 +134,11 @@ async def test_go_pploys_lock_route(tmp_path: Path) -> None:
         name = await pploy.add_project(make_remote(tmp_path))
         lock = pploy.services.locks
 
+        # A form naming someone else changes nothing: pploy acts as the signed-in user only
+        status, _, text = await post(pploy, f"/{name}/lock?user=bob&operation=gain")
+        assert status == 403 and text.startswith("error: you are signed in as alice, but the")
+        assert lock.get(name) is None
+
         status, location, _ = await post(pploy, f"/{name}/lock?user=alice&operation=gain")
         assert (status, location) == (302, f"/projects/{name}")
         held = lock.get(name)
@@ -142,7 +147,7 @@ async def test_go_pploys_lock_route(tmp_path: Path) -> None:
         extended = lock.get(name)
         assert extended is not None and extended.expires_at > held.expires_at
 
-        # Someone else's gain, and a form naming another user, change nothing: the status and
+        # Someone else's gain, or their form naming the holder, change nothing: the status and
         # the reason for a script
         status, _, text = await post(pploy, f"/{name}/lock?user=bob&operation=gain", "bob")
         assert status == 409 and "locked by alice" in text

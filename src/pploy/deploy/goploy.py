@@ -26,7 +26,7 @@ from pploy.deploy import actions, git
 from pploy.deploy.errors import BadRequest, Forbidden, NotFound, PployError
 from pploy.deploy.middleware import same_origin_form, starts_work
 from pploy.deploy.projects import Project
-from pploy.deploy.rendering import FLASH_KIND, redirect_with_error
+from pploy.deploy.rendering import FLASH_KIND, for_scripts, redirect_with_error
 from pploy.deploy.requestkeys import CALLER, USER
 from pploy.deploy.services import Services, services
 from pploy.deploy.streams import one_shot_body, one_shot_checkout, one_shot_deploy
@@ -171,6 +171,7 @@ def _field(request: web.Request, body: Any, key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+@for_scripts
 @same_origin_form
 async def lock(request: web.Request) -> web.Response:
     """``POST /<project>/lock`` with ``operation=gain|extend|release`` (and go-pploy's
@@ -197,6 +198,7 @@ async def lock(request: web.Request) -> web.Response:
     raise web.HTTPFound(_page(request, project.name))
 
 
+@for_scripts
 @starts_work
 @same_origin_form
 async def create(request: web.Request) -> web.Response:
@@ -216,6 +218,7 @@ async def create(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(_page(request, project.name))
 
 
+@for_scripts
 @same_origin_form
 async def remove(request: web.Request) -> web.Response:
     """``POST /<project>/remove``: as pploy's removal (an admin holding the lock, no job
