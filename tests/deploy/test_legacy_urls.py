@@ -51,7 +51,14 @@ async def test_old_page_urls_redirect(tmp_path: Path) -> None:
 async def test_go_pploy_json_routes_answer_go_pploys_shapes(tmp_path: Path) -> None:
     pploy = await start_pploy(tmp_path / "w")
     try:
-        remote = make_remote(tmp_path, files={".deploy/config/deploy_envs": "test\nstaging\n"})
+        hostile = '<p>hi</p><script>alert(1)</script><img src="x" onerror="alert(2)">'
+        remote = make_remote(
+            tmp_path,
+            files={
+                ".deploy/config/deploy_envs": "test\nstaging\n",
+                ".deploy/config/readme.html": hostile,
+            },
+        )
         name = await pploy.add_project(remote)
         push_commit(remote, "second commit", {"app.txt": "v2\n"})
         await pploy.gain(name)
@@ -71,7 +78,10 @@ async def test_go_pploy_json_routes_answer_go_pploys_shapes(tmp_path: Path) -> N
         current = body["currentProject"]
         assert status == 200 and set(current) == PROJECT_KEYS
         assert current["deployEnvs"] == ["test", "staging"]
-        assert current["defaultBranch"] == "main" and current["readme"] == ""
+        assert current["defaultBranch"] == "main"
+        # go-pploy's UI puts the readme in the page as HTML: pploy's sanitised one, inert
+        readme = current["readme"]
+        assert "<p>hi</p>" in readme and "script" not in readme and "onerror" not in readme
         status, body = await pploy.api("GET", "/api/status/nosuch")
         assert status == 200 and body["currentProject"] is None  # go-pploy's welcome page
 
@@ -221,7 +231,11 @@ async def test_go_pploy_forms_without_the_token_need_a_same_origin_proof(tmp_pat
     """An attacker's page posts go-pploy's forms to a signed-in user's pploy: every one is
     refused and changes nothing, whatever the browser says about where it came from, unless
     it proves the form same-origin. pploy's own forms still need the token."""
-    pploy = await start_pploy(tmp_path / "w")
+    ui = tmp_path / "assets"  # go-pploy's UI routes exist too: under /_goploy/
+    ui.mkdir()
+    (ui / "index.html").write_text("<!DOCTYPE html>")
+    (ui / "bundle.js").write_text("")
+    pploy = await start_pploy(tmp_path / "w", goploy_ui=str(ui))
     try:
         name = await pploy.add_project(make_remote(tmp_path))
         other = str(make_remote(tmp_path, "other"))
@@ -232,8 +246,12 @@ async def test_go_pploy_forms_without_the_token_need_a_same_origin_proof(tmp_pat
             return projects, svc.locks.get(name), [j.id for j in svc.store.list_jobs()]
 
         forms = [
-            ("/_create", {"url": other}),
-            (f"/{name}/lock", {"user": "alice", "operation": "gain"}),
+            (base + path, form)
+            for base in ("", "/_goploy")
+            for path, form in [
+                ("/_create", {"url": other}),
+                (f"/{name}/lock", {"user": "alice", "operation": "gain"}),
+            ]
         ]
         before = state()
         for headers_name, headers in REFUSED_HEADERS.items():
@@ -246,10 +264,14 @@ async def test_go_pploy_forms_without_the_token_need_a_same_origin_proof(tmp_pat
         await pploy.gain(name)
         before = state()
         forms = [
-            (f"/{name}/checkout", {"ref": "main"}),
-            (f"/{name}/deploy", {"target": "staging"}),
-            (f"/{name}/remove", {}),
-            (f"/{name}/lock", {"user": "alice", "operation": "release"}),
+            (base + path, form)
+            for base in ("", "/_goploy")
+            for path, form in [
+                (f"/{name}/checkout", {"ref": "main"}),
+                (f"/{name}/deploy", {"target": "staging"}),
+                (f"/{name}/remove", {}),
+                (f"/{name}/lock", {"user": "alice", "operation": "release"}),
+            ]
         ]
         for headers_name, headers in REFUSED_HEADERS.items():
             for path, form in forms:
@@ -275,8 +297,9 @@ async def test_go_pploy_forms_without_the_token_need_a_same_origin_proof(tmp_pat
             headers={"Sec-Fetch-Site": "same-origin"},
         )  # fmt: skip
         assert status == 200
-        status, _, _ = await post(pploy, f"/{name}/remove", data={}, headers=same)
-        assert status == 302 and [p.name for p in svc.projects.list()] == []
+        status, location, _ = await post(pploy, f"/_goploy/{name}/remove", data={}, headers=same)
+        assert (status, location) == (302, "/_goploy/")
+        assert [p.name for p in svc.projects.list()] == []
         status, location, _ = await post(pploy, "/_create", data={"url": other}, headers=same)
         assert (status, location) == (303, "/projects/other")
     finally:
