@@ -342,3 +342,42 @@ async def test_change_user_signs_a_go_pploy_user_out_also_under_a_prefix(tmp_pat
                 assert resp.status == 401
     finally:
         await pploy.close()
+
+
+async def test_go_pploys_ui_routes_and_files_also_under_a_prefix(tmp_path: Path) -> None:
+    """``goploy_ui``: go-pploy's page, files and routes under ``<prefix>/_goploy/``, its
+    redirects kept there (its UI uses relative URLs only, as under go-pploy's -prefix)."""
+    ui = tmp_path / "assets"
+    (ui / "izitoast/js").mkdir(parents=True)
+    (ui / "index.html").write_text("<!DOCTYPE html><title>go-pploy</title>")
+    (ui / "bundle.js").write_text("var app;")
+    (ui / "izitoast/js/iziToast.js").write_text("var iziToast;")
+    pploy = await start_pploy(tmp_path / "w", prefix="/deploy", goploy_ui=str(ui))
+    try:
+        async with pploy.client().post(
+            pploy.url("/deploy/api/projects"), json={"url": str(make_remote(tmp_path))}
+        ) as resp:
+            assert resp.status == 201
+            name = (await resp.json())["project"]["name"]
+        for path in ("/deploy/_goploy/", f"/deploy/_goploy/{name}", "/deploy/_goploy/nosuch"):
+            status, _, body = await get(pploy, path)
+            assert status == 200 and "<title>go-pploy</title>" in body, path
+        assert await get(pploy, "/deploy/_goploy") == (302, "/deploy/_goploy/", "302: Found")
+        assert (await get(pploy, f"/deploy/_goploy/{name}/lock"))[1] == f"/deploy/_goploy/{name}"
+        assert (await get(pploy, "/deploy/_goploy/assets/izitoast/js/iziToast.js"))[0] == 200
+        assert (await get(pploy, "/deploy/_goploy/assets/../../pploy.db"))[0] == 404
+        async with pploy.client().get(pploy.url(f"/deploy/_goploy/api/status/{name}")) as resp:
+            assert (await resp.json())["currentProject"]["name"] == name
+        same = {"Origin": pploy.base, "Accept": "text/html"}
+        status, location, _ = await post(
+            pploy, f"/deploy/_goploy/{name}/lock", data={"operation": "gain"}, headers=same
+        )
+        assert (status, location) == (302, f"/deploy/_goploy/{name}")
+        held = pploy.services.locks.get(name)
+        assert held is not None and held.user == "alice"
+        status, location, _ = await post(
+            pploy, f"/deploy/_goploy/{name}/lock", "bob", data={"operation": "gain"}, headers=same
+        )
+        assert (status, location) == (303, f"/deploy/_goploy/{name}")  # with go-pploy's message
+    finally:
+        await pploy.close()
