@@ -7,6 +7,8 @@ same-origin; go-pploy's ``pploy_user`` cookie signs its user in."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -381,3 +383,20 @@ async def test_go_pploys_ui_routes_and_files_also_under_a_prefix(tmp_path: Path)
         assert (status, location) == (303, f"/deploy/_goploy/{name}")  # with go-pploy's message
     finally:
         await pploy.close()
+
+
+def test_goploy_ui_must_be_a_built_frontend(tmp_path: Path) -> None:
+    """A ``goploy_ui`` that is not go-pploy's built assets/ (the source directory, a typo) is
+    a configuration error naming the key and what is missing, through the real CLI."""
+    config = tmp_path / "pploy.yml"
+    source = tmp_path / "go-pploy/assets"  # go-pploy's checkout before `npm run build`
+    source.mkdir(parents=True)
+    (source / "index.html").write_text("<!DOCTYPE html>")
+    config.write_text(f"users: [alice]\ngoploy_ui: {source}\n")
+    run = [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--check-config"]
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "goploy_ui" in result.stderr and "(no bundle.js)" in result.stderr
+    (source / "bundle.js").write_text("")
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 0 and "configuration OK" in result.stdout
