@@ -155,6 +155,11 @@ ROUTES: dict[tuple[str, ...], Case] = {
         "/_create", OTHER, OTHER, refused=(403,), ok=303, action="add_project"),
     ("POST", "/_/create"): query(
         "/_/create", OTHER, OTHER, refused=(403,), ok=303, action="add_project"),
+    ("POST", "/{project}/lock"): form(
+        "/{project}/lock", {"operation": "gain"}, {"operation": "extend"}, refused=HELD,
+        ok=302, action="apply_lock"),
+    ("POST", "/{project}/remove"): form(
+        "/{project}/remove", {}, {}, refused=(403,), ok=302, action="remove_project"),
     ("WS", "/api/jobs/{job_id}/ws", "cancel"): Case(
         "cancel_job",
         Call("GET", "/api/jobs/{job_id}/ws", "bob", command={"action": "cancel"}), HELD,

@@ -274,6 +274,25 @@ class Config(_Strict):
         "authentication (for Prometheus); /metrics on the main listener needs a signed-in user.",
     )
 
+    goploy_ui: Path | None = Field(
+        None,
+        description="go-pploy's built web frontend (its assets/ directory: index.html, "
+        "bundle.js, …), served at /_goploy/ (docs/migrating.md).",
+    )
+
+    @field_validator("goploy_ui")
+    @classmethod
+    def _goploy_ui(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = Path(os.path.abspath(os.path.expanduser(value)))
+        missing = [f for f in ("index.html", "bundle.js") if not (path / f).is_file()]
+        if missing:
+            raise ValueError(
+                f"{str(path)!r} is not go-pploy's built assets/ directory (no {', '.join(missing)})"
+            )
+        return path
+
     @field_validator("metrics_address")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
@@ -345,6 +364,7 @@ ENV_KEYS = {
     "PPLOY_PIDFILE": "pidfile",
     "PPLOY_METRICS_ADDRESS": "metrics_address",
     "PPLOY_DATABASE": "database",
+    "PPLOY_GOPLOY_UI": "goploy_ui",
 }
 
 

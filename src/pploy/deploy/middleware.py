@@ -17,7 +17,15 @@ from pploy.deploy import actions, security, tokens
 from pploy.deploy.errors import BadRequest, PployError, Unauthorized, Unavailable
 from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import error_response, wants_json
-from pploy.deploy.requestkeys import ACTIONS, CALLER, EMAIL, NEW_CSRF_TOKEN, REQUEST_ID, USER
+from pploy.deploy.requestkeys import (
+    ACTIONS,
+    CALLER,
+    EMAIL,
+    NEW_CSRF_TOKEN,
+    ORIGIN_PROVEN,
+    REQUEST_ID,
+    USER,
+)
 from pploy.deploy.services import services
 
 # Paths anyone may reach, matched as whole paths: a project named "pingtest" or "login-svc"
@@ -41,6 +49,17 @@ def starts_work(handler: Handler) -> Handler:
     """Mark a route that starts a job or a clone: during the shutdown grace pploy keeps
     serving (log streams, pages, cancel) but answers these with 503 "shutting down"."""
     _STARTS_WORK.add(handler)
+    return handler
+
+
+_SAME_ORIGIN_FORMS: set[Callable[..., Any]] = set()
+
+
+def same_origin_form(handler: Handler) -> Handler:
+    """Mark a route go-pploy's UI posts a form to without pploy's CSRF token: there the form
+    is accepted without the token when the browser proves the request same-origin
+    (``Origin`` one of pploy's, or ``Sec-Fetch-Site: same-origin``), never otherwise."""
+    _SAME_ORIGIN_FORMS.add(handler)
     return handler
 
 
@@ -193,6 +212,10 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
         )
     if request.method not in security.SAFE_METHODS or request.headers.get("Upgrade"):
         security.check_origin(request, svc.config.public_url, trust)
+        if request.match_info.handler in _SAME_ORIGIN_FORMS and security.proves_same_origin(
+            request, svc.config.public_url, trust
+        ):
+            request[ORIGIN_PROVEN] = True
     if not svc.jobs.accepting and request.match_info.handler in _STARTS_WORK:
         raise Unavailable("pploy is shutting down and takes no new work; try again once it is back")
     if request.method in security.SAFE_METHODS:

@@ -15,3 +15,5 @@ CALLER: web.RequestKey[Caller] = web.RequestKey("pploy_caller", Caller)
 EMAIL: web.RequestKey[str] = web.RequestKey("pploy_email", str)
 # The actions (pploy.deploy.actions) an unsafe request went through, for its log line.
 ACTIONS: web.RequestKey[list[str]] = web.RequestKey("pploy_actions", list)
+# The request is a form of go-pploy's UI whose browser proved it same-origin (middleware).
+ORIGIN_PROVEN: web.RequestKey[bool] = web.RequestKey("pploy_origin_proven", bool)

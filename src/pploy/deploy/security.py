@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from pploy.deploy.errors import BadRequest, Forbidden
-from pploy.deploy.requestkeys import CALLER, NEW_CSRF_TOKEN
+from pploy.deploy.requestkeys import CALLER, NEW_CSRF_TOKEN, ORIGIN_PROVEN
 
 CSRF_COOKIE = "csrf"
 CSRF_FIELD = "csrf_token"
@@ -85,6 +85,21 @@ def check_origin(request: web.Request, public_url: str | None, trust_forwarded: 
         )
 
 
+def proves_same_origin(request: web.Request, public_url: str | None, trust_forwarded: bool) -> bool:
+    """True when the browser itself says the request comes from pploy's own pages:
+    ``Sec-Fetch-Site: same-origin``, or an ``Origin`` that is one of pploy's. A request with
+    neither (or ``Sec-Fetch-Site: none``, a typed URL) proves nothing."""
+    if request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return True
+    origin = request.headers.get("Origin")
+    if not origin or origin == "null":
+        return False
+    parts = urlsplit(origin)
+    return bool(parts.netloc) and _origin(parts.scheme, parts.netloc) in allowed_origins(
+        request, public_url, trust_forwarded
+    )
+
+
 def csrf_token(request: web.Request) -> str:
     """The request's token: its cookie's, or a new one the response will set."""
     token = request.get(NEW_CSRF_TOKEN) or request.cookies.get(CSRF_COOKIE)
@@ -100,6 +115,8 @@ async def check_form_token(request: web.Request) -> None:
     caller = request.get(CALLER)
     if caller is not None and caller.token is not None:
         return  # bearer-authenticated: no cookie speaks for this request (pploy.deploy.tokens)
+    if request.get(ORIGIN_PROVEN):
+        return  # go-pploy's forms carry no token; the browser proved them same-origin
     form = await request.post()
     sent = form.get(CSRF_FIELD)
     cookie = request.cookies.get(CSRF_COOKIE)

@@ -14,7 +14,7 @@ from pploy import log
 from pploy.deploy import actions, security
 from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.follow import FollowItem, follow
-from pploy.deploy.middleware import starts_work
+from pploy.deploy.middleware import same_origin_form, starts_work
 from pploy.deploy.params import job_id, parse_json_object, read_json
 from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import for_scripts
@@ -74,6 +74,8 @@ async def start_stream(
     response.content_type = content_type
     if content_type.startswith("text/plain"):
         response.charset = "utf-8"
+        # Without it Chromium holds a text/plain frame until ~1 KB arrived to sniff its type.
+        response.headers["X-Content-Type-Options"] = "nosniff"
     response.enable_chunked_encoding()
     await response.prepare(request)
     return response
@@ -254,8 +256,8 @@ async def handle_command(
     return {"cancelling": record.id}
 
 
-async def one_shot_params(request: web.Request, key: str, *aliases: str) -> str:
-    """``key`` (or one of its ``aliases``) from the query string or the body.
+async def one_shot_body(request: web.Request) -> Mapping[str, Any]:
+    """The parameters a one-shot request sends in its body (none: an empty mapping).
 
     A body must be JSON (no cross-site page can send it) or a form carrying the CSRF token
     like every other form: a foreign page's ``<form>`` always sends a form content type, even
@@ -274,6 +276,13 @@ async def one_shot_params(request: web.Request, key: str, *aliases: str) -> str:
             "form with its CSRF token",
             status=415,
         )
+    return body
+
+
+async def one_shot_params(request: web.Request, key: str, *aliases: str) -> str:
+    """``key`` (or one of its ``aliases``) from the query string or the body (see
+    :func:`one_shot_body`)."""
+    body = await one_shot_body(request)
     value = None
     for name in (key, *aliases):
         value = request.query.get(name, body.get(name))
@@ -303,12 +312,14 @@ async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
 
 @for_scripts
 @starts_work
+@same_origin_form  # go-pploy's deploy buttons
 async def one_shot_deploy(request: web.Request) -> web.StreamResponse:
     return await one_shot(request, "deploy")
 
 
 @for_scripts
 @starts_work
+@same_origin_form  # go-pploy's checkout form
 async def one_shot_checkout(request: web.Request) -> web.StreamResponse:
     return await one_shot(request, "checkout")
 
