@@ -160,6 +160,19 @@ ROUTES: dict[tuple[str, ...], Case] = {
         ok=302, action="apply_lock"),
     ("POST", "/{project}/remove"): form(
         "/{project}/remove", {}, {}, refused=(403,), ok=302, action="remove_project"),
+    ("POST", "/_goploy/{project}/lock"): form(
+        "/_goploy/{project}/lock", {"operation": "gain"}, {"operation": "extend"},
+        refused=HELD, ok=302, action="apply_lock"),
+    ("POST", "/_goploy/{project}/remove"): form(
+        "/_goploy/{project}/remove", {}, {}, refused=(403,), ok=302, action="remove_project"),
+    ("POST", "/_goploy/_create"): query(
+        "/_goploy/_create", OTHER, OTHER, refused=(403,), ok=303, action="add_project"),
+    ("POST", "/_goploy/{project}/deploy"): query(
+        "/_goploy/{project}/deploy", {"env": "production"}, {"env": "production"},
+        refused=(403,), ok=200, action="start_deploy"),
+    ("POST", "/_goploy/{project}/checkout"): query(
+        "/_goploy/{project}/checkout", {"ref": "main"}, {"ref": "main"}, refused=HELD, ok=200,
+        action="start_checkout"),
     ("WS", "/api/jobs/{job_id}/ws", "cancel"): Case(
         "cancel_job",
         Call("GET", "/api/jobs/{job_id}/ws", "bob", command={"action": "cancel"}), HELD,
@@ -215,8 +228,22 @@ def problems(app: web.Application) -> list[str]:
     return wrong
 
 
+def goploy_ui(tmp: Path) -> str:
+    """A directory that passes for go-pploy's built frontend: with it configured, pploy also
+    serves go-pploy's routes under /_goploy/, so the inventory and the attacks cover those."""
+    ui = tmp / "goploy-ui"
+    ui.mkdir(exist_ok=True)
+    for name in ("index.html", "bundle.js"):
+        (ui / name).write_text("")
+    return str(ui)
+
+
 def test_every_state_changing_route_is_in_the_registry(tmp_path: Path) -> None:
-    config = load_config(None, {"workdir": str(tmp_path / "work"), "users": ["alice"]}, {})
+    config = load_config(
+        None,
+        {"workdir": str(tmp_path / "work"), "users": ["alice"], "goploy_ui": goploy_ui(tmp_path)},
+        {},
+    )
     app = create_app(config)
     assert problems(app) == []
     assert len(inventory(app)) == len(ROUTES) + len(EXEMPT)
@@ -232,7 +259,7 @@ STATE_CHANGING = {
     "tokens": {"create", "revoke"},
     "store": {"add_token", "revoke_token", "remove_project"},
 }
-ROUTE_MODULES = ["api", "pages", "streams", "tokenroutes", "legacy", "runtime"]
+ROUTE_MODULES = ["api", "pages", "streams", "tokenroutes", "legacy", "goploy", "runtime"]
 
 
 def direct_calls(source: str) -> list[str]:
@@ -367,7 +394,10 @@ async def world(tmp: Path, running: bool) -> AsyncIterator[World]:
         f"{fifo.script_open()}\n{fifo.wait_cmd}\nfi\n"
     )
     pploy = await start_pploy(
-        tmp / "work", permissions=RULES, **{"auth.names_are_self_chosen": True}
+        tmp / "work",
+        permissions=RULES,
+        goploy_ui=goploy_ui(tmp),
+        **{"auth.names_are_self_chosen": True},
     )
     try:
         here = World(pploy, tmp, fifo)
