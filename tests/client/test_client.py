@@ -4,6 +4,7 @@ real pploy on loopback (and, for dropped connections, a real TCP relay that cuts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -242,5 +243,8 @@ async def test_ctrl_c_cancels_when_started_as_a_scripts_background_job(tmp_path:
         assert b"never" not in seen + rest
         assert f"job #{job.id} cancelled" in err.decode()
     finally:
+        if pidfile.exists():  # a client that ignored the signal must not outlive the test
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
         fifo.close()
         await pploy.close()
