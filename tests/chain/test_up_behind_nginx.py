@@ -165,9 +165,7 @@ def test_tokens_pass_from_the_office_network(stack: Stack) -> None:
     curl = require_binary("curl")
     token = asyncio.run(office_token(stack))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
-    env.update(
-        PPLOY_URL=stack.url, PPLOY_TOKEN=token, SSL_CERT_FILE=str(stack.certs.cafile)
-    )
+    env.update(PPLOY_URL=stack.url, PPLOY_TOKEN=token, SSL_CERT_FILE=str(stack.certs.cafile))
     client = subprocess.run(
         [sys.executable, "-m", "pploy", "client", "status"],
         env=env, capture_output=True, text=True, timeout=60,

@@ -97,4 +97,3 @@ def redirect_port(listen: list[str]) -> str:
     nothing for 443 (a browser adds no port to https:// URLs for it)."""
     port = int(listen[0].rpartition(":")[2])
     return "" if port == 443 else f":{port}"
-
