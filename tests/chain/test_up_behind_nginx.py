@@ -95,6 +95,11 @@ def test_chromium_signs_in_through_tls_nginx(stack: Stack, artifacts: Path) -> N
             # serves https through the loopback proxy), and back on the page asked for.
             expect(page).to_have_url(re.compile(r"^https://localhost:\d+/projects/demo$"))
             expect(page.get_by_text("erin").first).to_be_visible()
+            # And pploy's own forms work there too: the lock, taken and given back.
+            page.click("#gain-lock")
+            expect(page.locator("#lock-holder")).to_have_text("erin")
+            page.click("#lock-panel button[value=release]")
+            expect(page.locator("#lock-holder-none")).to_be_visible()
             page.screenshot(path=str(artifacts / "up-behind-nginx-signed-in.png"))
         finally:
             context.close()
