@@ -18,8 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from pploy.chain.nginx import NginxOptions, render
-from tests.chain.harness import Certs, Nginx
+from tests.chain.harness import Certs, Nginx, shipped_site
 from tests.chain.test_up import Up, login
 from tests.helpers import CHROMIUM_ARGS, free_port, require_binary
 
@@ -29,20 +28,8 @@ OFFICE_USER, OFFICE_PASSWORD = "ops", "office-secret"
 
 
 def office_site(port: int, upstream: str, certs: Certs, htpasswd: Path) -> str:
-    """`pploy nginx-config --server-name localhost --listen 127.0.0.1:PORT --upstream …
-    --allow 127.0.0.1/32 --htpasswd FILE --no-http-redirect`, through the CLI's own code."""
-    return render(
-        NginxOptions(
-            server_names=["localhost"],
-            listen=[f"127.0.0.1:{port}"],
-            http_listen=[],
-            upstream=upstream,
-            cert=str(certs.cert),
-            key=str(certs.key),
-            allow=["127.0.0.1/32"],
-            htpasswd=str(htpasswd),
-        )
-    )
+    """`pploy nginx-config … --allow 127.0.0.1/32 --htpasswd FILE`, through the CLI's code."""
+    return shipped_site(port, upstream, certs, allow=["127.0.0.1/32"], htpasswd=str(htpasswd))
 
 
 @dataclass
