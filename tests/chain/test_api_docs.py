@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -237,4 +236,3 @@ def test_every_unmarked_command_block_runs_as_written(tmp_path: Path) -> None:
     out = (tmp_path / "failing-one-shot.out").read_text()
     assert int((tmp_path / "failing-one-shot.rc").read_text()) != 0, out
     assert "about to fail" in out and out.rstrip().endswith("failed"), out
-    shutil.rmtree(home, ignore_errors=True)
