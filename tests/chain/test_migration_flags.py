@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from bench.procs import stop_process
 from pploy.cli import main
-from tests.helpers import DATA, free_port
+from tests.deploy.support import make_remote
+from tests.helpers import DATA, free_port, wait_port
 
 # go-pploy's flag set (main.go) and the pidfile package's -pidfile.
 GO_PPLOY_FLAGS = [
@@ -56,8 +59,6 @@ def test_exact_equivalents_are_understood(
 @pytest.mark.parametrize(
     ("args", "answer"),
     [
-        (["-lock", "10m"], "`lock: {gain_minutes: 10, extend_minutes: 10}` in the --config file"),
-        (["-lock=1h30m"], "`lock: {gain_minutes: 90, extend_minutes: 90}`"),
         (["-logmax", "20"], "`job: {keep_logs: 20}` in the --config file"),
         (["--logmax=7"], "`job: {keep_logs: 7}`"),
         (
@@ -80,6 +81,7 @@ def test_exact_equivalents_are_understood(
         (["-ldapdn", "ou=people,dc=example"], 'base_dn: "ou=people,dc=example"'),
         (["-ldapttl", "10m"], "`ldap: {…, cache_minutes: 10}`"),
         (["-lock"], "`lock: {gain_minutes: N, extend_minutes: N}`"),
+        (["-lock", "ten minutes"], "`lock: {gain_minutes: N, extend_minutes: N}` in the --config"),
     ],
 )
 def test_other_go_flags_are_answered_with_their_replacement(
@@ -111,12 +113,12 @@ def test_every_go_pploy_flag_is_known(tmp_path: Path, capsys: pytest.CaptureFixt
     """Each flag of go-pploy's main.go gets one of the two answers, none a bare argparse
     error, through the real command line (one process)."""
     for name in GO_PPLOY_FLAGS:
-        value = str(free_port()) if name == "port" else str(tmp_path / name)
+        value = {"port": str(free_port()), "lock": "10m"}.get(name, str(tmp_path / name))
         code, _, err = main_in_process(
             capsys, "serve", f"-{name}", value, "--users", "a", "--check-config"
         )
         assert "unrecognized arguments" not in err and "usage:" not in err, (name, err)
-        if name in ("workdir", "port", "prefix", "pidfile"):
+        if name in ("workdir", "port", "prefix", "pidfile", "lock"):
             assert code == 0, (name, err)
         else:
             assert code == 2 and "is go-pploy's flag; use " in err, (name, err)
@@ -176,3 +178,31 @@ def test_a_go_webhook_template_fails_check_config_and_start(
     code, out, err = main_in_process(capsys, "serve", "--config", str(conf), "--check-config")
     assert code == 0, err
     assert re.search(r"configuration OK", out)
+
+
+async def test_go_lock_duration_is_the_gain_and_the_extension(tmp_path: Path) -> None:
+    """`pploy serve -lock 2m` (go-pploy's spelling): a gained lock lasts 2 minutes and an
+    extension adds 2 minutes, as go-pploy's one duration did."""
+    remote = make_remote(tmp_path, name="myapp")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pploy", "serve", "-lock", "2m", f"-port={port}",
+         "-workdir", str(tmp_path / "work"), "--users", "alice"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err", "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    try:
+        wait_port(port, proc, tmp_path / "err")
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as session:
+            async with session.post(base + "/api/projects", json={"url": str(remote)}) as r:
+                assert r.status == 201, await r.text()
+            lock = base + "/api/projects/myapp/lock"
+            async with session.post(lock, json={"operation": "gain"}) as r:
+                gained = (await r.json())["lock"]["seconds_left"]
+            async with session.post(lock, json={"operation": "extend"}) as r:
+                extended = (await r.json())["lock"]["seconds_left"]
+        assert 110 < gained <= 120, gained
+        assert 230 < extended <= 240, extended
+    finally:
+        stop_process(proc)

@@ -13,8 +13,9 @@ from aiohttp import web
 from pploy import eventloop, log
 
 # go-pploy's flags (Go's flag package: -name VALUE, -name=VALUE, also with two dashes).
-# Those with an exact equivalent here are understood as it; each other one is answered with
-# the pploy setting that replaces it (docs/migrating.md), in one line.
+# Those with an exact equivalent here are understood as it (-lock D: a lock of D, extended by
+# D, as go-pploy's was); each other one is answered with the pploy setting that replaces it
+# (docs/migrating.md), in one line.
 GO_FLAGS_UNDERSTOOD = ("workdir", "port", "prefix", "pidfile")
 _TEMPLATE = (
     "`templates: {KEY: …}` of a `webhooks:` entry with `format: FORMAT` in the --config file, "
@@ -82,6 +83,22 @@ class _GoFlag(argparse.Action):
         parser.exit(2, f"pploy serve: {option_string} is go-pploy's flag; use {replacement}\n")
 
 
+class _GoLock(_GoFlag):
+    """go-pploy's ``-lock DURATION``: pploy's gain and extend minutes, both that long."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        minutes = go_minutes(values if isinstance(values, str) else None)
+        if minutes == "N":  # not a duration: say what to write instead
+            super().__call__(parser, namespace, values, option_string)
+        namespace.go_lock_minutes = float(minutes)
+
+
 def add_go_flags(parser: argparse.ArgumentParser) -> None:
     """go-pploy's single-dash flags, hidden from --help: the exact equivalents as aliases of
     pploy's own flags, the others answered with their replacement."""
@@ -90,8 +107,8 @@ def add_go_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"-{name}", dest=name, type=kind, help=argparse.SUPPRESS)
     for name in GO_FLAGS_REPLACED:
         parser.add_argument(
-            f"-{name}", f"--{name}", dest=f"go_{name}", nargs="?", action=_GoFlag,
-            help=argparse.SUPPRESS,
+            f"-{name}", f"--{name}", dest=f"go_{name}", nargs="?",
+            action=_GoLock if name == "lock" else _GoFlag, help=argparse.SUPPRESS,
         )  # fmt: skip
     parser.add_argument("-help", action="help", help=argparse.SUPPRESS)
 
@@ -105,9 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Settings come from --config, then PPLOY_* environment variables, then these flags."
         ),
         epilog=(
-            "go-pploy's flags -workdir, -port, -prefix and -pidfile work as their -- forms; "
-            "its other flags are answered with the setting that replaces them "
-            "(docs/migrating.md)."
+            "go-pploy's flags -workdir, -port, -prefix and -pidfile work as their -- forms, "
+            "and -lock 10m sets lock.gain_minutes and lock.extend_minutes to 10; its other "
+            "flags are answered with the setting that replaces them (docs/migrating.md)."
         ),
     )
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
@@ -145,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.users:
         overrides["users"] = [u.strip() for u in args.users.split(",") if u.strip()]
+    minutes = getattr(args, "go_lock_minutes", None)
+    if minutes is not None:  # go-pploy's -lock
+        overrides["lock.gain_minutes"] = overrides["lock.extend_minutes"] = minutes
     try:
         config = load_config(args.config, overrides)
         if args.demo and not config.users:
