@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.chain.harness import Certs, Nginx, shipped_site
+from tests.chain.test_api_docs import command_blocks
 from tests.chain.test_up import Up, login
 from tests.helpers import CHROMIUM_ARGS, free_port, require_binary
 
@@ -145,7 +146,7 @@ async def office_token(stack: Stack) -> str:
             return str((await r.json())["token"])
 
 
-def test_tokens_pass_from_the_office_network(stack: Stack) -> None:
+def test_tokens_pass_from_the_office_network(stack: Stack, tmp_path: Path) -> None:
     curl = require_binary("curl")
     token = asyncio.run(office_token(stack))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
@@ -157,14 +158,24 @@ def test_tokens_pass_from_the_office_network(stack: Stack) -> None:
     assert client.returncode == 0, client.stderr
     assert "signed in as alice" in client.stdout and "demo:" in client.stdout
 
-    # docs/api.md's call, from the office network (127.0.0.1): no password needed.
-    documented = ["-sf", "-H", f"Authorization: Bearer {token}", stack.url + "api/status"]
+    # docs/api.md's curl calls with a token, as written, from the office network (127.0.0.1):
+    # no password needed. (Not the block that makes a token with pploy up's own address.)
+    blocks = [
+        b.text for b in command_blocks()
+        if b.document == "docs/api.md" and "$PPLOY_TOKEN" in b.text and "curl" in b.text
+        and "cookies.txt" not in b.text and "127.0.0.1" not in b.text
+    ]  # fmt: skip
+    assert len(blocks) >= 3
     got = subprocess.run(
-        [curl, "--cacert", str(stack.certs.cafile), *documented],
-        capture_output=True, text=True, timeout=30,
+        ["bash", "-euo", "pipefail", "-c", "\n".join(blocks)],
+        env={**env, "PPLOY_URL": stack.url.rstrip("/"), "CURL_CA_BUNDLE": str(stack.certs.cafile)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert got.returncode == 0, got.stderr
-    assert '"user": "alice"' in got.stdout
+    assert got.returncode == 0, (got.stdout[-3000:], got.stderr[-3000:])
+    assert '"user": "alice"' in got.stdout  # status
+    assert "git checkout" in got.stdout  # the checkout's log, followed
+    assert "Deploying demo to staging as alice" in got.stdout  # the one-shot deploy
+    assert "\nsucceeded\n" in got.stdout and '"lock": null' in got.stdout
 
     # From outside it (127.0.0.2) nginx wants the office password first, token or not; with
     # the password the request reaches gate, which sees no credential at all (not alice).
