@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.server
 import json
 import os
 import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,3 +319,34 @@ class TextStream:
             raise AssertionError(
                 f"{marker!r} did not arrive within {timeout} s; got {self.data[-300:]!r}"
             ) from None
+
+
+# -- a stand-in upstream ------------------------------------------------------------------
+
+
+class RecordingUpstream:
+    """A plain HTTP upstream that answers 200 and remembers the headers it received."""
+
+    def __init__(self) -> None:
+        seen: list[dict[str, str]] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                seen.append(dict(self.headers.items()))
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"ok\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

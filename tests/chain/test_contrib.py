@@ -167,7 +167,8 @@ def test_nginx_config_fills_in_the_options(tmp_path: Path) -> None:
     assert "proxy_pass http://127.0.0.1:19999;" in text
     assert "ssl_certificate     /etc/ssl/deploy.pem;" in text
     assert "satisfy any;" in text and "allow 192.0.2.0/24;" in text
-    assert 'proxy_set_header Authorization "";' in text
+    assert "proxy_set_header Authorization $pploy_upstream_authorization;" in text
+    assert "return 301" not in text  # --no-http-redirect
     assert "proxy_read_timeout 2h;" in text
 
 

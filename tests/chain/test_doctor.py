@@ -184,3 +184,44 @@ async def test_heartbeats_keep_streams_alive_through_a_short_read_timeout(
     ws = probe(report, "pploy", "websocket")
     assert ws["verdict"] == "broken", brief(report)
     assert "websocket_heartbeat" in ws["fix"]
+
+
+def test_a_name_that_does_not_resolve_is_said_so_and_no_hop_is_blamed() -> None:
+    # `.invalid` never resolves (RFC 6761): no DNS server needed to fail.
+    result = subprocess.run(
+        [sys.executable, "-m", "pploy", "doctor", "https://pploy-doctor.invalid/",
+         "--duration", "0.3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert out.count("BROKEN      the name pploy-doctor.invalid does not resolve (DNS: ") == 6
+    assert "=> the name pploy-doctor.invalid does not resolve" in out
+    assert "check the host name in the URL" in out
+    assert "hop in front of gate" not in out and "cannot connect" not in out, out
+
+
+async def test_a_host_override_with_the_cookie_is_not_told_to_authenticate(
+    nginx: Nginx, certs: Certs, session_cookie: str
+) -> None:
+    """`-H 'Host: …'` (the name users type, the URL an address) with the session cookie: the
+    WebSocket Origin follows the Host, and nothing says "authentication needed"."""
+    host = f"localhost:{nginx.port}"
+    report = await diagnose(
+        options(nginx, certs, session_cookie, headers={"Host": host}, duration=0.5)
+    )
+    assert report["ok"] is True, brief(report)
+    assert set(verdicts(report).values()) == {"streaming"}, brief(report)
+    assert not any("authentication" in line for line in report["summary"]), report["summary"]
+
+
+async def test_a_refused_cookie_is_not_told_to_pass_a_cookie(nginx: Nginx, certs: Certs) -> None:
+    report = await diagnose(options(nginx, certs, "_gate_session=expired-or-forged", duration=0.3))
+    assert report["ok"] is False
+    assert {p["status"] for p in report["probes"]} == {401}
+    for p in report["probes"]:
+        assert "authentication needed" not in p["detail"], p["detail"]
+        assert "with a cookie passed" in p["detail"], p["detail"]
+    summary = "\n".join(report["summary"])
+    assert "refused with a cookie passed" in summary and "fresh cookie" in summary
+    assert "pass --cookie" not in summary and "authentication needed" not in summary

@@ -12,9 +12,7 @@ import asyncio
 import base64
 import contextlib
 import http.client
-import http.server
 import json
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tests.chain.harness import (
     Chain,
     Client,
     Nginx,
+    RecordingUpstream,
     TextStream,
     free_port,
     release,
@@ -290,34 +289,6 @@ async def test_nginx_buffers_an_upstream_that_does_not_opt_out(
     # Without it: nginx held line 1 back until the upstream ended the response.
     assert acknowledged[False] is False
     assert first_reads[False] == b"line 1\nline 2\n"
-
-
-class RecordingUpstream:
-    """A plain HTTP upstream that answers 200 and remembers the headers it received."""
-
-    def __init__(self) -> None:
-        seen: list[dict[str, str]] = []
-        self.seen = seen
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                seen.append(dict(self.headers.items()))
-                self.send_response(200)
-                self.send_header("Content-Length", "3")
-                self.end_headers()
-                self.wfile.write(b"ok\n")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ real pploy on loopback (and, for dropped connections, a real TCP relay that cuts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -184,5 +185,66 @@ async def test_ctrl_c_cancels_the_job_when_asked(tmp_path: Path) -> None:
         assert b"never" not in out and b"cancelled by alice" in out
         assert f"job #{job.id} cancelled" in err.decode()
     finally:
+        fifo.close()
+        await pploy.close()
+
+
+async def test_usage_errors_exit_2_not_a_failed_jobs_1(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+    for extra, message in (
+        ({}, "set PPLOY_TOKEN"),
+        ({"PPLOY_TOKEN": "  "}, "set PPLOY_TOKEN"),
+        ({"PPLOY_TOKEN": "pploy_x", "PPLOY_URL": "ftp://example.com"}, "http:// or https://"),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pploy", "client", "status", env={**env, **extra},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2, (extra, err)
+        assert err.decode().startswith("pploy client: ") and message in err.decode(), err
+        assert out == b""
+
+
+async def test_ctrl_c_cancels_when_started_as_a_scripts_background_job(tmp_path: Path) -> None:
+    """`sh -c 'pploy client … &'` starts the client with SIGINT ignored (POSIX, for a
+    background job of a non-interactive shell); SIGINT must still cancel the job."""
+    fifo = Fifo(tmp_path / "go")
+    script = f"#!/bin/sh\necho waiting\n{fifo.script_open()}\n{fifo.wait_cmd}\necho never\n"
+    pploy = await start_pploy(tmp_path / "work")
+    pidfile = tmp_path / "client.pid"
+    try:
+        token = await token_for(pploy)
+        name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
+        await pploy.gain(name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
+        env.update(PPLOY_URL=pploy.base, PPLOY_TOKEN=token)
+        line = (
+            f"'{sys.executable}' -m pploy client deploy {name} staging --cancel-on-interrupt & "
+            f"echo $! > '{pidfile}'; wait $!"
+        )
+        shell = await asyncio.create_subprocess_exec(
+            "sh", "-c", line, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert shell.stdout is not None
+        seen = b""
+        while b"waiting" not in seen:  # the deploy runs and the client follows it
+            chunk = await asyncio.wait_for(shell.stdout.readline(), 30)
+            assert chunk, seen
+            seen += chunk
+        # The shell wrote the pid right after starting the client, long before its output.
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGINT)
+        rest, err = await asyncio.wait_for(shell.communicate(), 60)
+        assert shell.returncode == 1, err  # the job's result: cancelled
+        job = pploy.services.store.list_jobs(name, 1)[0]
+        assert job.status == "cancelled" and job.cancelled_by == "alice"
+        assert b"never" not in seen + rest
+        assert f"job #{job.id} cancelled" in err.decode()
+    finally:
+        if pidfile.exists():  # a client that ignored the signal must not outlive the test
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
         fifo.close()
         await pploy.close()

@@ -26,12 +26,17 @@ examples:
   pploy up                          http://127.0.0.1:9999/
   pploy up --port 8443 --tls        https://127.0.0.1:8443/ (self-signed certificate)
   pploy up --workdir /tmp/try       a throw-away stack
+
+Behind your own TLS proxy on this machine (e.g. `pploy nginx-config --upstream
+127.0.0.1:9999`) it works as it is: gate listens on loopback and believes a loopback peer's
+X-Forwarded-Proto (never a host from a header), so browsers at https://... can sign in.
 """
 
 NGINX_DESCRIPTION = """\
 Print the shipped nginx site configuration for pploy behind gate, filled in: TLS, HTTP/1.1
 to gate, the WebSocket upgrade map, a read timeout above the stream heartbeats, and
-optionally an office-network allowlist with basic auth for everyone else (`satisfy any`).
+optionally an office-network allowlist with basic auth for everyone else (`satisfy any`):
+the password stays at nginx, an API token (`Authorization: Bearer`) is passed on.
 Streams need no `proxy_buffering off`: pploy and gate send `X-Accel-Buffering: no` on them.
 Put the output in nginx's http context (e.g. /etc/nginx/sites-enabled/pploy.conf).
 """
@@ -142,7 +147,8 @@ def _register_nginx(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "--listen",
         action="append",
         metavar="[ADDR:]PORT",
-        help="HTTPS listen address (repeatable; default 443 and [::]:443)",
+        help="HTTPS listen address (repeatable; default 443 and [::]:443); the plain-HTTP "
+        "redirect names the first one's port unless it is 443",
     )
     parser.add_argument(
         "--http-listen",

@@ -2,7 +2,8 @@
 
 The template (``templates/nginx-site.conf``) is the configuration users run: TLS, HTTP/1.1 to
 gate, the WebSocket upgrade map, a read timeout above the heartbeats, and optionally an
-office-network allowlist with basic auth as ``satisfy any``. ``contrib/nginx/pploy.conf`` is
+office-network allowlist with basic auth as ``satisfy any`` (the password never passed on, an
+API token's ``Authorization: Bearer`` passed on). ``contrib/nginx/pploy.conf`` is
 this template rendered with the defaults.
 """
 
@@ -87,4 +88,12 @@ def render(options: NginxOptions) -> str:
         htpasswd=options.htpasswd,
         read_timeout=options.read_timeout,
         http2=options.http2,
+        redirect_port=redirect_port(options.listen),
     )
+
+
+def redirect_port(listen: list[str]) -> str:
+    """The ``:PORT`` the plain-HTTP redirect must name: the first HTTPS listen address's port,
+    nothing for 443 (a browser adds no port to https:// URLs for it)."""
+    port = int(listen[0].rpartition(":")[2])
+    return "" if port == 443 else f":{port}"

@@ -31,6 +31,7 @@ DEFAULT_PORT = 9999
 HOST = "127.0.0.1"
 SHUTDOWN_GRACE_SECONDS = 5.0
 GATE_AUDIENCE = "pploy"  # pploy's auth.gate_audience = gate's assertion_audience on its route
+LOOPBACK_PROXIES = ["127.0.0.0/8", "::1/128"]  # gate's trusted_proxies under `pploy up`
 
 
 def default_workdir() -> Path:
@@ -200,6 +201,10 @@ def gate_config(files: StackFiles, port: int, pploy_port: int, prefix: str = "")
             }
         ],
         "htdocs": None,
+        # gate listens on loopback only: a peer there is this machine, e.g. nginx terminating
+        # TLS in front. Believe its X-Forwarded-Proto (a browser at https://… sends an https
+        # Origin with its sign-in form); gate never takes the host from a proxy header.
+        "trusted_proxies": LOOPBACK_PROXIES,
     }
     if files.cert and files.key:
         data["ssl"] = {"cert": str(files.cert), "key": str(files.key)}

@@ -49,16 +49,18 @@ def _say(text: str) -> None:
     print(f"[pploy client] {text}", file=sys.stderr, flush=True)
 
 
+class UsageError(Exception):
+    """The command cannot run as given (exit status 2, not 1: 1 is a failed job's)."""
+
+
 def _api() -> Api:
     token = os.environ.get("PPLOY_TOKEN", "").strip()
     if not token:
-        raise SystemExit(
-            'pploy client: set PPLOY_TOKEN to an API token (pploy\'s "API tokens" page)'
-        )
+        raise UsageError('set PPLOY_TOKEN to an API token (pploy\'s "API tokens" page)')
     try:
         return Api(os.environ.get("PPLOY_URL") or DEFAULT_URL, token)
     except ValueError as exc:
-        raise SystemExit(f"pploy client: {exc}") from None
+        raise UsageError(str(exc)) from None
 
 
 def _print_json(data: Any) -> None:
@@ -176,8 +178,14 @@ def cmd_log(api: Api, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Ctrl-C must reach us even when started with SIGINT ignored (a background job of a
+    # script: `sh -c 'pploy client deploy … &'`), or --cancel-on-interrupt cancels nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.client_func(_api(), args))
+    except UsageError as exc:
+        print(f"pploy client: {exc}", file=sys.stderr)
+        return USAGE
     except ApiError as exc:
         _say(f"refused: {exc}")
         return REFUSED
@@ -257,5 +265,4 @@ def main(argv: list[str] | None = None) -> int:
     top = argparse.ArgumentParser(prog="pploy")
     register(top.add_subparsers(dest="command"))
     args = top.parse_args(["client", *(sys.argv[1:] if argv is None else argv)])
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     return int(args.func(args))

@@ -3,14 +3,116 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import sys
 from types import FrameType
+from typing import Any
 
 from aiohttp import web
 
 from pploy import eventloop, log
+
+# go-pploy's flags (Go's flag package: -name VALUE, -name=VALUE, also with two dashes).
+# Those with an exact equivalent here are understood as it (-lock D: a lock of D, extended by
+# D, as go-pploy's was); each other one is answered with the pploy setting that replaces it
+# (docs/migrating.md), in one line.
+GO_FLAGS_UNDERSTOOD = ("workdir", "port", "prefix", "pidfile")
+_TEMPLATE = (
+    "`templates: {KEY: …}` of a `webhooks:` entry with `format: FORMAT` in the --config file, "
+    "written with {user}, {project}, {env} for Go's {{.User}}, {{.Project}}, {{.Env}}"
+)
+
+
+def _template(key: str, format: str) -> str:
+    return _TEMPLATE.replace("KEY", key).replace("FORMAT", format)
+
+
+# {value} and {minutes} are filled in from the flag's value.
+GO_FLAGS_REPLACED = {
+    "lock": "`lock: {gain_minutes: {minutes}, extend_minutes: {minutes}}` in the --config file "
+    "(go-pploy's one duration did both)",
+    "logmax": "`job: {keep_logs: {value}}` in the --config file (logs kept per project)",
+    "webhook": "`webhooks: [{url: URL, format: slack}]` in the --config file",
+    "lockgained": _template("lock.gained", "slack"),
+    "lockreleased": _template("lock.released", "slack"),
+    "lockextended": _template("lock.extended", "slack"),
+    "deployed": _template("job.finished", "slack"),
+    "ddapikey": "`webhooks: [{format: datadog, api_key: KEY}]` in the --config file",
+    "ddappkey": "nothing: Datadog's events API needs only the API key "
+    "(`webhooks: [{format: datadog, api_key: KEY}]` in the --config file)",
+    "ddlockgained": _template("lock.gained", "datadog"),
+    "ddlockreleased": _template("lock.released", "datadog"),
+    "ddlockextended": _template("lock.extended", "datadog"),
+    "dddeployed": _template("job.finished", "datadog"),
+    "ldaphost": '`ldap: {url: "ldap://HOST:PORT", base_dn: DN}` in the --config file',
+    "ldapport": '`ldap: {url: "ldap://HOST:{value}", base_dn: DN}` in the --config file',
+    "ldapdn": '`ldap: {url: "ldap://HOST:PORT", base_dn: "{value}"}` in the --config file',
+    "ldapttl": "`ldap: {…, cache_minutes: {minutes}}` in the --config file",
+}
+# Values that are secrets (a Slack hook URL is one) are never echoed back.
+_SAFE_TO_ECHO = {"lock", "logmax", "ldapport", "ldapdn", "ldapttl"}
+_GO_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def go_minutes(duration: str | None) -> str:
+    """A Go duration (``10m``, ``1h30m``, ``90s``) in minutes, or ``N`` when it is not one."""
+    match = _GO_DURATION.match(duration or "")
+    if not duration or not match or not any(match.groups()):
+        return "N"
+    hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    return f"{hours * 60 + minutes + seconds / 60:g}"
+
+
+class _GoFlag(argparse.Action):
+    """A go-pploy flag pploy has no flag for: one line naming what replaces it, exit 2."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        name = self.dest.removeprefix("go_")
+        value = values if isinstance(values, str) and name in _SAFE_TO_ECHO else None
+        replacement = (
+            GO_FLAGS_REPLACED[name]
+            .replace("{value}", value or "N")
+            .replace("{minutes}", go_minutes(value))
+        )
+        parser.exit(2, f"pploy serve: {option_string} is go-pploy's flag; use {replacement}\n")
+
+
+class _GoLock(_GoFlag):
+    """go-pploy's ``-lock DURATION``: pploy's gain and extend minutes, both that long."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        minutes = go_minutes(values if isinstance(values, str) else None)
+        if minutes == "N":  # not a duration: say what to write instead
+            super().__call__(parser, namespace, values, option_string)
+        namespace.go_lock_minutes = float(minutes)
+
+
+def add_go_flags(parser: argparse.ArgumentParser) -> None:
+    """go-pploy's single-dash flags, hidden from --help: the exact equivalents as aliases of
+    pploy's own flags, the others answered with their replacement."""
+    for name in GO_FLAGS_UNDERSTOOD:
+        kind = int if name == "port" else str
+        parser.add_argument(f"-{name}", dest=name, type=kind, help=argparse.SUPPRESS)
+    for name in GO_FLAGS_REPLACED:
+        parser.add_argument(
+            f"-{name}", f"--{name}", dest=f"go_{name}", nargs="?",
+            action=_GoLock if name == "lock" else _GoFlag, help=argparse.SUPPRESS,
+        )  # fmt: skip
+    parser.add_argument("-help", action="help", help=argparse.SUPPRESS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +122,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run pploy's deploy manager: projects, locks, jobs and their live logs. "
             "Settings come from --config, then PPLOY_* environment variables, then these flags."
+        ),
+        epilog=(
+            "go-pploy's flags -workdir, -port, -prefix and -pidfile work as their -- forms, "
+            "and -lock 10m sets lock.gain_minutes and lock.extend_minutes to 10; its other "
+            "flags are answered with the setting that replaces them (docs/migrating.md)."
         ),
     )
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
@@ -41,6 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
+    add_go_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -56,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.users:
         overrides["users"] = [u.strip() for u in args.users.split(",") if u.strip()]
+    minutes = getattr(args, "go_lock_minutes", None)
+    if minutes is not None:  # go-pploy's -lock
+        overrides["lock.gain_minutes"] = overrides["lock.extend_minutes"] = minutes
     try:
         config = load_config(args.config, overrides)
         if args.demo and not config.users:

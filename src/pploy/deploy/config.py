@@ -8,6 +8,7 @@ reporting errors is ``pploy.configfile``'s, shared with gate (``ConfigError`` is
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +128,9 @@ WebhookEvent = Literal[
 ]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = typing.get_args(WebhookEvent)
 DATADOG_SITE = "https://api.datadoghq.com"
+# Go's text/template actions: {{.Field}}, {{ .Field }}, {{if …}}, {{- …}}, {{$x}}.
+_GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|\$|(if|range|with|end|else|printf|template)\b)")
+_GO_FIELD = re.compile(r"\{\{-?\s*\.([A-Za-z_]\w*)\s*-?\}\}")
 
 
 class WebhookConfig(_Strict):
@@ -175,6 +179,19 @@ class WebhookConfig(_Strict):
             raise ValueError("required by the datadog format (Datadog's API key)")
         if value and not datadog:
             raise ValueError("only the datadog format sends one")
+        return value
+
+    @field_validator("templates")
+    @classmethod
+    def _python_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        """go-pploy's templates were Go's (``{{.User}}``); here they would be sent literally."""
+        for key, text in value.items():
+            if _GO_TEMPLATE.search(text):
+                fixed = _GO_FIELD.sub(lambda m: "{" + m.group(1).lower() + "}", text)
+                raise ValueError(
+                    f"{key}: {text!r} is Go template syntax (go-pploy's); pploy fills Python "
+                    f"format fields: write {fixed!r}"
+                )
         return value
 
 

@@ -43,3 +43,14 @@ def same_origin_post(gate: Gate, request: web.Request) -> bool:
     if origin is None:
         return True
     return origin.lower() == gate.auth.own_origin(request)
+
+
+def cross_site_reason(gate: Gate, request: web.Request) -> str:
+    """Why a post counted as cross-site: the Origin it carried, the origin gate believes it
+    serves, and the setting that makes gate believe a TLS proxy's scheme."""
+    return (
+        f"this form came from Origin {request.headers.get('Origin', '')[:200]}, but gate serves "
+        f"{gate.auth.own_origin(request)} as far as it can tell. If a proxy in front of gate "
+        "terminates TLS (or changes the port), list its address in gate's trusted_proxies so "
+        "gate believes its X-Forwarded-Proto, and have it pass the Host the browser used."
+    )

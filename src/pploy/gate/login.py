@@ -15,7 +15,7 @@ from aiohttp import web
 
 from pploy import log
 from pploy.gate import requestkeys as keys
-from pploy.gate.cookies import clear_cookie, same_origin_post, set_cookie
+from pploy.gate.cookies import clear_cookie, cross_site_reason, same_origin_post, set_cookie
 from pploy.gate.core import STATE_COOKIE, Gate
 from pploy.gate.pages import page
 from pploy.gate.providers import Forbidden, LoginFailed, UserInfo
@@ -132,8 +132,9 @@ async def handle_login(gate: Gate, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":
             if not same_origin_post(gate, request):
                 return page(
-                    403, "Sign-in refused", request, message="Cross-site sign-in is not allowed."
-                )
+                    403, "Sign-in refused", request, message="Cross-site sign-in is not allowed.",
+                    reason=cross_site_reason(gate, request),
+                )  # fmt: skip
             form = await request.post()
             next_path = str(form.get("next") or "/")
             try:

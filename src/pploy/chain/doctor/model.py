@@ -52,6 +52,7 @@ class Probe:
     ended_at: float | None = None
     close_code: int | None = None
     error: str | None = None
+    unresolved: bool = False  # the URL's host name did not resolve (DNS)
     verdict: str = "broken"
     detail: str = ""
     hop: str = ""
@@ -102,6 +103,21 @@ class Options:
         if self.heartbeat is not None:
             params["heartbeat"] = f"{self.heartbeat:g}"
         return urlencode(params)
+
+    @property
+    def credentials(self) -> str | None:
+        """What the run authenticates with, as said to the user (None: nothing)."""
+        names = {name.lower() for name in self.headers}
+        if self.cookies or "cookie" in names:
+            return "a cookie"
+        if "authorization" in names:
+            return "an Authorization header"
+        return None
+
+    @property
+    def host_header(self) -> str | None:
+        """The ``Host`` a ``--header`` sets instead of the URL's, if any."""
+        return next((v for k, v in self.headers.items() if k.lower() == "host"), None)
 
     @property
     def read_timeout(self) -> float:

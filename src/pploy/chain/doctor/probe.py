@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -96,7 +97,12 @@ async def run_probe(session: aiohttp.ClientSession, probe: Probe, options: Optio
     except aiohttp.ClientConnectorCertificateError as exc:
         probe.error = f"TLS certificate not trusted: {exc.certificate_error} (--cacert or -k)"
     except aiohttp.ClientConnectorError as exc:
-        probe.error = f"cannot connect: {exc.os_error or exc}"
+        if isinstance(exc.os_error, socket.gaierror):
+            host = urlsplit(probe.url).hostname
+            probe.error = f"the name {host} does not resolve (DNS: {exc.os_error.strerror})"
+            probe.unresolved = True
+        else:
+            probe.error = f"cannot connect: {exc.os_error or exc}"
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
         probe.ended_at = time.perf_counter() - started
         probe.error = f"connection cut: {type(exc).__name__}"
@@ -155,7 +161,7 @@ async def _read_chunked(session: aiohttp.ClientSession, probe: Probe, options: O
         probe.status = response.status
         _keep_headers(probe, response.headers)
         if response.status != 200:
-            probe.error = await _http_error(response)
+            probe.error = await _http_error(response, options.credentials)
             return
         pending = b""
         async for data in response.content.iter_any():
@@ -182,7 +188,7 @@ async def _read_sse(session: aiohttp.ClientSession, probe: Probe, options: Optio
         probe.status = response.status
         _keep_headers(probe, response.headers)
         if response.status != 200:
-            probe.error = await _http_error(response)
+            probe.error = await _http_error(response, options.credentials)
             return
         pending = ""
         async for data in response.content.iter_any():
@@ -210,7 +216,8 @@ async def _read_sse(session: aiohttp.ClientSession, probe: Probe, options: Optio
 async def _read_websocket(session: aiohttp.ClientSession, probe: Probe, options: Options) -> None:
     clock = _Clock()
     parts = urlsplit(probe.url)
-    origin = f"{parts.scheme.replace('ws', 'http', 1)}://{parts.netloc}"
+    # A browser's Origin names the host it is on: the Host a --header sets, if one does.
+    origin = f"{parts.scheme.replace('ws', 'http', 1)}://{options.host_header or parts.netloc}"
     try:
         ws = await session.ws_connect(
             probe.url, headers={"Origin": origin}, autoping=True, max_msg_size=1 << 20
@@ -220,6 +227,8 @@ async def _read_websocket(session: aiohttp.ClientSession, probe: Probe, options:
         if exc.headers:
             _keep_headers(probe, exc.headers)
         probe.error = f"WebSocket handshake refused: HTTP {exc.status} {exc.message}".strip()
+        if exc.status in (401, 403) and options.credentials:
+            probe.error += f" (with {options.credentials} passed)"
         return
     probe.status = 101
     _keep_headers(probe, ws._response.headers)
@@ -248,14 +257,16 @@ async def _read_websocket(session: aiohttp.ClientSession, probe: Probe, options:
             probe.close_code = ws.close_code or 1006
 
 
-async def _http_error(response: aiohttp.ClientResponse) -> str:
+async def _http_error(response: aiohttp.ClientResponse, credentials: str | None) -> str:
     location = response.headers.get("Location")
     if response.status in (301, 302, 303, 307, 308):
         return f"HTTP {response.status} redirect to {location} (a login page? pass --cookie)"
-    if response.status in (401, 403):
-        return f"HTTP {response.status}: authentication needed (pass --cookie NAME=VALUE)"
     body = (await response.content.read(300)).decode(errors="replace").strip()
     first = body.splitlines()[0][:120] if body else ""
+    if response.status in (401, 403):
+        if not credentials:
+            return f"HTTP {response.status}: authentication needed (pass --cookie NAME=VALUE)"
+        return f"HTTP {response.status} with {credentials} passed" + (f": {first}" if first else "")
     return f"HTTP {response.status}" + (f": {first}" if first else "")
 
 

@@ -18,7 +18,7 @@ def build(options: Options, probes: list[Probe]) -> dict[str, Any]:
             "heartbeat": options.heartbeat,
         },
         "probes": [p.to_json() for p in probes],
-        "summary": summarise(probes),
+        "summary": summarise(probes, options),
         "ok": healthy(probes),
     }
 

@@ -257,19 +257,44 @@ def judge(probe: Probe, options: Options) -> Rule:
 # -- across probes ---------------------------------------------------------------------------
 
 
-def summarise(probes: list[Probe]) -> list[str]:
-    """Where the trouble is, comparing gate's endpoint (nginx → gate) with pploy's
-    (nginx → gate → pploy)."""
-    lines = []
-    by_key = {(p.endpoint, p.transport): p for p in probes}
-    if not any(p.available for p in probes):
-        return ["no stream-test endpoint answered: is this a pploy or gate URL?"]
-    if any(p.status in (401, 403) or (p.status or 0) // 100 == 3 for p in probes):
-        lines.append(
+def _unreached(probes: list[Probe]) -> list[str]:
+    """Nothing answered at all: say why, and blame no hop (none was reached)."""
+    first = probes[0]
+    if all(p.unresolved for p in probes):
+        return [
+            f"{first.error}: check the host name in the URL (or run the doctor where that "
+            "name resolves); no hop answered, so none is to blame"
+        ]
+    return [f"nothing answered ({first.error}); no hop answered, so none is to blame"]
+
+
+def _refused(probes: list[Probe], options: Options | None) -> str:
+    credentials = options.credentials if options else None
+    if not credentials:
+        return (
             "authentication needed: sign in with a browser, copy gate's session cookie "
             "(_gate_session unless auth.session.cookie_name says otherwise) and pass "
             "--cookie _gate_session=VALUE"
         )
+    refused = next(p for p in probes if p.status in REFUSED)
+    return (
+        f"refused with {credentials} passed ({refused.endpoint} {refused.transport}: "
+        f"{refused.error}): the session may have ended or belong to another site (sign in "
+        "again and copy a fresh cookie), or the site refuses this Host or Origin"
+    )
+
+
+def summarise(probes: list[Probe], options: Options | None = None) -> list[str]:
+    """Where the trouble is, comparing gate's endpoint (nginx → gate) with pploy's
+    (nginx → gate → pploy)."""
+    lines = []
+    by_key = {(p.endpoint, p.transport): p for p in probes}
+    if probes and all(p.status is None and p.error and not p.ticks for p in probes):
+        return _unreached(probes)
+    if not any(p.available for p in probes):
+        return ["no stream-test endpoint answered: is this a pploy or gate URL?"]
+    if any(p.status in REFUSED for p in probes):
+        lines.append(_refused(probes, options))
     for transport in TRANSPORTS:
         gate = by_key.get(("gate", transport))
         pploy = by_key.get(("pploy", transport))
