@@ -34,14 +34,15 @@ import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from pploy import log, streamtest
+from pploy import log
 from pploy.gate import guards, requestlog
 from pploy.gate import requestkeys as keys
 from pploy.gate.core import Gate
 from pploy.gate.endpoints import Endpoints
 from pploy.gate.forwarding import upstream_headers
+from pploy.gate.plan import Serve, plan
 from pploy.gate.relay import Origin, Outcome, Pool, Relay, Result, head_bytes
-from pploy.gate.routing import BadPath, Route, encode_path, parse_target, request_host
+from pploy.gate.routing import BadPath, Route, encode_path, parse_target
 
 # aiohttp refuses these when sent twice; such a request is handed to it to refuse.
 SINGLETON_HEADERS = frozenset(
@@ -66,6 +67,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods whose request gets an explicit empty body (aiohttp's client sends the same).
 EMPTY_BODY = frozenset({"POST", "PUT", "PATCH"})
 GUARDS = (guards.host, *guards.BEFORE_PROXY)
+# Requests for these are handed over as reason "route"; for gate's own endpoints, "endpoint".
+ROUTE_REASONS = frozenset({Serve.SLASH_REDIRECT, Serve.STATIC, Serve.NOT_FOUND})
 
 
 class FastRequest(dict[Any, Any]):
@@ -191,9 +194,7 @@ class FastPath:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for conn in [
-                c
-                for c in self.connections
-                if c.task is None and now - c.last > self.idle_timeout
+                c for c in self.connections if c.task is None and now - c.last > self.idle_timeout
             ]:
                 conn.close()
 
@@ -255,14 +256,6 @@ class FastPath:
             target = parse_target(raw_path)
         except BadPath:
             return "target"
-        path = target.path
-        endpoints = self.endpoints
-        if (
-            path in endpoints.public
-            or path in endpoints.private
-            or path.startswith(streamtest.GATE_PREFIX)
-        ):
-            return "endpoint"
         request = FastRequest(
             sink.method.decode("ascii"),
             raw_path,
@@ -271,13 +264,15 @@ class FastPath:
             conn.secure,
             sink.keep_alive,
         )
-        route = self.gate.router.match(request_host(request.host), target)
-        if route is None or route.needs_slash_redirect(target):
-            return "route"
+        serving = plan(self.gate, self.endpoints, request.host, target, websocket=False)
+        route = serving.route
+        if serving.serve is not Serve.PROXY or route is None:
+            return "route" if serving.serve in ROUTE_REASONS else "endpoint"
         origin = self.origin_of(route)
         if origin is None:
             return "scheme"
         request[keys.TARGET] = target
+        request[keys.PLAN] = serving
         request.route = route
         request.origin = origin
         return request

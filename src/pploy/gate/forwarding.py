@@ -26,7 +26,8 @@ from pploy.gate.headers import (
     strip_cookies,
 )
 from pploy.gate.incoming import Incoming
-from pploy.gate.routing import encode_path, request_host
+from pploy.gate.plan import Plan, Serve
+from pploy.gate.routing import encode_path
 from pploy.identity import Identity
 
 # Never passed on as the client sent them (precomputed; the Connection header's own tokens are
@@ -95,18 +96,19 @@ def upstream_headers(
     return out
 
 
-async def forward(gate: Gate, request: web.Request) -> web.StreamResponse:
+async def forward(gate: Gate, request: web.Request, serving: Plan) -> web.StreamResponse:
     """The admitted request to its proxy route (HTTP or WebSocket), else to htdocs, else 404."""
     target = request[keys.TARGET]
     websocket = is_websocket(request.headers)
-    route = gate.router.match(request_host(request.host), target)
-    if route is None:
-        if gate.static is not None and not websocket:
-            request[keys.ROUTE] = "static"
-            return await gate.static.handle(request, target)
+    if serving.serve is Serve.STATIC:
+        assert gate.static is not None
+        request[keys.ROUTE] = "static"
+        return await gate.static.handle(request, target)
+    route = serving.route
+    if route is None or serving.serve is Serve.NOT_FOUND:
         raise web.HTTPNotFound()
     request[keys.ROUTE] = route.label
-    if route.needs_slash_redirect(target):
+    if serving.serve is Serve.SLASH_REDIRECT:
         location = target.path + "/" + (f"?{target.query}" if target.query else "")
         raise web.HTTPFound(location)  # gate's status; a 301 would be cached for good
 
