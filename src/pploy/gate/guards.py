@@ -24,13 +24,15 @@ from pploy.gate.incoming import Incoming
 from pploy.gate.login import login_url, redirect
 from pploy.gate.pages import page
 from pploy.gate.providers import LoginFailed
+from pploy.gate.routing import parse_host
 
 Guard = Callable[[Gate, Incoming], Awaitable[web.StreamResponse | None]]
 
 
 async def host(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """Only names gate is configured for (or IP literals and localhost, which no attacker can
-    point elsewhere) are served; 421 for any other, 400 without a Host."""
+    point elsewhere) are served; 421 for any other, 400 without a Host or with one that is not
+    ``host[:port]`` (:func:`pploy.gate.routing.parse_host`)."""
     name = request.headers.get("Host")
     if name is not None and gate.serves_host(name):
         return None
@@ -43,6 +45,8 @@ async def host(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     )
     if name is None:
         return web.Response(status=400, text="a Host header is required\n")
+    if parse_host(name) is None:
+        return web.Response(status=400, text="the Host header must be host[:port]\n")
     return web.Response(
         status=421,
         text=f"this gate does not serve the host {name!r}; if it should, add the name to "
