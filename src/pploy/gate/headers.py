@@ -107,9 +107,17 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
     return tokens
 
 
+# What frames a response body: named in ``Connection`` it is still not dropped, or a body on a
+# kept connection would lose its end (gate would have to re-frame it; it passes it instead).
+FRAMING = frozenset({"content-length"})
+
+
 def response_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """Upstream response headers minus hop-by-hop ones."""
-    drop = HOP_BY_HOP | connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
+    """Upstream response headers minus hop-by-hop ones (``Content-Length`` is never one)."""
+    if "Connection" in upstream:
+        drop = HOP_BY_HOP | (connection_tokens(upstream) - FRAMING)
+    else:
+        drop = HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if canonical(name) not in drop:

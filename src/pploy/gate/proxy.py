@@ -115,6 +115,20 @@ class IdleSweep:
                     upstream.close()
 
 
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, but a pooled connection that received bytes while idle (a late
+    response nobody asked for, queued by aiohttp's parser) is closed, never handed to the next
+    request: it would read those bytes as its own answer."""
+
+    async def _get(self, key: Any, traces: Any) -> Any:
+        while True:
+            connection = await super()._get(key, traces)
+            protocol = connection.protocol if connection is not None else None
+            if protocol is None or not protocol.should_close:
+                return connection
+            connection.close()  # type: ignore[union-attr]
+
+
 class UpstreamProxy:
     """Holds the client session used for every upstream; one per gate process."""
 
@@ -126,7 +140,7 @@ class UpstreamProxy:
 
     async def start(self) -> None:
         # limit=0: no pool cap, or 100 long streams would block every other request.
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
+        connector = _Connector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=None,

@@ -216,6 +216,12 @@ class Relay(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:
+                # More after the response's end (a second head nobody asked for): the
+                # response is relayed up to its end, and this connection never used again.
+                self.close()
+                self._finish(Outcome.OK)
+                return
             # Malformed, or an upgrade (101) gate never asked for: this connection is done.
             self.error = exc
             self.close()
@@ -247,6 +253,10 @@ class Relay(asyncio.Protocol):
 
     # --- httptools callbacks -----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Unasked("the upstream sent another response nobody asked for")
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
@@ -269,7 +279,7 @@ class Relay(asyncio.Protocol):
         headers = response_headers(upstream)
         has_body = not self.head_only and status not in NO_BODY_STATUSES
         if has_body:
-            if "Content-Length" not in upstream:
+            if "Content-Length" not in headers:  # as the client will see it: re-framed
                 self.chunked = True
                 self.until_close = "chunked" not in upstream.get("Transfer-Encoding", "").lower()
                 headers.popall("Content-Length", None)
@@ -307,6 +317,10 @@ class Relay(asyncio.Protocol):
             self.out.append(b"0\r\n\r\n")
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
+
+
+class _Unasked(Exception):
+    """Stops the parser at bytes after the end of the response asked for."""
 
 
 def head_bytes(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
