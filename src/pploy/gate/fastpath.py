@@ -155,7 +155,8 @@ class FastPath:
         idle_timeout: float,
     ) -> None:
         """``full_server``: aiohttp's protocol factory, to hand connections to;
-        ``idle_timeout``: how long a client connection may sit without a complete request."""
+        ``idle_timeout``: how long a client connection may go without a complete request
+        head, from its opening or the end of its previous response (``head_timeout``)."""
         self.gate = gate
         self.idle_timeout = idle_timeout
         self.endpoints = endpoints
@@ -188,10 +189,11 @@ class FastPath:
         await self.pool.close()
 
     async def _sweep(self) -> None:
-        """Close client connections idle (or stuck in the middle of a head) for longer than
-        the full server's keep-alive timeout: slowloris gets no more time here than there."""
+        """Close client connections without a complete request head for ``idle_timeout``
+        since their opening or their last response, idle or in the middle of a head: bytes
+        trickling in buy no time (slowloris), as on aiohttp's server."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
             now = time.monotonic()
             for conn in [
                 c for c in self.connections if c.task is None and now - c.last > self.idle_timeout
@@ -393,7 +395,7 @@ class FrontConnection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.writing_paused = False
-        self.last = time.monotonic()
+        self.last = time.monotonic()  # the start of the wait for a complete head
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -407,7 +409,6 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self.last = time.monotonic()
         if self.task is None:
             self._next()
         elif len(self.buffer) > MAX_PENDING and not self.reading_paused:
