@@ -7,6 +7,8 @@ provider's login form, and follows the provider's redirect back to gate's callba
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import subprocess
 import time
@@ -98,6 +100,10 @@ async def gate(provider, upstream):
     running = await start_gate(config)
     yield running
     await running.server.stop()
+
+
+def _b64json(part: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def _with_param(url: str, **changes: str) -> str:
@@ -208,6 +214,7 @@ async def test_exact_address_restriction_admits_that_address(gate):
         ("eve", "eve@badexample.com"),  # a domain that merely ends with the allowed one
         ("trick", "a@evil.test@example.com"),  # two @: the part after the last is not enough
         ("carol", "carol@example.com"),  # right domain, address not verified
+        ("dave", "dave@example.com"),  # right domain, no email_verified claim at all
         ("noemail", "noemail"),  # nothing to check the restrictions against
     ],
 )
@@ -220,6 +227,50 @@ async def test_restricted_users_get_a_clear_403(gate, user, shown):
         assert session_cookie(client) is None
         async with client.get(gate.url + "/app/x", allow_redirects=False) as r:
             assert r.status == 401
+
+
+async def test_an_unverified_address_is_never_passed_on_as_the_users_email(provider, upstream):
+    """Issue 21: without ``email_verified: true`` an address is not the user's email: not for
+    ``restrictions`` (above), and not upstream: neither the email header nor the assertion
+    carries it, nor does the user name (``user_claim`` is ``email`` by default)."""
+    config = {
+        "address": "127.0.0.1:0",
+        "auth": {
+            "session": {"key": SESSION_KEY},
+            "info": {
+                "service": "oidc",
+                "issuer": provider,
+                "client_id": "gate",
+                "client_secret": "gate-test-secret",
+                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
+            },
+        },
+        "htdocs": None,  # no restrictions: any account of the provider may sign in
+        "proxy": [{"path": "/app", "dest": upstream.url, "assertion_audience": "pploy"}],
+    }
+    running = await start_gate(config)
+    try:
+        for user, address, verified in (
+            ("dave", "dave@example.com", False),  # no email_verified claim
+            ("carol", "carol@example.com", False),  # email_verified: false
+            ("alice", "alice@example.com", True),
+        ):
+            async with client_session() as client:
+                resp = await full_login(client, running, user, "/app/who")
+                assert resp.status == 303, await resp.text()
+                resp.release()
+                async with client.get(running.url + "/app/who") as r:
+                    headers = {k.lower(): v for k, v in (await r.json())["headers"]}
+            claims = _b64json(headers["x-gate-assertion"].split(".")[1])
+            if verified:
+                assert headers["x-forwarded-user"] == address == claims.get("email")
+                assert headers["x-forwarded-email"] == address
+            else:
+                assert headers["x-forwarded-user"] == user  # the subject, not the address
+                assert "x-forwarded-email" not in headers
+                assert address not in json.dumps(claims)
+    finally:
+        await running.server.stop()
 
 
 async def test_tampered_state_is_refused(gate):
