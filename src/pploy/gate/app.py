@@ -41,7 +41,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400, text=f"bad request: {exc}\n")
     request[keys.TARGET] = target
     serving = request[keys.PLAN] = plan(
-        gate, endpoints, request.host, target, websocket=is_websocket(request.headers)
+        gate.router,
+        endpoints,
+        gate.static is not None,
+        request.host,
+        target,
+        websocket=is_websocket(request.headers),
     )
     if (refused := await guards.host(gate, request)) is not None:
         return refused

@@ -160,6 +160,7 @@ class FastPath:
         self.gate = gate
         self.idle_timeout = idle_timeout
         self.endpoints = endpoints
+        self.static = gate.static is not None
         self.full_server = full_server
         self.pool = Pool(gate.config.upstream, gate.metrics)
         self.connections: set[FrontConnection] = set()
@@ -266,7 +267,9 @@ class FastPath:
             conn.secure,
             sink.keep_alive,
         )
-        serving = plan(self.gate, self.endpoints, request.host, target, websocket=False)
+        serving = plan(
+            self.gate.router, self.endpoints, self.static, request.host, target, websocket=False
+        )
         route = serving.route
         if serving.serve is not Serve.PROXY or route is None:
             return "route" if serving.serve in ROUTE_REASONS else "endpoint"

@@ -11,13 +11,29 @@ route — a bearer is forwarded, never an identity for anything gate serves itse
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, Protocol
+
+from aiohttp import web
 
 from pploy import streamtest
-from pploy.gate.core import Gate
-from pploy.gate.endpoints import Endpoint, Endpoints
-from pploy.gate.routing import RequestPath, Route, request_host
+from pploy.gate.routing import RequestPath, Route, Router, request_host
+
+# One of gate's own handlers (pploy.gate.endpoints.Endpoint: called with the gate and the
+# request). This module imports neither: it sits below both, as requestkeys names its Plan.
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+
+class EndpointTable(Protocol):
+    """gate's own endpoints by exact path (pploy.gate.endpoints.Endpoints)."""
+
+    @property
+    def public(self) -> Mapping[str, Any]: ...
+
+    @property
+    def private(self) -> Mapping[str, Any]: ...
 
 
 class Serve(Enum):
@@ -36,7 +52,7 @@ class Serve(Enum):
 class Plan:
     serve: Serve
     route: Route | None = None  # the proxy route covering the path, whoever serves it
-    endpoint: Endpoint | None = None  # PUBLIC and PRIVATE: gate's handler
+    endpoint: Handler | None = None  # PUBLIC and PRIVATE: gate's handler
 
     @property
     def passes_bearer(self) -> bool:
@@ -46,14 +62,21 @@ class Plan:
 
 
 def plan(
-    gate: Gate, endpoints: Endpoints, host: str, target: RequestPath, *, websocket: bool
+    router: Router,
+    endpoints: EndpointTable,
+    static: bool,
+    host: str,
+    target: RequestPath,
+    *,
+    websocket: bool,
 ) -> Plan:
-    """Who serves ``target`` on ``host`` (the Host header as sent)."""
+    """Who serves ``target`` on ``host`` (the Host header as sent); ``static``: gate has
+    htdocs."""
     path = target.path
     public = endpoints.public.get(path)
     if public is not None:
         return Plan(Serve.PUBLIC, endpoint=public)
-    route = gate.router.match(request_host(host), target)
+    route = router.match(request_host(host), target)
     private = endpoints.private.get(path)
     if private is not None:
         return Plan(Serve.PRIVATE, route, private)
@@ -64,6 +87,6 @@ def plan(
         if route.needs_slash_redirect(target):
             return Plan(Serve.SLASH_REDIRECT, route)
         return Plan(Serve.PROXY, route)
-    if gate.static is not None and not websocket:
+    if static and not websocket:
         return Plan(Serve.STATIC)
     return Plan(Serve.NOT_FOUND)
