@@ -925,7 +925,7 @@ async def test_a_client_that_stops_reading_pauses_the_upstream(gate, cookie):
     try:
         await c.send(c.head("GET", "/raw/big", cookie))
         deadline = asyncio.get_running_loop().time() + WAIT
-        while not any(r.paused for r in fast.pool.active):
+        while not any(r.paused for r in fast.pool.active.since):
             assert asyncio.get_running_loop().time() < deadline, "the upstream was never paused"
             await asyncio.sleep(0.01)
         reply = await read_reply(c.reader)
@@ -1023,7 +1023,7 @@ async def test_an_unasked_upgrade_or_a_malformed_response_is_a_502(gate, cookie,
 @pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\rb", "a\r\n\r\nGET /x HTTP/1.1"])
 async def test_a_line_break_inside_a_header_value_never_reaches_the_wire(value):
     """Values gate adds itself (a user name, a reason phrase) cannot split a head."""
-    from pploy.gate.relay import head_bytes
+    from pploy.gate.headers import head_bytes
 
     assert head_bytes("GET / HTTP/1.1", [("Host", "x")]) == b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     with pytest.raises(ValueError):

@@ -9,8 +9,6 @@ an upstream or htdocs without every guard.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -76,36 +74,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics and one access-log line per request (at its end, streams too)."""
     gate = request.app[GATE_KEY]
-    request_id = requestlog.request_id(gate, request)
-    started = time.monotonic()
-    status = 500
-    size = 0
-    try:
-        if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
-            response: web.StreamResponse = web.Response(
-                status=431, text="request headers too large\n"
-            )
-        else:
-            response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers.setdefault("X-Request-Id", request_id)
-            size = response.content_length or 0
-        else:
-            size = request.get(keys.BODY_BYTES, response.body_length)
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers.setdefault("X-Request-Id", request_id)
-        raise
-    except asyncio.CancelledError:
-        # The client went away: log what it was sent, or 499 (nginx's "client closed").
-        status = request.get(keys.SENT_STATUS, 499)
-        size = request.get(keys.BODY_BYTES, 0)
-        request[keys.ABORTED] = True
-        raise
-    finally:
-        requestlog.finish(gate, request, status, size, time.monotonic() - started)
+    with requestlog.Exchange(gate, request) as exchange:
+        try:
+            if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
+                response: web.StreamResponse = web.Response(
+                    status=431, text="request headers too large\n"
+                )
+            else:
+                response = await handler(request)
+            exchange.status = response.status
+            if not response.prepared:
+                response.headers.setdefault("X-Request-Id", exchange.id)
+                exchange.size = response.content_length or 0
+            else:
+                exchange.size = request.get(keys.BODY_BYTES, response.body_length)
+            return response
+        except web.HTTPException as exc:
+            exchange.status = exc.status
+            exc.headers.setdefault("X-Request-Id", exchange.id)
+            raise
 
 
 def build_app(gate: Gate) -> web.Application:
