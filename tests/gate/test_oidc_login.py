@@ -79,24 +79,34 @@ async def upstream():
     await server.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gate(provider, upstream):
-    config = {
+def oidc_config(issuer: str, proxy: list[dict], **top: object) -> dict:
+    """A gate config signing in with the OpenID provider at ``issuer`` as client ``gate``."""
+    return {
         "address": "127.0.0.1:0",
         "auth": {
-            "session": {"key": SESSION_KEY, "lifetime": "1h"},
+            "session": {"key": SESSION_KEY},
             "info": {
                 "service": "oidc",
-                "issuer": provider,
+                "issuer": issuer,
                 "client_id": "gate",
                 "client_secret": "gate-test-secret",
                 "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
             },
         },
-        "restrictions": ["example.com", "bob@other.test"],
         "htdocs": None,
-        "proxy": [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        "proxy": proxy,
+        **top,
     }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gate(provider, upstream):
+    config = oidc_config(
+        provider,
+        [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        restrictions=["example.com", "bob@other.test"],
+    )
+    config["auth"]["session"]["lifetime"] = "1h"
     running = await start_gate(config)
     yield running
     await running.server.stop()
@@ -233,21 +243,9 @@ async def test_an_unverified_address_is_never_passed_on_as_the_users_email(provi
     """Issue 21: without ``email_verified: true`` an address is not the user's email: not for
     ``restrictions`` (above), and not upstream: neither the email header nor the assertion
     carries it, nor does the user name (``user_claim`` is ``email`` by default)."""
-    config = {
-        "address": "127.0.0.1:0",
-        "auth": {
-            "session": {"key": SESSION_KEY},
-            "info": {
-                "service": "oidc",
-                "issuer": provider,
-                "client_id": "gate",
-                "client_secret": "gate-test-secret",
-                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
-            },
-        },
-        "htdocs": None,  # no restrictions: any account of the provider may sign in
-        "proxy": [{"path": "/app", "dest": upstream.url, "assertion_audience": "pploy"}],
-    }
+    # No restrictions: any account of the provider may sign in.
+    proxy = [{"path": "/app", "dest": upstream.url, "assertion_audience": "pploy"}]
+    config = oidc_config(provider, proxy)
     running = await start_gate(config)
     try:
         for user, address, verified in (
@@ -371,21 +369,14 @@ async def test_session_key_rotation(gate, provider, upstream):
     async with client_session() as client:
         (await full_login(client, gate, "alice")).release()
         cookie = session_cookie(client)
-    rotated = {
-        "address": "127.0.0.1:0",
-        "auth": {
-            "session": {"key": "a-brand-new-key-0123456789abcdef", "old_keys": [SESSION_KEY]},
-            "info": {
-                "service": "oidc",
-                "issuer": provider,
-                "client_id": "gate",
-                "client_secret": "gate-test-secret",
-                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
-            },
-        },
-        "restrictions": ["example.com", "bob@other.test"],
-        "htdocs": None,
-        "proxy": [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+    rotated = oidc_config(
+        provider,
+        [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        restrictions=["example.com", "bob@other.test"],
+    )
+    rotated["auth"]["session"] = {
+        "key": "a-brand-new-key-0123456789abcdef",
+        "old_keys": [SESSION_KEY],
     }
     other = await start_gate(rotated)
     try:
