@@ -144,6 +144,15 @@ class Stage(Enum):
     CLOSED = "closed"
 
 
+# Every move a client connection may make (anything else is a bug, and an AssertionError).
+TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    Stage.HEAD: frozenset({Stage.EXCHANGE, Stage.HANDED_OVER, Stage.CLOSED}),
+    Stage.EXCHANGE: frozenset({Stage.HEAD, Stage.CLOSED}),
+    Stage.HANDED_OVER: frozenset(),
+    Stage.CLOSED: frozenset(),
+}
+
+
 class FastPath:
     """The fast path of one gate process: its rules, its upstream pool, its connections."""
 
@@ -379,6 +388,10 @@ class FrontConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
 
+    def _to(self, stage: Stage) -> None:
+        assert stage in TRANSITIONS[self.stage], f"{self.stage} -> {stage}"
+        self.stage = stage
+
     @property
     def closed(self) -> bool:
         """This protocol no longer serves the connection (closed, or aiohttp's server does)."""
@@ -448,7 +461,7 @@ class FrontConnection(asyncio.Protocol):
             self.handover(admitted)
             return
         del buffer[: end + 4]
-        self.stage = Stage.EXCHANGE
+        self._to(Stage.EXCHANGE)
         self.fast.heads.forget(self)
         self.task = asyncio.get_running_loop().create_task(self.fast.exchange(self, admitted))
 
@@ -459,7 +472,7 @@ class FrontConnection(asyncio.Protocol):
         if not keep_alive or self.stage is not Stage.EXCHANGE:
             self.close()
             return
-        self.stage = Stage.HEAD
+        self._to(Stage.HEAD)
         self.fast.heads.touch(self)
         if self.reading_paused and self.transport is not None:
             self.reading_paused = False
@@ -534,6 +547,6 @@ class FrontConnection(asyncio.Protocol):
     def _end(self, stage: Stage = Stage.CLOSED) -> None:
         """This protocol is done with the connection: ``stage`` CLOSED or HANDED_OVER."""
         if not self.closed:
-            self.stage = stage
+            self._to(stage)
         self.fast.connections.discard(self)
         self.fast.heads.forget(self)

@@ -68,6 +68,17 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
+# Every move a connection may make (anything else is a bug, and an AssertionError).
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.IDLE: frozenset({Phase.AWAITING_HEAD, Phase.CLOSED}),
+    Phase.AWAITING_HEAD: frozenset({Phase.HEAD_READY, Phase.COMPLETE, Phase.CLOSED}),
+    Phase.HEAD_READY: frozenset({Phase.RELAYING, Phase.COMPLETE, Phase.CLOSED}),
+    Phase.RELAYING: frozenset({Phase.COMPLETE, Phase.CLOSED}),
+    Phase.COMPLETE: frozenset({Phase.IDLE, Phase.CLOSED}),
+    Phase.CLOSED: frozenset({Phase.CLOSED}),
+}
+
+
 @dataclass(frozen=True)
 class Result:
     """What a relayed response came to. Read from here, never from the relay afterwards: a
@@ -160,6 +171,10 @@ class Relay(asyncio.Protocol):
         self.paused = False  # reading paused: the client's transport is full
         self.uses = 0  # responses relayed (or being relayed) on this connection
 
+    def _to(self, phase: Phase) -> None:
+        assert phase in TRANSITIONS[self.phase], f"{self.phase} -> {phase}"
+        self.phase = phase
+
     # --- the exchange ------------------------------------------------------------------------
 
     @property
@@ -185,7 +200,7 @@ class Relay(asyncio.Protocol):
         self.response = _Response(
             client, done, head_only=head_only, closing=closing, request_id=request_id
         )
-        self.phase = Phase.AWAITING_HEAD
+        self._to(Phase.AWAITING_HEAD)
         self.uses += 1
         self.pool.active.touch(self)
         self.transport.write(request)
@@ -214,7 +229,7 @@ class Relay(asyncio.Protocol):
                 self.paused = False
                 assert self.transport is not None
                 self.transport.resume_reading()
-            self.phase = Phase.IDLE
+            self._to(Phase.IDLE)
             self.pool.release(self)
         else:
             self.close()
@@ -249,7 +264,7 @@ class Relay(asyncio.Protocol):
         self._finish(Outcome.IDLE if started else Outcome.TIMEOUT)
 
     def close(self) -> None:
-        self.phase = Phase.CLOSED
+        self._to(Phase.CLOSED)
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.close()
@@ -289,14 +304,14 @@ class Relay(asyncio.Protocol):
             response.client.write(b"".join(response.out))
             response.out.clear()
             if self.phase is Phase.HEAD_READY:
-                self.phase = Phase.RELAYING
+                self._to(Phase.RELAYING)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         phase = self.phase
-        self.phase = Phase.CLOSED
         self.pool.forget(self)
         response = self.response
         if response is None:
+            self._to(Phase.CLOSED)
             return
         response.error = exc or ConnectionResetError("the upstream closed the connection")
         if phase is Phase.AWAITING_HEAD and not response.received and self.uses > 1:
@@ -306,7 +321,7 @@ class Relay(asyncio.Protocol):
         elif phase is Phase.RELAYING and response.until_close and exc is None:
             if response.chunked:
                 response.out.append(b"0\r\n\r\n")
-            self.phase = Phase.COMPLETE
+            self._to(Phase.COMPLETE)
             self._finish(Outcome.OK)
         else:
             self._finish(Outcome.BROKEN)
@@ -354,7 +369,7 @@ class Relay(asyncio.Protocol):
         if streaming:
             response.streaming = True
             self.pool.metrics.open_streams += 1
-        self.phase = Phase.COMPLETE if response.head_only else Phase.HEAD_READY
+        self._to(Phase.COMPLETE if response.head_only else Phase.HEAD_READY)
 
     def on_body(self, body: bytes) -> None:
         response = self.response
@@ -377,7 +392,7 @@ class Relay(asyncio.Protocol):
         if response.chunked:
             response.out.append(b"0\r\n\r\n")
         response.keep_alive = self.parser.should_keep_alive()
-        self.phase = Phase.COMPLETE
+        self._to(Phase.COMPLETE)
 
 
 def _phrase(status: int) -> str:
