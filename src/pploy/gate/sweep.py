@@ -29,17 +29,13 @@ class IdleSweep(Generic[T]):
         self.limit = limit
         self.expire = expire
         self.since: dict[T, float] = {}
-        self._clock: Callable[[], float] | None = None
+        # The event loop's clock (monotonic), once started.
+        self.clock: Callable[[], float] = _not_started
         self._task: asyncio.Task[None] | None = None
-
-    def clock(self) -> float:
-        """The event loop's clock (monotonic); the sweep must have been started."""
-        assert self._clock is not None, "IdleSweep.start() was not called"
-        return self._clock()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._clock = loop.time
+        self.clock = loop.time
         if self.limit:
             self._task = loop.create_task(self._run())
 
@@ -71,3 +67,7 @@ class IdleSweep(Generic[T]):
             for item in [i for i, since in self.since.items() if now - since > limit]:
                 del self.since[item]
                 self.expire(item)
+
+
+def _not_started() -> float:
+    raise RuntimeError("IdleSweep.start() was not called")
