@@ -103,7 +103,7 @@ class OIDCProvider(Provider):
             "code_challenge_method": "S256",
         }
         params.update(self.extra_authorization_params())
-        endpoint = meta["authorization_endpoint"]
+        endpoint = str(meta["authorization_endpoint"])  # checked to be a string at discovery
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
 
     def extra_authorization_params(self) -> dict[str, str]:
