@@ -33,7 +33,8 @@ class MisbehavingUpstream:
         self.seen: list[tuple[int, str]] = []
         self.connections = 0
         self.late = asyncio.Event()  # /late: write the unasked bytes now
-        self.late_sent = asyncio.Event()
+        self.late_closed = asyncio.Event()  # gate hung up on the poisoned connection
+        self.late_answer = b""
         self.server: asyncio.AbstractServer | None = None
         self.url = ""
 
@@ -68,7 +69,10 @@ class MisbehavingUpstream:
                     await self.late.wait()
                     writer.write(SMUGGLED)  # while the connection sits in gate's pool
                     await writer.drain()
-                    self.late_sent.set()
+                    # gate must hang up on a connection that sent what nobody asked for.
+                    self.late_answer = await asyncio.wait_for(reader.read(), WAIT)
+                    self.late_closed.set()
+                    return
                 else:
                     writer.write(sized(f"fresh {path}".encode()))
                 await writer.drain()
@@ -155,14 +159,14 @@ async def test_a_response_head_right_after_a_body_is_never_delivered(gate, upstr
 
 async def test_bytes_sent_late_after_a_sized_body_poison_no_later_request(gate, upstream):
     upstream.late.clear()
-    upstream.late_sent.clear()
+    upstream.late_closed.clear()
     conn = await Conn.open(gate)
     try:
         reply = await exchange(conn, gate, "/u/late")
         assert reply.status == 200 and reply.body == b"hello"
         upstream.late.set()  # the pooled connection now receives a response nobody asked for
-        await asyncio.wait_for(upstream.late_sent.wait(), WAIT)
-        await asyncio.sleep(0.05)  # lets the bytes reach gate's socket: the attack's setup
+        await asyncio.wait_for(upstream.late_closed.wait(), WAIT)
+        assert upstream.late_answer == b""  # gate closed it, sending nothing more
         await nothing_more(conn)
         # The next request, from another client, must get its own answer.
         other = await Conn.open(gate)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -82,16 +84,43 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+class _Upstream(ResponseHandler):
+    """aiohttp's client protocol, but one that hangs up on bytes received while it sits idle
+    in the pool: a late response nobody asked for (whole or in part) would otherwise be read
+    by the next request on this connection as its own answer."""
+
+    pooled = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.pooled and data:
+            self.force_close()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+
 class _Connector(aiohttp.TCPConnector):
-    """aiohttp's connector, but a pooled connection that received bytes while idle (a late
-    response nobody asked for, queued by aiohttp's parser) is closed, never handed to the next
-    request: it would read those bytes as its own answer."""
+    """aiohttp's connector with :class:`_Upstream` connections, marked while in the pool; one
+    that received anything meanwhile is closed, never handed to the next request. (aiohttp's
+    own internals: pinned below aiohttp 4 by the dependency's bound.)"""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        factory = functools.partial(_Upstream, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", factory)
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        protocol.pooled = True
+        super()._release(key, protocol, should_close=should_close)
 
     async def _get(self, key: Any, traces: Any) -> Any:
         while True:
             connection = await super()._get(key, traces)
             protocol = connection.protocol if connection is not None else None
             if protocol is None or not protocol.should_close:
+                if isinstance(protocol, _Upstream):
+                    protocol.pooled = False
                 return connection
             connection.close()  # type: ignore[union-attr]
 
