@@ -99,12 +99,16 @@ def oidc_config(issuer: str, proxy: list[dict], **top: object) -> dict:
     }
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gate(provider, upstream):
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[True, False], ids=["fast_path", "aiohttp"]
+)
+async def gate(request, provider, upstream):
+    """gate with each front end: its fast path (the default) and aiohttp's server alone."""
     config = oidc_config(
         provider,
         [{"path": "/app", "dest": upstream.url, "strip_path": True}],
         restrictions=["example.com", "bob@other.test"],
+        fast_path=request.param,
     )
     config["auth"]["session"]["lifetime"] = "1h"
     running = await start_gate(config)
@@ -169,7 +173,9 @@ async def at_provider(
 async def full_login(client, gate, user: str, next_path: str = "/app/after?x=1"):
     auth_url = await start_login(client, gate.url, next_path)
     callback = await at_provider(client, auth_url, user, gate.url)
-    return await client.get(callback, allow_redirects=False)
+    # On a connection of its own: the session's next requests start on fresh connections,
+    # which the fast path serves (aiohttp's server keeps the ones it answered).
+    return await client.get(callback, allow_redirects=False, headers={"Connection": "close"})
 
 
 def session_cookie(client: aiohttp.ClientSession) -> str | None:
