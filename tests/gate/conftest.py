@@ -78,8 +78,14 @@ def client_session(**kwargs: Any) -> aiohttp.ClientSession:
 
 
 async def dev_login(client: aiohttp.ClientSession, gate_url: str, user: str = "alice") -> None:
+    """Sign in with the dev form, on a connection of its own: the form's POST is answered by
+    aiohttp's server, which then keeps that connection; closed after it, the session's next
+    requests start on fresh connections, which the fast path serves (when it is on)."""
     async with client.post(
-        f"{gate_url}/login", data={"user": user, "next": "/"}, allow_redirects=False
+        f"{gate_url}/login",
+        data={"user": user, "next": "/"},
+        headers={"Connection": "close"},
+        allow_redirects=False,
     ) as resp:
         assert resp.status == 303, await resp.text()
 
@@ -125,3 +131,54 @@ def pploy_log() -> Iterator[tuple[list[str], asyncio.Event]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+class GateProcess:
+    """``pploy gate`` run as its users run it: a config file on disk, the real command."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+
+
+@contextlib.asynccontextmanager
+async def gate_command(config: dict[str, Any], directory: Path) -> AsyncIterator[GateProcess]:
+    """Write ``config`` (its ``address`` chosen here, on a free loopback port) to
+    ``directory/gate.yml`` and run ``pploy gate --config`` on it with one worker, until gate
+    logs that it listens; stopped with SIGTERM at the end."""
+    import os
+    import sys
+
+    import yaml
+
+    probe = free_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    path = directory / "gate.yml"
+    path.write_text(yaml.safe_dump({**_fill_port(config, port), "address": f"127.0.0.1:{port}"}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pploy", "gate", "--config", str(path), "--workers", "1",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    drain: asyncio.Task[bytes] | None = None
+    try:
+        seen = []
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            seen.append(line)
+            if not line:
+                raise AssertionError("pploy gate did not start:\n" + "".join(seen))
+            if "event=gate.start" in line:
+                break
+        # Keep draining its log, or a full pipe would stall gate.
+        drain = asyncio.create_task(proc.stderr.read())
+        yield GateProcess(proc, f"http://127.0.0.1:{port}")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 15)
+        if drain is not None:
+            await drain

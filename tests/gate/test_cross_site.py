@@ -31,9 +31,13 @@ async def upstream():
     await server.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gate(upstream):
-    running = await start_gate(dev_config(proxy=[{"path": "/", "dest": upstream.url}]))
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[True, False], ids=["fast_path", "aiohttp"]
+)
+async def gate(request, upstream):
+    """gate with each front end: its fast path (the default) and aiohttp's server alone."""
+    config = dev_config(proxy=[{"path": "/", "dest": upstream.url}], fast_path=request.param)
+    running = await start_gate(config)
     yield running
     await running.server.stop()
 

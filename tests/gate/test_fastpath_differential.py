@@ -26,13 +26,11 @@ WAIT = 5.0
 CASES = {
     "plain": "GET /app/a HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n",
     "no session": "GET /app/a HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n",
-    "forged session": "GET /app/a HTTP/1.1\r\nHost: {host}\r\n"
-    "Cookie: _gate_session=AAAA\r\n\r\n",
+    "forged session": "GET /app/a HTTP/1.1\r\nHost: {host}\r\nCookie: _gate_session=AAAA\r\n\r\n",
     "browser, no session": "GET /app/a HTTP/1.1\r\nHost: {host}\r\nAccept: text/html\r\n\r\n",
     "other host": "GET /app/a HTTP/1.1\r\nHost: evil.test\r\nCookie: {cookie}\r\n\r\n",
     "no host": "GET /app/a HTTP/1.1\r\nCookie: {cookie}\r\n\r\n",
-    "two hosts": "GET /app/a HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\n"
-    "Cookie: {cookie}\r\n\r\n",
+    "two hosts": "GET /app/a HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n",
     "host with space": "GET /app/a HTTP/1.1\r\nHost : {host}\r\nCookie: {cookie}\r\n\r\n",
     "dot segments": "GET /app/../_gate/metrics HTTP/1.1\r\nHost: {host}\r\n"
     "Cookie: {cookie}\r\n\r\n",

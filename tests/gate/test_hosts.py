@@ -3,9 +3,12 @@ gate must neither borrow the victim's network (auth.allow_networks) nor ride a s
 
 from __future__ import annotations
 
+import pytest
+
 from pploy.gate.config import GateConfig
-from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import client_session, dev_config, dev_login, gate_command, start_gate
 from tests.gate.upstream import Upstream
+from tests.gate.wire import Conn, read_reply
 
 
 def test_serves_host_names():
@@ -51,4 +54,61 @@ async def test_network_admission_only_for_known_host_names():
         assert [r["raw_path"] for r in upstream.requests] == ["/x"] * 4
     finally:
         await gate.server.stop()
+        await upstream.stop()
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiohttp"])
+async def test_a_host_that_is_not_host_and_port_is_refused(tmp_path, fast_path):
+    """Issue 21: ``Host: <served-name>:1@evil.example`` passed the check (the text before the
+    last ``:`` was taken as the name) and reached the upstream as X-Forwarded-Host. Anything
+    but ``host[:port]`` is a 400 now, on both front ends, through ``pploy gate``."""
+    upstream = Upstream()
+    await upstream.start()
+    config = {**dev_config(proxy=[{"path": "/", "dest": upstream.url}]), "fast_path": fast_path}
+    try:
+        async with gate_command(config, tmp_path) as gate, client_session() as browser:
+            await dev_login(browser, gate.url, "alice")
+            cookie = "; ".join(f"{c.key}={c.value}" for c in browser.cookie_jar)
+            served = f"127.0.0.1:{gate.port}"
+            hostile = [
+                f"{served}@evil.example",
+                "127.0.0.1:1@evil.example",
+                "localhost:1@evil.example",
+                f"evil.example@{served}",
+                f"{served}/evil",
+                f"{served}?evil",
+                f"{served}#evil",
+                "127.0.0.1 evil.example",
+                f"{served}:{gate.port}",
+                "127.0.0.1:99999",
+                "127.0.0.1:",
+                "127.0.0.1\\@evil.example",
+                "127.0.0.1%40evil.example",
+            ]
+            for host in hostile:
+                conn = await Conn.open(gate)
+                try:
+                    reply = await conn.get("/x", cookie)
+                    assert reply.status == 200  # first a request on the same connection
+                    await conn.send(conn.head("GET", "/y", cookie, host=host))
+                    reply = await read_reply(conn.reader)
+                    assert reply.status == 400, (host, reply)
+                    assert b"host[:port]" in reply.body
+                finally:
+                    await conn.close()
+            assert [r["raw_path"] for r in upstream.requests] == ["/x"] * len(hostile)
+            forwarded = {
+                v for r in upstream.requests for k, v in r["headers"] if k == "X-Forwarded-Host"
+            }
+            assert forwarded == {served}
+            # What host[:port] allows still passes.
+            for host in (served, "localhost", f"[::1]:{gate.port}", "LOCALHOST:80"):
+                conn = await Conn.open(gate)
+                try:
+                    await conn.send(conn.head("GET", "/ok", cookie, host=host))
+                    reply = await read_reply(conn.reader)
+                    assert reply.status == 200, (host, reply)
+                finally:
+                    await conn.close()
+    finally:
         await upstream.stop()

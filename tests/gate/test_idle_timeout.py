@@ -54,8 +54,8 @@ async def _big_server() -> tuple[web.AppRunner, int]:
     return runner, sock.getsockname()[1]
 
 
-@pytest.fixture
-async def stack():
+@pytest.fixture(params=[True, False], ids=["fast_path", "aiohttp"])
+async def stack(request):
     upstream = Upstream()
     await upstream.start()
     silent, port = await _silent_server()
@@ -68,6 +68,7 @@ async def stack():
                 {"path": "/bulk", "dest": f"http://127.0.0.1:{big_port}", "strip_path": True},
             ],
             upstream={"idle_timeout": "1s"},
+            fast_path=request.param,
         )
     )
     try:

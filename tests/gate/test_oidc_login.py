@@ -7,6 +7,8 @@ provider's login form, and follows the provider's redirect back to gate's callba
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import subprocess
 import time
@@ -77,27 +79,45 @@ async def upstream():
     await server.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gate(provider, upstream):
-    config = {
+def oidc_config(issuer: str, proxy: list[dict], **top: object) -> dict:
+    """A gate config signing in with the OpenID provider at ``issuer`` as client ``gate``."""
+    return {
         "address": "127.0.0.1:0",
         "auth": {
-            "session": {"key": SESSION_KEY, "lifetime": "1h"},
+            "session": {"key": SESSION_KEY},
             "info": {
                 "service": "oidc",
-                "issuer": provider,
+                "issuer": issuer,
                 "client_id": "gate",
                 "client_secret": "gate-test-secret",
                 "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
             },
         },
-        "restrictions": ["example.com", "bob@other.test"],
         "htdocs": None,
-        "proxy": [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        "proxy": proxy,
+        **top,
     }
+
+
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[True, False], ids=["fast_path", "aiohttp"]
+)
+async def gate(request, provider, upstream):
+    """gate with each front end: its fast path (the default) and aiohttp's server alone."""
+    config = oidc_config(
+        provider,
+        [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        restrictions=["example.com", "bob@other.test"],
+        fast_path=request.param,
+    )
+    config["auth"]["session"]["lifetime"] = "1h"
     running = await start_gate(config)
     yield running
     await running.server.stop()
+
+
+def _b64json(part: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def _with_param(url: str, **changes: str) -> str:
@@ -153,7 +173,9 @@ async def at_provider(
 async def full_login(client, gate, user: str, next_path: str = "/app/after?x=1"):
     auth_url = await start_login(client, gate.url, next_path)
     callback = await at_provider(client, auth_url, user, gate.url)
-    return await client.get(callback, allow_redirects=False)
+    # On a connection of its own: the session's next requests start on fresh connections,
+    # which the fast path serves (aiohttp's server keeps the ones it answered).
+    return await client.get(callback, allow_redirects=False, headers={"Connection": "close"})
 
 
 def session_cookie(client: aiohttp.ClientSession) -> str | None:
@@ -208,6 +230,7 @@ async def test_exact_address_restriction_admits_that_address(gate):
         ("eve", "eve@badexample.com"),  # a domain that merely ends with the allowed one
         ("trick", "a@evil.test@example.com"),  # two @: the part after the last is not enough
         ("carol", "carol@example.com"),  # right domain, address not verified
+        ("dave", "dave@example.com"),  # right domain, no email_verified claim at all
         ("noemail", "noemail"),  # nothing to check the restrictions against
     ],
 )
@@ -220,6 +243,38 @@ async def test_restricted_users_get_a_clear_403(gate, user, shown):
         assert session_cookie(client) is None
         async with client.get(gate.url + "/app/x", allow_redirects=False) as r:
             assert r.status == 401
+
+
+async def test_an_unverified_address_is_never_passed_on_as_the_users_email(provider, upstream):
+    """Issue 21: without ``email_verified: true`` an address is not the user's email: not for
+    ``restrictions`` (above), and not upstream: neither the email header nor the assertion
+    carries it, nor does the user name (``user_claim`` is ``email`` by default)."""
+    # No restrictions: any account of the provider may sign in.
+    proxy = [{"path": "/app", "dest": upstream.url, "assertion_audience": "pploy"}]
+    config = oidc_config(provider, proxy)
+    running = await start_gate(config)
+    try:
+        for user, address, verified in (
+            ("dave", "dave@example.com", False),  # no email_verified claim
+            ("carol", "carol@example.com", False),  # email_verified: false
+            ("alice", "alice@example.com", True),
+        ):
+            async with client_session() as client:
+                resp = await full_login(client, running, user, "/app/who")
+                assert resp.status == 303, await resp.text()
+                resp.release()
+                async with client.get(running.url + "/app/who") as r:
+                    headers = {k.lower(): v for k, v in (await r.json())["headers"]}
+            claims = _b64json(headers["x-gate-assertion"].split(".")[1])
+            if verified:
+                assert headers["x-forwarded-user"] == address == claims.get("email")
+                assert headers["x-forwarded-email"] == address
+            else:
+                assert headers["x-forwarded-user"] == user  # the subject, not the address
+                assert "x-forwarded-email" not in headers
+                assert address not in json.dumps(claims)
+    finally:
+        await running.server.stop()
 
 
 async def test_tampered_state_is_refused(gate):
@@ -320,21 +375,14 @@ async def test_session_key_rotation(gate, provider, upstream):
     async with client_session() as client:
         (await full_login(client, gate, "alice")).release()
         cookie = session_cookie(client)
-    rotated = {
-        "address": "127.0.0.1:0",
-        "auth": {
-            "session": {"key": "a-brand-new-key-0123456789abcdef", "old_keys": [SESSION_KEY]},
-            "info": {
-                "service": "oidc",
-                "issuer": provider,
-                "client_id": "gate",
-                "client_secret": "gate-test-secret",
-                "redirect_url": "http://127.0.0.1:{port}/oauth2callback",
-            },
-        },
-        "restrictions": ["example.com", "bob@other.test"],
-        "htdocs": None,
-        "proxy": [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+    rotated = oidc_config(
+        provider,
+        [{"path": "/app", "dest": upstream.url, "strip_path": True}],
+        restrictions=["example.com", "bob@other.test"],
+    )
+    rotated["auth"]["session"] = {
+        "key": "a-brand-new-key-0123456789abcdef",
+        "old_keys": [SESSION_KEY],
     }
     other = await start_gate(rotated)
     try:

@@ -5,8 +5,9 @@ bearer request without a session gets 401 JSON, never the login page."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
-from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import client_session, dev_config, dev_login, gate_command, start_gate
 from tests.gate.upstream import Upstream
 
 BEARER = {"Authorization": "Bearer pploy_some-token"}
@@ -62,4 +63,60 @@ async def test_bearer_requests_pass_only_where_allowed_and_carry_no_identity() -
             assert seen["x-forwarded-user"] == "alice" and "x-gate-assertion" in seen
     finally:
         await gate.server.stop()
+        await upstream.stop()
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiohttp"])
+async def test_a_bearer_token_opens_nothing_gate_serves_itself(tmp_path, fast_path):
+    """Issue 21: with ``pass_bearer`` on ``/`` (contrib/config/gate.yml, ``pploy up``), any
+    ``Authorization: Bearer …`` used to open gate's own private endpoints. A bearer is only
+    ever forwarded: on gate's own pages a garbage token gets what no credentials get. Through
+    ``pploy gate`` run from a config file, on both front ends."""
+    upstream = Upstream()
+    await upstream.start()
+    config = {
+        **dev_config(proxy=[{"path": "/", "dest": upstream.url, "pass_bearer": True}]),
+        "fast_path": fast_path,
+    }
+    garbage = {"Authorization": "Bearer garbage-not-a-token"}
+    try:
+        async with (
+            gate_command(config, tmp_path) as gate,
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as anon,
+        ):
+            own = [
+                "/_gate/metrics",
+                "/.gate/stream-test?lines=1",
+                "/.gate/stream-test/events?lines=1",
+                "/.gate/stream-test/nothing-here",
+                "/logout",
+            ]
+            for path in own:
+                answers = []
+                for headers in ({}, garbage, {**garbage, "Accept": "text/html"}):
+                    async with anon.get(
+                        gate.url + path, headers=headers, allow_redirects=False
+                    ) as resp:
+                        answers.append((resp.status, resp.content_type, await resp.read()))
+                # The same answer (gate's pages carry a request id: status and type there).
+                assert answers[1][:2] == answers[0][:2], (path, answers)
+                assert answers[0][0] == 401 or path == "/logout", (path, answers[0])
+                if answers[0][0] == 401:
+                    assert answers[1] == answers[0], path
+                assert b"gate_requests_total" not in answers[1][2]
+                assert b"tick" not in answers[1][2]
+            assert upstream.requests == []
+            # The same token on a proxied path is forwarded, for the upstream to judge.
+            async with anon.get(gate.url + "/api/status", headers=garbage) as resp:
+                assert resp.status == 200
+                assert headers_of(await resp.json())["authorization"] == garbage["Authorization"]
+            async with anon.get(gate.url + "/api/status") as resp:
+                assert resp.status == 401
+            # A signed-in user still reads the metrics: the session is the identity there.
+            async with client_session() as browser:
+                await dev_login(browser, gate.url, "alice")
+                async with browser.get(gate.url + "/_gate/metrics", headers=garbage) as resp:
+                    assert resp.status == 200
+                    assert "gate_requests_total" in await resp.text()
+    finally:
         await upstream.stop()

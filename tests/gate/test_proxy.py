@@ -54,8 +54,11 @@ def htpasswd(tmp_path_factory):
     return path
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gate(upstream, htdocs, htpasswd):
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[True, False], ids=["fast_path", "aiohttp"]
+)
+async def gate(request, upstream, htdocs, htpasswd):
+    """gate with each front end: its fast path (the default) and aiohttp's server alone."""
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     config = dev_config(
@@ -79,6 +82,7 @@ async def gate(upstream, htdocs, htpasswd):
     config["auth"]["allow_networks"] = ["192.0.2.0/24"]
     config["identity_headers"] = {"strip": ["X-Employee"]}
     config["allowed_hosts"] = ["b.test"]
+    config["fast_path"] = request.param
     running = await start_gate(config)
     yield running
     await running.server.stop()
@@ -686,3 +690,48 @@ async def test_strip_path_route_sends_the_stripped_prefix(gate, client):
         assert header_map(await resp.json())["x-forwarded-prefix"] == ["/app/deep"]
     async with client.get(gate.url + "/keep/x", headers=spoof) as resp:
         assert "x-forwarded-prefix" not in header_map(await resp.json())
+
+
+# --- which front end ------------------------------------------------------------------------
+
+
+FRONT_ENDS = [
+    # (method, path, extra request arguments, served by the fast path when it is on)
+    ("GET", "/app/plain", {}, True),
+    ("HEAD", "/app/plain", {}, True),
+    ("GET", "/app/drip?n=0", {}, True),
+    ("DELETE", "/keep/x", {}, True),
+    ("POST", "/app/upload", {"data": b"a body"}, False),
+    ("GET", "/app/x", {"headers": {"Expect": "100-continue"}}, False),
+    ("GET", "/_gate/metrics", {}, False),
+    ("GET", "/docs/page.txt", {}, False),  # htdocs
+    ("GET", "/app", {"allow_redirects": False}, False),  # gate's /prefix redirect
+    ("GET", "/ping", {}, False),
+]
+
+
+async def test_each_request_is_served_by_the_front_end_meant_for_it(gate, client, upstream):
+    """Every request of this suite is answered by the fast path when it is on (the default)
+    and the request is one it takes, by aiohttp's server otherwise: the fast path's counter
+    moves by one for exactly those. Each on a fresh connection with the session's cookie (a
+    connection handed over stays with aiohttp's server)."""
+    fast_path = gate.server.config.fast_path
+    cookie = "; ".join(f"{c.key}={c.value}" for c in client.cookie_jar)
+    metrics = gate.gate.metrics
+    for method, path, extra, fast in FRONT_ENDS:
+        before = metrics.fast_path_requests
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True), headers={"Cookie": cookie}
+        ) as fresh:
+            async with fresh.request(method, gate.url + path, **extra) as resp:
+                assert resp.status < 400, (method, path, resp.status)
+                await resp.read()
+        assert metrics.fast_path_requests - before == (1 if fast and fast_path else 0), (
+            method,
+            path,
+        )
+    # The suite's own session, once signed in, is served by the fast path too.
+    before = metrics.fast_path_requests
+    async with client.get(gate.url + "/app/after-login") as resp:
+        assert resp.status == 200
+    assert metrics.fast_path_requests - before == (1 if fast_path else 0)

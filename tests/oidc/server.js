@@ -19,6 +19,8 @@ const ACCOUNTS = {
   eve: { email: 'eve@badexample.com', email_verified: true, name: 'Eve' },
   trick: { email: 'a@evil.test@example.com', email_verified: true, name: 'Trick' },
   noemail: { name: 'No Email' },
+  // An address the provider does not say it verified (no email_verified claim at all).
+  dave: { email: 'dave@example.com', name: 'Dave (email_verified absent)' },
 };
 
 const server = http.createServer();

@@ -13,7 +13,6 @@ import time
 import pytest
 import pytest_asyncio
 
-from pploy.gate import server as gate_server
 from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
 from tests.gate.upstream import Upstream
 from tests.reliability.rawhttp import frame, raw_request, raw_websocket, read_close, status_of
@@ -33,11 +32,11 @@ async def upstream():
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def gate(upstream):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gate_server, "IDLE_CONNECTION_TIMEOUT", IDLE)
-        running = await start_gate(
-            dev_config(proxy=[{"path": "/", "dest": upstream.url, "strip_path": False}])
+    running = await start_gate(
+        dev_config(
+            proxy=[{"path": "/", "dest": upstream.url, "strip_path": False}], head_timeout=IDLE
         )
+    )
     async with client_session() as client:
         await dev_login(client, running.url)
         cookie = "; ".join(f"{c.key}={c.value}" for c in client.cookie_jar)

@@ -116,4 +116,3 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     return run_one(config)
-

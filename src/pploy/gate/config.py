@@ -303,6 +303,10 @@ class GateConfig(_Model):
     # Plain proxied requests served by gate's own lean front end (pploy.gate.fastpath);
     # false: aiohttp's server answers everything.
     fast_path: bool = True
+    # How long a client connection may go without a complete request head, counted from its
+    # opening or the end of its previous response: idle keep-alive connections and heads sent
+    # a byte at a time (slowloris) alike. aiohttp's server's own rule, on both front ends.
+    head_timeout: Annotated[float, BeforeValidator(_duration), Field(gt=0)] = 75
 
     # Where the file was, to resolve relative paths (htdocs, ssl, htpasswd, key files).
     base_dir: Path = Path(".")

@@ -26,7 +26,8 @@ from pploy.gate.headers import (
     strip_cookies,
 )
 from pploy.gate.incoming import Incoming
-from pploy.gate.routing import encode_path, request_host
+from pploy.gate.plan import Plan, Serve
+from pploy.gate.routing import Route, encode_path
 from pploy.identity import Identity
 
 # Never passed on as the client sent them (precomputed; the Connection header's own tokens are
@@ -95,31 +96,42 @@ def upstream_headers(
     return out
 
 
-async def forward(gate: Gate, request: web.Request) -> web.StreamResponse:
-    """The admitted request to its proxy route (HTTP or WebSocket), else to htdocs, else 404."""
-    target = request[keys.TARGET]
-    websocket = is_websocket(request.headers)
-    route = gate.router.match(request_host(request.host), target)
-    if route is None:
-        if gate.static is not None and not websocket:
-            request[keys.ROUTE] = "static"
-            return await gate.static.handle(request, target)
-        raise web.HTTPNotFound()
+def upstream_request(
+    gate: Gate, request: Incoming, route: Route, *, websocket: bool
+) -> tuple[str, CIMultiDict[str]]:
+    """What the upstream of ``route`` is sent for ``request``, by both front ends: its URL
+    and headers (``preserve_host``, the route's assertion audience, the prefix a
+    ``strip_path`` route stripped). From here on the request is labelled with the route."""
+    conf = route.conf
     request[keys.ROUTE] = route.label
-    if route.needs_slash_redirect(target):
-        location = target.path + "/" + (f"?{target.query}" if target.query else "")
-        raise web.HTTPFound(location)  # gate's status; a 301 would be cached for good
-
     headers = upstream_headers(
         gate,
         request,
         request[keys.PRINCIPAL],
-        host=request.host if route.conf.preserve_host and request.host else None,
+        host=request.host if conf.preserve_host and request.host else None,
         websocket=websocket,
-        audience=route.conf.assertion_audience,
-        stripped=encode_path(route.prefix, False) if route.conf.strip_path else None,
+        audience=conf.assertion_audience,
+        stripped=encode_path(route.prefix, False) if conf.strip_path else None,
     )
-    url = route.upstream_url(target)
+    return route.upstream_url(request[keys.TARGET]), headers
+
+
+async def forward(gate: Gate, request: web.Request, serving: Plan) -> web.StreamResponse:
+    """The admitted request to its proxy route (HTTP or WebSocket), else to htdocs, else 404."""
+    target = request[keys.TARGET]
+    websocket = is_websocket(request.headers)
+    if serving.serve is Serve.STATIC:
+        assert gate.static is not None
+        request[keys.ROUTE] = "static"
+        return await gate.static.handle(request, target)
+    route = serving.route
+    if route is None or serving.serve is Serve.NOT_FOUND:
+        raise web.HTTPNotFound()
+    if serving.serve is Serve.SLASH_REDIRECT:
+        request[keys.ROUTE] = route.label
+        location = target.path + "/" + (f"?{target.query}" if target.query else "")
+        raise web.HTTPFound(location)  # gate's status; a 301 would be cached for good
+    url, headers = upstream_request(gate, request, route, websocket=websocket)
     if websocket:
         return await gate.upstream.websocket(request, url, headers, route.label)
     return await gate.upstream.http(request, url, headers, route.label)

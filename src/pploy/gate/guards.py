@@ -24,14 +24,15 @@ from pploy.gate.incoming import Incoming
 from pploy.gate.login import login_url, redirect
 from pploy.gate.pages import page
 from pploy.gate.providers import LoginFailed
-from pploy.gate.routing import request_host
+from pploy.gate.routing import parse_host
 
 Guard = Callable[[Gate, Incoming], Awaitable[web.StreamResponse | None]]
 
 
 async def host(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """Only names gate is configured for (or IP literals and localhost, which no attacker can
-    point elsewhere) are served; 421 for any other, 400 without a Host."""
+    point elsewhere) are served; 421 for any other, 400 without a Host or with one that is not
+    ``host[:port]`` (:func:`pploy.gate.routing.parse_host`)."""
     name = request.headers.get("Host")
     if name is not None and gate.serves_host(name):
         return None
@@ -44,6 +45,8 @@ async def host(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     )
     if name is None:
         return web.Response(status=400, text="a Host header is required\n")
+    if parse_host(name) is None:
+        return web.Response(status=400, text="the Host header must be host[:port]\n")
     return web.Response(
         status=421,
         text=f"this gate does not serve the host {name!r}; if it should, add the name to "
@@ -67,23 +70,17 @@ def _has_bearer(request: Incoming) -> bool:
     return any(v.strip().partition(" ")[0].lower() == "bearer" for v in values)
 
 
-def _passes_bearer(gate: Gate, request: Incoming) -> bool:
-    """A bearer-token request to a route with ``pass_bearer``: the upstream checks the token."""
-    if not _has_bearer(request):
-        return False
-    route = gate.router.match(request_host(request.host), request[keys.TARGET])
-    return route is not None and route.conf.pass_bearer
-
-
 async def identity(gate: Gate, request: Incoming) -> web.StreamResponse | None:
     """A session cookie, htpasswd credentials or an allowed network admits the request (its
     principal is kept on the request); otherwise a browser is sent to log in, others get 401.
 
-    A bearer-token request to a ``pass_bearer`` route is admitted as nobody (``via="bearer"``),
-    session or not: the token alone speaks for it, so gate adds no identity and the upstream
-    authenticates the token. Elsewhere a bearer request without a session gets 401, never the
-    login page (a script cannot log in)."""
-    if _passes_bearer(gate, request):
+    A bearer-token request forwarded to a ``pass_bearer`` route is admitted as nobody
+    (``via="bearer"``), session or not: the token alone speaks for it, so gate adds no
+    identity and the upstream authenticates the token. Anything gate answers itself (its
+    metrics, the stream test, a redirect) is never admitted by a bearer token, and elsewhere a
+    bearer request without a session gets 401, never the login page (a script cannot log
+    in)."""
+    if request[keys.PLAN].passes_bearer and _has_bearer(request):
         request[keys.PRINCIPAL] = Principal(user=None, email=None, via="bearer")
         return None
     principal = await gate.auth.authenticate(request, gate.clock())

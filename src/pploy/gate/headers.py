@@ -107,9 +107,17 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
     return tokens
 
 
+# What frames a response body: named in ``Connection`` it is still not dropped, or a body on a
+# kept connection would lose its end (gate would have to re-frame it; it passes it instead).
+FRAMING = frozenset({"content-length"})
+
+
 def response_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """Upstream response headers minus hop-by-hop ones."""
-    drop = HOP_BY_HOP | connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
+    """Upstream response headers minus hop-by-hop ones (``Content-Length`` is never one)."""
+    if "Connection" in upstream:
+        drop = HOP_BY_HOP | (connection_tokens(upstream) - FRAMING)
+    else:
+        drop = HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if canonical(name) not in drop:
@@ -122,6 +130,30 @@ def streamed(headers: CIMultiDict[str]) -> bool:
     buffering proxy in front (nginx) to pass it through at once."""
     content_type = headers.get("Content-Type", "").lower()
     return "content-length" not in headers or content_type.startswith("text/event-stream")
+
+
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def response_head(
+    upstream: CIMultiDictProxy[str] | CIMultiDict[str],
+    status: int,
+    *,
+    head_only: bool,
+    request_id: str | None,
+) -> tuple[CIMultiDict[str], bool, bool]:
+    """What an upstream's response head becomes for the client, on both front ends: its
+    headers (hop-by-hop dropped, ``X-Accel-Buffering: no`` on a streamed body so a buffering
+    proxy in front passes it at once, gate's ``X-Request-Id``), whether a body follows, and
+    whether that body is streamed (no length, or server-sent events)."""
+    headers = response_headers(upstream)
+    has_body = not head_only and status not in NO_BODY_STATUSES
+    streaming = has_body and streamed(headers)
+    if streaming:
+        headers.setdefault("X-Accel-Buffering", "no")
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
+    return headers, has_body, streaming
 
 
 def strip_cookies(header: str, names: Iterable[str]) -> str:
@@ -154,3 +186,15 @@ def is_websocket(headers: CIMultiDictProxy[str]) -> bool:
     """A WebSocket upgrade request (``Upgrade: websocket`` named in ``Connection``)."""
     upgrade = headers.get("Upgrade", "").lower()
     return upgrade == "websocket" and "upgrade" in connection_tokens(headers)
+
+
+def head_bytes(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A request or response head on the wire, the fast path's one head writer (requests to
+    upstreams, responses, gate's own answers). A CR or LF inside a value would split it into
+    headers (or messages) nobody wrote: ValueError, never sent."""
+    lines = [first_line, *(f"{name}: {value}" for name, value in headers), "", ""]
+    data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    breaks = len(lines) - 1
+    if data.count(b"\n") != breaks or data.count(b"\r") != breaks:
+        raise ValueError("a header value holds a line break")
+    return data

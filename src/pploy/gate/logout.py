@@ -71,7 +71,9 @@ async def handle_logout(gate: Gate, request: web.Request) -> web.StreamResponse:
         )  # fmt: skip
     response: web.Response
     if next_path:
-        response = web.HTTPSeeOther(next_path)
+        # A plain 303 (returning aiohttp's HTTPSeeOther is deprecated; raising it would skip
+        # the cookies cleared below).
+        response = web.Response(status=303, headers={"Location": next_path})
     else:
         response = page(
             200,

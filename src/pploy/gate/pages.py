@@ -30,8 +30,9 @@ SECURITY_HEADERS = {
 # exception stay as they are.
 JA: dict[str, str] = {
     "Sign in": "ログイン",
-    "Development login: anyone can sign in as anyone. Never expose this.":
-        "開発用ログイン: 誰でも任意のユーザーとしてログインできます。公開しないでください。",
+    "Development login: anyone can sign in as anyone. Never expose this.": (
+        "開発用ログイン: 誰でも任意のユーザーとしてログインできます。公開しないでください。"
+    ),
     "user name": "ユーザー名",
     "Signed in as": "ログイン中:",
     "via": "経由:",
@@ -39,21 +40,24 @@ JA: dict[str, str] = {
     "Request id": "リクエスト ID",
     "Sign out": "ログアウト",
     "Sign out of gate?": "gate からログアウトしますか？",
-    "That sign-out did not come from this site. Sign out here:":
-        "このログアウト要求はこのサイトからのものではありません。ここでログアウトしてください:",
+    "That sign-out did not come from this site. Sign out here:": (
+        "このログアウト要求はこのサイトからのものではありません。ここでログアウトしてください:"
+    ),
     "Signed out": "ログアウトしました",
     "You are signed out of gate.": "gate からログアウトしました。",
     "Sign in again": "もう一度ログイン",
     "Access denied": "アクセスできません",
-    "This site does not admit your account.":
-        "このサイトはあなたのアカウントを受け付けていません。",
+    "This site does not admit your account.": (
+        "このサイトはあなたのアカウントを受け付けていません。"
+    ),
     "Use another account": "別のアカウントを使う",
     "Sign-in failed": "ログインに失敗しました",
     "Try again": "もう一度試す",
     "Sign-in cancelled": "ログインが取り消されました",
     "Sign-in error": "ログインエラー",
-    "Signing in did not work. Please try again.":
-        "ログインできませんでした。もう一度お試しください。",
+    "Signing in did not work. Please try again.": (
+        "ログインできませんでした。もう一度お試しください。"
+    ),
 }
 
 

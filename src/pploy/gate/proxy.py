@@ -19,24 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import functools
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict
 from yarl import URL
 
 from pploy import log
 from pploy.gate import requestkeys as keys
 from pploy.gate.config import UpstreamConf
-from pploy.gate.headers import response_headers, streamed
+from pploy.gate.headers import response_head
 from pploy.gate.incoming import Incoming
 from pploy.gate.metrics import Metrics
 from pploy.gate.pages import page
+from pploy.gate.sweep import IdleSweep
 
-NO_BODY_STATUSES = {204, 304}
 CLOSE_TIMEOUT = 5.0
 
 _Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -77,42 +78,51 @@ async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class IdleSweep:
-    """``upstream.idle_timeout`` for responses being streamed, checked about once a second.
+class Closable(Protocol):
+    """A client connection gate can cut (a transport, or the fast path's connection)."""
 
-    aiohttp's read timeout re-arms a timer on every chunk received (8% of gate's time with
-    hundreds of live viewers). While streaming, each stream instead records when it last
-    heard from its upstream (one clock read per chunk) and one task per gate closes the
-    upstreams silent for longer than the timeout. Time spent writing to a slow client never
-    counts as the upstream's silence. Until the headers, aiohttp's own timeout applies.
-    """
+    def close(self) -> None: ...
 
-    def __init__(self, idle: float) -> None:
-        self.idle = idle
-        self.last: dict[aiohttp.ClientResponse, float] = {}
-        self.expired: set[aiohttp.ClientResponse] = set()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self.idle:
-            self._task = asyncio.create_task(self._run())
+class _Upstream(ResponseHandler):
+    """aiohttp's client protocol, but one that hangs up on bytes received while it sits idle
+    in the pool: a late response nobody asked for (whole or in part) would otherwise be read
+    by the next request on this connection as its own answer."""
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    pooled = False
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def data_received(self, data: bytes) -> None:
+        if self.pooled and data:
+            self.force_close()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector with :class:`_Upstream` connections, marked while in the pool; one
+    that received anything meanwhile is closed, never handed to the next request. (aiohttp's
+    own internals: pinned below aiohttp 4 by the dependency's bound.)"""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        factory = functools.partial(_Upstream, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", factory)
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        protocol.pooled = True
+        super()._release(key, protocol, should_close=should_close)
+
+    async def _get(self, key: Any, traces: Any) -> Any:
         while True:
-            await asyncio.sleep(min(1.0, self.idle / 4))
-            now = loop.time()
-            for upstream, last in list(self.last.items()):
-                if now - last > self.idle:
-                    self.expired.add(upstream)
-                    del self.last[upstream]
-                    upstream.close()
+            connection = await super()._get(key, traces)
+            protocol = connection.protocol if connection is not None else None
+            if protocol is None or not protocol.should_close:
+                if isinstance(protocol, _Upstream):
+                    protocol.pooled = False
+                return connection
+            connection.close()  # type: ignore[union-attr]
 
 
 class UpstreamProxy:
@@ -122,11 +132,18 @@ class UpstreamProxy:
         self.conf = conf
         self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
-        self.sweep = IdleSweep(conf.idle_timeout)
+        # upstream.idle_timeout while streaming: an expired upstream is closed, and its
+        # stream ends as an idle timeout.
+        self.expired: set[aiohttp.ClientResponse] = set()
+        self.sweep: IdleSweep[aiohttp.ClientResponse] = IdleSweep(conf.idle_timeout, self._expire)
+
+    def _expire(self, upstream: aiohttp.ClientResponse) -> None:
+        self.expired.add(upstream)
+        upstream.close()
 
     async def start(self) -> None:
         # limit=0: no pool cap, or 100 long streams would block every other request.
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
+        connector = _Connector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=None,
@@ -179,12 +196,27 @@ class UpstreamProxy:
             request_id=request.get(keys.REQUEST_ID),
         )
 
-    def _midstream(self, request: web.Request, route: str, kind: str, exc: BaseException) -> None:
-        """Headers are gone already: cut the client connection so a truncated body is never
-        mistaken for a complete one."""
-        self.failed(request, route, kind, exc)
-        if request.transport is not None:
-            request.transport.close()
+    def failure(
+        self,
+        request: Incoming,
+        route: str,
+        exc: BaseException,
+        *,
+        started: bool,
+        idle: bool = False,
+        client: Closable | None = None,
+    ) -> web.Response | None:
+        """An upstream failure, decided here for both front ends. Before the response's head
+        left (not ``started``): the answer to send instead, a 502 page (504 on a timeout).
+        After: counted as ``idle_timeout`` (``idle``: the upstream fell silent) or ``broken``,
+        logged, and the ``client``'s connection cut so a truncated body is never mistaken for
+        a complete one; None."""
+        if not started:
+            return self.unavailable(request, route, exc)
+        self.failed(request, route, "idle_timeout" if idle else "broken", exc)
+        if client is not None:
+            client.close()
+        return None
 
     def _refused(
         self, request: web.Request, route: str, exc: aiohttp.WSServerHandshakeError
@@ -243,13 +275,12 @@ class UpstreamProxy:
             return upstream
         finished = False
         try:
-            out_headers = response_headers(upstream.headers)
-            has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
-            if has_body and streamed(out_headers):
-                # Tell a buffering proxy in front (nginx) to pass this through at once.
-                out_headers.setdefault("X-Accel-Buffering", "no")
-            if keys.REQUEST_ID in request:
-                out_headers["X-Request-Id"] = request[keys.REQUEST_ID]
+            out_headers, has_body, streaming = response_head(
+                upstream.headers,
+                upstream.status,
+                head_only=request.method == "HEAD",
+                request_id=request.get(keys.REQUEST_ID),
+            )
             if has_body and _complete_small_body(upstream, out_headers):
                 # The whole (small, sized) body has already arrived: send it with the headers
                 # in one write. Nothing waits for this; it only coalesces what is here.
@@ -261,7 +292,9 @@ class UpstreamProxy:
                     return self.unavailable(request, route, ValueError("truncated body"))
                 finished = True
                 return _whole(upstream, out_headers, body_bytes)
-            response = await self._stream(request, route, upstream, out_headers, has_body)
+            response = await self._stream(
+                request, route, upstream, out_headers, has_body, streaming
+            )
             finished = True
             return response
         finally:
@@ -278,52 +311,50 @@ class UpstreamProxy:
         upstream: aiohttp.ClientResponse,
         out_headers: CIMultiDict[str],
         has_body: bool,
+        streaming: bool,
     ) -> web.StreamResponse:
         """Each chunk to the client as soon as it arrives."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(out_headers)
         await response.prepare(request)
         request[keys.SENT_STATUS] = response.status
-        sweep = self.sweep if has_body and self.sweep.idle else None
+        sweep = self.sweep if has_body and self.sweep.limit else None
         if sweep is not None:
             # From here the sweep keeps the idle timeout, not a timer re-armed per chunk.
             connection = upstream.connection
             if connection is not None and connection.protocol is not None:
                 connection.protocol.read_timeout = None
                 connection.protocol.start_timeout()  # with no timeout: cancels the armed timer
-            clock = asyncio.get_running_loop().time
-            sweep.last[upstream] = clock()
-        self.metrics.open_streams += 1
+            sweep.touch(upstream)
+        if streaming:
+            self.metrics.open_streams += 1
         sent = 0
         try:
             if sweep is not None:
-                last = sweep.last
                 async for chunk in upstream.content.iter_any():
-                    last[upstream] = math.inf  # writing to the client: not upstream silence
+                    sweep.hold(upstream)  # writing to the client: not upstream silence
                     await response.write(chunk)
                     sent += len(chunk)
-                    last[upstream] = clock()
-                if upstream in sweep.expired:
+                    sweep.touch(upstream)
+                if upstream in self.expired:
                     raise TimeoutError("the upstream was silent for upstream.idle_timeout")
             elif has_body:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                     sent += len(chunk)
             await response.write_eof()
-        except TimeoutError as exc:
-            # First: aiohttp's read timeout is also a ClientConnectionError.
-            self._midstream(request, route, "idle_timeout", exc)
-            raise
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            idle = sweep is not None and upstream in sweep.expired
-            self._midstream(request, route, "idle_timeout" if idle else "broken", exc)
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            # aiohttp's read timeout is a TimeoutError (and a ClientConnectionError).
+            idle = isinstance(exc, TimeoutError) or upstream in self.expired
+            self.failure(request, route, exc, started=True, idle=idle, client=request.transport)
             raise
         finally:
             request[keys.BODY_BYTES] = sent
-            self.metrics.open_streams -= 1
+            if streaming:
+                self.metrics.open_streams -= 1
             if sweep is not None:
-                sweep.last.pop(upstream, None)
-                sweep.expired.discard(upstream)
+                sweep.forget(upstream)
+                self.expired.discard(upstream)
         return response
 
     # --- WebSocket --------------------------------------------------------------------------

@@ -1,16 +1,20 @@
 """A request's id, its metrics and its access-log line: the same for both front ends.
 
 aiohttp's server (``pploy.gate.app``'s middleware) and the fast path (``pploy.gate.fastpath``)
-both call :func:`request_id` when a request starts and :func:`finish` when its answer has
-been sent (streams: at their end), so every request gets one id, one metrics sample and one
-access-log line whichever front end served it.
+both wrap each request in an :class:`Exchange`: it gives the request its id when it starts
+and, when its answer has been sent (streams: at their end), records what was answered — or,
+when the client left first, what it was sent (499 if nothing) — so every request gets one
+id, one metrics sample and one access-log line whichever front end served it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import secrets
+import time
+from types import TracebackType
 from typing import Any
 
 from pploy.gate import requestkeys as keys
@@ -59,3 +63,36 @@ def finish(gate: Gate, request: Incoming, status: int, size: int, elapsed: float
         "aborted": "client" if request.get(keys.ABORTED) else None,
     }
     gate.access_log.add(fields)
+
+
+class Exchange:
+    """One request's bookkeeping, as a context manager around answering it. Set ``status``
+    and ``size`` (body bytes) to what was answered; a cancellation (the client went away)
+    records what it was sent (``SENT_STATUS``, ``BODY_BYTES``), or 499 (nginx's "client
+    closed") when nothing was."""
+
+    __slots__ = ("gate", "request", "id", "started", "status", "size")
+
+    def __init__(self, gate: Gate, request: Incoming) -> None:
+        self.gate = gate
+        self.request = request
+        self.id = request_id(gate, request)
+        self.started = time.monotonic()
+        self.status = 500  # unless told otherwise: an error escaped
+        self.size = 0
+
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        request = self.request
+        if kind is not None and issubclass(kind, asyncio.CancelledError):
+            self.status = request.get(keys.SENT_STATUS, 499)
+            self.size = request.get(keys.BODY_BYTES, self.size)
+            request[keys.ABORTED] = True
+        finish(self.gate, request, self.status, self.size, time.monotonic() - self.started)

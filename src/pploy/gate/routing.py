@@ -9,6 +9,7 @@ twice) are refused, and empty segments (``//``) are collapsed.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
@@ -166,9 +167,24 @@ class Router:
         return None
 
 
+# RFC 9110 §7.2: ``uri-host [ ":" port ]``, nothing else (no userinfo, no path, no spaces).
+# A name of letters, digits, ``.``, ``-``, ``_``, or a bracketed IPv6 literal.
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::([0-9]{1,5}))?", re.ASCII)
+
+
+def parse_host(host_header: str) -> str | None:
+    """The Host header's name, lower case, without the port; None when the header is not
+    ``host[:port]`` (userinfo such as ``name:1@evil.example``, a path, a bad port…). The one
+    reader of Host for both front ends."""
+    match = _HOST.fullmatch(host_header.strip(" \t").lower())
+    if match is None:
+        return None
+    port = match.group(2)
+    if port is not None and int(port) > 65535:
+        return None
+    return match.group(1)
+
+
 def request_host(host_header: str | None) -> str:
-    """The Host header's name, lower case, without the port."""
-    host = (host_header or "").strip().lower()
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if ":" in host else host
+    """The Host header's name, lower case, without the port ("" when absent or malformed)."""
+    return parse_host(host_header or "") or ""

@@ -17,9 +17,8 @@ from pploy.gate.config import GateConfig, check_files, is_loopback_address, pars
 from pploy.gate.core import Gate
 from pploy.gate.fastpath import FastPath
 
-# How long a connection may sit without a complete request: idle keep-alive connections and
-# clients that send half a request and stall (slowloris). aiohttp's AppRunner default is an
-# hour; a request being handled or streamed is never cut by it.
+# The metrics listener's idle connections (the main listener's: `head_timeout`, the same by
+# default). aiohttp's AppRunner default is an hour.
 IDLE_CONNECTION_TIMEOUT = 75.0
 # On stop, how long requests in progress get to finish before they are cancelled. Streams and
 # WebSockets never finish by themselves: without a bound, a restart waited a minute for them.
@@ -100,7 +99,8 @@ class GateServer:
             app,
             handler_cancellation=True,
             access_log=None,
-            keepalive_timeout=IDLE_CONNECTION_TIMEOUT,
+            # A request being handled or streamed is never cut by it.
+            keepalive_timeout=self.config.head_timeout,
             shutdown_timeout=SHUTDOWN_GRACE,
         )
         await runner.setup()
@@ -109,7 +109,7 @@ class GateServer:
         factory: Callable[[], asyncio.Protocol] = runner.server
         if self.config.fast_path:
             self.fast_path = FastPath(
-                self.gate, app[ENDPOINTS_KEY], runner.server, IDLE_CONNECTION_TIMEOUT
+                self.gate, app[ENDPOINTS_KEY], runner.server, self.config.head_timeout
             )
             self.fast_path.start()
             factory = self.fast_path.protocol

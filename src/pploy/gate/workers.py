@@ -169,9 +169,7 @@ class Supervisor:
         # Upstreams verify assertions against the JWKS of whichever worker they ask: without
         # a key file, every worker must sign with the same generated key.
         self.assertion_key = (
-            None
-            if config.auth.assertion.key_file
-            else ECKey.generate_key("P-256", auto_kid=True)
+            None if config.auth.assertion.key_file else ECKey.generate_key("P-256", auto_kid=True)
         )
 
     def _spawn(self) -> int:

@@ -103,7 +103,7 @@ class OIDCProvider(Provider):
             "code_challenge_method": "S256",
         }
         params.update(self.extra_authorization_params())
-        endpoint = meta["authorization_endpoint"]
+        endpoint = str(meta["authorization_endpoint"])  # checked to be a string at discovery
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
 
     def extra_authorization_params(self) -> dict[str, str]:
@@ -234,12 +234,16 @@ class OIDCProvider(Provider):
             extra = await self._userinfo(str(tokens.get("access_token") or ""), claims["sub"])
             claims = {**extra, **claims}
         email = claims.get("email")
-        if email is not None and not isinstance(email, str):
+        if not isinstance(email, str) or not email:
             email = None
-        if email and "email_verified" in claims and not _verified(claims["email_verified"]):
-            info = UserInfo(user=email, email=email, provider=self.name)
-            raise Forbidden(info, f"the provider has not verified the address {email}")
-        user = claims.get(self.user_claim)
+        if email is not None and not _verified(claims.get("email_verified")):
+            # Only an address the provider says it verified is one: anyone can type any
+            # address into an account at some providers (the claim absent counts as false).
+            if self.restrictions:
+                info = UserInfo(user=email, email=email, provider=self.name)
+                raise Forbidden(info, f"the provider has not verified the address {email}")
+            email = None
+        user = email if self.user_claim == "email" else claims.get(self.user_claim)
         if not isinstance(user, str) or not user:
             user = email or claims["sub"]
         info = UserInfo(user=user, email=email, provider=self.name)

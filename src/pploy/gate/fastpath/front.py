@@ -1,26 +1,14 @@
-"""gate's fast path: plain proxied requests answered without aiohttp's server and client.
+"""The fast path's client side: request heads off the socket, each admitted request through the
+guards to a relay (:mod:`pploy.gate.fastpath.relay`), anything else handed to aiohttp's server.
+The contract is in :mod:`pploy.gate.fastpath`.
 
-Why: profiled under load (bench/README.md), aiohttp's server and client were over half of
-gate's CPU per small proxied request, and gate needed twice the CPU of Go's
-``httputil.ReverseProxy``. This front end parses request heads with httptools (llhttp, the
-parser Node.js uses), hands each admitted request to a raw keep-alive upstream connection
-(:mod:`pploy.gate.relay`) and lets the response flow from the upstream socket to the client's
-with nothing in between. No library offers such a hop on asyncio, so it is written by hand —
-but it decides nothing by itself: the guards (:mod:`pploy.gate.guards`), the routes, the upstream
-headers (:func:`pploy.gate.forwarding.upstream_headers`), the response headers, the pages and the
-request log (:mod:`pploy.gate.requestlog`) are the full server's own code.
+One client connection's life (:class:`Stage`)::
 
-What it serves: HTTP/1.1 requests without a body (no ``Transfer-Encoding``, ``Content-Length``
-absent or 0), no ``Upgrade`` or ``Expect``, whose path is a proxy route to an ``http://``
-upstream — after the Host guard, identity, restrictions, exactly as the full server orders them;
-it answers their refusals too. Anything else is *handed over*: the connection, with every byte
-received so far from the start of that request, goes to aiohttp's server, which serves it from
-then on — gate's own endpoints (login, logout, metrics, JWKS, stream test), htdocs, 404s and
-slash redirects, WebSockets, request bodies, ``https://`` upstreams, HTTP/1.0, and every head
-that is unusual in any way (a parse error, a bare CR or LF, a folded line, a duplicated Host or
-``Content-Length``, a line over 8190 bytes, a head over 16 KiB), so aiohttp's answers to
-malformed input stay the only ones. Request framing cannot differ between the two: a request
-the fast path serves ends exactly at its head's first empty line.
+    HEAD ──complete head, admitted──▶ EXCHANGE ──answered, keep-alive──▶ HEAD …
+     │  └─ head_timeout ─▶ CLOSED        └──── closing, cut, client gone ──▶ CLOSED
+     └── anything not ours ──▶ HANDED_OVER (aiohttp's server serves the connection from here)
+
+Reading and writing may be paused besides (back-pressure), in any stage.
 """
 
 from __future__ import annotations
@@ -28,20 +16,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, cast
 
 import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from pploy import log, streamtest
+from pploy import log
 from pploy.gate import guards, requestlog
 from pploy.gate import requestkeys as keys
 from pploy.gate.core import Gate
 from pploy.gate.endpoints import Endpoints
-from pploy.gate.forwarding import upstream_headers
-from pploy.gate.relay import Origin, Outcome, Pool, Relay, Result, head_bytes
-from pploy.gate.routing import BadPath, Route, encode_path, parse_target, request_host
+from pploy.gate.fastpath.relay import Origin, Outcome, Pool, Relay, Result
+from pploy.gate.forwarding import upstream_request
+from pploy.gate.headers import head_bytes
+from pploy.gate.plan import Serve, plan
+from pploy.gate.routing import BadPath, Route, parse_target
+from pploy.gate.sweep import IdleSweep
 
 # aiohttp refuses these when sent twice; such a request is handed to it to refuse.
 SINGLETON_HEADERS = frozenset(
@@ -66,6 +58,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods whose request gets an explicit empty body (aiohttp's client sends the same).
 EMPTY_BODY = frozenset({"POST", "PUT", "PATCH"})
 GUARDS = (guards.host, *guards.BEFORE_PROXY)
+# Requests for these are handed over as reason "route"; for gate's own endpoints, "endpoint".
+ROUTE_REASONS = frozenset({Serve.SLASH_REDIRECT, Serve.STATIC, Serve.NOT_FOUND})
 
 
 class FastRequest(dict[Any, Any]):
@@ -141,6 +135,24 @@ class _Head:
         self.messages += 1
 
 
+class Stage(Enum):
+    """Where one client connection is in its life (see the module's diagram)."""
+
+    HEAD = "head"  # waiting for (the rest of) a request head, within head_timeout
+    EXCHANGE = "exchange"  # a request is being answered
+    HANDED_OVER = "handed_over"  # aiohttp's server owns the connection now
+    CLOSED = "closed"
+
+
+# Every move a client connection may make (anything else is a bug, and an AssertionError).
+TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    Stage.HEAD: frozenset({Stage.EXCHANGE, Stage.HANDED_OVER, Stage.CLOSED}),
+    Stage.EXCHANGE: frozenset({Stage.HEAD, Stage.CLOSED}),
+    Stage.HANDED_OVER: frozenset(),
+    Stage.CLOSED: frozenset(),
+}
+
+
 class FastPath:
     """The fast path of one gate process: its rules, its upstream pool, its connections."""
 
@@ -149,18 +161,20 @@ class FastPath:
         gate: Gate,
         endpoints: Endpoints,
         full_server: Callable[[], asyncio.Protocol],
-        idle_timeout: float,
+        head_timeout: float,
     ) -> None:
         """``full_server``: aiohttp's protocol factory, to hand connections to;
-        ``idle_timeout``: how long a client connection may sit without a complete request."""
+        ``head_timeout``: how long a client connection may go without a complete request
+        head, from its opening or the end of its previous response."""
         self.gate = gate
-        self.idle_timeout = idle_timeout
         self.endpoints = endpoints
+        self.static = gate.static is not None
         self.full_server = full_server
         self.pool = Pool(gate.config.upstream, gate.metrics)
         self.connections: set[FrontConnection] = set()
+        # Connections in Stage.HEAD, timed: bytes trickling in buy no time (slowloris).
+        self.heads: IdleSweep[FrontConnection] = IdleSweep(head_timeout, FrontConnection.close)
         self.origins: dict[str, Origin | None] = {}
-        self._sweeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> FrontConnection:
         """The protocol factory for the listening socket."""
@@ -168,34 +182,21 @@ class FastPath:
 
     def start(self) -> None:
         self.pool.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self.heads.start()
 
     async def close(self, grace: float) -> None:
         """Stop: idle connections now, requests in progress after ``grace`` seconds."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        await self.heads.stop()
         for conn in list(self.connections):
-            if conn.task is None:
+            if conn.stage is Stage.HEAD:
                 conn.close()
         deadline = time.monotonic() + grace
-        while any(c.task is not None for c in self.connections) and time.monotonic() < deadline:
+        busy = Stage.EXCHANGE
+        while any(c.stage is busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close(abort=True)  # a stream never ends by itself, nor drains to a stuck client
         await self.pool.close()
-
-    async def _sweep(self) -> None:
-        """Close client connections idle (or stuck in the middle of a head) for longer than
-        the full server's keep-alive timeout: slowloris gets no more time here than there."""
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for conn in [
-                c
-                for c in self.connections
-                if c.task is None and now - c.last > self.idle_timeout
-            ]:
-                conn.close()
 
     # --- which requests are ours -------------------------------------------------------------
 
@@ -255,14 +256,6 @@ class FastPath:
             target = parse_target(raw_path)
         except BadPath:
             return "target"
-        path = target.path
-        endpoints = self.endpoints
-        if (
-            path in endpoints.public
-            or path in endpoints.private
-            or path.startswith(streamtest.GATE_PREFIX)
-        ):
-            return "endpoint"
         request = FastRequest(
             sink.method.decode("ascii"),
             raw_path,
@@ -271,13 +264,17 @@ class FastPath:
             conn.secure,
             sink.keep_alive,
         )
-        route = self.gate.router.match(request_host(request.host), target)
-        if route is None or route.needs_slash_redirect(target):
-            return "route"
+        serving = plan(
+            self.gate.router, self.endpoints, self.static, request.host, target, websocket=False
+        )
+        route = serving.route
+        if serving.serve is not Serve.PROXY or route is None:
+            return "route" if serving.serve in ROUTE_REASONS else "endpoint"
         origin = self.origin_of(route)
         if origin is None:
             return "scheme"
         request[keys.TARGET] = target
+        request[keys.PLAN] = serving
         request.route = route
         request.origin = origin
         return request
@@ -287,59 +284,45 @@ class FastPath:
     async def exchange(self, conn: FrontConnection, request: FastRequest) -> None:
         """Guards, then the upstream; one request-log line whatever happens."""
         gate = self.gate
-        request_id = requestlog.request_id(gate, request)
-        started = time.monotonic()
-        status, size, keep = 500, 0, request.keep_alive
-        try:
-            for guard in GUARDS:
-                refused = await guard(gate, request)
-                if refused is not None:
-                    status, size = conn.respond(refused, request)
-                    return
-            status, size, keep = await self._forward(conn, request)
-        except asyncio.CancelledError:
-            status = request.get(keys.SENT_STATUS, 499)
-            request[keys.ABORTED] = True
-            keep = False
-            raise
-        except Exception as exc:  # a bug: answer like aiohttp would, and say so in the log
-            log.event(
-                "gate.fast_path.error",
-                level="error",
-                error=f"{type(exc).__name__}: {exc}",
-                rid=request_id,
-            )
-            keep = False
-            if request.get(keys.SENT_STATUS) is None:
-                failure = web.Response(status=500, text="server error\n")
-                status, size = conn.respond(failure, request)
-        finally:
-            gate.metrics.fast_path_requests += 1
-            requestlog.finish(gate, request, status, size, time.monotonic() - started)
-            conn.exchange_done(keep)
+        keep = request.keep_alive
+        with requestlog.Exchange(gate, request) as record:
+            try:
+                for guard in GUARDS:
+                    refused = await guard(gate, request)
+                    if refused is not None:
+                        record.status, record.size = conn.respond(refused, request)
+                        return
+                record.status, record.size, keep = await self._forward(conn, request)
+            except asyncio.CancelledError:
+                keep = False
+                raise
+            except Exception as exc:  # a bug: answer like aiohttp would, and say so in the log
+                log.event(
+                    "gate.fast_path.error",
+                    level="error",
+                    error=f"{type(exc).__name__}: {exc}",
+                    rid=record.id,
+                )
+                keep = False
+                if request.get(keys.SENT_STATUS) is None:
+                    failure = web.Response(status=500, text="server error\n")
+                    record.status, record.size = conn.respond(failure, request)
+            finally:
+                gate.metrics.fast_path_requests += 1
+                conn.exchange_done(keep)
 
     async def _forward(self, conn: FrontConnection, request: FastRequest) -> tuple[int, int, bool]:
         """Send the request upstream and relay the answer: (status, body bytes, keep-alive)."""
         gate = self.gate
         route, origin = request.route, request.origin
         assert route is not None and origin is not None
-        conf = route.conf
-        request[keys.ROUTE] = route.label  # from here on, as the full server labels it
-        headers = upstream_headers(
-            gate,
-            request,
-            request[keys.PRINCIPAL],
-            host=request.host if conf.preserve_host and request.host else None,
-            websocket=False,
-            audience=conf.assertion_audience,
-            stripped=encode_path(route.prefix, False) if conf.strip_path else None,
-        )
-        path = route.upstream_url(request[keys.TARGET])[len(route.dest_origin) :]
+        url, headers = upstream_request(gate, request, route, websocket=False)
+        path = url[len(route.dest_origin) :]
         pairs = list(headers.items())
         if "Host" not in headers:
             pairs.insert(0, ("Host", origin.host_header))
         if request.method in EMPTY_BODY and "Content-Length" not in headers:
-            pairs.append(("Content-Length", "0"))
+            pairs.append(("Content-Length", "0"))  # as aiohttp's client sends it
         try:
             data = head_bytes(f"{request.method} {path} HTTP/1.1", pairs)
         except ValueError as exc:  # a CR or LF inside a value gate added
@@ -368,16 +351,22 @@ class FastPath:
         if outcome is Outcome.CLIENT:
             request[keys.ABORTED] = True
             return (status or 499), size, False
-        error = result.error or TimeoutError("the upstream was silent for upstream.idle_timeout")
-        if outcome in (Outcome.UNAVAILABLE, Outcome.RETRY, Outcome.TIMEOUT):
-            if outcome is Outcome.TIMEOUT:
-                error = TimeoutError("the upstream sent no response within upstream.idle_timeout")
-            page = gate.upstream.unavailable(request, route.label, error)
-            return *conn.respond(page, request), request.keep_alive  # as the full server does
-        # Headers are gone already: cut the client so a truncated body is never taken whole.
-        kind = "idle_timeout" if outcome is Outcome.IDLE else "broken"
-        gate.upstream.failed(request, route.label, kind, error)
-        conn.close()
+        error = result.error
+        if outcome is Outcome.TIMEOUT:
+            error = TimeoutError("the upstream sent no response within upstream.idle_timeout")
+        elif outcome is Outcome.IDLE:
+            error = TimeoutError("the upstream was silent for upstream.idle_timeout")
+        started = outcome in (Outcome.BROKEN, Outcome.IDLE)
+        answer = gate.upstream.failure(
+            request,
+            route.label,
+            error or ConnectionResetError("the upstream failed"),
+            started=started,
+            idle=outcome is Outcome.IDLE,
+            client=conn,
+        )
+        if answer is not None:  # as the full server does
+            return *conn.respond(answer, request), request.keep_alive
         return status, size, False
 
 
@@ -393,12 +382,20 @@ class FrontConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self.secure = False
-        self.task: asyncio.Task[None] | None = None
-        self.relay: Relay | None = None
-        self.closed = False
+        self.stage = Stage.HEAD
+        self.task: asyncio.Task[None] | None = None  # in Stage.EXCHANGE
+        self.relay: Relay | None = None  # while the exchange relays a response
         self.reading_paused = False
         self.writing_paused = False
-        self.last = time.monotonic()
+
+    def _to(self, stage: Stage) -> None:
+        assert stage in TRANSITIONS[self.stage], f"{self.stage} -> {stage}"
+        self.stage = stage
+
+    @property
+    def closed(self) -> bool:
+        """This protocol no longer serves the connection (closed, or aiohttp's server does)."""
+        return self.stage is Stage.CLOSED or self.stage is Stage.HANDED_OVER
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -409,11 +406,11 @@ class FrontConnection(asyncio.Protocol):
         self.remote = peer[0] if isinstance(peer, tuple) and peer else None
         self.secure = transport.get_extra_info("sslcontext") is not None
         self.fast.connections.add(self)
+        self.fast.heads.touch(self)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self.last = time.monotonic()
-        if self.task is None:
+        if self.stage is Stage.HEAD:
             self._next()
         elif len(self.buffer) > MAX_PENDING and not self.reading_paused:
             self.reading_paused = True
@@ -423,11 +420,10 @@ class FrontConnection(asyncio.Protocol):
     def eof_received(self) -> None:
         """The client stopped sending: it has left (aiohttp's server reads EOF the same way,
         cancelling what it was doing for the client). The transport closes."""
-        self.closed = True
+        self._end()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.closed = True
-        self.fast.connections.discard(self)
+        self._end()
         relay = self.relay
         if relay is not None:
             # Only while the relay still works for this client: once its response is
@@ -450,10 +446,8 @@ class FrontConnection(asyncio.Protocol):
     # --- requests, one at a time -------------------------------------------------------------
 
     def _next(self) -> None:
-        """Start on the next complete head in the buffer (if any)."""
+        """In Stage.HEAD: start on the next complete head in the buffer (if any)."""
         buffer = self.buffer
-        if self.closed:
-            return
         if not buffer:
             return
         end = buffer.find(b"\r\n\r\n")
@@ -467,15 +461,19 @@ class FrontConnection(asyncio.Protocol):
             self.handover(admitted)
             return
         del buffer[: end + 4]
+        self._to(Stage.EXCHANGE)
+        self.fast.heads.forget(self)
         self.task = asyncio.get_running_loop().create_task(self.fast.exchange(self, admitted))
 
     def exchange_done(self, keep_alive: bool) -> None:
+        """Stage.EXCHANGE is over: back to Stage.HEAD for the next request, or closed."""
         self.task = None
         self.relay = None
-        self.last = time.monotonic()
-        if not keep_alive or self.closed:
+        if not keep_alive or self.stage is not Stage.EXCHANGE:
             self.close()
             return
+        self._to(Stage.HEAD)
+        self.fast.heads.touch(self)
         if self.reading_paused and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
@@ -527,8 +525,7 @@ class FrontConnection(asyncio.Protocol):
         if transport is None or self.closed:
             return
         self.fast.gate.metrics.handover(reason)
-        self.fast.connections.discard(self)
-        self.closed = True  # for this protocol: the connection lives on under aiohttp
+        self._end(Stage.HANDED_OVER)  # the connection lives on under aiohttp
         handler = self.fast.full_server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -545,5 +542,11 @@ class FrontConnection(asyncio.Protocol):
                 self.transport.abort()
             elif not self.transport.is_closing():
                 self.transport.close()
-        self.closed = True
+        self._end()
+
+    def _end(self, stage: Stage = Stage.CLOSED) -> None:
+        """This protocol is done with the connection: ``stage`` CLOSED or HANDED_OVER."""
+        if not self.closed:
+            self._to(stage)
         self.fast.connections.discard(self)
+        self.fast.heads.forget(self)
