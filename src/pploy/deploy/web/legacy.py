@@ -3,7 +3,7 @@
 Pages the originals served at ``/<project>…`` redirect to pploy's own; their JSON endpoints
 answer with pploy's JSON (go-pploy's ``/api/status/<project>`` is ``/api/projects/<name>``);
 their project creation (``POST /_create``, the Scala ``/_/create``) creates. The one-shot
-``POST /<project>/deploy`` and ``/checkout`` stay in :mod:`pploy.deploy.streams`. These routes
+``POST /<project>/deploy`` and ``/checkout`` stay in :mod:`pploy.deploy.web.streams`. These routes
 are registered after every other one: a route of pploy's own always wins.
 """
 
@@ -13,12 +13,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import actions, api
-from pploy.deploy.errors import BadRequest, NotFound
-from pploy.deploy.middleware import starts_work
-from pploy.deploy.requestkeys import CALLER
+from pploy.deploy import actions
+from pploy.deploy.domain.errors import BadRequest, NotFound
 from pploy.deploy.services import services
-from pploy.deploy.streams import one_shot_params
+from pploy.deploy.web import api
+from pploy.deploy.web.middleware import starts_work
+from pploy.deploy.web.requestkeys import CALLER
+from pploy.deploy.web.streams import one_shot_params
 
 
 def _project_page(name: str) -> str:
