@@ -141,10 +141,12 @@ def move_files(dry: bool) -> list[str]:
         if dst.suffix == ".py" and not (dst.parent / "__init__.py").exists():
             (dst.parent / "__init__.py").write_text("")
             git("add", str(dst.parent / "__init__.py"))
+        git("add", str(src))  # git mv moves tracked files only
         git("mv", str(src), str(dst))
     for folder in ASSETS:
-        if not dry and (DEPLOY / folder).is_dir() and not any((DEPLOY / folder).rglob("*.*")):
-            for d in sorted((DEPLOY / folder).rglob("*"), reverse=True) + [DEPLOY / folder]:
+        old = DEPLOY / folder
+        if not dry and old.is_dir() and not any(p.is_file() for p in old.rglob("*")):
+            for d in sorted(old.rglob("*"), reverse=True) + [old]:
                 d.rmdir()
     return done
 
