@@ -1,13 +1,20 @@
-"""The layering of issue 12, checked from the source: imports run one way.
+"""The layering of issues 12 and 22, checked from the source: imports run one way.
 
 Every import counts, including those inside functions and under ``TYPE_CHECKING`` (a cycle
 hidden in a function body is still a cycle: it only moves the failure to run time).
+
+Inside ``pploy/deploy/`` (issue 22): ``web → jobs → domain ← storage``, under the modules left
+at the top (the wiring: app, services, actions, cli, server; config, read by every layer).
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import shutil
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -140,6 +147,112 @@ def test_deploy_route_modules_do_not_import_the_wiring() -> None:
     graph = import_graph(SRC, "pploy")
     importers = sorted(m for m, targets in graph.items() if "pploy.deploy.app" in targets)
     assert importers == ["pploy.chain.up", "pploy.deploy.cli"]
+
+
+DEPLOY = "pploy.deploy"
+MAX_TOP_MODULES = 12
+# What each subpackage of deploy/ may import inside deploy/ (itself aside): a layer imports only
+# the layers below it, and of the modules at the top only config (plain settings). Importing
+# services, actions or app from below would reach every layer through them.
+MAY_IMPORT = {
+    "domain": {"config"},  # no HTTP, no SQL, no running jobs
+    "storage": {"domain"},  # the engines implement domain.records.Storage
+    "jobs": {"domain", "storage", "config"},
+}
+
+
+def layer_of(module: str) -> str | None:
+    """``pploy.deploy.web.api`` -> ``web``; a top module -> its own name; outside -> None."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == DEPLOY.split(".") and len(parts) > 2 else None
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that break ``MAY_IMPORT``, as ``module -> target``."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if (layer := layer_of(module)) in MAY_IMPORT
+        for target in targets
+        if layer_of(target) not in (None, layer, *MAY_IMPORT[layer])
+    )
+
+
+def too_many_at_the_top(package: Path) -> list[str]:
+    """The modules directly in ``package`` (``__init__`` aside) when there are too many."""
+    top = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    return top if len(top) > MAX_TOP_MODULES else []
+
+
+def test_deploy_subpackages_import_only_downwards() -> None:
+    """web → jobs → domain ← storage: domain imports neither web, jobs nor storage; storage
+    neither web nor jobs; jobs not web; none of them the wiring above (services, actions)."""
+    assert layer_violations(import_graph(SRC, "pploy")) == []
+
+
+def test_deploy_keeps_at_most_a_dozen_modules_at_the_top() -> None:
+    """Everything else lives in a subpackage by concern (tools/restructure.py places it)."""
+    assert too_many_at_the_top(PACKAGE / "deploy") == []
+
+
+@pytest.mark.parametrize(
+    ("module", "bad_import", "expected"),
+    [
+        ("domain/locks.py", "from pploy.deploy.web import rendering", "web.rendering"),
+        ("domain/names.py", "import pploy.deploy.storage.sqlite", "storage.sqlite"),
+        ("domain/tokens.py", "from pploy.deploy.jobs import following", "jobs.following"),
+        ("domain/projects.py", "from pploy.deploy.services import Services", "services"),
+        ("storage/sqlite.py", "from pploy.deploy.jobs.running import Jobs", "jobs.running"),
+        ("storage/postgres.py", "from pploy.deploy.web import params", "web.params"),
+        ("jobs/terminal.py", "from pploy.deploy.web.requestkeys import CALLER", "web.requestkeys"),
+        ("jobs/timeline.py", "from pploy.deploy import actions", "actions"),
+    ],
+)
+def test_each_layer_rule_catches_a_bad_import(
+    tmp_path: Path, module: str, bad_import: str, expected: str
+) -> None:
+    """The rules above, broken on purpose in a copy of the source (inside a function, as a
+    lazy import would be): each bad import is reported, and nothing else (``from package
+    import module`` names the package too)."""
+    shutil.copytree(PACKAGE, tmp_path / "pploy", ignore=shutil.ignore_patterns("__pycache__"))
+    path = tmp_path / "pploy" / "deploy" / module
+    path.write_text(path.read_text() + f"\n\ndef _bad() -> None:\n    {bad_import}\n")
+    name = module_name(path, tmp_path)
+    before = set(layer_violations(import_graph(SRC, "pploy")))  # empty, unless a rule is broken
+    found = sorted(set(layer_violations(import_graph(tmp_path, "pploy"))) - before)
+    assert f"{name} -> {DEPLOY}.{expected}" in found
+    assert all(line.startswith(f"{name} -> ") for line in found), found
+
+
+def test_the_top_module_count_catches_a_module_too_many(tmp_path: Path) -> None:
+    shutil.copytree(PACKAGE / "deploy", tmp_path, dirs_exist_ok=True)
+    n = 0
+    while not too_many_at_the_top(tmp_path):
+        (tmp_path / f"extra{n}.py").write_text("")
+        n += 1
+    assert len(too_many_at_the_top(tmp_path)) == MAX_TOP_MODULES + 1
+
+
+def readme_tree() -> set[str]:
+    """The modules the README's tree of ``src/pploy/deploy/`` shows, as ``web/api.py``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```text\nsrc/pploy/deploy/\n")
+    block = text[start : text.index("```", start + 3)].splitlines()[2:]
+    shown, package = set(), ""
+    for line in block:
+        top = not line.startswith(("│", " "))
+        entry = line.lstrip("│├└─ ")
+        if top:
+            package = entry.split("/")[0] + "/" if entry.split()[0].endswith("/") else ""
+        shown.update(package + name for name in re.findall(r"\b\w+\.py\b", entry))
+    return shown
+
+
+def test_the_readme_tree_shows_every_deploy_module() -> None:
+    """The README's picture of deploy/ is the layout: each module at its place, none extra."""
+    deploy = PACKAGE / "deploy"
+    modules = {str(p.relative_to(deploy)) for p in deploy.rglob("*.py") if p.stem != "__init__"}
+    assert readme_tree() == modules
 
 
 def test_bench_does_not_import_tests() -> None:

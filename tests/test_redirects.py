@@ -40,7 +40,7 @@ async def test_every_payload_through_pploys_login_form(tmp_path):
 
 
 def test_gate_and_pploy_use_the_same_validator():
-    from pploy.deploy import pages
+    from pploy.deploy.web import pages
     from pploy.gate import login
 
     assert pages.safe_next is safe_return_path

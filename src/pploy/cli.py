@@ -7,18 +7,16 @@ Each subcommand module exposes ``register(subparsers)``, which adds its parser a
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from pploy import __version__
+from pploy.chain import cli as chain_cli
+from pploy.client import cli as client_cli
+from pploy.deploy import cli as deploy_cli
+from pploy.gate import cli as gate_cli
 
-# Order is the order shown in --help.
-SUBCOMMAND_MODULES = [
-    "pploy.deploy.cli",
-    "pploy.gate.cli",
-    "pploy.chain.cli",
-    "pploy.client.cli",
-]
+# Plain imports (tests/test_architecture.py sees them). Order is the order shown in --help.
+SUBCOMMAND_MODULES = [deploy_cli, gate_cli, chain_cli, client_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pploy {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in SUBCOMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

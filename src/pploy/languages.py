@@ -1,6 +1,6 @@
 """The languages pploy and gate speak, and choosing one from a request's Accept-Language.
 
-Shared by pploy's pages (deploy/i18n.py) and gate's (gate/pages.py), which keep their own
+Shared by pploy's pages (deploy/web/i18n.py) and gate's (gate/pages.py), which keep their own
 catalogues."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pploy.deploy.config import ConfigError, load_config
-from pploy.deploy.permissions import Caller
+from pploy.deploy.domain.permissions import Caller
 from tests.deploy.slapd import (
     GROUPS,
     PEOPLE,

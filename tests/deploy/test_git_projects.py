@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pploy.deploy import git
 from pploy.deploy.config import GitConfig
-from pploy.deploy.errors import BadRequest, Conflict, NotFound
-from pploy.deploy.projects import DEFAULT_ENVS, Project, Projects
+from pploy.deploy.domain import git
+from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound
+from pploy.deploy.domain.projects import DEFAULT_ENVS, Project, Projects
 
 BASE_ENV = {
     **os.environ,

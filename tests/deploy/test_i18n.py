@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pploy.deploy.i18n import JA, LANGUAGES, negotiate, translator
+from pploy.deploy.web.i18n import JA, LANGUAGES, negotiate, translator
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_translator() -> None:
 
 
 def test_every_string_the_templates_translate_has_japanese() -> None:
-    templates = Path(__file__).resolve().parents[2] / "src" / "pploy" / "deploy" / "templates"
+    templates = Path(__file__).resolve().parents[2] / "src/pploy/deploy/web/templates"
     text = "\n".join(p.read_text() for p in templates.glob("*.html"))
     used = set(re.findall(r"""\b_\(\s*(?:"([^"]+)"|'([^']+)')\s*\)""", text))
     strings = {a or b for a, b in used}
@@ -71,7 +71,7 @@ def test_every_string_the_templates_translate_has_japanese() -> None:
 
 
 def test_every_job_status_has_japanese() -> None:
-    from pploy.deploy.store import FINAL_STATUSES
+    from pploy.deploy.domain.records import FINAL_STATUSES
 
     for status in ("running", *FINAL_STATUSES):
         assert translator("ja")(status) != status, status

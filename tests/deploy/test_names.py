@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pploy.deploy import names
-from pploy.deploy.names import InvalidName
+from pploy.deploy.domain import names
+from pploy.deploy.domain.names import InvalidName
 
 # -- project names -------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Permissions (issue 13): who may add/remove projects and deploy where, decided by
-pploy.deploy.permissions and enforced by a real pploy on every route, refusals changing
+pploy.deploy.domain.permissions and enforced by a real pploy on every route, refusals changing
 nothing."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from yarl import URL
 
 from pploy.deploy.config import ConfigError, PermissionsConfig, load_config
-from pploy.deploy.permissions import Caller, Permissions
+from pploy.deploy.domain.permissions import Caller, Permissions
 from tests.deploy.support import make_remote, start_pploy
 
 # The issue's example, as the configuration file would hold it.

@@ -201,7 +201,7 @@ async def test_a_pploy_db_from_before_is_migrated_and_its_clones_adopted(tmp_pat
 
 
 def test_urls_are_stored_and_shown_without_passwords(tmp_path: Path) -> None:
-    from pploy.deploy.names import without_secrets
+    from pploy.deploy.domain.names import without_secrets
 
     assert (
         without_secrets("https://ghp_token@github.com/a/b.git") == "https://***@github.com/a/b.git"

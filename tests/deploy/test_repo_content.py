@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from pploy.deploy import repofiles
+from pploy.deploy.domain import repofiles
 from tests.deploy.support import git, start_pploy
 from tests.deploy.test_server_process import Server, write_config
 

@@ -233,7 +233,7 @@ async def test_an_admin_lists_and_revokes_another_users_tokens(tmp_path: Path) -
 SIGNAL_AFTER_PIDFILE = """
 import os, signal, sys
 from pploy import cli
-from pploy.deploy import runtime
+from pploy.deploy.web import runtime
 
 write = runtime.write_pidfile
 

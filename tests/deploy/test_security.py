@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from pploy.deploy import security
-from pploy.deploy.errors import BadRequest, Forbidden, PployError
+from pploy.deploy.domain.errors import BadRequest, Forbidden, PployError
+from pploy.deploy.web import security
 
 
 def request(headers: dict[str, str], *, tls: bool = False, method: str = "POST") -> web.Request:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from pploy.deploy.security import SAFE_METHODS
+from pploy.deploy.web.security import SAFE_METHODS
 from tests.deploy.support import Fifo, Pploy, make_remote, start_pploy
 from tests.reliability.rawhttp import raw_request, status_of
 

@@ -309,7 +309,7 @@ async def test_memory_tail_stays_bounded():
     import tempfile
     from pathlib import Path
 
-    from pploy.deploy.follow import LogBuffer
+    from pploy.deploy.jobs.following import LogBuffer
 
     with tempfile.TemporaryDirectory() as tmp:
         buffer = LogBuffer(Path(tmp) / "x.log", memory_bytes=64 * 1024)

@@ -1,4 +1,5 @@
-"""store.py and locks.py on a real SQLite file, with time supplied by a hand-driven clock."""
+"""storage/sqlite.py and domain/locks.py on a real SQLite file, with time supplied by a
+hand-driven clock."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pploy.deploy.errors import BadRequest, Conflict, Forbidden
-from pploy.deploy.locks import Locks, describe_left
-from pploy.deploy.storage import Storage
-from pploy.deploy.store import SCHEMA_VERSION, JobAlreadyRunning, Lock, Store
-from pploy.deploy.store_pg import PgStore
+from pploy.deploy.domain.errors import BadRequest, Conflict, Forbidden
+from pploy.deploy.domain.locks import Locks, describe_left
+from pploy.deploy.domain.records import JobAlreadyRunning, Lock, Storage
+from pploy.deploy.storage.postgres import PgStore
+from pploy.deploy.storage.sqlite import SCHEMA_VERSION, Store
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 T0 = 1_800_000_000.0

@@ -11,9 +11,9 @@ import pytest
 
 from pploy.configfile import ConfigError
 from pploy.deploy.config import load_config
-from pploy.deploy.errors import Conflict
-from pploy.deploy.store import StoreUnavailable
-from pploy.deploy.store_pg import MIGRATIONS, SILENT_MESSAGE, PgStore
+from pploy.deploy.domain.errors import Conflict
+from pploy.deploy.domain.records import StoreUnavailable
+from pploy.deploy.storage.postgres import MIGRATIONS, SILENT_MESSAGE, PgStore
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 

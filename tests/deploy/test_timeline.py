@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pploy.deploy import timeline
-from pploy.deploy.timeline import TimelineWriter, line_times, times_path
+from pploy.deploy.jobs import timeline
+from pploy.deploy.jobs.timeline import TimelineWriter, line_times, times_path
 
 
 def write_log(tmp_path: Path, pieces: list[tuple[bytes, float]]) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from pploy.deploy.store import SCHEMA_VERSION, Store
+from pploy.deploy.storage.sqlite import SCHEMA_VERSION, Store
 from tests.deploy.support import make_remote, start_pploy
 
 

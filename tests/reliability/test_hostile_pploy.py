@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from pploy.deploy.security import SAFE_METHODS
+from pploy.deploy.web.security import SAFE_METHODS
 from tests.deploy.support import Fifo, make_remote, start_pploy
 from tests.reliability.rawhttp import (
     frame,

@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pploy.deploy import names
-from pploy.deploy.pages import safe_next
+from pploy.deploy.domain import names
+from pploy.deploy.web.pages import safe_next
 from pploy.gate.config import ConfigError, load_config, parse_config
 from pploy.redirects import safe_return_path
 

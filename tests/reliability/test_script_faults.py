@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pploy.deploy import streams
+from pploy.deploy.web import streams
 from tests.deploy.support import Fifo, git, make_remote, start_pploy
 from tests.helpers import require_binary
 from tests.reliability.common import FULL_LOAD, read_sse_log, scaled, sse_events

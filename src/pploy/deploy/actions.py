@@ -1,12 +1,12 @@
 """The one place that decides what a caller may do: every state change — adding or removing a
 project, the lock, checkout, deploy, cancel, API tokens — is a function here taking the
-:class:`~pploy.deploy.permissions.Caller`, whatever the route (JSON API, HTML forms, one-shot
+:class:`~pploy.deploy.domain.permissions.Caller`, whatever the route (JSON API, HTML forms, one-shot
 endpoints, WebSocket commands, the originals' URLs). Routes never call the state-changing
 methods of ``svc.locks``, ``svc.jobs``, ``svc.projects`` or ``svc.tokens`` themselves.
 
 Each action records on the request that it ran (:func:`taking`, set up by the middleware for
 every request): a state-changing request that succeeds without one is refused as a bug by
-:mod:`pploy.deploy.middleware`, and ``tests/deploy/test_route_inventory.py`` lists the router's
+:mod:`pploy.deploy.web.middleware`, and ``tests/deploy/test_route_inventory.py`` lists the router's
 routes and fails on any that no action and no hostile test covers.
 """
 
@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import ParamSpec, TypeVar
 
-from pploy.deploy.errors import BadRequest, NotFound
-from pploy.deploy.permissions import Caller
-from pploy.deploy.projects import Project
+from pploy.deploy.domain.errors import BadRequest, NotFound
+from pploy.deploy.domain.permissions import Caller
+from pploy.deploy.domain.projects import Project
+from pploy.deploy.domain.records import ApiToken, JobRecord, Lock
+from pploy.deploy.domain.tokens import NewToken
 from pploy.deploy.services import Services
-from pploy.deploy.store import ApiToken, JobRecord, Lock
-from pploy.deploy.tokens import NewToken
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -1,8 +1,8 @@
 """The pploy web application: services, middlewares and routes wired together.
 
 Only the entry points (``pploy serve``, ``pploy up``, tests) import this module; route
-modules import :mod:`~pploy.deploy.services`, :mod:`~pploy.deploy.rendering` and
-:mod:`~pploy.deploy.params` instead."""
+modules import :mod:`~pploy.deploy.services`, :mod:`~pploy.deploy.web.rendering` and
+:mod:`~pploy.deploy.web.params` instead."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from pathlib import Path
 from aiohttp import web
 
 from pploy import log, streamtest
-from pploy.deploy import api, legacy, pages, prefix, runtime, streams, tokenroutes
+from pploy.deploy import prefix
 from pploy.deploy.config import Config
-from pploy.deploy.middleware import authenticate, request_context
 from pploy.deploy.services import SERVICES, Services, build_services
+from pploy.deploy.web import api, legacy, pages, runtime, streams, tokenroutes
+from pploy.deploy.web.middleware import authenticate, request_context
 
 __all__ = ["SERVICES", "Services", "create_app"]
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent / "web" / "static"
 
 
 async def on_startup(app: web.Application) -> None:

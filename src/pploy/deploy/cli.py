@@ -215,7 +215,7 @@ def serve(config: object, demo: bool = False) -> int:
             await ensure_demo_project(app[SERVICES].projects, config.workdir)
 
         app.on_startup.append(add_demo)
-    from pploy.deploy import runtime
+    from pploy.deploy.web import runtime
 
     # Until the server's own handler takes over, SIGTERM stops pploy through the `finally`
     # below, which removes the pidfile: installed before the pidfile is written, so no signal
@@ -235,8 +235,9 @@ def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
 
 
 def _serve_with_pidfile(config: object, app: web.Application, sock: socket.socket) -> int:
-    from pploy.deploy import runtime, server
+    from pploy.deploy import server
     from pploy.deploy.config import Config, ConfigError
+    from pploy.deploy.web import runtime
 
     assert isinstance(config, Config)
     metrics_sock = None

@@ -26,7 +26,7 @@ from pydantic import (
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
 from pploy.deploy import prefix as url_prefix
-from pploy.deploy.names import InvalidName, user_name
+from pploy.deploy.domain.names import InvalidName, user_name
 from pploy.networks import check_networks
 
 

@@ -71,7 +71,7 @@ def create_demo_remote(root: Path) -> Path:
 
 async def ensure_demo_project(projects: object, workdir: Path) -> None:
     """Add the demo project to a workdir that has none yet."""
-    from pploy.deploy.projects import Projects
+    from pploy.deploy.domain.projects import Projects
 
     assert isinstance(projects, Projects)
     if (projects.root / "demo").exists():

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pploy import log
-from pploy.deploy import names
 from pploy.deploy.config import LdapConfig
+from pploy.deploy.domain import names
 
 GROUP_FILTER = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
 PAGE_SIZE = 500  # entries per page: below slapd's default size limit (500 per request)

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pploy.deploy.errors import BadRequest
+from pploy.deploy.domain.errors import BadRequest
 
 FORWARDED_PREFIX = "X-Forwarded-Prefix"
 BASE: web.RequestKey[str] = web.RequestKey("pploy_base", str)

@@ -38,7 +38,7 @@ async def serve(
     try:
         await web.SockSite(runner, sock).start()
         if metrics_sock is not None:
-            from pploy.deploy import runtime
+            from pploy.deploy.web import runtime
 
             metrics = runtime.metrics_app(app[SERVICES], app[runtime.COUNTERS])
             metrics_runner = web.AppRunner(metrics, access_log=None)

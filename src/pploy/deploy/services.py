@@ -13,24 +13,24 @@ from typing import TYPE_CHECKING
 import jinja2
 from aiohttp import web
 
-from pploy.deploy.auth import Authenticator
 from pploy.deploy.config import Config
 from pploy.deploy.directory import Directory
-from pploy.deploy.errors import NotFound
-from pploy.deploy.expiry import ExpiryWatch
-from pploy.deploy.jobs import Jobs
-from pploy.deploy.locks import Locks
+from pploy.deploy.domain.errors import NotFound
+from pploy.deploy.domain.expiry import ExpiryWatch
+from pploy.deploy.domain.locks import Locks
+from pploy.deploy.domain.permissions import Caller, Permissions
+from pploy.deploy.domain.projects import Projects
+from pploy.deploy.domain.records import JobRecord, Lock, Storage
+from pploy.deploy.domain.tokens import Tokens
+from pploy.deploy.jobs.running import Jobs
 from pploy.deploy.notify import Notifier
-from pploy.deploy.permissions import Caller, Permissions
-from pploy.deploy.projects import Projects
-from pploy.deploy.storage import Storage, open_store
-from pploy.deploy.store import JobRecord, Lock
-from pploy.deploy.tokens import Tokens
+from pploy.deploy.storage.opening import open_store
+from pploy.deploy.web.auth import Authenticator
 
 if TYPE_CHECKING:  # psycopg is imported only with a shared database
-    from pploy.deploy.cluster import Cluster
+    from pploy.deploy.jobs.cluster import Cluster
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parent / "web" / "templates"
 
 
 @dataclass
@@ -138,9 +138,9 @@ def build_services(config: Config) -> Services:
         config, store, projects, locks, jobs, notifier, auth, build_templates(), directory, expiry
     )
     if store.shared:
-        from pploy.deploy.cluster import Cluster
-        from pploy.deploy.sharedlog import SharedLogs
-        from pploy.deploy.store_pg import PgStore
+        from pploy.deploy.jobs.cluster import Cluster
+        from pploy.deploy.jobs.sharedlog import SharedLogs
+        from pploy.deploy.storage.postgres import PgStore
 
         assert isinstance(store, PgStore)
         jobs.shared_logs = SharedLogs(store, jobs.final_status)

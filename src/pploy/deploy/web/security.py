@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from pploy.deploy.errors import BadRequest, Forbidden
-from pploy.deploy.requestkeys import CALLER, NEW_CSRF_TOKEN, ORIGIN_PROVEN
+from pploy.deploy.domain.errors import BadRequest, Forbidden
+from pploy.deploy.web.requestkeys import CALLER, NEW_CSRF_TOKEN, ORIGIN_PROVEN
 
 CSRF_COOKIE = "csrf"
 CSRF_FIELD = "csrf_token"
@@ -114,7 +114,7 @@ async def check_form_token(request: web.Request) -> None:
         raise BadRequest("this form must be posted as application/x-www-form-urlencoded")
     caller = request.get(CALLER)
     if caller is not None and caller.token is not None:
-        return  # bearer-authenticated: no cookie speaks for this request (pploy.deploy.tokens)
+        return  # bearer-authenticated: no cookie speaks for this request (domain/tokens.py)
     if request.get(ORIGIN_PROVEN):
         return  # go-pploy's forms carry no token; the browser proved them same-origin
     form = await request.post()

@@ -6,12 +6,14 @@ import asyncio
 
 from aiohttp import web
 
-from pploy.deploy import actions, timeline, views
-from pploy.deploy.errors import BadRequest
-from pploy.deploy.middleware import starts_work
-from pploy.deploy.params import job_id, read_json, string_field
-from pploy.deploy.requestkeys import CALLER, USER
+from pploy.deploy import actions
+from pploy.deploy.domain.errors import BadRequest
+from pploy.deploy.jobs import timeline
 from pploy.deploy.services import services
+from pploy.deploy.web import views
+from pploy.deploy.web.middleware import starts_work
+from pploy.deploy.web.params import job_id, read_json, string_field
+from pploy.deploy.web.requestkeys import CALLER, USER
 
 routes = web.RouteTableDef()
 

@@ -20,11 +20,11 @@ import time
 import psycopg
 
 from pploy import log
-from pploy.deploy.jobs import Jobs, _note
-from pploy.deploy.projects import Projects
-from pploy.deploy.sharedlog import SharedLogs
-from pploy.deploy.store import StoreUnavailable
-from pploy.deploy.store_pg import (
+from pploy.deploy.domain.projects import Projects
+from pploy.deploy.domain.records import StoreUnavailable
+from pploy.deploy.jobs.running import Jobs, _note
+from pploy.deploy.jobs.sharedlog import SharedLogs
+from pploy.deploy.storage.postgres import (
     CANCEL_CHANNEL,
     LOG_CHANNEL,
     PROJECTS_CHANNEL,

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from pploy.deploy import i18n, prefix, security
-from pploy.deploy.requestkeys import USER
+from pploy.deploy import prefix
 from pploy.deploy.services import services
+from pploy.deploy.web import i18n, security
+from pploy.deploy.web.requestkeys import USER
 
 
 def wants_json(request: web.Request) -> bool:

@@ -9,7 +9,7 @@ JSON routes and forms also answer at the root, where its scripts call them; pplo
 ``/api/...`` keep their shapes.
 
 go-pploy's forms carry no CSRF token: they are accepted when the browser proves the request
-same-origin (:func:`pploy.deploy.middleware.same_origin_form`), never otherwise. The user is
+same-origin (:func:`pploy.deploy.web.middleware.same_origin_form`), never otherwise. The user is
 always the authenticated caller: a ``user`` field naming someone else is refused.
 """
 
@@ -22,14 +22,15 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import actions, git
-from pploy.deploy.errors import BadRequest, Forbidden, NotFound, PployError
-from pploy.deploy.middleware import same_origin_form, starts_work
-from pploy.deploy.projects import Project
-from pploy.deploy.rendering import FLASH_KIND, for_scripts, redirect_with_error
-from pploy.deploy.requestkeys import CALLER, USER
+from pploy.deploy import actions
+from pploy.deploy.domain import git
+from pploy.deploy.domain.errors import BadRequest, Forbidden, NotFound, PployError
+from pploy.deploy.domain.projects import Project
 from pploy.deploy.services import Services, services
-from pploy.deploy.streams import one_shot_body, one_shot_checkout, one_shot_deploy
+from pploy.deploy.web.middleware import same_origin_form, starts_work
+from pploy.deploy.web.rendering import FLASH_KIND, for_scripts, redirect_with_error
+from pploy.deploy.web.requestkeys import CALLER, USER
+from pploy.deploy.web.streams import one_shot_body, one_shot_checkout, one_shot_deploy
 
 UI = "/_goploy"
 FLASH = "flash"  # pploy's flash cookie (rendering.redirect_with_flash): go-pploy's "message"

@@ -6,20 +6,22 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import actions, history, i18n, names, security, views
-from pploy.deploy.auth import GO_PPLOY_COOKIE, USER_COOKIE, cookie_value
-from pploy.deploy.errors import BadRequest, PployError
-from pploy.deploy.middleware import no_action, starts_work
-from pploy.deploy.params import job_id
-from pploy.deploy.permissions import Refused
-from pploy.deploy.rendering import (
+from pploy.deploy import actions
+from pploy.deploy.domain import names
+from pploy.deploy.domain.errors import BadRequest, PployError
+from pploy.deploy.domain.permissions import Refused
+from pploy.deploy.services import services
+from pploy.deploy.web import history, i18n, security, views
+from pploy.deploy.web.auth import GO_PPLOY_COOKIE, USER_COOKIE, cookie_value
+from pploy.deploy.web.middleware import no_action, starts_work
+from pploy.deploy.web.params import job_id
+from pploy.deploy.web.rendering import (
     LANGUAGE_COOKIE,
     redirect_with_error,
     redirect_with_flash,
     render,
 )
-from pploy.deploy.requestkeys import CALLER
-from pploy.deploy.services import services
+from pploy.deploy.web.requestkeys import CALLER
 from pploy.redirects import safe_return_path as safe_next  # the project's one validator
 
 routes = web.RouteTableDef()

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pploy.deploy.errors import Conflict, Unavailable
+# The records live in the domain; imported from here by code written before the move.
+from pploy.deploy.domain.records import (
+    ApiToken,
+    JobAlreadyRunning,
+    JobRecord,
+    Lock,
+    Repository,
+    StoreUnavailable,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
@@ -75,25 +81,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (project) WHERE statu
 # most one running job per project (an index).
 SCHEMA_VERSION = 3
 
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
-
 # SQLite result codes (the low byte of an extended code) that mean the storage, not the
 # statement, failed: a full disk, an I/O error, a file that cannot be opened, a lock held
 # too long. They are the machine's state, so the answer is 503, not a plain 500.
 STORAGE_FAILURES = {
     sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY,
 }  # fmt: skip
-
-
-class StoreUnavailable(Unavailable):
-    """pploy's database cannot be written (or read) now; retrying later may work."""
-
-
-class JobAlreadyRunning(Conflict):
-    """The database already holds a running job for the project (perhaps another pploy's)."""
-
-    def __init__(self, project: str) -> None:
-        super().__init__(f"a job is already running on {project}")
 
 
 class _GuardedConnection(sqlite3.Connection):
@@ -106,103 +99,6 @@ class _GuardedConnection(sqlite3.Connection):
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF in STORAGE_FAILURES:
                 raise StoreUnavailable(f"pploy's database is unavailable: {exc}") from exc
             raise
-
-
-@dataclass(frozen=True)
-class Lock:
-    project: str
-    user: str
-    gained_at: float
-    expires_at: float
-
-    def seconds_left(self, now: float | None = None) -> float:
-        return max(0.0, self.expires_at - (time.time() if now is None else now))
-
-    def to_json(self, now: float | None = None) -> dict[str, Any]:
-        return {**asdict(self), "seconds_left": round(self.seconds_left(now), 1)}
-
-
-@dataclass(frozen=True)
-class Repository:
-    """One addition of a project: removing it and adding a name again makes a new one, so each
-    job record says which repository (and URL) it ran from."""
-
-    id: int
-    project: str
-    url: str
-    added_at: float
-    removed_at: float | None
-    removed_by: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: int
-    project: str
-    kind: str
-    env: str | None
-    ref: str | None
-    sha: str | None
-    user: str
-    started_at: float
-    ended_at: float | None
-    exit_code: int | None
-    signal: int | None
-    status: str
-    cancelled_by: str | None
-    message: str | None
-    log_bytes: int
-    repository: int | None = None  # the repositories row it ran from (None: before version 1)
-    url: str | None = None  # that repository's URL, without any password
-    token: str | None = None  # the name of the API token that started it (None: a session)
-    instance: str | None = None  # the pploy instance that runs (ran) it
-    heartbeat_at: float | None = None  # when that instance last said it still runs it
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    @property
-    def duration(self) -> float:
-        return (self.ended_at or time.time()) - self.started_at
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "duration": round(self.duration, 3)}
-
-
-@dataclass(frozen=True)
-class ApiToken:
-    """An API token's record: never the token itself, only its SHA-256 (``digest``)."""
-
-    id: int
-    user: str
-    email: str | None
-    name: str
-    digest: str
-    created_at: float
-    expires_at: float | None
-    last_used_at: float | None
-    revoked_at: float | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any] | sqlite3.Row) -> ApiToken:
-        fields = dict(row)
-        fields["digest"] = fields.pop("hash")
-        return cls(**fields)
-
-    def usable(self, now: float | None = None) -> bool:
-        current = time.time() if now is None else now
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > current)
-
-    def to_json(self) -> dict[str, Any]:
-        """What the owner may see: everything but the digest."""
-        out = asdict(self)
-        del out["digest"]
-        out["active"] = self.usable()
-        return out
 
 
 class Store:
@@ -518,7 +414,7 @@ class Store:
         )
         return [row["id"] for row in rows]
 
-    # -- API tokens (only their SHA-256 is stored; see pploy.deploy.tokens) ------------
+    # -- API tokens (only their SHA-256 is stored; see pploy.deploy.domain.tokens) ------------
 
     def add_token(
         self, *, user: str, email: str | None, name: str, digest: str, expires_at: float | None

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pploy.deploy.errors import BadRequest
+from pploy.deploy.domain.errors import BadRequest
 
 
 def _no_constant(name: str) -> None:

@@ -85,7 +85,7 @@ JA: dict[str, str] = {
     "files": "ファイル",
     "Running job": "実行中のジョブ",
     "Transport": "転送方式",
-    # API tokens (pploy.deploy.tokenroutes)
+    # API tokens (pploy.deploy.web.tokenroutes)
     "API tokens": "APIトークン",
     "API token": "APIトークン",
     "API tokens are made with a signed-in session, not with another API token.": (

@@ -1,12 +1,13 @@
 """Job logs across pploy instances sharing a PostgreSQL database.
 
 The instance running a job writes its log file and memory tail as always (its own viewers read
-those, see :mod:`pploy.deploy.follow`) and ships every piece, as written, to ``log_chunks`` at
-its byte offset, announcing it on the ``pploy_log`` channel. Every other instance follows a
-job through one :class:`RemoteLog` per job, shared by all its viewers there: a notification
-makes it fetch the new chunks once into its own memory tail, so a thousand viewers on an
-instance cost one query per chunk, not a thousand. Offsets are the log's byte offsets on every
-instance, so SSE ids and WebSocket resumes work whichever instance a viewer reaches next.
+those, see :mod:`pploy.deploy.jobs.following`) and ships every piece, as written, to
+``log_chunks`` at its byte offset, announcing it on the ``pploy_log`` channel. Every other
+instance follows a job through one :class:`RemoteLog` per job, shared by all its viewers there:
+a notification makes it fetch the new chunks once into its own memory tail, so a thousand
+viewers on an instance cost one query per chunk, not a thousand. Offsets are the log's byte
+offsets on every instance, so SSE ids and WebSocket resumes work whichever instance a viewer
+reaches next.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pploy import log
-from pploy.deploy.follow import READ_CHUNK, LogBuffer
-from pploy.deploy.store import JobRecord, StoreUnavailable
-from pploy.deploy.store_pg import CANCEL_CHANNEL, PgStore
+from pploy.deploy.domain.records import JobRecord, StoreUnavailable
+from pploy.deploy.jobs.following import READ_CHUNK, LogBuffer
+from pploy.deploy.storage.postgres import CANCEL_CHANNEL, PgStore
 
 # How much of a remote log one refresh fetches at a time.
 FETCH_BYTES = 1 << 20

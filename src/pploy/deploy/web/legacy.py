@@ -2,9 +2,9 @@
 
 Pages the originals served at ``/<project>…`` redirect to pploy's own; go-pploy's JSON
 endpoints, lock route, forms and ``/<project>/logs`` (and its web UI, when ``goploy_ui`` is
-set) are :mod:`pploy.deploy.goploy`'s; the Scala ``POST /_/create`` is go-pploy's
+set) are :mod:`pploy.deploy.web.goploy`'s; the Scala ``POST /_/create`` is go-pploy's
 ``/_create``. The one-shot ``POST /<project>/deploy`` and ``/checkout`` stay in
-:mod:`pploy.deploy.streams`. These routes are registered after every other one: a route of
+:mod:`pploy.deploy.web.streams`. These routes are registered after every other one: a route of
 pploy's own always wins.
 """
 
@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pploy.deploy import goploy
 from pploy.deploy.services import SERVICES, services
+from pploy.deploy.web import goploy
 
 
 async def project_page(request: web.Request) -> web.Response:

@@ -13,8 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from pploy.deploy.locks import Locks
-from pploy.deploy.store import Lock
+from pploy.deploy.domain.locks import Locks
+from pploy.deploy.domain.records import Lock
 
 
 class ExpiryWatch:

@@ -11,16 +11,17 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from pploy import log
-from pploy.deploy import actions, security
-from pploy.deploy.errors import BadRequest, PployError
-from pploy.deploy.follow import FollowItem, follow
-from pploy.deploy.middleware import same_origin_form, starts_work
-from pploy.deploy.params import job_id, parse_json_object, read_json
-from pploy.deploy.permissions import Caller
-from pploy.deploy.rendering import for_scripts
-from pploy.deploy.requestkeys import CALLER, REQUEST_ID
+from pploy.deploy import actions
+from pploy.deploy.domain.errors import BadRequest, PployError
+from pploy.deploy.domain.permissions import Caller
+from pploy.deploy.domain.records import JobRecord
+from pploy.deploy.jobs.following import FollowItem, follow
 from pploy.deploy.services import Services, services
-from pploy.deploy.store import JobRecord
+from pploy.deploy.web import security
+from pploy.deploy.web.middleware import same_origin_form, starts_work
+from pploy.deploy.web.params import job_id, parse_json_object, read_json
+from pploy.deploy.web.rendering import for_scripts
+from pploy.deploy.web.requestkeys import CALLER, REQUEST_ID
 from pploy.streamtest import STREAM_HEADERS  # the headers every stream needs to pass proxies
 
 HEARTBEAT_SECONDS = 15.0

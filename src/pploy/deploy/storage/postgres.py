@@ -1,7 +1,7 @@
 """PostgreSQL persistence, shared by several pploy instances (``database: postgresql://…``).
 
 The same records and the same conditional statements as the SQLite store (see
-:mod:`pploy.deploy.storage`), on one synchronous psycopg connection in autocommit: each call
+:mod:`pploy.deploy.storage.opening`), on one synchronous psycopg connection in autocommit: each call
 is one statement (a lock change, a job row, a log chunk), so the event loop waits for one round
 trip to a nearby server and never for a transaction held open across an ``await``.
 
@@ -24,8 +24,8 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 
-from pploy.deploy.errors import Conflict
-from pploy.deploy.store import (
+from pploy.deploy.domain.errors import Conflict
+from pploy.deploy.domain.records import (
     ApiToken,
     JobAlreadyRunning,
     JobRecord,
@@ -387,8 +387,8 @@ class PgStore:
     def find_jobs(
         self, project: str, filters: dict[str, str], query: str, limit: int, offset: int
     ) -> tuple[list[JobRecord], int]:
-        """As :meth:`pploy.deploy.store.Store.find_jobs` (``ILIKE``: SQLite's ``LIKE`` ignores
-        case, PostgreSQL's does not). Values are bound, never spliced."""
+        """As :meth:`pploy.deploy.storage.sqlite.Store.find_jobs` (``ILIKE``: SQLite's ``LIKE``
+        ignores case, PostgreSQL's does not). Values are bound, never spliced."""
         where = ["project = %s"]
         params: list[Any] = [project]
         for column in ("env", "kind", "status", "user"):
@@ -444,7 +444,7 @@ class PgStore:
         ).fetchall()
         return {(row["kind"], row["status"]): row["n"] for row in rows}
 
-    # -- API tokens (only their SHA-256 is stored; see pploy.deploy.tokens) --------------
+    # -- API tokens (only their SHA-256 is stored; see pploy.deploy.domain.tokens) --------------
 
     def add_token(
         self, *, user: str, email: str | None, name: str, digest: str, expires_at: float | None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pploy.deploy import git
-from pploy.deploy.projects import Project, RepoFiles
+from pploy.deploy.domain import git
+from pploy.deploy.domain.projects import Project, RepoFiles
 from pploy.deploy.services import Services
 
 

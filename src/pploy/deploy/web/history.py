@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from multidict import MultiMapping
 
-from pploy.deploy.storage import Storage
+from pploy.deploy.domain.records import Storage
 
 PAGE_SIZE = 30
 KINDS = ("deploy", "checkout")

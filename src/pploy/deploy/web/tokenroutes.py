@@ -9,14 +9,15 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pploy.deploy import actions, security
-from pploy.deploy.errors import BadRequest, PployError
-from pploy.deploy.params import read_json, string_field
-from pploy.deploy.permissions import Refused
-from pploy.deploy.rendering import redirect_with_flash, render
-from pploy.deploy.requestkeys import CALLER
+from pploy.deploy import actions
+from pploy.deploy.domain.errors import BadRequest, PployError
+from pploy.deploy.domain.permissions import Refused
+from pploy.deploy.domain.tokens import NewToken
 from pploy.deploy.services import services
-from pploy.deploy.tokens import NewToken
+from pploy.deploy.web import security
+from pploy.deploy.web.params import read_json, string_field
+from pploy.deploy.web.rendering import redirect_with_flash, render
+from pploy.deploy.web.requestkeys import CALLER
 
 routes = web.RouteTableDef()
 

@@ -19,22 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pploy import log
-from pploy.deploy import git, names
 from pploy.deploy.config import Config
-from pploy.deploy.containment import create_containment
-from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
-from pploy.deploy.follow import LogBuffer, LogWriteError
-from pploy.deploy.latestlog import point_latest
-from pploy.deploy.locks import Locks
-from pploy.deploy.projects import Project, Projects
-from pploy.deploy.storage import Storage
-from pploy.deploy.store import JobAlreadyRunning, JobRecord, StoreUnavailable
-from pploy.deploy.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
-from pploy.deploy.timeline import TimelineWriter, times_path
-from pploy.deploy.workdir import hold_workdir
+from pploy.deploy.domain import git, names
+from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound, Unavailable
+from pploy.deploy.domain.locks import Locks
+from pploy.deploy.domain.projects import Project, Projects
+from pploy.deploy.domain.records import JobAlreadyRunning, JobRecord, Storage, StoreUnavailable
+from pploy.deploy.jobs.containment import create_containment
+from pploy.deploy.jobs.following import LogBuffer, LogWriteError
+from pploy.deploy.jobs.latestlog import point_latest
+from pploy.deploy.jobs.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
+from pploy.deploy.jobs.timeline import TimelineWriter, times_path
+from pploy.deploy.jobs.workdir import hold_workdir
 
 if TYPE_CHECKING:  # psycopg is imported only with a shared database
-    from pploy.deploy.sharedlog import SharedLogs
+    from pploy.deploy.jobs.sharedlog import SharedLogs
 
 # How long before expiry a running job's lock is pushed further out, and by how much.
 LOCK_KEEP_MARGIN = 120.0

@@ -20,12 +20,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
-
-from pploy.deploy.errors import BadRequest, NotFound, Unauthorized
-from pploy.deploy.permissions import Caller
-from pploy.deploy.storage import Storage
-from pploy.deploy.store import ApiToken, StoreUnavailable
+from pploy.deploy.domain.errors import BadRequest, NotFound, Unauthorized
+from pploy.deploy.domain.permissions import Caller
+from pploy.deploy.domain.records import ApiToken, Storage, StoreUnavailable
 
 PREFIX = "pploy_"
 MAX_TOKEN_LENGTH = 200
@@ -38,21 +35,6 @@ USED_RESOLUTION_SECONDS = 60.0
 def digest(token: str) -> str:
     """The stored form of ``token``: its SHA-256, hex."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def bearer(request: web.Request) -> str | None:
-    """The bearer token the request carries, None without an ``Authorization: Bearer``
-    header; Unauthorized when it is sent twice or is not a plausible token."""
-    values = request.headers.getall("Authorization", [])
-    found = [v for v in values if v.strip().partition(" ")[0].lower() == "bearer"]
-    if not found:
-        return None
-    if len(values) > 1:
-        raise Unauthorized("Authorization was sent more than once; send one bearer token")
-    token = found[0].strip().partition(" ")[2].strip()
-    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
-        raise Unauthorized("the bearer token is malformed")
-    return token
 
 
 @dataclass(frozen=True)
@@ -115,11 +97,6 @@ class Tokens:
         assert revoked is not None
         return revoked
 
-    def from_request(self, request: web.Request) -> Caller | None:
-        """The caller the request's bearer token stands for; None without one."""
-        secret = bearer(request)
-        return None if secret is None else self.authenticate(secret)
-
     def authenticate(self, secret: str, now: float | None = None) -> Caller:
         """The caller a bearer token stands for; Unauthorized when it does not stand for one."""
         current = time.time() if now is None else now
@@ -136,13 +113,3 @@ class Tokens:
             except StoreUnavailable:
                 pass  # bookkeeping only: a busy database must not refuse a valid token
         return Caller(record.user, record.email, token=record.name, token_id=record.id)
-
-
-def refusal(exc: Unauthorized) -> web.Response:
-    """A bearer request's 401: JSON whatever it asked for (a script must never get a login
-    page), with the challenge RFC 6750 defines."""
-    return web.json_response(
-        {"error": exc.message},
-        status=401,
-        headers={"WWW-Authenticate": 'Bearer realm="pploy", error="invalid_token"'},
-    )

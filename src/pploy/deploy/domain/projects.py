@@ -21,9 +21,9 @@ from pathlib import Path
 
 import nh3
 
-from pploy.deploy import git, names, repofiles
-from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
-from pploy.deploy.storage import Storage
+from pploy.deploy.domain import git, names, repofiles
+from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound, Unavailable
+from pploy.deploy.domain.records import Storage
 
 DEFAULT_ENVS = ("staging", "production")
 DEPLOY_SCRIPT = ".deploy/bin/deploy"

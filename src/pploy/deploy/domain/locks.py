@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pploy.deploy.errors import BadRequest, Conflict, Forbidden
-from pploy.deploy.storage import Storage
-from pploy.deploy.store import Lock
+from pploy.deploy.domain.errors import BadRequest, Conflict, Forbidden
+from pploy.deploy.domain.records import Lock, Storage
 
 OPERATIONS = ("gain", "extend", "release")
 

@@ -13,10 +13,10 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from pploy.deploy import names
 from pploy.deploy.config import AuthConfig
-from pploy.deploy.errors import Unauthorized
-from pploy.deploy.requestkeys import EMAIL
+from pploy.deploy.domain import names
+from pploy.deploy.domain.errors import Unauthorized
+from pploy.deploy.web.requestkeys import EMAIL
 from pploy.networks import address_in, parse_networks
 
 if TYPE_CHECKING:

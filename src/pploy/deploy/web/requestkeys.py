@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pploy.deploy.permissions import Caller
+from pploy.deploy.domain.permissions import Caller
 
 USER: web.RequestKey[str] = web.RequestKey("pploy_user", str)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("pploy_request_id", str)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
-from pploy.deploy.errors import Forbidden
+from pploy.deploy.domain.errors import Forbidden
 
 if TYPE_CHECKING:
     from pploy.deploy.config import PermissionsConfig

@@ -13,11 +13,14 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from pploy import log
-from pploy.deploy import actions, security, tokens
-from pploy.deploy.errors import BadRequest, PployError, Unauthorized, Unavailable
-from pploy.deploy.permissions import Caller
-from pploy.deploy.rendering import error_response, wants_json
-from pploy.deploy.requestkeys import (
+from pploy.deploy import actions
+from pploy.deploy.domain.errors import BadRequest, PployError, Unauthorized, Unavailable
+from pploy.deploy.domain.permissions import Caller
+from pploy.deploy.domain.tokens import MAX_TOKEN_LENGTH
+from pploy.deploy.services import services
+from pploy.deploy.web import security
+from pploy.deploy.web.rendering import error_response, wants_json
+from pploy.deploy.web.requestkeys import (
     ACTIONS,
     CALLER,
     EMAIL,
@@ -26,7 +29,6 @@ from pploy.deploy.requestkeys import (
     REQUEST_ID,
     USER,
 )
-from pploy.deploy.services import services
 
 # Paths anyone may reach, matched as whole paths: a project named "pingtest" or "login-svc"
 # is not public because its name starts like one. Static files are public by the route that
@@ -187,12 +189,13 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
             "add it to allowed_hosts (or set public_url)"
         )
     public = is_public(request)
-    try:  # a bearer token, when sent, is the only identity believed (see pploy.deploy.tokens)
-        caller = svc.tokens.from_request(request)
+    try:  # a bearer token, when sent, is the only identity believed (see domain/tokens.py)
+        secret = bearer(request)
+        caller = None if secret is None else svc.tokens.authenticate(secret)
         if caller and svc.auth.picks_name and caller.user not in svc.config.users:
             raise Unauthorized(f"the token's owner {caller.user!r} is no longer one of `users`")
     except Unauthorized as exc:
-        return tokens.refusal(exc)
+        return refusal(exc)
     try:
         user = caller.user if caller else await svc.auth.identify(request)
     except Unauthorized:
@@ -228,3 +231,28 @@ def _log_store_error(request_id: str, request: web.Request, exc: sqlite3.Error) 
         "store.error", level="error", request_id=request_id, path=request.path,
         error=f"{type(exc).__name__}: {exc}",
     )  # fmt: skip
+
+
+def bearer(request: web.Request) -> str | None:
+    """The bearer token the request carries, None without an ``Authorization: Bearer``
+    header; Unauthorized when it is sent twice or is not a plausible token."""
+    values = request.headers.getall("Authorization", [])
+    found = [v for v in values if v.strip().partition(" ")[0].lower() == "bearer"]
+    if not found:
+        return None
+    if len(values) > 1:
+        raise Unauthorized("Authorization was sent more than once; send one bearer token")
+    token = found[0].strip().partition(" ")[2].strip()
+    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        raise Unauthorized("the bearer token is malformed")
+    return token
+
+
+def refusal(exc: Unauthorized) -> web.Response:
+    """A bearer request's 401: JSON whatever it asked for (a script must never get a login
+    page), with the challenge RFC 6750 defines."""
+    return web.json_response(
+        {"error": exc.message},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="pploy", error="invalid_token"'},
+    )
