@@ -45,6 +45,7 @@ MARKED = {
     ("docs/deploying.md", "sudo htpasswd -c /etc/nginx/pploy.htpasswd ops  "),
     ("docs/deploying.md", "pploy doctor https://deploy.example.com/ --cooki"),
     ("docs/doctor.md", "pploy doctor https://deploy.example.com/ --cooki"),
+    ("docs/migrating.md", "git clone https://github.com/edvakf/go-pploy && "),
 }
 
 

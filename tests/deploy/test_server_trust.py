@@ -295,7 +295,8 @@ async def test_the_documented_curl_commands_work_and_a_curl_form_is_refused(
     locked: tuple[Pploy, str],
 ) -> None:
     pploy, name = locked
-    commands = documented_one_shot_commands()
+    lock, *commands = documented_one_shot_commands()
+    assert "/api/projects/myapp/lock" in lock[-1], lock  # the block takes the lock first
     assert len(commands) == 2, commands
     for argv in commands:
         argv = [
