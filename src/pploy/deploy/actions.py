@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pploy.deploy import names
 from pploy.deploy.errors import BadRequest
 from pploy.deploy.permissions import Caller
 from pploy.deploy.projects import Project
@@ -19,13 +20,17 @@ async def remove_project(svc: Services, name: str, user: str, caller: Caller | N
     if running:
         raise BadRequest(f"job #{running.id} is running on {name}; cancel it or wait", status=409)
     await svc.projects.remove(project.name, user)
+    svc.notifier.emit("project.removed", {"project": project.name, "user": user})
 
 
 async def add_project(svc: Services, caller: Caller, url: str) -> Project:
     """Clone ``url`` as a new project, if ``caller`` may manage projects (checked first, so a
     refusal clones nothing)."""
     svc.permissions.manage_projects(caller, "add projects").require()
-    return await svc.projects.clone(url)
+    project = await svc.projects.clone(url)
+    added = {"project": project.name, "user": caller.user, "url": names.without_secrets(url)}
+    svc.notifier.emit("project.added", added)
+    return project
 
 
 async def start_deploy(svc: Services, caller: Caller, project: Project, env: str) -> JobRecord:

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pploy import log, streamtest
-from pploy.deploy import api, legacy, pages, prefix, runtime, streams, tokenroutes
+from pploy.deploy import api, govroutes, legacy, pages, prefix, runtime, streams, tokenroutes
 from pploy.deploy.config import Config
 from pploy.deploy.middleware import authenticate, request_context
 from pploy.deploy.services import SERVICES, Services, build_services
@@ -70,6 +70,7 @@ def create_app(config: Config) -> web.Application:
     streams.add_routes(app)
     api.add_routes(app)
     tokenroutes.add_routes(app)
+    govroutes.add_routes(app)  # audit log, freezes, approvals (issue 25)
     streamtest.add_routes(app, "/api/stream-test")  # read by `pploy doctor`
     pages.add_routes(app)
     runtime.add_routes(app, counters)  # /metrics, /api/stats

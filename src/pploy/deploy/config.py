@@ -118,9 +118,15 @@ class AuthConfig(_Strict):
 
 
 WebhookEvent = Literal[
-    "lock.gained", "lock.extended", "lock.released", "lock.expired", "job.started", "job.finished"
-]
+    "lock.gained", "lock.extended", "lock.released", "lock.expired", "job.started", "job.finished",
+    # deploy governance (issue 25; audit.AUDIT_KINDS)
+    "lock.queued", "lock.granted", "job.cancelled", "job.awaiting_approval", "job.approved",
+    "job.rejected", "job.expired", "freeze.started", "freeze.ended", "freeze.overridden",
+    "project.added", "project.removed", "token.created", "token.revoked",
+]  # fmt: skip
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = typing.get_args(WebhookEvent)
+# A hook without `events` gets the original six; the governance kinds are asked for by name.
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = WEBHOOK_EVENTS[:6]
 DATADOG_SITE = "https://api.datadoghq.com"
 
 
@@ -129,7 +135,7 @@ class WebhookConfig(_Strict):
         description="Where to POST; datadog format: the site (default api.datadoghq.com)."
     )
     format: Literal["slack", "json", "datadog"] = "json"
-    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
     kinds: list[Literal["deploy", "checkout"]] = Field(
         default=["deploy", "checkout"],
         description="job events: the kinds of job to notify about (e.g. [deploy]).",

@@ -65,6 +65,8 @@ JA: dict[str, str] = {
     "cancelled": "キャンセル",
     "interrupted": "中断",
     "timed_out": "タイムアウト",
+    "awaiting_approval": "承認待ち",
+    "rejected": "却下",
     "cancelled by": "キャンセルした人",
     "exit code": "終了コード",
     "Who are you?": "あなたは誰ですか？",

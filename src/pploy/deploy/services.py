@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import jinja2
 from aiohttp import web
 
+from pploy.deploy.audit import Audit
 from pploy.deploy.auth import Authenticator
 from pploy.deploy.config import Config
 from pploy.deploy.directory import Directory
@@ -48,11 +49,14 @@ class Services:
     cluster: Cluster | None = None  # with a shared database (docs/scaling.md)
     permissions: Permissions = field(init=False)
     tokens: Tokens = field(init=False)
+    audit: Audit = field(init=False)
 
     def __post_init__(self) -> None:
         # Permission rules may name directory groups (config `ldap`): asked at each check.
         self.permissions = Permissions(self.config.permissions, groups_of=self.groups_of)
-        self.tokens = Tokens(self.store)
+        self.audit = Audit(self.store)  # told of every event the webhooks are
+        self.notifier.sinks.append(self.audit.record)
+        self.tokens = Tokens(self.store, on_event=self.notifier.emit)
 
     def groups_of(self, user: str) -> frozenset[str]:
         """The user's directory groups (config `ldap`), for permission rules; empty without
@@ -104,6 +108,8 @@ def build_services(config: Config) -> Services:
 
     def job_finished(record: JobRecord) -> None:
         notifier.emit("job.finished", job_payload(record))
+        if record.status == "cancelled" and record.cancelled_by:  # the audit trail's kind
+            notifier.emit("job.cancelled", {**job_payload(record), "by": record.cancelled_by})
 
     def job_started(record: JobRecord) -> None:
         notifier.emit("job.started", job_payload(record))

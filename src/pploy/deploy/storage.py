@@ -13,8 +13,9 @@ instances can never both win.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from pploy.deploy.govrecords import AdHocFreeze, AuditEvent, QueuedUser
 from pploy.deploy.store import ApiToken, JobRecord, Lock, Repository, Store
 
 
@@ -78,6 +79,31 @@ class Storage(Protocol):
     def list_tokens(self, user: str) -> list[ApiToken]: ...
     def revoke_token(self, token_id: int) -> None: ...
     def token_used(self, token_id: int, when: float) -> None: ...
+
+    # governance (issue 25)
+    def add_audit(
+        self, *, at: float, user: str | None, kind: str, project: str | None, env: str | None,
+        job: int | None, detail: dict[str, Any],
+    ) -> None: ...  # fmt: skip
+    def list_audit(
+        self, since: float | None, kinds: list[str], limit: int
+    ) -> list[AuditEvent]: ...
+    def add_freeze(
+        self, *, name: str, envs: list[str], projects: list[str], starts_at: float,
+        until: float, reason: str, created_by: str,
+    ) -> AdHocFreeze | None: ...  # fmt: skip
+    def current_freezes(self, now: float) -> list[AdHocFreeze]: ...
+    def end_freeze(self, name: str, user: str, now: float) -> AdHocFreeze | None: ...
+    def queue_for_lock(self, project: str, user: str, now: float) -> bool: ...
+    def leave_lock_queue(self, project: str, user: str) -> bool: ...
+    def lock_queue(self, project: str) -> list[QueuedUser]: ...
+    def grant_next(self, project: str, now: float, seconds: float) -> Lock | None: ...
+    def request_job(
+        self, *, project: str, kind: str, user: str, env: str | None, sha: str | None,
+        token: str | None, freeze_override: dict[str, str] | None,
+    ) -> JobRecord: ...  # fmt: skip
+    def settle_job(self, job_id: int, expect: str, **fields: Any) -> bool: ...
+    def awaiting_jobs(self) -> list[JobRecord]: ...
 
 
 def open_store(database: str | None, workdir: Path) -> Storage:

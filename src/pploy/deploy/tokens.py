@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -69,8 +71,11 @@ class NewToken:
 class Tokens:
     """Making, listing, revoking and checking API tokens, on the store."""
 
-    def __init__(self, store: Storage) -> None:
+    def __init__(
+        self, store: Storage, on_event: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> None:
         self.store = store
+        self.on_event = on_event  # token.created, token.revoked (the audit trail)
 
     def create(self, caller: Caller, name: str, expires_days: float | None = None) -> NewToken:
         """A new token for ``caller`` (who acts with their session: tokens do not mint tokens)."""
@@ -94,6 +99,7 @@ class Tokens:
             user=caller.user, email=caller.email, name=name, digest=digest(secret),
             expires_at=expires_at,
         )  # fmt: skip
+        self._event("token.created", record)
         return NewToken(secret, record)
 
     def list(self, user: str) -> list[ApiToken]:
@@ -107,7 +113,13 @@ class Tokens:
         self.store.revoke_token(token_id)
         revoked = self.store.get_token(token_id)
         assert revoked is not None
+        self._event("token.revoked", revoked)
         return revoked
+
+    def _event(self, kind: str, record: ApiToken) -> None:
+        if self.on_event is not None:  # the name and dates, never the secret or its digest
+            fields = {"user": record.user, "name": record.name, "token_id": record.id}
+            self.on_event(kind, {**fields, "expires_at": record.expires_at})
 
     def from_request(self, request: web.Request) -> Caller | None:
         """The caller the request's bearer token stands for; None without one."""

@@ -1,0 +1,47 @@
+"""Routes of deploy governance (issue 25): the audit log, freezes, approvals, and their
+pages. The rules themselves live in :mod:`audit`, :mod:`freezes` and :mod:`approvals`."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from pploy.deploy.audit import MAX_EVENTS, parse_kinds, parse_since
+from pploy.deploy.errors import BadRequest
+from pploy.deploy.permissions import Caller
+from pploy.deploy.requestkeys import CALLER
+from pploy.deploy.services import Services, services
+
+routes = web.RouteTableDef()
+
+
+def require_admin(svc: Services, caller: Caller, action: str) -> None:
+    """Only ``permissions.admins`` (everyone when none are configured) may ``action``."""
+    svc.permissions.manage_projects(caller, action).require()
+
+
+@routes.get("/api/audit")
+async def audit_log(request: web.Request) -> web.StreamResponse:
+    """``{"events": [...]}`` oldest first; ``?since=``, ``?kind=``, ``?limit=``,
+    ``?format=jsonl`` (one event a line, ``application/x-ndjson``). Admins only."""
+    svc = services(request)
+    require_admin(svc, request[CALLER], "read the audit log")
+    query = request.query
+    since = parse_since(query["since"]) if query.get("since") else None
+    kinds = parse_kinds(query.getall("kind", []))
+    limit = query.get("limit", str(MAX_EVENTS))
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_EVENTS:
+        raise BadRequest(f"limit must be a number from 1 to {MAX_EVENTS}")
+    fmt = query.get("format", "json")
+    if fmt not in ("json", "jsonl"):
+        raise BadRequest("format must be json or jsonl")
+    events = [event.to_json() for event in svc.audit.events(since, kinds, int(limit))]
+    if fmt == "jsonl":
+        body = "".join(json.dumps(event) + "\n" for event in events)
+        return web.Response(text=body, content_type="application/x-ndjson")
+    return web.json_response({"events": events})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(routes)
