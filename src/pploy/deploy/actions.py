@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pploy.deploy import names
+from pploy.deploy import governance, names
 from pploy.deploy.errors import BadRequest
 from pploy.deploy.permissions import Caller
 from pploy.deploy.projects import Project
@@ -33,12 +33,17 @@ async def add_project(svc: Services, caller: Caller, url: str) -> Project:
     return project
 
 
-async def start_deploy(svc: Services, caller: Caller, project: Project, env: str) -> JobRecord:
+async def start_deploy(
+    svc: Services, caller: Caller, project: Project, env: str, override_freeze: object = None
+) -> JobRecord:
     """Deploy ``project`` to ``env`` as ``caller``: the permission rules first (a refusal
-    touches no lock and starts nothing), then the lock and job rules; the token's name, if one
-    was used, goes into the job record."""
+    touches no lock and starts nothing), then freezes (an admin's ``override_freeze`` reason
+    is recorded), then the lock and job rules; the token's name, if one was used, goes into
+    the job record."""
     svc.permissions.deploy(caller, project.name, env).require()
-    return await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
+    override = svc.freezes.check_deploy(caller, project.name, env, override_freeze)
+    record = await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
+    return governance.overridden(svc, record, override)
 
 
 async def start_checkout(svc: Services, caller: Caller, project: Project, ref: str) -> JobRecord:

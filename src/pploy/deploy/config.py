@@ -8,11 +8,13 @@ reporting errors is ``pploy.configfile``'s, shared with gate (``ConfigError`` is
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +29,8 @@ from pploy.configfile import read_mapping, refuse_placeholders, validate
 from pploy.deploy import prefix as url_prefix
 from pploy.deploy.names import InvalidName, user_name
 from pploy.networks import check_networks
+
+FREEZE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class _Strict(BaseModel):
@@ -215,6 +219,47 @@ class DeployRule(_Strict):
     )
 
 
+class FreezeConfig(_Strict):
+    """A calendar freeze: no deploys to its envs of its projects between start and end."""
+
+    name: str = Field(description="Named in the refusal, the banner and the audit log.")
+    start: AwareDatetime = Field(
+        description="ISO 8601 with its offset, e.g. 2026-12-28T00:00:00+09:00."
+    )
+    end: AwareDatetime = Field(description="When deploys may run again (same form).")
+    envs: list[str] = Field(
+        default=["*"], description="Environments frozen (fnmatch); omitted: all."
+    )
+    projects: list[str] = Field(
+        default=["*"], description="Projects frozen (fnmatch); omitted: all."
+    )
+    reason: str = Field("", description="Shown in the refusal and the banner.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not FREEZE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r}: 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> FreezeConfig:
+        if self.end <= self.start:
+            raise ValueError(f"freeze {self.name!r}: end must be after start")
+        return self
+
+
+class ApprovalRule(_Strict):
+    """Deploys matching project and env wait for one of ``approvers`` (not the requester)."""
+
+    project: str = Field("*", description="Project names it covers (fnmatch pattern).")
+    env: str = Field("*", description="Environments it covers (fnmatch pattern).")
+    approvers: list[str] = Field(
+        min_length=1,
+        description="Who may approve: user names, exact emails, `@domain`, or groups.",
+    )
+
+
 class PermissionsConfig(_Strict):
     admins: list[str] = Field(
         default_factory=list,
@@ -301,6 +346,26 @@ class Config(_Strict):
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
         return value or None
+
+    freezes: list[FreezeConfig] = Field(
+        default_factory=list, description="Calendar freezes (docs/governance.md)."
+    )
+    approvals: list[ApprovalRule] = Field(
+        default_factory=list,
+        description="Deploys that need another person's approval first; the first matching "
+        "rule decides (docs/governance.md).",
+    )
+    approval_timeout: float = Field(
+        3600, gt=0, description="Seconds a deploy waits for approval before it expires."
+    )
+
+    @field_validator("freezes")
+    @classmethod
+    def _unique_freezes(cls, value: list[FreezeConfig]) -> list[FreezeConfig]:
+        names = [freeze.name for freeze in value]
+        if len(set(names)) != len(names):
+            raise ValueError("freeze names must be unique")
+        return value
 
     dangerous_envs: list[str] = Field(
         default_factory=lambda: ["production"],

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from pploy.deploy.audit import MAX_EVENTS, parse_kinds, parse_since
 from pploy.deploy.errors import BadRequest
+from pploy.deploy.params import read_json
 from pploy.deploy.permissions import Caller
 from pploy.deploy.requestkeys import CALLER
 from pploy.deploy.services import Services, services
@@ -41,6 +42,31 @@ async def audit_log(request: web.Request) -> web.StreamResponse:
         body = "".join(json.dumps(event) + "\n" for event in events)
         return web.Response(text=body, content_type="application/x-ndjson")
     return web.json_response({"events": events})
+
+
+@routes.get("/api/freezes")
+async def list_freezes(request: web.Request) -> web.Response:
+    """Configured freezes (past, current, coming) and ad-hoc ones in force, with ``active``."""
+    svc = services(request)
+    now = svc.freezes.clock()
+    return web.json_response({"freezes": [f.to_json(now) for f in svc.freezes.all()]})
+
+
+@routes.post("/api/freezes")
+async def start_freeze(request: web.Request) -> web.Response:
+    svc = services(request)
+    body = await read_json(request)
+    require_admin(svc, request[CALLER], "start a freeze")
+    freeze = svc.freezes.start(request[CALLER], body)
+    return web.json_response({"freeze": freeze.to_json(svc.freezes.clock())}, status=201)
+
+
+@routes.delete("/api/freezes/{name}")
+async def end_freeze(request: web.Request) -> web.Response:
+    svc = services(request)
+    require_admin(svc, request[CALLER], "end a freeze")
+    freeze = svc.freezes.end(request[CALLER], request.match_info["name"])
+    return web.json_response({"freeze": freeze.to_json(svc.freezes.clock())})
 
 
 def add_routes(app: web.Application) -> None:

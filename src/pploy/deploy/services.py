@@ -19,6 +19,7 @@ from pploy.deploy.config import Config
 from pploy.deploy.directory import Directory
 from pploy.deploy.errors import NotFound
 from pploy.deploy.expiry import ExpiryWatch
+from pploy.deploy.freezes import Freezes
 from pploy.deploy.jobs import Jobs
 from pploy.deploy.locks import Locks
 from pploy.deploy.notify import Notifier
@@ -50,6 +51,7 @@ class Services:
     permissions: Permissions = field(init=False)
     tokens: Tokens = field(init=False)
     audit: Audit = field(init=False)
+    freezes: Freezes = field(init=False)
 
     def __post_init__(self) -> None:
         # Permission rules may name directory groups (config `ldap`): asked at each check.
@@ -57,6 +59,7 @@ class Services:
         self.audit = Audit(self.store)  # told of every event the webhooks are
         self.notifier.sinks.append(self.audit.record)
         self.tokens = Tokens(self.store, on_event=self.notifier.emit)
+        self.freezes = Freezes(self.config, self.store, self.permissions, self.notifier.emit)
 
     def groups_of(self, user: str) -> frozenset[str]:
         """The user's directory groups (config `ldap`), for permission rules; empty without
