@@ -98,8 +98,13 @@ def build_services(config: Config) -> Services:
         }
 
     def lock_changed(event: str, lock: Lock) -> None:
+        expiry.changed(event, lock)  # first: a lock that ran out is told before its successor
         notifier.emit(event, lock_payload(lock))
-        expiry.changed(event, lock)
+
+    def lock_queued(project: str, user: str, position: int) -> None:
+        link = svc.link(f"/projects/{project}")
+        notifier.emit("lock.queued", {"project": project, "user": user, "position": position,
+                                      "link": link})  # fmt: skip
 
     def job_payload(record: JobRecord) -> dict[str, object]:
         return {
@@ -122,6 +127,7 @@ def build_services(config: Config) -> Services:
         gain_minutes=config.lock.gain_minutes,
         extend_minutes=config.lock.extend_minutes,
         on_change=lock_changed,
+        on_queued=lock_queued,
     )
 
     def project_exists(name: str) -> bool:
