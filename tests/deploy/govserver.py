@@ -16,16 +16,24 @@ users: [alice, bob, carol, dave]
 job:
   shutdown_grace_seconds: 1
   cancel_grace_seconds: [1, 1]
-"""
+{job}"""
 
 
 class Served:
     """A ``pploy serve`` process with ``extra`` YAML appended to the base config."""
 
-    def __init__(self, root: Path, extra: str = "", database: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        extra: str = "",
+        database: str | None = None,
+        env: dict[str, str] | None = None,
+        job: str = "",
+    ) -> None:
         self.root = root
+        self.env = env  # the server's whole environment (None: the test's)
         self.config = root / "pploy.yml"
-        text = BASE_CONFIG + extra
+        text = BASE_CONFIG.format(job=job) + extra  # job: more lines of the job section
         if database:
             text += f"database: {database}\n"
         self.config.write_text(text)
@@ -39,7 +47,7 @@ class Served:
         return self.server.base
 
     async def start(self) -> Served:
-        self.server = Server(self.workdir, self.config)
+        self.server = Server(self.workdir, self.config, env=self.env)
         await self.server.ready(self.client("alice"))
         return self
 

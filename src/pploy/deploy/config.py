@@ -26,11 +26,13 @@ from pydantic import (
 # ConfigError is re-exported: callers catch it from here.
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
+from pploy.deploy import masking
 from pploy.deploy import prefix as url_prefix
 from pploy.deploy.names import InvalidName, user_name
 from pploy.networks import check_networks
 
 FREEZE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Strict(BaseModel):
@@ -65,6 +67,18 @@ class JobConfig(_Strict):
     )
     pty_columns: int = Field(160, ge=20, le=1000)
     pty_rows: int = Field(50, ge=5, le=1000)
+    mask_env: list[str] = Field(
+        default_factory=list,
+        description="Environment variables whose values never appear in job output (***).",
+    )
+
+    @field_validator("mask_env")
+    @classmethod
+    def _variable_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
     @field_validator("cancel_grace_seconds")
     @classmethod
@@ -438,6 +452,12 @@ def load_config(
             _set_dotted(data, key, value)
     refuse_placeholders(data, source)
     config = validate(Config, data, source, docs="docs/configuration.md")
+    short = masking.short_values(config.job.mask_env, env)
+    if short:  # masking them would hide ordinary text, not only the secret
+        raise ConfigError(
+            f"{source}: job.mask_env: the value of {', '.join(short)} is shorter than "
+            f"{masking.MIN_LENGTH} characters: too short to mask"
+        )
     if config.auth.mode == "gate" and not (
         config.auth.gate_jwks_url or config.auth.gate_public_key_file
     ):

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pploy import log
-from pploy.deploy import git, names
+from pploy.deploy import git, masking, names
 from pploy.deploy.config import Config
 from pploy.deploy.containment import create_containment
 from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.follow import LogBuffer, LogWriteError
 from pploy.deploy.latestlog import point_latest
 from pploy.deploy.locks import Locks
+from pploy.deploy.masking import Masker
 from pploy.deploy.projects import Project, Projects
 from pploy.deploy.storage import Storage
 from pploy.deploy.store import JobAlreadyRunning, JobRecord, StoreUnavailable
@@ -67,6 +68,7 @@ class RunningJob:
     stopping: asyncio.Task[str] | None = None
     watchers: list[Callable[[], None]] = field(default_factory=list)
     timeline: TimelineWriter | None = None  # when each piece of output arrived (timeline.py)
+    masker: Masker | None = None  # job.mask_env and ::add-mask:: (masking.py)
 
 
 class Jobs:
@@ -264,6 +266,7 @@ class Jobs:
         if self.shared_logs is not None:
             buffer.on_write = self.shared_logs.shipper(record.id)
         job = RunningJob(record, buffer, timeline=TimelineWriter(times_path(buffer.path)))
+        job.masker = masking.for_env(self.config.job.mask_env, os.environ)
         self.running[record.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
         log.event(
@@ -303,9 +306,10 @@ class Jobs:
             job.timeline.note(job.buffer.size, time.time())
         try:
             if note:
+                job.buffer.append(job.masker.flush() if job.masker else b"")  # held output first
                 job.buffer.append_note(data)
             else:
-                job.buffer.append(data)
+                job.buffer.append(job.masker.feed(data) if job.masker else data)  # no secrets
         except LogWriteError as exc:
             job.failure = str(exc)
             log.event("job.log_write_failed", level="error", job=job.record.id, error=str(exc))
