@@ -42,6 +42,8 @@ async def start_deploy(
     the job record."""
     svc.permissions.deploy(caller, project.name, env).require()
     override = svc.freezes.check_deploy(caller, project.name, env, override_freeze)
+    if governance.approval_rule(svc, project.name, env):  # waits for another person's approval
+        return await governance.request_approval(svc, caller, project, env, override)
     record = await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
     return governance.overridden(svc, record, override)
 

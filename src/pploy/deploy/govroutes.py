@@ -7,12 +7,13 @@ import json
 
 from aiohttp import web
 
+from pploy.deploy import governance
 from pploy.deploy.audit import MAX_EVENTS, parse_kinds, parse_since
 from pploy.deploy.errors import BadRequest
-from pploy.deploy.params import read_json
+from pploy.deploy.params import job_id, read_json
 from pploy.deploy.permissions import Caller
 from pploy.deploy.requestkeys import CALLER
-from pploy.deploy.services import Services, services
+from pploy.deploy.services import SERVICES, Services, services
 
 routes = web.RouteTableDef()
 
@@ -69,5 +70,34 @@ async def end_freeze(request: web.Request) -> web.Response:
     return web.json_response({"freeze": freeze.to_json(svc.freezes.clock())})
 
 
+@routes.post("/api/jobs/{job_id}/approve")
+async def approve(request: web.Request) -> web.Response:
+    svc = services(request)
+    await read_json(request)
+    record = await governance.approve(svc, request[CALLER], job_id(request))
+    return web.json_response({"job": record.to_json()})
+
+
+@routes.post("/api/jobs/{job_id}/reject")
+async def reject(request: web.Request) -> web.Response:
+    svc = services(request)
+    await read_json(request)
+    record = governance.reject(svc, request[CALLER], job_id(request))
+    return web.json_response({"job": record.to_json()})
+
+
+@routes.get("/api/approvals")
+async def approvals(request: web.Request) -> web.Response:
+    """The deploys awaiting the caller's approval."""
+    svc = services(request)
+    waiting = governance.awaiting_for(svc, request[CALLER])
+    return web.json_response({"jobs": [record.to_json() for record in waiting]})
+
+
+async def resume(app: web.Application) -> None:
+    governance.resume(app[SERVICES])  # deploys awaiting approval expire on time
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_routes(routes)
+    app.on_startup.append(resume)

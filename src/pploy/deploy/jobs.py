@@ -215,6 +215,25 @@ class Jobs:
         self._launch(record, project, steps)
         return record
 
+    def launch_approved(self, record: JobRecord, approved_by: list[str]) -> JobRecord:
+        """Run a deploy that waited for approval (config ``approvals``; governance.approve
+        checked the approver, the commit and the lock): its record turns from
+        ``awaiting_approval`` to ``running`` in one statement (two approvers cannot both start
+        it), then it runs as any deploy."""
+        project = self.projects.get(record.project)
+        self._check_can_start(project, record.user)
+        now = time.time()
+        if not self.store.settle_job(
+            record.id, "awaiting_approval", status="running", approved_by=approved_by,
+            started_at=now, instance=self.instance, heartbeat_at=now,
+        ):  # fmt: skip
+            raise Conflict(f"job #{record.id} is no longer awaiting approval")
+        record = self.get(record.id)
+        env_vars = {"DEPLOY_ENV": record.env or "", "DEPLOY_USER": record.user}
+        echo = f"$ DEPLOY_ENV={record.env} DEPLOY_USER={record.user} .deploy/bin/deploy"
+        self._launch(record, project, [([str(project.deploy_script)], env_vars, echo)])
+        return record
+
     async def start_checkout(
         self, project: Project, ref: str, user: str, token: str | None = None
     ) -> JobRecord:

@@ -5,6 +5,7 @@ Route modules import this, never the wiring in :mod:`pploy.deploy.app`."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class Services:
     tokens: Tokens = field(init=False)
     audit: Audit = field(init=False)
     freezes: Freezes = field(init=False)
+    # Deploys awaiting approval: when each expires (governance.py).
+    approval_timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Permission rules may name directory groups (config `ldap`): asked at each check.
@@ -65,6 +68,15 @@ class Services:
         """The user's directory groups (config `ldap`), for permission rules; empty without
         a directory. Answered from the cached listing: never waits for the directory."""
         return self.directory.groups_of(user) if self.directory is not None else frozenset()
+
+    def job_payload(self, record: JobRecord) -> dict[str, object]:
+        """A job's notification fields (webhooks and the audit log)."""
+        return {
+            **record.to_json(),
+            "env_text": f" to {record.env}" if record.env else "",
+            "sha_short": (record.sha or "")[:10],
+            "link": self.link(f"/jobs/{record.id}"),
+        }
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
@@ -107,12 +119,7 @@ def build_services(config: Config) -> Services:
                                       "link": link})  # fmt: skip
 
     def job_payload(record: JobRecord) -> dict[str, object]:
-        return {
-            **record.to_json(),
-            "env_text": f" to {record.env}" if record.env else "",
-            "sha_short": (record.sha or "")[:10],
-            "link": svc.link(f"/jobs/{record.id}"),
-        }
+        return svc.job_payload(record)
 
     def job_finished(record: JobRecord) -> None:
         notifier.emit("job.finished", job_payload(record))

@@ -607,7 +607,8 @@ class Store:
         """Finished jobs ever recorded, by ``(kind, status)`` (records are never deleted, so
         these only grow: Prometheus counters)."""
         rows = self.db.execute(
-            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "SELECT kind, status, COUNT(*) AS n FROM jobs "
+            "WHERE status NOT IN ('running', 'awaiting_approval') "
             "GROUP BY kind, status"
         )
         return {(row["kind"], row["status"]): row["n"] for row in rows}

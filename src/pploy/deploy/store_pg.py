@@ -480,7 +480,8 @@ class PgStore:
     def job_counts(self) -> dict[tuple[str, str], int]:
         """Finished jobs ever recorded, by ``(kind, status)`` (Prometheus counters)."""
         rows = self.execute(
-            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "SELECT kind, status, COUNT(*) AS n FROM jobs "
+            "WHERE status NOT IN ('running', 'awaiting_approval') "
             "GROUP BY kind, status"
         ).fetchall()
         return {(row["kind"], row["status"]): row["n"] for row in rows}
