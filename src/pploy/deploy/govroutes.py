@@ -1,5 +1,5 @@
 """Routes of deploy governance (issue 25): the audit log, freezes, approvals, and their
-pages. The rules themselves live in :mod:`audit`, :mod:`freezes` and :mod:`approvals`."""
+pages. The rules themselves live in :mod:`audit`, :mod:`freezes` and :mod:`governance`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import json
 
 from aiohttp import web
 
-from pploy.deploy import governance
+from pploy.deploy import governance, security
 from pploy.deploy.audit import MAX_EVENTS, parse_kinds, parse_since
-from pploy.deploy.errors import BadRequest
+from pploy.deploy.errors import BadRequest, PployError
 from pploy.deploy.params import job_id, read_json
 from pploy.deploy.permissions import Caller
+from pploy.deploy.rendering import redirect_with_error, redirect_with_flash, render
 from pploy.deploy.requestkeys import CALLER
 from pploy.deploy.services import SERVICES, Services, services
 
 routes = web.RouteTableDef()
+PAGE_EVENTS = 500  # the audit page shows the newest; the API exports them all
 
 
 def require_admin(svc: Services, caller: Caller, action: str) -> None:
@@ -94,10 +96,101 @@ async def approvals(request: web.Request) -> web.Response:
     return web.json_response({"jobs": [record.to_json() for record in waiting]})
 
 
+# -- pages -------------------------------------------------------------------------------
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    await security.check_form_token(request)
+    return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+
+
+@routes.get("/approvals")
+async def approvals_page(request: web.Request) -> web.Response:
+    svc = services(request)
+    return render(request, "approvals.html", jobs=governance.awaiting_for(svc, request[CALLER]))
+
+
+@routes.post("/jobs/{job_id}/approve")
+async def approve_form(request: web.Request) -> web.Response:
+    svc = services(request)
+    number = job_id(request)
+    await _form(request)
+    try:
+        await governance.approve(svc, request[CALLER], number)
+    except PployError as exc:
+        raise redirect_with_error(f"/jobs/{number}", exc.message) from None
+    raise web.HTTPSeeOther(f"/jobs/{number}")
+
+
+@routes.post("/jobs/{job_id}/reject")
+async def reject_form(request: web.Request) -> web.Response:
+    svc = services(request)
+    number = job_id(request)
+    await _form(request)
+    try:
+        governance.reject(svc, request[CALLER], number)
+    except PployError as exc:
+        raise redirect_with_error(f"/jobs/{number}", exc.message) from None
+    raise web.HTTPSeeOther(f"/jobs/{number}")
+
+
+@routes.get("/audit")
+async def audit_page(request: web.Request) -> web.Response:
+    svc = services(request)
+    require_admin(svc, request[CALLER], "read the audit log")
+    kind = request.query.get("kind", "").strip()
+    events = svc.audit.events(None, parse_kinds([kind]) if kind else [], MAX_EVENTS)
+    newest = [event.to_json() for event in reversed(events[-PAGE_EVENTS:])]
+    return render(request, "audit.html", events=newest, kind=kind)
+
+
+@routes.get("/freezes")
+async def freezes_page(request: web.Request) -> web.Response:
+    svc = services(request)
+    is_admin = svc.permissions.manage_projects(request[CALLER]).allowed
+    return render(request, "freezes.html", freezes=svc.freezes.all(), is_admin=is_admin)
+
+
+@routes.post("/freezes")
+async def start_freeze_form(request: web.Request) -> web.Response:
+    svc = services(request)
+    form = await _form(request)
+    require_admin(svc, request[CALLER], "start a freeze")
+    hours = form.get("hours", "")
+    envs = [e.strip() for e in form.get("envs", "").split(",") if e.strip()]
+    try:
+        if not hours.isdigit() or not 1 <= int(hours) <= 8760:
+            raise BadRequest("hours must be a number from 1 to 8760")
+        body = {"name": form.get("name", "").strip(), "reason": form.get("reason", ""),
+                "until": svc.freezes.clock() + int(hours) * 3600, "envs": envs or None}  # fmt: skip
+        freeze = svc.freezes.start(request[CALLER], body)
+    except PployError as exc:
+        raise redirect_with_error("/freezes", exc.message) from None
+    raise redirect_with_flash("/freezes", f"freeze {freeze.name} started")
+
+
+@routes.post("/freezes/{name}/end")
+async def end_freeze_form(request: web.Request) -> web.Response:
+    svc = services(request)
+    await _form(request)
+    require_admin(svc, request[CALLER], "end a freeze")
+    try:
+        freeze = svc.freezes.end(request[CALLER], request.match_info["name"])
+    except PployError as exc:
+        raise redirect_with_error("/freezes", exc.message) from None
+    raise redirect_with_flash("/freezes", f"freeze {freeze.name} ended")
+
+
 async def resume(app: web.Application) -> None:
     governance.resume(app[SERVICES])  # deploys awaiting approval expire on time
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_routes(routes)
+    svc = app[SERVICES]
+    # What every page may show: the freeze banner, a waiting job's approvers.
+    svc.templates.globals["active_freezes"] = svc.freezes.active
+    svc.templates.globals["approval_rule"] = lambda job: governance.approval_rule(
+        svc, job.project, job.env
+    )
     app.on_startup.append(resume)
