@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.govserver import Served
-from tests.deploy.support import make_remote
+from tests.deploy.support import Fifo, make_remote
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 ADMINS = "permissions:\n  admins: [alice]\n"
@@ -114,3 +114,24 @@ async def test_the_audit_log_survives_a_restart(served: Served, tmp_path: Path):
     await served.restart()
     after = (await served.ok("GET", "/api/audit"))["events"]
     assert after == before and len(after) == 2
+
+
+async def test_a_cancelled_job_names_who_cancelled_it(served: Served, tmp_path: Path):
+    fifo = Fifo(tmp_path / "go")
+    script = f"#!/bin/sh\necho started\n{fifo.script_open()}\n{fifo.wait_cmd}\necho never\n"
+    name = await served.add_project(make_remote(tmp_path, deploy_script=script))
+    await served.lock(name, "gain", "bob")
+    job = await served.ok("POST", f"/api/projects/{name}/deploy", "bob", {"env": "staging"})
+    job_id = job["job"]["id"]
+    async with served.client("bob").get(f"{served.base}/api/jobs/{job_id}/log?follow=1") as r:
+        seen = b""
+        while b"started" not in seen:
+            seen += await r.content.readany()
+        await served.ok("POST", f"/api/jobs/{job_id}/cancel", "bob")
+        await r.read()
+    fifo.close()
+    assert (await served.wait_job(job_id))["status"] == "cancelled"
+    events = (await served.ok("GET", "/api/audit?kind=job.cancelled"))["events"]
+    assert [(e["kind"], e["user"], e["job"], e["detail"]["user"]) for e in events] == [
+        ("job.cancelled", "bob", job_id, "bob")
+    ]

@@ -179,7 +179,7 @@ class Freezes:
         freeze = Freeze.adhoc(record)
         self.emit("freeze.started", {
             "by": caller.user, "freeze": name, "envs": envs, "projects": projects,
-            "until": until, "reason": freeze.reason, "envs_text": ", ".join(envs),
+            "until": until, "reason": freeze.reason, "envs_text": "all environments" if envs == ["*"] else ", ".join(envs),
             "until_text": when(until),
         })  # fmt: skip
         return freeze
