@@ -179,8 +179,8 @@ class Freezes:
         freeze = Freeze.adhoc(record)
         self.emit("freeze.started", {
             "by": caller.user, "freeze": name, "envs": envs, "projects": projects,
-            "until": until, "reason": freeze.reason, "envs_text": "all environments" if envs == ["*"] else ", ".join(envs),
-            "until_text": when(until),
+            "until": until, "reason": freeze.reason, "until_text": when(until),
+            "envs_text": "all environments" if envs == ["*"] else ", ".join(envs),
         })  # fmt: skip
         return freeze
 
