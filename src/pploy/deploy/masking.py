@@ -73,12 +73,12 @@ class Masker:
                 break
             end = buf.find(b"\n", at)
             if end < 0 and not final and len(buf) - at < MAX_DIRECTIVE_LINE:
-                out.append(self._mask(buf[start:at], final=True))
+                out.append(self._mask(buf[start:at], final=True)[0])
                 self.pending = buf[at:]  # the line is not complete: wait for its end
                 self._consumed(buf[:at])
                 return b"".join(out)
             end = len(buf) if end < 0 else end + 1
-            out.append(self._mask(buf[start:at], final=True))
+            out.append(self._mask(buf[start:at], final=True)[0])
             line = buf[at:end]
             ending = line[len(line.rstrip(b"\r\n")) :]
             value = line[len(DIRECTIVE) : len(line) - len(ending)].strip()
@@ -88,8 +88,9 @@ class Masker:
         rest = buf[start:]
         held = 0 if final else self._held_directive(buf, start)
         body = rest[: len(rest) - held]
-        out.append(self._mask(body, final=final))
-        self.pending = self._tail + rest[len(rest) - held :] if held else self._tail
+        shown, kept = self._mask(body, final=final)
+        out.append(shown)
+        self.pending = kept + rest[len(rest) - held :]
         self._consumed(buf[: len(buf) - len(self.pending)])
         return b"".join(out)
 
@@ -116,14 +117,11 @@ class Masker:
         tail = buf[line_start:]
         return len(tail) if tail and DIRECTIVE.startswith(tail) else 0
 
-    _tail = b""
-
-    def _mask(self, raw: bytes, final: bool) -> bytes:
-        """``raw`` with every secret masked; unless ``final``, a possible partial match at
-        its end is held back in ``self._tail`` (and left out of the answer)."""
-        self._tail = b""
+    def _mask(self, raw: bytes, final: bool) -> tuple[bytes, bytes]:
+        """``raw`` with every secret masked, and (unless ``final``) what is held back: a
+        possible partial match at its end, left out of the first."""
         if not raw or self.pattern is None:
-            return raw
+            return raw, b""
         cut_escape = b""
         if not final and b"\x1b" in raw[-64:]:
             partial = PARTIAL_ESCAPE.search(raw, max(0, len(raw) - 64))
@@ -136,8 +134,7 @@ class Masker:
             if held is not None:
                 visible_cut = held
         if visible_cut == len(visible) and not self.pattern.search(visible):
-            self._tail = cut_escape
-            return raw  # the common case: nothing to mask, nothing to hold
+            return raw, cut_escape  # the common case: nothing to mask, nothing to hold
         runs: list[tuple[int, int]] = [(0, 0)]  # (visible start, raw start) of each text run
         if len(visible) != len(raw):
             runs, position, seen = [], 0, 0
@@ -156,8 +153,7 @@ class Masker:
             out.append(MASK + b"".join(ESCAPE.findall(raw[begin:end])))  # colours stay
             last = end
         out.append(raw[last:cut])
-        self._tail = raw[cut:] + cut_escape
-        return b"".join(out)
+        return b"".join(out), raw[cut:] + cut_escape
 
     def _partial_start(self, visible: bytes) -> int | None:
         """The earliest index from which the end of ``visible`` is a proper prefix of a
