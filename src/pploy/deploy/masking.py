@@ -28,6 +28,7 @@ MIN_LENGTH = 4  # shorter values would mask ordinary text (config error for job.
 ESCAPE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 # The start of one cut off by the end of a chunk.
 PARTIAL_ESCAPE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*)?\Z")
+BETWEEN = b"(?:" + ESCAPE.pattern + b")*"
 MAX_DIRECTIVE_LINE = 64 * 1024  # a longer "::add-mask::" line is shown (masked) as it is
 
 
@@ -51,7 +52,11 @@ class Masker:
             return
         self.secrets.add(secret)
         ordered = sorted(self.secrets, key=len, reverse=True)  # the longest wins at one place
-        self.pattern = re.compile(b"|".join(re.escape(s) for s in ordered))
+        # Each value with any colour codes between its characters: one scan of the raw bytes.
+        self.pattern = re.compile(
+            b"|".join(BETWEEN.join(re.escape(s[i : i + 1]) for i in range(len(s))) for s in ordered)
+        )
+        self.window = 8 * len(ordered[0]) + 256  # where a held-back partial match is looked for
 
     def feed(self, data: bytes) -> bytes:
         """What of ``data`` (after what was held back) may be shown now, masked."""
@@ -127,33 +132,39 @@ class Masker:
             partial = PARTIAL_ESCAPE.search(raw, max(0, len(raw) - 64))
             if partial is not None:  # a colour code cut in two: decided with the next chunk
                 raw, cut_escape = raw[: partial.start()], raw[partial.start() :]
-        visible = ESCAPE.sub(b"", raw) if b"\x1b" in raw else raw
-        visible_cut = len(visible)
+        cut = len(raw)
         if not final:
-            held = self._partial_start(visible)
-            if held is not None:
-                visible_cut = held
-        if visible_cut == len(visible) and not self.pattern.search(visible):
+            cut = self._held_from(raw)
+        if cut == len(raw) and not self.pattern.search(raw):
             return raw, cut_escape  # the common case: nothing to mask, nothing to hold
-        runs: list[tuple[int, int]] = [(0, 0)]  # (visible start, raw start) of each text run
-        if len(visible) != len(raw):
-            runs, position, seen = [], 0, 0
-            for match in ESCAPE.finditer(raw):
-                if match.start() > position:
-                    runs.append((seen, position))
-                    seen += match.start() - position
-                position = match.end()
-            runs.append((seen, position))
-        cut = self._raw_index(runs, visible_cut) if visible_cut < len(visible) else len(raw)
         out, last = [], 0
-        for match in self.pattern.finditer(visible, 0, visible_cut):
-            begin = self._raw_index(runs, match.start())
-            end = self._raw_index(runs, match.end() - 1) + 1
-            out.append(raw[last:begin])
-            out.append(MASK + b"".join(ESCAPE.findall(raw[begin:end])))  # colours stay
-            last = end
+        for match in self.pattern.finditer(raw, 0, cut):
+            out.append(raw[last : match.start()])
+            out.append(MASK + b"".join(ESCAPE.findall(match.group())))  # colours stay
+            last = match.end()
         out.append(raw[last:cut])
         return b"".join(out), raw[cut:] + cut_escape
+
+    def _held_from(self, raw: bytes) -> int:
+        """Where the possible partial match at the end of ``raw`` starts (``len(raw)``: none),
+        looked for in its last ``window`` bytes with colour codes left out."""
+        start = max(0, len(raw) - self.window)
+        tail = raw[start:]
+        if b"\x1b" not in tail:
+            held = self._partial_start(tail)
+            return len(raw) if held is None else start + held
+        runs: list[tuple[int, int]] = []  # (visible start, raw start) of each run of text
+        pieces, position, seen = [], 0, 0
+        for match in ESCAPE.finditer(tail):
+            if match.start() > position:
+                runs.append((seen, position))
+                pieces.append(tail[position : match.start()])
+                seen += match.start() - position
+            position = match.end()
+        runs.append((seen, position))
+        pieces.append(tail[position:])
+        held = self._partial_start(b"".join(pieces))
+        return len(raw) if held is None else start + self._raw_index(runs, held)
 
     def _partial_start(self, visible: bytes) -> int | None:
         """The earliest index from which the end of ``visible`` is a proper prefix of a
