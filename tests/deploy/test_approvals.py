@@ -6,6 +6,7 @@ refused; rejected and expired requests run nothing."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,10 @@ async def test_rejection_and_an_approval_after_the_checkout_changed(
         "awaiting_approval"
     )
     await served.ok("POST", f"/api/jobs/{second['id']}/reject", "carol")
+    # The one-shot endpoint (scripts following the output) says the deploy waits.
+    async with served.client("alice").post(f"{served.base}/{name}/deploy?env=production") as r:
+        text = await r.text()
+        assert r.status == 202 and re.fullmatch(r"job #\d+ awaits approval\n", text), text
     assert not ran.exists()
 
 
