@@ -139,6 +139,23 @@ def test_governance_pages(chromium: Any, pploy: Pploy, tmp_path: Path, language:
         assert kind in kinds, kinds
     response = bob.goto(f"{pploy.base}/audit")
     assert response is not None and response.status == 403
+
+    # An admin freezes production from the freezes page; the banner says so; she ends it.
+    alice.goto(f"{pploy.base}/freezes")
+    alice.fill("#start-freeze input[name=name]", "incident-7")
+    alice.fill("#start-freeze input[name=envs]", "production")
+    alice.fill("#start-freeze input[name=hours]", "2")
+    alice.fill("#start-freeze input[name=reason]", "database failover")
+    alice.click("#start-freeze button[type=submit]")
+    alice.wait_for_selector(".freeze-banner[data-freeze=incident-7]")
+    assert "database failover" in alice.inner_text(".freeze-banner[data-freeze=incident-7]")
+    bob.goto(f"{pploy.base}/freezes")
+    assert bob.locator("#start-freeze").count() == 0  # not an admin: no form, no End
+    assert bob.locator("tr[data-freeze=incident-7] button").count() == 0
+    assert bob.locator(".freeze-banner[data-freeze=incident-7]").is_visible()
+    alice.click("tr[data-freeze=incident-7] button")
+    alice.wait_for_selector("tr[data-freeze=incident-7]", state="detached")
+    assert alice.locator(".freeze-banner[data-freeze=incident-7]").count() == 0
     assert not alice.errors and not bob.errors, (alice.errors, bob.errors)
     alice.context.close()
     bob.context.close()
