@@ -56,6 +56,14 @@ def remote_with_marker(tmp_path: Path) -> tuple[Path, Path]:
     return make_remote(tmp_path, deploy_script=script), ran
 
 
+async def locked_project(served: Served, tmp_path: Path) -> tuple[str, Path, Path]:
+    """A project whose deploy notes each run in a file (``ran``), its lock held by alice."""
+    remote, ran = remote_with_marker(tmp_path)
+    name = await served.add_project(remote)
+    assert (await served.lock(name, "gain"))[0] == 200
+    return name, remote, ran
+
+
 async def next_event(receiver: Receiver, event: str, timeout: float = 20) -> dict[str, Any]:  # noqa: F811
     """The first webhook body of ``event`` (waits for it; no sleeping)."""
     while True:
@@ -81,9 +89,7 @@ async def test_another_approver_starts_the_deploy_and_nobody_approves_their_own(
     tmp_path: Path,
     receiver: Receiver,  # noqa: F811
 ):
-    remote, ran = remote_with_marker(tmp_path)
-    name = await served.add_project(remote)
-    assert (await served.lock(name, "gain"))[0] == 200
+    name, _, ran = await locked_project(served, tmp_path)
     job = await request_deploy(served, name)
     asked = await next_event(receiver, "job.awaiting_approval")
     assert asked["user"] == "alice" and asked["id"] == job["id"]
@@ -143,9 +149,7 @@ async def test_rejection_and_an_approval_after_the_checkout_changed(
     tmp_path: Path,
     receiver: Receiver,  # noqa: F811
 ):
-    remote, ran = remote_with_marker(tmp_path)
-    name = await served.add_project(remote)
-    assert (await served.lock(name, "gain"))[0] == 200
+    name, remote, ran = await locked_project(served, tmp_path)
     first = await request_deploy(served, name)
     await served.ok("POST", f"/api/jobs/{first['id']}/reject", "alice")  # the requester
     record = (await served.ok("GET", f"/api/jobs/{first['id']}"))["job"]
@@ -179,9 +183,7 @@ async def test_a_request_nobody_approves_expires(
     served = Served(tmp_path, RULES + "approval_timeout: 1\n" + hook(receiver), database)
     await served.start()
     try:
-        remote, ran = remote_with_marker(tmp_path)
-        name = await served.add_project(remote)
-        assert (await served.lock(name, "gain"))[0] == 200
+        name, _, ran = await locked_project(served, tmp_path)
         job = await request_deploy(served, name)
         expired = await next_event(receiver, "job.expired")  # pploy's own timer
         assert expired["id"] == job["id"] and expired["status"] == "expired"

@@ -10,9 +10,9 @@ import time
 from fnmatch import fnmatchcase
 
 from pploy import log
-from pploy.deploy import git, names
+from pploy.deploy import git
 from pploy.deploy.config import ApprovalRule
-from pploy.deploy.errors import BadRequest, Conflict, Forbidden, PployError
+from pploy.deploy.errors import Conflict, Forbidden, PployError
 from pploy.deploy.permissions import Caller, Refused, matches
 from pploy.deploy.projects import Project
 from pploy.deploy.services import Services
@@ -57,20 +57,10 @@ def may_approve(svc: Services, caller: Caller, record: JobRecord) -> bool:
 async def request_approval(
     svc: Services, caller: Caller, project: Project, env: str, override: dict[str, str] | None
 ) -> JobRecord:
-    """A deploy that waits for approval: the deploy rules checked now (the lock holder, a known
-    environment, a deploy script), the commit checked out now recorded, nothing run."""
-    try:
-        names.env_name(env)
-    except names.InvalidName as exc:
-        raise BadRequest(str(exc)) from exc
-    svc.locks.require_holder(project.name, caller.user)
-    problem = await asyncio.to_thread(project.deploy_problem)
-    if problem:
-        raise BadRequest(problem)
-    envs = await asyncio.to_thread(project.deploy_envs)
-    if env not in envs:
-        raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
-    sha = await git.head_sha(str(project.path))
+    """A deploy that waits for approval: the rules every deploy passes checked now (the lock
+    holder, a known environment, a deploy script, no job running), the commit checked out now
+    recorded, nothing run."""
+    sha = await svc.jobs.deploy_commit(project, env, caller.user)
     try:
         record = svc.store.request_job(
             project=project.name, kind="deploy", user=caller.user, env=env, sha=sha,

@@ -4,6 +4,7 @@ pages. The rules themselves live in :mod:`audit`, :mod:`freezes` and :mod:`gover
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -15,6 +16,7 @@ from pploy.deploy.permissions import Caller
 from pploy.deploy.rendering import redirect_with_error, redirect_with_flash, render
 from pploy.deploy.requestkeys import CALLER
 from pploy.deploy.services import SERVICES, Services, services
+from pploy.deploy.store import JobRecord
 
 routes = web.RouteTableDef()
 PAGE_EVENTS = 500  # the audit page shows the newest; the API exports them all
@@ -112,23 +114,26 @@ async def approvals_page(request: web.Request) -> web.Response:
 
 @routes.post("/jobs/{job_id}/approve")
 async def approve_form(request: web.Request) -> web.Response:
-    svc = services(request)
-    number = job_id(request)
-    await _form(request)
-    try:
-        await governance.approve(svc, request[CALLER], number)
-    except PployError as exc:
-        raise redirect_with_error(f"/jobs/{number}", exc.message) from None
-    raise web.HTTPSeeOther(f"/jobs/{number}")
+    return await _decide(request, governance.approve)
 
 
 @routes.post("/jobs/{job_id}/reject")
 async def reject_form(request: web.Request) -> web.Response:
+    async def reject(svc: Services, caller: Caller, number: int) -> JobRecord:
+        return governance.reject(svc, caller, number)
+
+    return await _decide(request, reject)
+
+
+async def _decide(
+    request: web.Request, decide: Callable[[Services, Caller, int], Awaitable[JobRecord]]
+) -> web.Response:
+    """An Approve or Reject button: back to the job's page, with the refusal if any."""
     svc = services(request)
     number = job_id(request)
     await _form(request)
     try:
-        governance.reject(svc, request[CALLER], number)
+        await decide(svc, request[CALLER], number)
     except PployError as exc:
         raise redirect_with_error(f"/jobs/{number}", exc.message) from None
     raise web.HTTPSeeOther(f"/jobs/{number}")

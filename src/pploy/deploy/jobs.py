@@ -178,9 +178,9 @@ class Jobs:
                 f"is still running on {project.name}"
             )
 
-    async def start_deploy(
-        self, project: Project, env: str, user: str, token: str | None = None
-    ) -> JobRecord:
+    async def deploy_commit(self, project: Project, env: str, user: str) -> str | None:
+        """The commit a deploy of ``project`` to ``env`` by ``user`` would ship, once the rules
+        every deploy passes hold (a known env, a deploy script, the lock, no job running)."""
         try:
             names.env_name(env)
         except names.InvalidName as exc:
@@ -194,6 +194,12 @@ class Jobs:
             raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
         sha = await git.head_sha(str(project.path))
         self._check_can_start(project, user)  # again: the await above let others in
+        return sha
+
+    async def start_deploy(
+        self, project: Project, env: str, user: str, token: str | None = None
+    ) -> JobRecord:
+        sha = await self.deploy_commit(project, env, user)
         steps: list[tuple[list[str], dict, str]] = []
         wanted = self._checked_out_elsewhere(project.name, sha)
         if wanted:  # another instance's checkout: this clone follows it first
