@@ -135,3 +135,14 @@ async def test_a_cancelled_job_names_who_cancelled_it(served: Served, tmp_path: 
     assert [(e["kind"], e["user"], e["job"], e["detail"]["user"]) for e in events] == [
         ("job.cancelled", "bob", job_id, "bob")
     ]
+
+
+async def test_removing_a_project_is_audited(served: Served, tmp_path: Path):
+    name = await served.add_project(make_remote(tmp_path))
+    await served.lock(name, "gain")
+    await served.ok("DELETE", f"/api/projects/{name}")
+    events = (await served.ok("GET", "/api/audit?kind=project.*"))["events"]
+    assert [(e["kind"], e["user"], e["project"]) for e in events] == [
+        ("project.added", "alice", name),
+        ("project.removed", "alice", name),
+    ]
