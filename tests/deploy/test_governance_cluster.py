@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.govserver import Served
-from tests.deploy.support import make_remote
+from tests.deploy.support import make_remote, push_commit
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,9 @@ async def test_two_instances_share_the_queue_freezes_approvals_and_audit(
     a = await Served(tmp_path / "a", CONFIG, pg_database).start()
     b = await Served(tmp_path / "b", CONFIG, pg_database).start()
     try:
-        name = await a.add_project(make_remote(tmp_path))
+        script = '#!/bin/sh\necho "deploying $(git rev-parse HEAD)"\n'
+        remote = make_remote(tmp_path, deploy_script=script)
+        name = await a.add_project(remote)
         await served_by(b, name)
         # The queue: joined on B, granted when alice releases on A.
         assert (await a.lock(name, "gain", "alice"))[0] == 200
@@ -60,11 +62,15 @@ async def test_two_instances_share_the_queue_freezes_approvals_and_audit(
         await b.ok("DELETE", "/api/freezes/incident", "alice")
         assert (await b.lock(name, "release", "dave"))[0] == 200
 
-        # Asked on A, approved on B (runs there); approving it again on A starts nothing.
+        # A new commit checked out on A, asked for on A, approved on B: B runs that commit
+        # (its own clone follows A's checkout first); approving again on A starts nothing.
         assert (await a.lock(name, "gain", "alice"))[0] == 200
+        new = push_commit(remote, "second", {"two": "2\n"})
+        checkout = await a.ok("POST", f"/api/projects/{name}/checkout", "alice", {"ref": "main"})
+        assert (await a.wait_job(checkout["job"]["id"]))["status"] == "succeeded"
         job = (await a.ok("POST", f"/api/projects/{name}/deploy", "alice",
                           {"env": "production"}))["job"]  # fmt: skip
-        assert job["status"] == "awaiting_approval"
+        assert job["status"] == "awaiting_approval" and job["sha"] == new
         assert [j["id"] for j in (await b.ok("GET", "/api/approvals", "bob"))["jobs"]] == [
             job["id"]
         ]
@@ -73,6 +79,12 @@ async def test_two_instances_share_the_queue_freezes_approvals_and_audit(
         assert status == 409, again
         record = await b.wait_job(job["id"])
         assert record["status"] == "succeeded" and record["approved_by"] == ["bob"]
+        assert (
+            record["instance"]
+            != (await a.ok("GET", f"/api/jobs/{checkout['job']['id']}"))["job"]["instance"]
+        )  # it ran on B
+        async with b.client("bob").get(f"{b.base}/api/jobs/{job['id']}/log") as resp:
+            assert f"deploying {new}" in await resp.text()
 
         kinds = [e["kind"] for e in (await b.ok("GET", "/api/audit", "alice"))["events"]]
         for kind in ("lock.queued", "lock.granted", "freeze.started", "freeze.ended",

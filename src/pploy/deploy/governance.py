@@ -60,7 +60,8 @@ async def request_approval(
     """A deploy that waits for approval: the rules every deploy passes checked now (the lock
     holder, a known environment, a deploy script, no job running), the commit checked out now
     recorded, nothing run."""
-    sha = await svc.jobs.deploy_commit(project, env, caller.user)
+    head = await svc.jobs.deploy_commit(project, env, caller.user)
+    sha = svc.jobs.shipped_commit(project.name, head)
     try:
         record = svc.store.request_job(
             project=project.name, kind="deploy", user=caller.user, env=env, sha=sha,
@@ -110,10 +111,11 @@ async def approve(svc: Services, caller: Caller, job_id: int) -> JobRecord:
         )
     project = svc.projects.get(record.project)
     head = await git.head_sha(str(project.path))
-    if head != record.sha:
+    current = svc.jobs.shipped_commit(record.project, head)
+    if current != record.sha:
         raise Conflict(
             f"the checkout of {record.project} changed since the request ({(record.sha or '')[:10]}"
-            f" then, {(head or 'none')[:10]} now): an approval is for the commit checked out at "
+            f" then, {(current or 'none')[:10]} now): an approval is for the commit checked out at "
             "the request; reject it and deploy again"
         )
     try:
@@ -127,7 +129,7 @@ async def approve(svc: Services, caller: Caller, job_id: int) -> JobRecord:
         raise Refused(
             f"{record.env} of {record.project} is frozen by {freeze.name!r} since the request"
         )
-    started = svc.jobs.launch_approved(record, [caller.user])
+    started = svc.jobs.launch_approved(record, [caller.user], head)
     cancel_expiry(svc, job_id)
     svc.notifier.emit("job.approved", {**svc.job_payload(started), "by": caller.user})
     return started

@@ -204,13 +204,7 @@ class Jobs:
         wanted = self._checked_out_elsewhere(project.name, sha)
         if wanted:  # another instance's checkout: this clone follows it first
             sha = wanted
-            steps += [
-                (argv, {}, "$ " + " ".join(argv))
-                for argv in (
-                    ["git", "fetch", "--prune", "--tags", "--force", "origin"],
-                    ["git", "checkout", "-f", "--detach", wanted],
-                )
-            ]
+            steps += self._follow_steps(wanted)
         record = self._create_job(
             project=project.name, kind="deploy", env=env, user=user, sha=sha, ref=None,
             token=token,
@@ -221,11 +215,30 @@ class Jobs:
         self._launch(record, project, steps)
         return record
 
-    def launch_approved(self, record: JobRecord, approved_by: list[str]) -> JobRecord:
+    @staticmethod
+    def _follow_steps(sha: str) -> list[tuple[list[str], dict, str]]:
+        """Commands that bring this clone to ``sha`` (another instance checked it out)."""
+        return [
+            (argv, {}, "$ " + " ".join(argv))
+            for argv in (
+                ["git", "fetch", "--prune", "--tags", "--force", "origin"],
+                ["git", "checkout", "-f", "--detach", sha],
+            )
+        ]
+
+    def shipped_commit(self, project: str, head: str | None) -> str | None:
+        """The commit a deploy ships, given this clone's ``head``: with a shared database, the
+        one the project's last checkout (on any instance) left."""
+        return self._checked_out_elsewhere(project, head) or head
+
+    def launch_approved(
+        self, record: JobRecord, approved_by: list[str], head: str | None
+    ) -> JobRecord:
         """Run a deploy that waited for approval (config ``approvals``; governance.approve
         checked the approver, the commit and the lock): its record turns from
         ``awaiting_approval`` to ``running`` in one statement (two approvers cannot both start
-        it), then it runs as any deploy."""
+        it), then it runs as any deploy, on the approved commit (this clone, at ``head``,
+        follows it first when another instance checked it out)."""
         project = self.projects.get(record.project)
         self._check_can_start(project, record.user)
         now = time.time()
@@ -237,7 +250,8 @@ class Jobs:
         record = self.get(record.id)
         env_vars = {"DEPLOY_ENV": record.env or "", "DEPLOY_USER": record.user}
         echo = f"$ DEPLOY_ENV={record.env} DEPLOY_USER={record.user} .deploy/bin/deploy"
-        self._launch(record, project, [([str(project.deploy_script)], env_vars, echo)])
+        steps = self._follow_steps(record.sha) if record.sha and record.sha != head else []
+        self._launch(record, project, [*steps, ([str(project.deploy_script)], env_vars, echo)])
         return record
 
     async def start_checkout(
