@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,17 @@ async def test_a_request_nobody_approves_expires(
         assert not ran.exists()
     finally:
         await served.close()
+
+
+async def test_a_freeze_that_started_since_the_request_holds(served: Served, tmp_path: Path):
+    name, _, ran = await locked_project(served, tmp_path)
+    job = await request_deploy(served, name)
+    until = (datetime.now().astimezone() + timedelta(hours=1)).isoformat()
+    freeze = {"name": "incident", "envs": ["production"], "until": until, "reason": "db"}
+    await served.ok("POST", "/api/freezes", "carol", freeze)  # no admins configured: anyone
+    status, body = await served.api("POST", f"/api/jobs/{job['id']}/approve", "bob")
+    assert status == 403 and "frozen by 'incident'" in body["error"], body
+    await served.ok("DELETE", "/api/freezes/incident", "carol")
+    await served.ok("POST", f"/api/jobs/{job['id']}/approve", "bob")
+    assert (await served.wait_job(job["id"]))["status"] == "succeeded"
+    assert ran.read_text() == "production by alice\n"
