@@ -85,9 +85,7 @@ class Storage(Protocol):
         self, *, at: float, user: str | None, kind: str, project: str | None, env: str | None,
         job: int | None, detail: dict[str, Any],
     ) -> None: ...  # fmt: skip
-    def list_audit(
-        self, since: float | None, kinds: list[str], limit: int
-    ) -> list[AuditEvent]: ...
+    def list_audit(self, since: float | None, kinds: list[str], limit: int) -> list[AuditEvent]: ...
     def add_freeze(
         self, *, name: str, envs: list[str], projects: list[str], starts_at: float,
         until: float, reason: str, created_by: str,
