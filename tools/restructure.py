@@ -34,8 +34,8 @@ PACKAGE = "pploy.deploy"
 
 # Modules that stay directly in deploy/: the wiring, the application layer, and what every
 # layer reads (config) — at most 12 (tests/test_architecture.py).
-TOP = {"__init__", "app", "services", "actions", "config", "cli", "server", "demo", "notify",
-       "directory", "prefix"}  # fmt: skip
+TOP = {"__init__", "app", "services", "actions", "governance", "config", "cli", "server",
+       "demo", "notify", "directory", "prefix"}  # fmt: skip
 
 # The move map: old module (directly in deploy/) -> new module, both under pploy.deploy.
 MOVES = {
@@ -83,6 +83,7 @@ MOVES = {
     "freezes": "domain.freezes",
     "masking": "domain.masking",
     "approvals": "domain.approvals",
+    "govrecords": "domain.govrecords",
     # storage/: the engines behind domain.records.Storage
     "storage": "storage.opening",
     "store": "storage.sqlite",

@@ -98,6 +98,11 @@ LOCK_PAYLOAD = {
     "expires_at_text": "12:20:00",
     "link": "https://deploy.example.com/projects/app",
 }
+GOVERNANCE_FIELDS = {
+    "by": "bob", "position": 1, "freeze": "year-end", "reason": "incident 42",
+    "envs_text": "production", "until_text": "2027-01-04 00:00 +0900", "url": "https://git/x.git",
+    "name": "ci",
+}  # fmt: skip
 JOB_PAYLOAD = {
     "id": 7,
     "project": "app",
@@ -157,6 +162,7 @@ def test_render_template() -> None:
     assert render_template("{{literal}} {u}", {"u": "x"}) == "{literal} x"
     for event, template in DEFAULT_TEMPLATES.items():
         payload = LOCK_PAYLOAD if event.startswith("lock.") else JOB_PAYLOAD
+        payload = {**payload, **GOVERNANCE_FIELDS}  # what the issue-25 kinds add
         assert "{" not in render_template(template, payload), event
 
 

@@ -39,6 +39,13 @@ from pploy.deploy.web.security import SAFE_METHODS
 from tests.deploy.support import Fifo, Pploy, make_remote, start_pploy
 
 PROJECT = "testploy"
+FREEZE = {
+    "name": "incident",
+    "envs": ["production"],
+    "until": "2099-01-01T00:00:00Z",
+    "reason": "outage",
+}
+APPROVALS = [{"project": "*", "env": "approved", "approvers": ["carol"]}]
 RULES = {
     "admins": ["alice"],
     "deploy": [{"project": "*", "env": "production", "users": ["alice"]}],
@@ -174,6 +181,32 @@ ROUTES: dict[tuple[str, ...], Case] = {
     ("POST", "/_goploy/{project}/checkout"): query(
         "/_goploy/{project}/checkout", {"ref": "main"}, {"ref": "main"}, refused=HELD, ok=200,
         action="start_checkout"),
+    ("POST", "/api/freezes"): api(
+        "POST", "/api/freezes", FREEZE, FREEZE, refused=(403,), ok=201,
+        action="start_freeze"),
+    ("DELETE", "/api/freezes/{name}"): Case(
+        "end_freeze", Call("DELETE", "/api/freezes/frozen", "bob", json={}), (403,),
+        Call("DELETE", "/api/freezes/frozen", "alice", json={}), 200, needs=["freeze"]),
+    ("POST", "/freezes"): form(
+        "/freezes", {"name": "incident", "hours": "2", "envs": "production", "reason": "outage"},
+        {"name": "incident", "hours": "2", "envs": "production", "reason": "outage"},
+        refused=(303,), ok=303, action="start_freeze"),
+    ("POST", "/freezes/{name}/end"): Case(
+        "end_freeze", Call("POST", "/freezes/frozen/end", "bob", form={}), (303,),
+        Call("POST", "/freezes/frozen/end", "alice", form={}), 303, needs=["freeze"]),
+    # A deploy to `approved` waits for carol's approval (APPROVALS); alice requested it.
+    ("POST", "/api/jobs/{job_id}/approve"): Case(
+        "approve_job", Call("POST", "/api/jobs/{job_id}/approve", "alice", json={}), (403,),
+        Call("POST", "/api/jobs/{job_id}/approve", "carol", json={}), 200, needs=["awaiting"]),
+    ("POST", "/api/jobs/{job_id}/reject"): Case(
+        "reject_job", Call("POST", "/api/jobs/{job_id}/reject", "bob", json={}), (403,),
+        Call("POST", "/api/jobs/{job_id}/reject", "alice", json={}), 200, needs=["awaiting"]),
+    ("POST", "/jobs/{job_id}/approve"): Case(
+        "approve_job", Call("POST", "/jobs/{job_id}/approve", "alice", form={}), (303,),
+        Call("POST", "/jobs/{job_id}/approve", "carol", form={}), 303, needs=["awaiting"]),
+    ("POST", "/jobs/{job_id}/reject"): Case(
+        "reject_job", Call("POST", "/jobs/{job_id}/reject", "bob", form={}), (303,),
+        Call("POST", "/jobs/{job_id}/reject", "alice", form={}), 303, needs=["awaiting"]),
     ("WS", "/api/jobs/{job_id}/ws", "cancel"): Case(
         "cancel_job",
         Call("GET", "/api/jobs/{job_id}/ws", "bob", command={"action": "cancel"}), HELD,
@@ -360,6 +393,7 @@ class World:
             sorted((j, job.cancelled_by) for j, job in svc.jobs.running.items()),
             [(t.user, t.id, t.revoked_at) for u in ("alice", "bob")
              for t in svc.store.list_tokens(u)],
+            sorted((f.name, f.end) for f in svc.freezes.all()),
         )  # fmt: skip
 
     async def send(self, call: Call) -> tuple[int, str]:
@@ -378,7 +412,9 @@ class World:
                         return reply.get("status", 0), msg.data
         kwargs: dict[str, Any] = {"allow_redirects": False, "headers": headers}
         if call.json is not None:
-            kwargs["json"] = {k: self.fill(v) for k, v in call.json.items()}
+            kwargs["json"] = {
+                k: self.fill(v) if isinstance(v, str) else v for k, v in call.json.items()
+            }
         if call.form is not None:
             token = await self.csrf(call.user) if not call.token else ""
             kwargs["data"] = {**{k: self.fill(v) for k, v in call.form.items()},
@@ -392,7 +428,9 @@ class World:
             return resp.status, body
 
 
-async def world(tmp: Path, running: bool) -> AsyncIterator[World]:
+async def world(
+    tmp: Path, running: bool, needs: tuple[str, ...] | list[str] = ()
+) -> AsyncIterator[World]:
     fifo = Fifo(tmp / "go")
     script = (
         '#!/bin/sh\necho deployed $DEPLOY_ENV\nif [ "$DEPLOY_ENV" = staging ]; then\n'
@@ -400,13 +438,16 @@ async def world(tmp: Path, running: bool) -> AsyncIterator[World]:
     )
     pploy = await start_pploy(
         tmp / "work",
+        users=["alice", "bob", "carol"],
         permissions=RULES,
+        approvals=APPROVALS,
         goploy_ui=goploy_ui(tmp),
         **{"auth.names_are_self_chosen": True},
     )
     try:
         here = World(pploy, tmp, fifo)
-        await pploy.add_project(make_remote(tmp, PROJECT, deploy_script=script))
+        envs = {".deploy/config/deploy_envs": "staging\nproduction\napproved\n"}
+        await pploy.add_project(make_remote(tmp, PROJECT, deploy_script=script, files=envs))
         for user in ("alice", "bob"):
             status, made = await pploy.api("POST", "/api/tokens", user, {"name": "ci"})
             assert status == 201
@@ -414,6 +455,16 @@ async def world(tmp: Path, running: bool) -> AsyncIterator[World]:
         await pploy.gain(PROJECT, "alice")
         if running:
             here.job = await pploy.deploy(PROJECT, "staging", "alice")
+        if "awaiting" in needs:  # a deploy waiting for carol's approval
+            status, body = await pploy.api(
+                "POST", f"/api/projects/{PROJECT}/deploy", "alice", {"env": "approved"}
+            )
+            assert status == 202 and body["job"]["status"] == "awaiting_approval", body
+            here.job = body["job"]["id"]
+        if "freeze" in needs:  # an ad-hoc freeze in force
+            frozen = {"name": "frozen", "until": "2099-01-01T00:00:00Z", "reason": "incident"}
+            status, body = await pploy.api("POST", "/api/freezes", "alice", frozen)
+            assert status == 201, body
         yield here
     finally:
         fifo.close()
@@ -439,7 +490,7 @@ async def test_each_route_refuses_its_attacker_and_goes_through_its_action(
 ) -> None:
     case = ROUTES[key]
     caplog.set_level(logging.INFO, logger="pploy")
-    async for here in world(tmp_path, case.running):
+    async for here in world(tmp_path, case.running, case.needs):
         before = here.snapshot()
         caplog.clear()
         status, body = await here.send(case.hostile)

@@ -39,7 +39,11 @@ PROJECT = "testploy"
 # Routes anyone logged in may use whatever the lock: adding a project, logging in or out.
 OPEN_TO_ALL = {("POST", "/api/projects"), ("POST", "/projects"), ("POST", "/login"),
                ("POST", "/logout"), ("POST", "/_create"), ("POST", "/_/create"),
-               ("POST", "/api/tokens"), ("POST", "/tokens")}  # fmt: skip
+               ("POST", "/api/tokens"), ("POST", "/tokens"),
+               # freezes are admins' (permissions.admins), and with none configured everyone
+               # is one: tests/deploy/test_freezes.py attacks them as a non-admin
+               ("POST", "/api/freezes"), ("POST", "/freezes"), ("DELETE", "/api/freezes/{name}"),
+               ("POST", "/freezes/{name}/end")}  # fmt: skip
 # A user's own API tokens: another user's revoke finds nothing of theirs (404, or the form's
 # redirect with the refusal) and changes nothing.
 OWNER_ONLY = {("DELETE", "/api/tokens/{token_id}"), ("POST", "/tokens/{token_id}/revoke")}

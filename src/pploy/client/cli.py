@@ -42,6 +42,9 @@ examples:
   pploy client checkout myapp main
   pploy client deploy myapp production --cancel-on-interrupt
   pploy client lock myapp release
+  pploy client queue myapp              # wait in line for the lock
+  pploy client approve 42 --follow      # another approver's deploy
+  pploy client freezes start incident --until 2027-01-04T00:00:00+09:00 --reason "db down"
 """
 
 
@@ -159,6 +162,8 @@ def _start(api: Api, args: argparse.Namespace, kind: str, body: dict[str, str]) 
     path = f"/api/projects/{segment(args.project)}/{kind}"
     job = api.call("POST", path, body)["job"]
     _say(f"job #{job['id']}: {kind} {args.project} {next(iter(body.values()))}")
+    if job["status"] == "awaiting_approval":  # docs/governance.md
+        return awaiting(job)
     if args.no_follow:
         print(job["id"])
         return OK
@@ -166,7 +171,8 @@ def _start(api: Api, args: argparse.Namespace, kind: str, body: dict[str, str]) 
 
 
 def cmd_deploy(api: Api, args: argparse.Namespace) -> int:
-    return _start(api, args, "deploy", {"env": args.env})
+    extra = {"override_freeze": args.override_freeze} if args.override_freeze else {}
+    return _start(api, args, "deploy", {"env": args.env, **extra})
 
 
 def cmd_checkout(api: Api, args: argparse.Namespace) -> int:
@@ -175,6 +181,82 @@ def cmd_checkout(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_log(api: Api, args: argparse.Namespace) -> int:
     return follow_job(api, args.job, args.offset, args.cancel_on_interrupt)
+
+
+# -- governance (issue 25; docs/governance.md) ----------------------------------------------
+
+
+def awaiting(job: dict[str, Any]) -> int:
+    """A deploy that waits for approval: say so and how it goes on (nothing runs yet)."""
+    _say(f"job #{job['id']} awaits approval by another approver: pploy client approve {job['id']}")
+    print(job["id"])
+    return OK
+
+
+def cmd_queue(api: Api, args: argparse.Namespace) -> int:
+    path = f"/api/projects/{segment(args.project)}"
+    operation = "leave" if args.leave else "queue"
+    api.call("POST", path + "/lock", {"operation": operation})
+    lock = api.call("GET", path)["project"]["lock"]
+    waiting = [q["user"] for q in (lock or {}).get("queue", [])]
+    print(f"{args.project}: {_lock_text(lock)}; waiting: {', '.join(waiting) or 'nobody'}")
+    return OK
+
+
+def cmd_approve(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"/api/jobs/{args.job}/approve", {})["job"]
+    _say(f"approved job #{job['id']}: deploy {job['project']} to {job['env']}")
+    return follow_job(api, job["id"], 0, False) if args.follow else OK
+
+
+def cmd_reject(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"/api/jobs/{args.job}/reject", {})["job"]
+    print(f"job #{job['id']} {job['status']}")
+    return OK
+
+
+def cmd_freezes(api: Api, args: argparse.Namespace) -> int:
+    if args.action == "start":
+        body = {"name": args.name, "until": args.until, "reason": args.reason}
+        if args.env:
+            body["envs"] = args.env
+        api.call("POST", "/api/freezes", body)
+    elif args.action == "end":
+        api.call("DELETE", f"/api/freezes/{segment(args.name or '')}")
+    freezes = api.call("GET", "/api/freezes")["freezes"]
+    if args.json:
+        _print_json(freezes)
+        return OK
+    for f in freezes:
+        state = "IN FORCE" if f["active"] else "inactive"
+        print(f"{f['name']} [{state}] {f['start']} .. {f['end']} envs={','.join(f['envs'])} "
+              f"projects={','.join(f['projects'])} {f['reason']}")  # fmt: skip
+    return OK
+
+
+def _governance_commands(commands: Any) -> None:
+    queue = commands.add_parser("queue", help="wait in line for a project's lock (or --leave)")
+    queue.add_argument("project")
+    queue.add_argument("--leave", action="store_true", help="leave the queue")
+    queue.set_defaults(client_func=cmd_queue)
+
+    approve = commands.add_parser("approve", help="approve a deploy awaiting approval")
+    approve.add_argument("job", type=int)
+    approve.add_argument("--follow", action="store_true", help="follow the deploy it starts")
+    approve.set_defaults(client_func=cmd_approve)
+
+    reject = commands.add_parser("reject", help="reject a deploy awaiting approval")
+    reject.add_argument("job", type=int)
+    reject.set_defaults(client_func=cmd_reject)
+
+    freezes = commands.add_parser("freezes", help="list deploy freezes; start or end one")
+    freezes.add_argument("action", nargs="?", choices=["list", "start", "end"], default="list")
+    freezes.add_argument("name", nargs="?")
+    freezes.add_argument("--until", help="start: when it ends (ISO 8601 with offset)")
+    freezes.add_argument("--reason", help="start: why (required)")
+    freezes.add_argument("--env", action="append", help="start: an env it covers (repeat)")
+    freezes.add_argument("--json", action="store_true", help="print pploy's JSON answer")
+    freezes.set_defaults(client_func=cmd_freezes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,6 +326,9 @@ def register(subparsers: Any) -> None:
     deploy = commands.add_parser("deploy", help="deploy to an environment and follow the job")
     deploy.add_argument("project")
     deploy.add_argument("env")
+    deploy.add_argument(
+        "--override-freeze", metavar="REASON", help="admins: deploy through a freeze"
+    )
     _follow_options(deploy)
     deploy.set_defaults(client_func=cmd_deploy)
 
@@ -256,6 +341,7 @@ def register(subparsers: Any) -> None:
     cancel = commands.add_parser("cancel", help="cancel a running job (lock holder only)")
     cancel.add_argument("job", type=int)
     cancel.set_defaults(client_func=cmd_cancel)
+    _governance_commands(commands)
 
     parser.set_defaults(func=run)
 

@@ -16,9 +16,12 @@ import functools
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from pploy.deploy import governance
 from pploy.deploy.domain.errors import BadRequest, NotFound
+from pploy.deploy.domain.freezes import Freeze
+from pploy.deploy.domain.names import without_secrets
 from pploy.deploy.domain.permissions import Caller
 from pploy.deploy.domain.projects import Project
 from pploy.deploy.domain.records import ApiToken, JobRecord, Lock
@@ -78,7 +81,10 @@ async def add_project(svc: Services, caller: Caller, url: str) -> Project:
     """Clone ``url`` as a new project, if ``caller`` may manage projects (checked first, so a
     refusal clones nothing)."""
     svc.permissions.manage_projects(caller, "add projects").require()
-    return await svc.projects.clone(url)
+    project = await svc.projects.clone(url)
+    added = {"project": project.name, "user": caller.user, "url": without_secrets(url)}
+    svc.notifier.emit("project.added", added)
+    return project
 
 
 @action
@@ -92,6 +98,7 @@ async def remove_project(svc: Services, caller: Caller, name: str) -> None:
     if running:
         raise BadRequest(f"job #{running.id} is running on {name}; cancel it or wait", status=409)
     await svc.projects.remove(project.name, caller.user)
+    svc.notifier.emit("project.removed", {"project": project.name, "user": caller.user})
 
 
 # -- the lock and jobs --------------------------------------------------------------------
@@ -107,12 +114,19 @@ async def apply_lock(
 
 
 @action
-async def start_deploy(svc: Services, caller: Caller, project: Project, env: str) -> JobRecord:
+async def start_deploy(
+    svc: Services, caller: Caller, project: Project, env: str, override_freeze: object = None
+) -> JobRecord:
     """Deploy ``project`` to ``env`` as ``caller``: the permission rules first (a refusal
-    touches no lock and starts nothing), then the lock and job rules; the token's name, if one
-    was used, goes into the job record."""
+    touches no lock and starts nothing), then freezes (an admin's ``override_freeze`` reason
+    is recorded), then the lock and job rules; the token's name, if one was used, goes into
+    the job record."""
     svc.permissions.deploy(caller, project.name, env).require()
-    return await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
+    override = svc.freezes.check_deploy(caller, project.name, env, override_freeze)
+    if governance.approval_rule(svc, project.name, env):  # waits for another person's approval
+        return await governance.request_approval(svc, caller, project, env, override)
+    record = await svc.jobs.start_deploy(project, env, caller.user, token=caller.token)
+    return governance.overridden(svc, record, override)
 
 
 @action
@@ -156,3 +170,33 @@ def tokens_of(svc: Services, caller: Caller, user: str | None) -> list[ApiToken]
     owner = user or caller.user
     svc.permissions.manage_tokens_of(caller, owner).require()
     return svc.tokens.list(owner)
+
+
+# -- approvals and freezes (docs/governance.md) -------------------------------------------
+
+
+@action
+async def approve_job(svc: Services, caller: Caller, job_id: int) -> JobRecord:
+    """Approve a deploy awaiting approval: an approver other than its requester, for the
+    commit checked out when it was requested; the deploy then starts."""
+    return await governance.approve(svc, caller, job_id)
+
+
+@action
+async def reject_job(svc: Services, caller: Caller, job_id: int) -> JobRecord:
+    """Reject a deploy awaiting approval (an approver or its requester): nothing runs."""
+    return governance.reject(svc, caller, job_id)
+
+
+@action
+async def start_freeze(svc: Services, caller: Caller, body: dict[str, Any]) -> Freeze:
+    """Start an ad-hoc freeze: admins only (``permissions.admins``; everyone when none)."""
+    svc.permissions.manage_projects(caller, "start a freeze").require()
+    return svc.freezes.start(caller, body)
+
+
+@action
+async def end_freeze(svc: Services, caller: Caller, name: str) -> Freeze:
+    """End an ad-hoc freeze: admins only (``permissions.admins``; everyone when none)."""
+    svc.permissions.manage_projects(caller, "end a freeze").require()
+    return svc.freezes.end(caller, name)

@@ -14,7 +14,7 @@ from pploy import log, streamtest
 from pploy.deploy import prefix
 from pploy.deploy.config import Config
 from pploy.deploy.services import SERVICES, Services, build_services
-from pploy.deploy.web import api, legacy, pages, runtime, streams, tokenroutes
+from pploy.deploy.web import api, govroutes, legacy, pages, runtime, streams, tokenroutes
 from pploy.deploy.web.middleware import authenticate, request_context
 
 __all__ = ["SERVICES", "Services", "create_app"]
@@ -71,6 +71,7 @@ def create_app(config: Config) -> web.Application:
     streams.add_routes(app)
     api.add_routes(app)
     tokenroutes.add_routes(app)
+    govroutes.add_routes(app)  # audit log, freezes, approvals (issue 25)
     streamtest.add_routes(app, "/api/stream-test")  # read by `pploy doctor`
     pages.add_routes(app)
     runtime.add_routes(app, counters)  # /metrics, /api/stats

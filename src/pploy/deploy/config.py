@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,8 +27,12 @@ from pydantic import (
 from pploy.configfile import ConfigError as ConfigError
 from pploy.configfile import read_mapping, refuse_placeholders, validate
 from pploy.deploy import prefix as url_prefix
+from pploy.deploy.domain import masking
 from pploy.deploy.domain.names import InvalidName, user_name
 from pploy.networks import check_networks
+
+FREEZE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Strict(BaseModel):
@@ -62,6 +67,18 @@ class JobConfig(_Strict):
     )
     pty_columns: int = Field(160, ge=20, le=1000)
     pty_rows: int = Field(50, ge=5, le=1000)
+    mask_env: list[str] = Field(
+        default_factory=list,
+        description="Environment variables whose values never appear in job output (***).",
+    )
+
+    @field_validator("mask_env")
+    @classmethod
+    def _variable_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
     @field_validator("cancel_grace_seconds")
     @classmethod
@@ -124,9 +141,15 @@ class AuthConfig(_Strict):
 
 
 WebhookEvent = Literal[
-    "lock.gained", "lock.extended", "lock.released", "lock.expired", "job.started", "job.finished"
-]
+    "lock.gained", "lock.extended", "lock.released", "lock.expired", "job.started", "job.finished",
+    # deploy governance (issue 25; audit.AUDIT_KINDS)
+    "lock.queued", "lock.granted", "job.cancelled", "job.awaiting_approval", "job.approved",
+    "job.rejected", "job.expired", "freeze.started", "freeze.ended", "freeze.overridden",
+    "project.added", "project.removed", "token.created", "token.revoked",
+]  # fmt: skip
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = typing.get_args(WebhookEvent)
+# A hook without `events` gets the original six; the governance kinds are asked for by name.
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = WEBHOOK_EVENTS[:6]
 DATADOG_SITE = "https://api.datadoghq.com"
 # Go's text/template actions: {{.Field}}, {{ .Field }}, {{if …}}, {{- …}}, {{$x}}.
 _GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|\$|(if|range|with|end|else|printf|template)\b)")
@@ -138,7 +161,7 @@ class WebhookConfig(_Strict):
         description="Where to POST; datadog format: the site (default api.datadoghq.com)."
     )
     format: Literal["slack", "json", "datadog"] = "json"
-    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
     kinds: list[Literal["deploy", "checkout"]] = Field(
         default=["deploy", "checkout"],
         description="job events: the kinds of job to notify about (e.g. [deploy]).",
@@ -233,6 +256,47 @@ class DeployRule(_Strict):
     env: str = Field("*", description="Environments it covers (fnmatch pattern; `*` all).")
     users: list[str] = Field(
         description="Who may deploy there: user names, exact emails, `@domain`, or groups."
+    )
+
+
+class FreezeConfig(_Strict):
+    """A calendar freeze: no deploys to its envs of its projects between start and end."""
+
+    name: str = Field(description="Named in the refusal, the banner and the audit log.")
+    start: AwareDatetime = Field(
+        description="ISO 8601 with its offset, e.g. 2026-12-28T00:00:00+09:00."
+    )
+    end: AwareDatetime = Field(description="When deploys may run again (same form).")
+    envs: list[str] = Field(
+        default=["*"], description="Environments frozen (fnmatch); omitted: all."
+    )
+    projects: list[str] = Field(
+        default=["*"], description="Projects frozen (fnmatch); omitted: all."
+    )
+    reason: str = Field("", description="Shown in the refusal and the banner.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not FREEZE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r}: 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> FreezeConfig:
+        if self.end <= self.start:
+            raise ValueError(f"freeze {self.name!r}: end must be after start")
+        return self
+
+
+class ApprovalRule(_Strict):
+    """Deploys matching project and env wait for one of ``approvers`` (not the requester)."""
+
+    project: str = Field("*", description="Project names it covers (fnmatch pattern).")
+    env: str = Field("*", description="Environments it covers (fnmatch pattern).")
+    approvers: list[str] = Field(
+        min_length=1,
+        description="Who may approve: user names, exact emails, `@domain`, or groups.",
     )
 
 
@@ -343,6 +407,26 @@ class Config(_Strict):
             raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
         return value or None
 
+    freezes: list[FreezeConfig] = Field(
+        default_factory=list, description="Calendar freezes (docs/governance.md)."
+    )
+    approvals: list[ApprovalRule] = Field(
+        default_factory=list,
+        description="Deploys that need another person's approval first; the first matching "
+        "rule decides (docs/governance.md).",
+    )
+    approval_timeout: float = Field(
+        3600, gt=0, description="Seconds a deploy waits for approval before it expires."
+    )
+
+    @field_validator("freezes")
+    @classmethod
+    def _unique_freezes(cls, value: list[FreezeConfig]) -> list[FreezeConfig]:
+        names = [freeze.name for freeze in value]
+        if len(set(names)) != len(names):
+            raise ValueError("freeze names must be unique")
+        return value
+
     dangerous_envs: list[str] = Field(
         default_factory=lambda: ["production"],
         description="Environments whose deploy button asks for confirmation first.",
@@ -415,6 +499,12 @@ def load_config(
             _set_dotted(data, key, value)
     refuse_placeholders(data, source)
     config = validate(Config, data, source, docs="docs/configuration.md")
+    short = masking.short_values(config.job.mask_env, env)
+    if short:  # masking them would hide ordinary text, not only the secret
+        raise ConfigError(
+            f"{source}: job.mask_env: the value of {', '.join(short)} is shorter than "
+            f"{masking.MIN_LENGTH} characters: too short to mask"
+        )
     if config.auth.mode == "gate" and not (
         config.auth.gate_jwks_url or config.auth.gate_public_key_file
     ):

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import string
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,25 @@ DEFAULT_TEMPLATES = {
     "job.finished": (
         "{kind} of {project}{env_text} by {user} {status} in {duration:.0f} s ({sha_short}) {link}"
     ),
+    # deploy governance (issue 25)
+    "lock.queued": "{user} is waiting for the lock on {project} (place {position})",
+    "lock.granted": "{user} now holds the lock on {project} until {expires_at_text}",
+    "job.cancelled": "{kind} of {project}{env_text} by {user} was cancelled by {by} {link}",
+    "job.awaiting_approval": (
+        "{user} asks for approval to deploy {project}{env_text} ({sha_short}) {link}"
+    ),
+    "job.approved": "{by} approved {user}'s deploy of {project}{env_text} {link}",
+    "job.rejected": "{by} rejected {user}'s deploy of {project}{env_text} {link}",
+    "job.expired": "{user}'s deploy of {project}{env_text} expired unapproved {link}",
+    "freeze.started": "{by} froze {envs_text} until {until_text}: {reason}",
+    "freeze.ended": "{by} ended the freeze {freeze}",
+    "freeze.overridden": (
+        "{by} overrode the freeze {freeze} to deploy {project}{env_text}: {reason} {link}"
+    ),
+    "project.added": "{user} added {project} from {url}",
+    "project.removed": "{user} removed {project}",
+    "token.created": "{user} created the API token {name}",
+    "token.revoked": "{user} revoked the API token {name}",
 }
 
 
@@ -96,6 +116,8 @@ def datadog_event(text: str, event: str, payload: dict[str, Any]) -> dict[str, A
 class Notifier:
     def __init__(self, hooks: list[WebhookConfig]) -> None:
         self.hooks = hooks
+        # Also told of every event, first: the audit trail (audit.Audit.record).
+        self.sinks: list[Callable[[str, dict[str, Any]], None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -112,6 +134,8 @@ class Notifier:
 
     def emit(self, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for every hook that wants it; returns at once."""
+        for sink in self.sinks:
+            sink(event, payload)
         for hook in self.hooks:
             if wants(hook, event, payload):
                 task = asyncio.get_running_loop().create_task(self._send(hook, event, payload))

@@ -5,6 +5,7 @@ Route modules import this, never the wiring in :mod:`pploy.deploy.app`."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from aiohttp import web
 
 from pploy.deploy.config import Config
 from pploy.deploy.directory import Directory
+from pploy.deploy.domain.audit import Audit
 from pploy.deploy.domain.errors import NotFound
 from pploy.deploy.domain.expiry import ExpiryWatch
+from pploy.deploy.domain.freezes import Freezes
 from pploy.deploy.domain.locks import Locks
 from pploy.deploy.domain.permissions import Caller, Permissions
 from pploy.deploy.domain.projects import Projects
@@ -48,11 +51,18 @@ class Services:
     cluster: Cluster | None = None  # with a shared database (docs/scaling.md)
     permissions: Permissions = field(init=False)
     tokens: Tokens = field(init=False)
+    audit: Audit = field(init=False)
+    freezes: Freezes = field(init=False)
+    # Deploys awaiting approval: when each expires (governance.py).
+    approval_timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Permission rules may name directory groups (config `ldap`): asked at each check.
         self.permissions = Permissions(self.config.permissions, groups_of=self.groups_of)
-        self.tokens = Tokens(self.store)
+        self.audit = Audit(self.store)  # told of every event the webhooks are
+        self.notifier.sinks.append(self.audit.record)
+        self.tokens = Tokens(self.store, on_event=self.notifier.emit)
+        self.freezes = Freezes(self.config, self.store, self.permissions, self.notifier.emit)
 
     def groups_of(self, caller: Caller) -> frozenset[str]:
         """The caller's directory groups (config `ldap`), for permission rules; empty without
@@ -64,6 +74,15 @@ class Services:
         if self.auth.mode == "gate":
             return self.directory.groups_of_email(caller.email) if caller.email else frozenset()
         return self.directory.groups_of(caller.user)
+
+    def job_payload(self, record: JobRecord) -> dict[str, object]:
+        """A job's notification fields (webhooks and the audit log)."""
+        return {
+            **record.to_json(),
+            "env_text": f" to {record.env}" if record.env else "",
+            "sha_short": (record.sha or "")[:10],
+            "link": self.link(f"/jobs/{record.id}"),
+        }
 
     def link(self, path: str) -> str:
         """``path`` as an absolute link when public_url is set (for notifications)."""
@@ -97,19 +116,21 @@ def build_services(config: Config) -> Services:
         }
 
     def lock_changed(event: str, lock: Lock) -> None:
+        expiry.changed(event, lock)  # first: a lock that ran out is told before its successor
         notifier.emit(event, lock_payload(lock))
-        expiry.changed(event, lock)
+
+    def lock_queued(project: str, user: str, position: int) -> None:
+        link = svc.link(f"/projects/{project}")
+        notifier.emit("lock.queued", {"project": project, "user": user, "position": position,
+                                      "link": link})  # fmt: skip
 
     def job_payload(record: JobRecord) -> dict[str, object]:
-        return {
-            **record.to_json(),
-            "env_text": f" to {record.env}" if record.env else "",
-            "sha_short": (record.sha or "")[:10],
-            "link": svc.link(f"/jobs/{record.id}"),
-        }
+        return svc.job_payload(record)
 
     def job_finished(record: JobRecord) -> None:
         notifier.emit("job.finished", job_payload(record))
+        if record.status == "cancelled" and record.cancelled_by:  # the audit trail's kind
+            notifier.emit("job.cancelled", {**job_payload(record), "by": record.cancelled_by})
 
     def job_started(record: JobRecord) -> None:
         notifier.emit("job.started", job_payload(record))
@@ -119,6 +140,7 @@ def build_services(config: Config) -> Services:
         gain_minutes=config.lock.gain_minutes,
         extend_minutes=config.lock.extend_minutes,
         on_change=lock_changed,
+        on_queued=lock_queued,
     )
 
     def project_exists(name: str) -> bool:

@@ -71,6 +71,8 @@ class ExpiryWatch:
         if known is None:
             return
         current = self.locks.get(project)
+        if self.held.get(project) is not known:
+            return  # reading it gave it to the first in its queue: changed() said so
         if current is not None and current.user == known.user:
             self._watch(current)  # extended since (by the holder or a running job)
             return

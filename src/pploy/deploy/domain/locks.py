@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable
 
 from pploy.deploy.domain.errors import BadRequest, Conflict, Forbidden
+from pploy.deploy.domain.govrecords import QueuedUser
 from pploy.deploy.domain.records import Lock, Storage
 
-OPERATIONS = ("gain", "extend", "release")
+OPERATIONS = ("gain", "extend", "release", "queue", "leave")
 
 
 def describe_left(seconds: float) -> str:
@@ -30,15 +31,18 @@ class Locks:
         extend_minutes: float = 10,
         on_change: Callable[[str, Lock], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_queued: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self.store = store
         self.gain_seconds = gain_minutes * 60
         self.extend_seconds = extend_minutes * 60
         self.on_change = on_change
         self.clock = clock
+        self.on_queued = on_queued  # (project, user, place): lock.queued
 
     def get(self, project: str) -> Lock | None:
-        return self.store.get_lock(project, self.clock())
+        lock = self.store.get_lock(project, self.clock())
+        return lock if lock is not None else self._grant_next(project)
 
     def apply(self, project: str, user: str, operation: str) -> Lock | None:
         if operation == "gain":
@@ -48,14 +52,21 @@ class Locks:
         if operation == "release":
             self.release(project, user)
             return None
+        if operation == "queue":
+            return self.queue(project, user)
+        if operation == "leave":
+            self.store.leave_lock_queue(project, user)
+            return self.get(project)
         raise BadRequest(f"operation must be one of {', '.join(OPERATIONS)}")
 
     def gain(self, project: str, user: str) -> Lock:
         """Take the lock; fails if someone else holds it. The holder gaining again renews it."""
+        self.get(project)  # a free lock goes to the first in its queue, not to whoever asks
         for _ in range(3):  # the holder may release between the two statements: try again
             now = self.clock()
             lock = self.store.gain_lock(project, user, now, self.gain_seconds)
             if lock is not None:
+                self.store.leave_lock_queue(project, user)
                 self._changed("lock.gained", lock)
                 return lock
             current = self.store.get_lock(project, now)
@@ -81,6 +92,7 @@ class Locks:
             self.require_holder(project, user)
             raise Conflict(f"you must hold the lock on {project} first")
         self._changed("lock.released", current)
+        self._grant_next(project)
 
     def require_holder(self, project: str, user: str) -> Lock:
         """The lock if ``user`` holds it; otherwise a 403 (someone else) or 409 (nobody)."""
@@ -98,6 +110,32 @@ class Locks:
     def keep_until(self, project: str, user: str, until: float) -> None:
         """Make sure the holder's lock lasts at least until ``until`` (a job is running)."""
         self.store.keep_lock_until(project, user, self.clock(), until)
+
+    def queue(self, project: str, user: str) -> Lock:
+        """Wait in line for the lock (FIFO; queueing again keeps the place); a free lock is
+        simply gained. The holder cannot queue for their own lock (409)."""
+        lock = self.get(project)
+        if lock is None:
+            return self.gain(project, user)
+        if lock.user == user:
+            raise Conflict(f"you hold the lock on {project}; only others can queue for it")
+        if self.store.queue_for_lock(project, user, self.clock()) and self.on_queued:
+            place = [q.user for q in self.store.lock_queue(project)].index(user) + 1
+            self.on_queued(project, user, place)
+        return self.get(project) or lock
+
+    def queue_of(self, project: str) -> list[QueuedUser]:
+        """Who waits for the lock, first first."""
+        return self.store.lock_queue(project)
+
+    def _grant_next(self, project: str) -> Lock | None:
+        """Give a free lock to the first in the queue (lock.granted); None if nobody waits."""
+        if not self.store.lock_queue(project):
+            return None
+        lock = self.store.grant_next(project, self.clock(), self.gain_seconds)
+        if lock is not None:
+            self._changed("lock.granted", lock)
+        return lock
 
     def _changed(self, event: str, lock: Lock) -> None:
         if self.on_change:

@@ -20,11 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pploy.deploy.domain.errors import Conflict, Unavailable
+from pploy.deploy.domain.govrecords import AdHocFreeze, AuditEvent, QueuedUser, decode_json
 
 if TYPE_CHECKING:
     from _typeshed import SupportsKeysAndGetItem
 
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
+FINAL_STATUSES = (
+    "succeeded", "failed", "cancelled", "interrupted", "timed_out", "rejected", "expired",
+)  # fmt: skip
 
 
 class StoreUnavailable(Unavailable):
@@ -90,6 +93,12 @@ class JobRecord:
     token: str | None = None  # the name of the API token that started it (None: a session)
     instance: str | None = None  # the pploy instance that runs (ran) it
     heartbeat_at: float | None = None  # when that instance last said it still runs it
+    approved_by: list[str] | None = None  # who approved it (config `approvals`)
+    freeze_override: dict[str, str] | None = None  # {"freeze", "reason", "by"}
+
+    def __post_init__(self) -> None:
+        for name in ("approved_by", "freeze_override"):  # JSON text in SQLite
+            object.__setattr__(self, name, decode_json(getattr(self, name)))
 
     @property
     def running(self) -> bool:
@@ -195,3 +204,26 @@ class Storage(Protocol):
     def list_tokens(self, user: str) -> list[ApiToken]: ...
     def revoke_token(self, token_id: int) -> None: ...
     def token_used(self, token_id: int, when: float) -> None: ...
+
+    # governance (issue 25)
+    def add_audit(
+        self, *, at: float, user: str | None, kind: str, project: str | None, env: str | None,
+        job: int | None, detail: dict[str, Any],
+    ) -> None: ...  # fmt: skip
+    def list_audit(self, since: float | None, kinds: list[str], limit: int) -> list[AuditEvent]: ...
+    def add_freeze(
+        self, *, name: str, envs: list[str], projects: list[str], starts_at: float,
+        until: float, reason: str, created_by: str,
+    ) -> AdHocFreeze | None: ...  # fmt: skip
+    def current_freezes(self, now: float) -> list[AdHocFreeze]: ...
+    def end_freeze(self, name: str, user: str, now: float) -> AdHocFreeze | None: ...
+    def queue_for_lock(self, project: str, user: str, now: float) -> bool: ...
+    def leave_lock_queue(self, project: str, user: str) -> bool: ...
+    def lock_queue(self, project: str) -> list[QueuedUser]: ...
+    def grant_next(self, project: str, now: float, seconds: float) -> Lock | None: ...
+    def request_job(
+        self, *, project: str, kind: str, user: str, env: str | None, sha: str | None,
+        token: str | None, freeze_override: dict[str, str] | None,
+    ) -> JobRecord: ...  # fmt: skip
+    def settle_job(self, job_id: int, expect: str, **fields: Any) -> bool: ...
+    def awaiting_jobs(self) -> list[JobRecord]: ...

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pploy.deploy.domain.errors import BadRequest, NotFound, Unauthorized
 from pploy.deploy.domain.permissions import Caller
@@ -51,8 +53,11 @@ class NewToken:
 class Tokens:
     """Making, listing, revoking and checking API tokens, on the store."""
 
-    def __init__(self, store: Storage) -> None:
+    def __init__(
+        self, store: Storage, on_event: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> None:
         self.store = store
+        self.on_event = on_event  # token.created, token.revoked (the audit trail)
 
     def create(self, caller: Caller, name: str, expires_days: object = None) -> NewToken:
         """A new token for ``caller`` (who acts with their session: tokens do not mint tokens);
@@ -82,6 +87,7 @@ class Tokens:
             user=caller.user, email=caller.email, name=name, digest=digest(secret),
             expires_at=expires_at,
         )  # fmt: skip
+        self._event("token.created", record)
         return NewToken(secret, record)
 
     def list(self, user: str) -> list[ApiToken]:
@@ -95,7 +101,13 @@ class Tokens:
         self.store.revoke_token(token_id)
         revoked = self.store.get_token(token_id)
         assert revoked is not None
+        self._event("token.revoked", revoked)
         return revoked
+
+    def _event(self, kind: str, record: ApiToken) -> None:
+        if self.on_event is not None:  # the name and dates, never the secret or its digest
+            fields = {"user": record.user, "name": record.name, "token_id": record.id}
+            self.on_event(kind, {**fields, "expires_at": record.expires_at})
 
     def authenticate(self, secret: str, now: float | None = None) -> Caller:
         """The caller a bearer token stands for; Unauthorized when it does not stand for one."""

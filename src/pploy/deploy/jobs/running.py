@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from pploy import log
 from pploy.deploy.config import Config
-from pploy.deploy.domain import git, names
+from pploy.deploy.domain import git, masking, names
 from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.domain.locks import Locks
+from pploy.deploy.domain.masking import Masker
 from pploy.deploy.domain.projects import Project, Projects
 from pploy.deploy.domain.records import JobAlreadyRunning, JobRecord, Storage, StoreUnavailable
 from pploy.deploy.jobs.containment import create_containment
@@ -66,6 +67,7 @@ class RunningJob:
     stopping: asyncio.Task[str] | None = None
     watchers: list[Callable[[], None]] = field(default_factory=list)
     timeline: TimelineWriter | None = None  # when each piece of output arrived (timeline.py)
+    masker: Masker | None = None  # job.mask_env and ::add-mask:: (masking.py)
 
 
 class Jobs:
@@ -175,9 +177,9 @@ class Jobs:
                 f"is still running on {project.name}"
             )
 
-    async def start_deploy(
-        self, project: Project, env: str, user: str, token: str | None = None
-    ) -> JobRecord:
+    async def deploy_commit(self, project: Project, env: str, user: str) -> str | None:
+        """The commit a deploy of ``project`` to ``env`` by ``user`` would ship, once the rules
+        every deploy passes hold (a known env, a deploy script, the lock, no job running)."""
         try:
             names.env_name(env)
         except names.InvalidName as exc:
@@ -191,17 +193,17 @@ class Jobs:
             raise BadRequest(f"unknown environment {env!r}; {project.name} has {', '.join(envs)}")
         sha = await git.head_sha(str(project.path))
         self._check_can_start(project, user)  # again: the await above let others in
+        return sha
+
+    async def start_deploy(
+        self, project: Project, env: str, user: str, token: str | None = None
+    ) -> JobRecord:
+        sha = await self.deploy_commit(project, env, user)
         steps: list[tuple[list[str], dict, str]] = []
         wanted = self._checked_out_elsewhere(project.name, sha)
         if wanted:  # another instance's checkout: this clone follows it first
             sha = wanted
-            steps += [
-                (argv, {}, "$ " + " ".join(argv))
-                for argv in (
-                    ["git", "fetch", "--prune", "--tags", "--force", "origin"],
-                    ["git", "checkout", "-f", "--detach", wanted],
-                )
-            ]
+            steps += self._follow_steps(wanted)
         record = self._create_job(
             project=project.name, kind="deploy", env=env, user=user, sha=sha, ref=None,
             token=token,
@@ -210,6 +212,45 @@ class Jobs:
         echo = f"$ DEPLOY_ENV={env} DEPLOY_USER={user} .deploy/bin/deploy"  # as the README says
         steps.append(([str(project.deploy_script)], env_vars, echo))
         self._launch(record, project, steps)
+        return record
+
+    @staticmethod
+    def _follow_steps(sha: str) -> list[tuple[list[str], dict, str]]:
+        """Commands that bring this clone to ``sha`` (another instance checked it out)."""
+        return [
+            (argv, {}, "$ " + " ".join(argv))
+            for argv in (
+                ["git", "fetch", "--prune", "--tags", "--force", "origin"],
+                ["git", "checkout", "-f", "--detach", sha],
+            )
+        ]
+
+    def shipped_commit(self, project: str, head: str | None) -> str | None:
+        """The commit a deploy ships, given this clone's ``head``: with a shared database, the
+        one the project's last checkout (on any instance) left."""
+        return self._checked_out_elsewhere(project, head) or head
+
+    def launch_approved(
+        self, record: JobRecord, approved_by: list[str], head: str | None
+    ) -> JobRecord:
+        """Run a deploy that waited for approval (config ``approvals``; governance.approve
+        checked the approver, the commit and the lock): its record turns from
+        ``awaiting_approval`` to ``running`` in one statement (two approvers cannot both start
+        it), then it runs as any deploy, on the approved commit (this clone, at ``head``,
+        follows it first when another instance checked it out)."""
+        project = self.projects.get(record.project)
+        self._check_can_start(project, record.user)
+        now = time.time()
+        if not self.store.settle_job(
+            record.id, "awaiting_approval", status="running", approved_by=approved_by,
+            started_at=now, instance=self.instance, heartbeat_at=now,
+        ):  # fmt: skip
+            raise Conflict(f"job #{record.id} is no longer awaiting approval")
+        record = self.get(record.id)
+        env_vars = {"DEPLOY_ENV": record.env or "", "DEPLOY_USER": record.user}
+        echo = f"$ DEPLOY_ENV={record.env} DEPLOY_USER={record.user} .deploy/bin/deploy"
+        steps = self._follow_steps(record.sha) if record.sha and record.sha != head else []
+        self._launch(record, project, [*steps, ([str(project.deploy_script)], env_vars, echo)])
         return record
 
     async def start_checkout(
@@ -263,6 +304,7 @@ class Jobs:
         if self.shared_logs is not None:
             buffer.on_write = self.shared_logs.shipper(record.id)
         job = RunningJob(record, buffer, timeline=TimelineWriter(times_path(buffer.path)))
+        job.masker = masking.for_env(self.config.job.mask_env, os.environ)
         self.running[record.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
         log.event(
@@ -302,9 +344,10 @@ class Jobs:
             job.timeline.note(job.buffer.size, time.time())
         try:
             if note:
+                job.buffer.append(job.masker.flush() if job.masker else b"")  # held output first
                 job.buffer.append_note(data)
             else:
-                job.buffer.append(data)
+                job.buffer.append(job.masker.feed(data) if job.masker else data)  # no secrets
         except LogWriteError as exc:
             job.failure = str(exc)
             log.event("job.log_write_failed", level="error", job=job.record.id, error=str(exc))

@@ -23,8 +23,10 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from pploy.deploy.domain.errors import Conflict
+from pploy.deploy.domain.govrecords import AdHocFreeze, AuditEvent, QueuedUser
 from pploy.deploy.domain.records import (
     ApiToken,
     JobAlreadyRunning,
@@ -33,6 +35,7 @@ from pploy.deploy.domain.records import (
     Repository,
     StoreUnavailable,
 )
+from pploy.deploy.storage.sqlite import audit_filter
 
 LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
@@ -108,6 +111,43 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tokens_user ON tokens ("user", id);
     ALTER TABLE jobs ADD COLUMN token TEXT;
+    """,
+    # 3: governance (issue 25): the audit trail, ad-hoc freezes, lock queues, approvals.
+    """
+    CREATE TABLE audit (
+        id      BIGSERIAL PRIMARY KEY,
+        at      DOUBLE PRECISION NOT NULL,
+        "user"  TEXT,
+        kind    TEXT NOT NULL,
+        project TEXT,
+        env     TEXT,
+        job     BIGINT,
+        detail  JSONB NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_at ON audit (at, id);
+    CREATE TABLE freezes (
+        id         BIGSERIAL PRIMARY KEY,
+        name       TEXT NOT NULL,
+        envs       JSONB NOT NULL,
+        projects   JSONB NOT NULL,
+        starts_at  DOUBLE PRECISION NOT NULL,
+        until      DOUBLE PRECISION NOT NULL,
+        reason     TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        ended_at   DOUBLE PRECISION,
+        ended_by   TEXT
+    );
+    CREATE UNIQUE INDEX freezes_current ON freezes (name) WHERE ended_at IS NULL;
+    CREATE TABLE lock_queue (
+        id      BIGSERIAL PRIMARY KEY,
+        project TEXT NOT NULL,
+        "user"  TEXT NOT NULL,
+        since   DOUBLE PRECISION NOT NULL,
+        UNIQUE (project, "user")
+    );
+    ALTER TABLE jobs ADD COLUMN approved_by JSONB;
+    ALTER TABLE jobs ADD COLUMN freeze_override JSONB;
+    CREATE UNIQUE INDEX jobs_one_awaiting ON jobs (project) WHERE status = 'awaiting_approval';
     """,
 ]
 
@@ -222,6 +262,7 @@ class PgStore:
             (time.time(), user, project),
         )
         self.execute("DELETE FROM locks WHERE project = %s", (project,))
+        self.execute("DELETE FROM lock_queue WHERE project = %s", (project,))
         self.notify(PROJECTS_CHANNEL, project)
 
     # -- locks ---------------------------------------------------------------
@@ -439,7 +480,8 @@ class PgStore:
     def job_counts(self) -> dict[tuple[str, str], int]:
         """Finished jobs ever recorded, by ``(kind, status)`` (Prometheus counters)."""
         rows = self.execute(
-            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "SELECT kind, status, COUNT(*) AS n FROM jobs "
+            "WHERE status NOT IN ('running', 'awaiting_approval') "
             "GROUP BY kind, status"
         ).fetchall()
         return {(row["kind"], row["status"]): row["n"] for row in rows}
@@ -560,3 +602,150 @@ class PgStore:
     def delete_logs(self, job_ids: list[int]) -> None:
         if job_ids:
             self.execute("DELETE FROM log_chunks WHERE job_id = ANY(%s)", (job_ids,))
+
+    # -- governance (issue 25): the audit trail, ad-hoc freezes, lock queues, approvals ------
+
+    def add_audit(
+        self, *, at: float, user: str | None, kind: str, project: str | None, env: str | None,
+        job: int | None, detail: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.execute(
+            'INSERT INTO audit (at, "user", kind, project, env, job, detail) '
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (at, user, kind, project, env, job, Jsonb(detail)),
+        )
+
+    def list_audit(self, since: float | None, kinds: list[str], limit: int) -> list[AuditEvent]:
+        where, params = audit_filter(since, kinds, "%s")
+        rows = self.execute(
+            f"SELECT * FROM audit WHERE {where} ORDER BY at, id LIMIT %s",  # noqa: S608
+            (*params, limit),
+        ).fetchall()
+        return [AuditEvent.from_row(row) for row in rows]
+
+    def add_freeze(
+        self, *, name: str, envs: list[str], projects: list[str], starts_at: float,
+        until: float, reason: str, created_by: str,
+    ) -> AdHocFreeze | None:  # fmt: skip
+        self.execute(
+            "UPDATE freezes SET ended_at = until WHERE ended_at IS NULL AND until <= %s",
+            (starts_at,),
+        )
+        try:
+            row = self.execute(
+                "INSERT INTO freezes (name, envs, projects, starts_at, until, reason, created_by) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (name, Jsonb(envs), Jsonb(projects), starts_at, until, reason, created_by),
+            ).fetchone()
+        except pgerrors.UniqueViolation:
+            return None
+        return AdHocFreeze.from_row(row) if row else None
+
+    def current_freezes(self, now: float) -> list[AdHocFreeze]:
+        rows = self.execute(
+            "SELECT * FROM freezes WHERE ended_at IS NULL AND until > %s ORDER BY id", (now,)
+        ).fetchall()
+        return [AdHocFreeze.from_row(row) for row in rows]
+
+    def end_freeze(self, name: str, user: str, now: float) -> AdHocFreeze | None:
+        row = self.execute(
+            "UPDATE freezes SET ended_at = %s, ended_by = %s WHERE name = %s "
+            "AND ended_at IS NULL AND until > %s RETURNING *",
+            (now, user, name, now),
+        ).fetchone()
+        return AdHocFreeze.from_row(row) if row else None
+
+    def queue_for_lock(self, project: str, user: str, now: float) -> bool:
+        cur = self.execute(
+            'INSERT INTO lock_queue (project, "user", since) VALUES (%s, %s, %s) '
+            'ON CONFLICT (project, "user") DO NOTHING',
+            (project, user, now),
+        )
+        return cur.rowcount > 0
+
+    def leave_lock_queue(self, project: str, user: str) -> bool:
+        cur = self.execute(
+            'DELETE FROM lock_queue WHERE project = %s AND "user" = %s', (project, user)
+        )
+        return cur.rowcount > 0
+
+    def lock_queue(self, project: str) -> list[QueuedUser]:
+        rows = self.execute(
+            'SELECT project, "user", since FROM lock_queue WHERE project = %s ORDER BY id',
+            (project,),
+        ).fetchall()
+        return [QueuedUser(**row) for row in rows]
+
+    def grant_next(self, project: str, now: float, seconds: float) -> Lock | None:
+        """See Store.grant_next. Two instances granting at once serialise on the lock's row:
+        the second finds it held and grants nothing."""
+        try:
+            with self.conn.transaction():
+                row = self.conn.execute(
+                    'SELECT "user" FROM lock_queue WHERE project = %s ORDER BY id LIMIT 1',
+                    (project,),
+                ).fetchone()
+                if row is None:
+                    return None
+                granted = self.conn.execute(
+                    'INSERT INTO locks AS l (project, "user", gained_at, expires_at) '
+                    "VALUES (%(p)s, %(u)s, %(now)s, %(until)s) ON CONFLICT (project) DO UPDATE "
+                    'SET "user" = excluded."user", gained_at = %(now)s, expires_at = %(until)s '
+                    "WHERE l.expires_at <= %(now)s RETURNING *",
+                    {"p": project, "u": row["user"], "now": now, "until": now + seconds},
+                ).fetchone()
+                if granted is None:
+                    return None
+                self.conn.execute(
+                    'DELETE FROM lock_queue WHERE project = %s AND "user" = %s',
+                    (project, row["user"]),
+                )
+                return Lock(**granted)
+        except UNAVAILABLE as exc:
+            if self._conn is not None and self._conn.broken:
+                self._conn.close()
+            raise StoreUnavailable(f"pploy's database cannot be written: {exc}") from exc
+
+    def request_job(
+        self, *, project: str, kind: str, user: str, env: str | None, sha: str | None,
+        token: str | None, freeze_override: dict[str, str] | None,
+    ) -> JobRecord:  # fmt: skip
+        current = self.current_repository(project)
+        try:
+            row = self.execute(
+                'INSERT INTO jobs (project, kind, env, sha, "user", started_at, status, '
+                "repository, url, token, freeze_override) "
+                "VALUES (%s, %s, %s, %s, %s, %s, 'awaiting_approval', %s, %s, %s, %s) "
+                "RETURNING *",
+                (
+                    project, kind, env, sha, user, time.time(),
+                    current.id if current else None, current.url if current else None, token,
+                    Jsonb(freeze_override) if freeze_override else None,
+                ),
+            ).fetchone()  # fmt: skip
+        except pgerrors.UniqueViolation as exc:
+            raise JobAlreadyRunning(project) from exc
+        assert row is not None  # INSERT ... RETURNING
+        return JobRecord(**row)
+
+    def settle_job(self, job_id: int, expect: str, **fields: Any) -> bool:
+        allowed = {"status", "approved_by", "started_at", "ended_at", "message", "instance",
+                   "freeze_override", "heartbeat_at"}  # fmt: skip
+        if set(fields) - allowed:
+            raise ValueError(f"cannot settle job fields {sorted(set(fields) - allowed)}")
+        values = [Jsonb(v) if isinstance(v, list | dict) else v for v in fields.values()]
+        assignments = ", ".join(f"{key} = %s" for key in fields)
+        try:
+            cur = self.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = %s AND status = %s",  # noqa: S608
+                (*values, job_id, expect),
+            )
+        except pgerrors.UniqueViolation as exc:
+            raise JobAlreadyRunning("the project") from exc
+        return cur.rowcount > 0
+
+    def awaiting_jobs(self) -> list[JobRecord]:
+        rows = self.execute(
+            "SELECT * FROM jobs WHERE status = 'awaiting_approval' ORDER BY id"
+        ).fetchall()
+        return [JobRecord(**row) for row in rows]

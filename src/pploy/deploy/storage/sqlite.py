@@ -6,10 +6,13 @@ answers in microseconds, so there is no thread pool and no ORM.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from pploy.deploy.domain.govrecords import AdHocFreeze, AuditEvent, QueuedUser
 
 # The records live in the domain; imported from here by code written before the move.
 from pploy.deploy.domain.records import (
@@ -48,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     url          TEXT,
     token        TEXT,
     instance     TEXT,
-    heartbeat_at REAL
+    heartbeat_at REAL,
+    approved_by  TEXT,
+    freeze_override TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE TABLE IF NOT EXISTS repositories (
@@ -74,12 +79,46 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user, id);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (project) WHERE status = 'running';
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_awaiting ON jobs (project)
+    WHERE status = 'awaiting_approval';
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      REAL NOT NULL,
+    user    TEXT,
+    kind    TEXT NOT NULL,
+    project TEXT,
+    env     TEXT,
+    job     INTEGER,
+    detail  TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at, id);
+CREATE TABLE IF NOT EXISTS freezes (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    envs       TEXT NOT NULL,
+    projects   TEXT NOT NULL,
+    starts_at  REAL NOT NULL,
+    until      REAL NOT NULL,
+    reason     TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    ended_at   REAL,
+    ended_by   TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS freezes_current ON freezes (name) WHERE ended_at IS NULL;
+CREATE TABLE IF NOT EXISTS lock_queue (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    user    TEXT NOT NULL,
+    since   REAL NOT NULL,
+    UNIQUE (project, user)
+);
 """
 
 # PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = with them,
 # 2 = API tokens (the tokens table, jobs.token), 3 = jobs.instance and heartbeat_at, and at
-# most one running job per project (an index).
-SCHEMA_VERSION = 3
+# most one running job per project (an index), 4 = governance (the audit, freezes and
+# lock_queue tables, jobs.approved_by and freeze_override).
+SCHEMA_VERSION = 4
 
 # SQLite result codes (the low byte of an extended code) that mean the storage, not the
 # statement, failed: a full disk, an I/O error, a file that cannot be opened, a lock held
@@ -140,6 +179,9 @@ class Store:
                     "UPDATE jobs SET status = 'interrupted' WHERE status = 'running' AND id NOT IN"
                     " (SELECT MAX(id) FROM jobs WHERE status = 'running' GROUP BY project)"
                 )
+            if version < 4 and columns and "approved_by" not in columns:
+                self.db.execute("ALTER TABLE jobs ADD COLUMN approved_by TEXT")
+                self.db.execute("ALTER TABLE jobs ADD COLUMN freeze_override TEXT")
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -201,6 +243,7 @@ class Store:
             (time.time(), user, project),
         )
         self.db.execute("DELETE FROM locks WHERE project = ?", (project,))
+        self.db.execute("DELETE FROM lock_queue WHERE project = ?", (project,))
 
     # -- locks ---------------------------------------------------------------
 
@@ -453,7 +496,186 @@ class Store:
         """Finished jobs ever recorded, by ``(kind, status)`` (records are never deleted, so
         these only grow: Prometheus counters)."""
         rows = self.db.execute(
-            "SELECT kind, status, COUNT(*) AS n FROM jobs WHERE status != 'running' "
+            "SELECT kind, status, COUNT(*) AS n FROM jobs "
+            "WHERE status NOT IN ('running', 'awaiting_approval') "
             "GROUP BY kind, status"
         )
         return {(row["kind"], row["status"]): row["n"] for row in rows}
+
+    # -- governance (issue 25): the audit trail, ad-hoc freezes, lock queues, approvals ------
+
+    def add_audit(
+        self, *, at: float, user: str | None, kind: str, project: str | None, env: str | None,
+        job: int | None, detail: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.db.execute(
+            "INSERT INTO audit (at, user, kind, project, env, job, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, user, kind, project, env, job, json.dumps(detail)),
+        )
+
+    def list_audit(self, since: float | None, kinds: list[str], limit: int) -> list[AuditEvent]:
+        """Audit events, oldest first, from ``since`` on; ``kinds``: exact kinds or
+        ``prefix.*``, any of them (empty: all)."""
+        where, params = audit_filter(since, kinds, "?")
+        rows = self.db.execute(
+            f"SELECT * FROM audit WHERE {where} ORDER BY at, id LIMIT ?",  # noqa: S608
+            (*params, limit),
+        )
+        return [AuditEvent.from_row(row) for row in rows]
+
+    def add_freeze(
+        self, *, name: str, envs: list[str], projects: list[str], starts_at: float,
+        until: float, reason: str, created_by: str,
+    ) -> AdHocFreeze | None:  # fmt: skip
+        """A new ad-hoc freeze; None when one of that name is in force."""
+        self.db.execute(
+            "UPDATE freezes SET ended_at = until WHERE ended_at IS NULL AND until <= ?",
+            (starts_at,),
+        )
+        try:
+            cur = self.db.execute(
+                "INSERT INTO freezes (name, envs, projects, starts_at, until, reason, created_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, json.dumps(envs), json.dumps(projects), starts_at, until, reason,
+                 created_by),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            return None
+        row = self.db.execute("SELECT * FROM freezes WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return AdHocFreeze.from_row(row)
+
+    def current_freezes(self, now: float) -> list[AdHocFreeze]:
+        """Ad-hoc freezes not ended and not past their end."""
+        rows = self.db.execute(
+            "SELECT * FROM freezes WHERE ended_at IS NULL AND until > ? ORDER BY id", (now,)
+        )
+        return [AdHocFreeze.from_row(row) for row in rows]
+
+    def end_freeze(self, name: str, user: str, now: float) -> AdHocFreeze | None:
+        """End the ad-hoc freeze ``name`` in force; None when there is none."""
+        row = self.db.execute(
+            "UPDATE freezes SET ended_at = ?, ended_by = ? WHERE name = ? AND ended_at IS NULL "
+            "AND until > ? RETURNING *",
+            (now, user, name, now),
+        ).fetchone()
+        return AdHocFreeze.from_row(row) if row else None
+
+    def queue_for_lock(self, project: str, user: str, now: float) -> bool:
+        """Put ``user`` at the end of the project's lock queue; False when already there (the
+        place is kept)."""
+        cur = self.db.execute(
+            "INSERT INTO lock_queue (project, user, since) VALUES (?, ?, ?) "
+            "ON CONFLICT (project, user) DO NOTHING",
+            (project, user, now),
+        )
+        return cur.rowcount > 0
+
+    def leave_lock_queue(self, project: str, user: str) -> bool:
+        cur = self.db.execute(
+            "DELETE FROM lock_queue WHERE project = ? AND user = ?", (project, user)
+        )
+        return cur.rowcount > 0
+
+    def lock_queue(self, project: str) -> list[QueuedUser]:
+        rows = self.db.execute(
+            "SELECT project, user, since FROM lock_queue WHERE project = ? ORDER BY id",
+            (project,),
+        )
+        return [QueuedUser(**dict(row)) for row in rows]
+
+    def grant_next(self, project: str, now: float, seconds: float) -> Lock | None:
+        """Give the free lock to the first in its queue (who leaves it), in one transaction;
+        None when the lock is held or nobody waits."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute(
+                "SELECT user FROM lock_queue WHERE project = ? ORDER BY id LIMIT 1", (project,)
+            ).fetchone()
+            lock = None
+            if row is not None:
+                granted = self.db.execute(
+                    "INSERT INTO locks (project, user, gained_at, expires_at) "
+                    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project) DO UPDATE SET "
+                    "user = excluded.user, gained_at = ?3, expires_at = ?4 "
+                    "WHERE locks.expires_at <= ?3 RETURNING *",
+                    (project, row["user"], now, now + seconds),
+                ).fetchone()
+                if granted is not None:
+                    self.db.execute(
+                        "DELETE FROM lock_queue WHERE project = ? AND user = ?",
+                        (project, row["user"]),
+                    )
+                    lock = Lock(**dict(granted))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return lock
+
+    def request_job(
+        self, *, project: str, kind: str, user: str, env: str | None, sha: str | None,
+        token: str | None, freeze_override: dict[str, str] | None,
+    ) -> JobRecord:  # fmt: skip
+        """A job awaiting approval (config ``approvals``): nothing runs until it is approved.
+        JobAlreadyRunning when the project has one waiting already."""
+        current = self.current_repository(project)
+        try:
+            cur = self.db.execute(
+                "INSERT INTO jobs (project, kind, env, sha, user, started_at, status, "
+                "repository, url, token, freeze_override) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'awaiting_approval', ?, ?, ?, ?)",
+                (
+                    project, kind, env, sha, user, time.time(),
+                    current.id if current else None, current.url if current else None, token,
+                    json.dumps(freeze_override) if freeze_override else None,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError as exc:
+            raise JobAlreadyRunning(project) from exc
+        job = self.get_job(int(cur.lastrowid or 0))
+        assert job is not None
+        return job
+
+    def settle_job(self, job_id: int, expect: str, **fields: Any) -> bool:
+        """Move a job from status ``expect`` (one statement: two approvers cannot both start
+        it); False when it is no longer in ``expect``. JobAlreadyRunning when it would
+        become the project's second running job."""
+        allowed = {"status", "approved_by", "started_at", "ended_at", "message", "instance",
+                   "freeze_override", "heartbeat_at"}  # fmt: skip
+        if set(fields) - allowed:
+            raise ValueError(f"cannot settle job fields {sorted(set(fields) - allowed)}")
+        values = [json.dumps(v) if isinstance(v, list | dict) else v for v in fields.values()]
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        try:
+            cur = self.db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND status = ?",  # noqa: S608
+                (*values, job_id, expect),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise JobAlreadyRunning(str(fields.get("project", "the project"))) from exc
+        return cur.rowcount > 0
+
+    def awaiting_jobs(self) -> list[JobRecord]:
+        rows = self.db.execute("SELECT * FROM jobs WHERE status = 'awaiting_approval' ORDER BY id")
+        return [JobRecord(**dict(row)) for row in rows]
+
+
+def audit_filter(since: float | None, kinds: list[str], mark: str) -> tuple[str, list[Any]]:
+    """The WHERE clause of an audit query (both engines; ``mark`` is the placeholder)."""
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if since is not None:
+        where.append(f"at >= {mark}")
+        params.append(since)
+    if kinds:
+        alternatives = []
+        for kind in kinds:
+            if kind.endswith(".*"):
+                alternatives.append(f"kind LIKE {mark}")
+                params.append(kind[:-1] + "%")  # kinds are checked: [a-z.]
+            else:
+                alternatives.append(f"kind = {mark}")
+                params.append(kind)
+        where.append("(" + " OR ".join(alternatives) + ")")
+    return " AND ".join(where), params

@@ -80,7 +80,8 @@ async def deploy(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     body = await read_json(request)
-    record = await actions.start_deploy(svc, request[CALLER], project, string_field(body, "env"))
+    env, override = string_field(body, "env"), body.get("override_freeze")  # docs/governance.md
+    record = await actions.start_deploy(svc, request[CALLER], project, env, override)
     return web.json_response({"job": record.to_json()}, status=202)
 
 

@@ -160,8 +160,9 @@ async def deploy(request: web.Request) -> web.Response:
     svc = services(request)
     project = svc.projects.get(request.match_info["name"])
     env = await form_field(request, "env")
+    override = (await request.post()).get("override_freeze") or None  # docs/governance.md
     try:
-        record = await actions.start_deploy(svc, request[CALLER], project, env)
+        record = await actions.start_deploy(svc, request[CALLER], project, env, override)
     except Refused:
         raise  # a permission refusal is a 403, not a message on the next page
     except PployError as exc:

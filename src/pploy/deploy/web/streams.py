@@ -302,6 +302,8 @@ async def one_shot(request: web.Request, kind: str) -> web.StreamResponse:
     if kind == "deploy":
         env = await one_shot_params(request, "env", "target")  # target: go-pploy's name
         record = await actions.start_deploy(svc, caller, project, env)
+        if record.status == "awaiting_approval":  # nothing runs yet: say so (governance.md)
+            return web.Response(text=f"job #{record.id} awaits approval\n", status=202)
     else:
         ref = await one_shot_params(request, "ref")
         record = await actions.start_checkout(svc, caller, project, ref)

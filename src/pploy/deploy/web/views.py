@@ -22,7 +22,9 @@ def project_summary(svc: Services, project: Project) -> dict[str, Any]:
     failed = svc.store.last_failed_deploy(project.name)
     return {
         "name": project.name,
-        "lock": lock.to_json() if lock else None,
+        "lock": {**lock.to_json(), "queue": [q.to_json() for q in svc.locks.queue_of(project.name)]}
+        if lock
+        else None,
         "running_job": running.to_json() if running else None,
         "last_job": last.to_json() if last else None,
         "last_deploy": last_deploy.to_json() if last_deploy else None,

@@ -1,0 +1,194 @@
+"""Deploy freezes (issue 25, interface 3): calendar windows from the config and ad-hoc ones an
+admin starts through the API (kept in the database, so they survive a restart and hold on
+every instance sharing it).
+
+A deploy to a frozen environment is refused (403) naming the freeze and when it ends. An admin
+may override it with a reason, which the job record keeps (``freeze_override``) and the audit
+log records (``freeze.overridden``); anyone else's override is refused. Checkouts are never
+frozen: a freeze stops what reaches an environment, not the preparation of a fix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pploy.deploy.config import FREEZE_NAME, Config
+from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound
+from pploy.deploy.domain.govrecords import AdHocFreeze
+from pploy.deploy.domain.permissions import Caller, Permissions, Refused
+from pploy.deploy.domain.records import Storage
+
+MAX_REASON = 500
+
+
+def when(ts: float) -> str:
+    """A moment as people read it in a refusal: local time with its offset."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="minutes")
+
+
+@dataclass(frozen=True)
+class Freeze:
+    name: str
+    start: float
+    end: float
+    envs: list[str]
+    projects: list[str]
+    reason: str
+    source: str  # "config" or "adhoc"
+    by: str | None = None  # who started an ad-hoc one
+
+    def active(self, now: float) -> bool:
+        return self.start <= now < self.end
+
+    def covers(self, project: str, env: str) -> bool:
+        return any(fnmatchcase(env, p) for p in self.envs) and any(
+            fnmatchcase(project, p) for p in self.projects
+        )
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "name": self.name, "start": when(self.start), "end": when(self.end),
+            "envs": self.envs, "projects": self.projects, "reason": self.reason,
+            "source": self.source, "by": self.by, "active": self.active(now),
+        }  # fmt: skip
+
+    @classmethod
+    def adhoc(cls, record: AdHocFreeze) -> Freeze:
+        return cls(
+            record.name, record.starts_at, record.until, record.envs, record.projects,
+            record.reason, "adhoc", record.created_by,
+        )  # fmt: skip
+
+
+def parse_until(value: object, now: float) -> float:
+    """``until``: an ISO 8601 time with its offset, or seconds since the epoch; in the future."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        until = float(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"until must be an ISO 8601 time, not {value!r}") from None
+        if moment.tzinfo is None:
+            raise BadRequest(f"until must carry its offset (e.g. +09:00 or Z): {value!r}")
+        until = moment.timestamp()
+    else:
+        raise BadRequest("until is required: an ISO 8601 time such as 2027-01-04T00:00:00+09:00")
+    if until <= now:
+        raise BadRequest(f"until ({when(until)}) has already passed")
+    return until
+
+
+def patterns(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return ["*"]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v.strip() and len(v) <= 200 for v in value)
+    ):
+        raise BadRequest(f"{key} must be a non-empty list of names or patterns (omit it: all)")
+    return value
+
+
+class Freezes:
+    def __init__(
+        self,
+        config: Config,
+        store: Storage,
+        permissions: Permissions,
+        emit: Callable[[str, dict[str, Any]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.configured = [
+            Freeze(
+                f.name,
+                f.start.timestamp(),
+                f.end.timestamp(),
+                f.envs,
+                f.projects,
+                f.reason,
+                "config",
+            )  # fmt: skip
+            for f in config.freezes
+        ]
+        self.store = store
+        self.permissions = permissions
+        self.emit = emit
+        self.clock = clock
+
+    def all(self) -> list[Freeze]:
+        """The configured freezes (past, current and coming) and the ad-hoc ones in force."""
+        adhoc = [Freeze.adhoc(r) for r in self.store.current_freezes(self.clock())]
+        return self.configured + adhoc
+
+    def active(self) -> list[Freeze]:
+        now = self.clock()
+        return [f for f in self.all() if f.active(now)]
+
+    def blocking(self, project: str, env: str) -> Freeze | None:
+        """The freeze in force over ``env`` of ``project`` that ends last, if any."""
+        covering = [f for f in self.active() if f.covers(project, env)]
+        return max(covering, key=lambda f: f.end, default=None)
+
+    def check_deploy(
+        self, caller: Caller, project: str, env: str, override: object = None
+    ) -> dict[str, str] | None:
+        """Nothing when no freeze covers the deploy; the override to record when an admin
+        gave a reason; otherwise the 403 naming the freeze and when it ends."""
+        freeze = self.blocking(project, env)
+        if freeze is None:
+            return None
+        refusal = f"{env} of {project} is frozen by {freeze.name!r} until {when(freeze.end)}" + (
+            f" ({freeze.reason})" if freeze.reason else ""
+        )
+        if override is None or override == "":
+            raise Refused(refusal + "; an admin may override it with a reason (override_freeze)")
+        if not isinstance(override, str) or not override.strip() or len(override) > MAX_REASON:
+            raise BadRequest(f"override_freeze must be the reason, 1 to {MAX_REASON} characters")
+        admin = self.permissions.manage_projects(caller, f"override the freeze {freeze.name!r}")
+        if not admin.allowed:
+            raise Refused(f"{refusal}; {admin.reason}")
+        return {"freeze": freeze.name, "reason": override.strip(), "by": caller.user}
+
+    def start(self, caller: Caller, body: dict[str, Any]) -> Freeze:
+        """An ad-hoc freeze from now until ``until`` (who may: actions.start_freeze decides)."""
+        now = self.clock()
+        name = body.get("name")
+        if not isinstance(name, str) or not FREEZE_NAME.fullmatch(name):
+            raise BadRequest("name is required: 1-64 letters, digits, '.', '_' or '-'")
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise BadRequest(f"reason is required: 1 to {MAX_REASON} characters")
+        until = parse_until(body.get("until"), now)
+        envs, projects = patterns(body, "envs"), patterns(body, "projects")
+        if any(f.name == name for f in self.configured):
+            raise Conflict(f"{name!r} is a configured freeze; choose another name")
+        record = self.store.add_freeze(
+            name=name, envs=envs, projects=projects, starts_at=now, until=until,
+            reason=reason.strip(), created_by=caller.user,
+        )  # fmt: skip
+        if record is None:
+            raise Conflict(f"a freeze named {name!r} is already in force")
+        freeze = Freeze.adhoc(record)
+        self.emit("freeze.started", {
+            "by": caller.user, "freeze": name, "envs": envs, "projects": projects,
+            "until": until, "reason": freeze.reason, "until_text": when(until),
+            "envs_text": "all environments" if envs == ["*"] else ", ".join(envs),
+        })  # fmt: skip
+        return freeze
+
+    def end(self, caller: Caller, name: str) -> Freeze:
+        if any(f.name == name for f in self.configured):
+            raise Conflict(f"{name!r} is configured in pploy's config file: end it there")
+        record = self.store.end_freeze(name, caller.user, self.clock())
+        if record is None:
+            raise NotFound(f"no ad-hoc freeze named {name!r} is in force")
+        self.emit("freeze.ended", {"by": caller.user, "freeze": name, "reason": record.reason})
+        return Freeze.adhoc(record)
