@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from pploy.deploy.store import ApiToken, JobRecord, Lock, Repository, Store
+from pploy.deploy.config import ConfigError
+from pploy.deploy.store import ApiToken, JobRecord, Lock, Repository, Store, StoreUnavailable
 
 
 class Storage(Protocol):
@@ -81,7 +82,10 @@ class Storage(Protocol):
 
 
 def open_store(database: str | None, workdir: Path) -> Storage:
-    """The store ``database`` names: a ``postgresql://`` URL, or None for ``<workdir>/pploy.db``."""
+    """The store ``database`` names: a ``postgresql://`` URL, or None for ``<workdir>/pploy.db``.
+
+    A database that cannot be reached (refused, silent, unknown host) is a ConfigError naming
+    it in one line (``pploy serve`` prints it and exits 1), not a traceback."""
     if database:
         try:
             from pploy.deploy.store_pg import PgStore  # psycopg is needed only then
@@ -90,5 +94,8 @@ def open_store(database: str | None, workdir: Path) -> Storage:
                 f"database: a postgresql:// URL needs psycopg ({exc}): "
                 "pip install 'pploy[postgres]'"
             ) from exc
-        return PgStore(database)
+        try:
+            return PgStore(database)
+        except StoreUnavailable as exc:
+            raise ConfigError(f"database: {exc.message}") from None
     return Store(workdir / "pploy.db")
