@@ -1,0 +1,161 @@
+"""Log shipping that resumes (sharedlog.LogShipper) and remote followers that wait for every
+byte (sharedlog.RemoteLog), on a real PostgreSQL, failures made by a real TCP relay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pploy.deploy.follow import follow
+from pploy.deploy.sharedlog import Diverged, LogShipper, SharedLogs
+from pploy.deploy.store_pg import PgStore
+from tests.postgres import pg_database, pg_server  # noqa: F401
+from tests.reliability.faults import TcpRelay
+
+pytestmark = pytest.mark.slow
+
+
+def stored(store: PgStore, job: int) -> bytes:
+    return store.read_log(job, 0, 1 << 30)
+
+
+def relay_to(url: str) -> TcpRelay:
+    return TcpRelay(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/", 1)[0])))
+
+
+def write(path: Path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
+def test_the_shipper_ends_byte_identical_through_resets_and_a_silent_database(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    admin = PgStore(pg_database)
+    job = admin.create_job(project="app", kind="deploy", user="alice").id
+    path = tmp_path / "job.log"
+    path.touch()
+    with relay_to(pg_database) as relay:
+        store = PgStore(relay.url(pg_database))
+        shipper = LogShipper(store, job, path).start()
+        try:
+            expected = bytearray()
+            for n, fault in enumerate(["reset", "blackhole", None, "reset", "blackhole", None] * 2):
+                piece = os.urandom(3000 + n * 977)  # not text: any byte must survive
+                write(path, piece)
+                expected += piece
+                shipper.wake()
+                if fault == "reset":
+                    relay.reset()
+                elif fault == "blackhole":
+                    relay.blackhole()
+                time.sleep(0.3)
+                # Whatever happens, what is stored is a prefix of the file: never a gap.
+                assert bytes(expected).startswith(stored(admin, job))
+                relay.forward()
+            shipper.finish()
+            assert shipper.wait(30), "the shipper did not catch up"
+            assert stored(admin, job) == bytes(expected) == path.read_bytes()
+            assert shipper.done.is_set()
+        finally:
+            shipper.stop()
+            store.close()
+            admin.close()
+
+
+def test_a_chunk_that_lands_after_its_statement_gave_up_is_stored_once(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    store = PgStore(pg_database)
+    job = store.create_job(project="app", kind="deploy", user="alice").id
+    path = tmp_path / "job.log"
+    write(path, b"a" * 100)
+    shipper = LogShipper(store, job, path)
+    assert shipper.ship() == 100
+    write(path, b"b" * 200)
+    # The chunk the shipper sent at 100 lands late, after its caller gave up on it (a
+    # blackholed statement delivered once the route healed): another connection plays it.
+    other = PgStore(pg_database)
+    assert other.append_log(job, 100, b"b" * 50)
+    assert not other.append_log(job, 100, b"b" * 80)  # and again: refused
+    assert shipper.ship() == 300
+    assert stored(store, job) == path.read_bytes()
+    other.close()
+    store.close()
+
+
+def test_the_shipper_never_garbles_a_log_another_instance_closed(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    store = PgStore(pg_database)
+    job = store.create_job(project="app", kind="deploy", user="alice").id
+    path = tmp_path / "job.log"
+    write(path, b"line one\n")
+    shipper = LogShipper(store, job, path)
+    shipper.ship()
+    # Cut off for long, this instance's job was declared interrupted elsewhere: the closing
+    # note went to the stored log's end. Then this instance's output arrives.
+    note = b"[pploy] interrupted: instance a stopped answering\n"
+    SharedLogs(store, lambda record: {}).append_note(job, note)
+    write(path, b"line two, written while cut off\n")
+    with pytest.raises(Diverged):
+        shipper.ship()
+    assert shipper.diverged
+    assert stored(store, job) == b"line one\n" + note
+    store.close()
+
+
+async def test_a_remote_follower_does_not_end_before_every_byte_the_end_record_counts(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    store = PgStore(pg_database)
+    record = store.create_job(project="app", kind="deploy", user="alice")
+    path = tmp_path / "job.log"
+    text = b"".join(b"line %03d\n" % n for n in range(300))
+    write(path, text[:1000])
+    shipper = LogShipper(store, record.id, path)
+    shipper.ship()
+    logs = SharedLogs(store, lambda r: {"status": r.status, "log_bytes": r.log_bytes})
+    remote = logs.open(record)
+    assert remote is not None
+    received = bytearray()
+    statuses = []
+
+    async def view() -> None:
+        async for item in follow(remote, path, 0):
+            if item is not None and item.status is not None:
+                statuses.append((len(received), item.status))
+            elif item is not None:
+                received.extend(item.data)
+
+    viewer = asyncio.create_task(view())
+    # The job ends while the database still lacks its last bytes (the shipper is behind).
+    write(path, text[1000:])
+    store.update_job(record.id, status="succeeded", exit_code=0, log_bytes=len(text))
+    logs.announce(record.id)
+    await asyncio.sleep(0.3)
+    assert not viewer.done(), f"the viewer ended at {len(received)} of {len(text)} bytes"
+    assert not statuses
+    shipper.ship()  # the rest lands: its notification brings the follower up
+    logs.announce(record.id)
+    await asyncio.wait_for(viewer, 10)
+    assert bytes(received) == text
+    assert statuses == [(len(text), {"status": "succeeded", "log_bytes": len(text)})]
+    # A viewer arriving later, on a finished job whose stored log is short, waits too.
+    other = store.create_job(project="other", kind="deploy", user="alice")
+    store.append_log(other.id, 0, b"half")
+    store.update_job(other.id, status="failed", exit_code=1, log_bytes=8)
+    late = logs.open(store.get_job(other.id))  # type: ignore[arg-type]
+    assert late is not None and not late.closed
+    store.append_log(other.id, 4, b"done")
+    logs.announce(other.id)
+    assert late.closed and late.size == 8
+    store.close()
