@@ -15,23 +15,31 @@ job by what its script wrote to its ledger, not by what pploy recorded.
   ``private_pg_server`` fixture (tests/postgres.py) for a server a test may stop.
 - :class:`PingWatch` — asks ``/ping`` over and over from a thread of its own (the test's event
   loop may be busy) and keeps every answer's latency, so a test asserts on each one.
-- :func:`serve` — ``pploy serve --config FILE`` as a real process (tests/deploy's Server).
+- :func:`write_config` and :class:`PployProcess` — ``pploy serve --config FILE`` as a real
+  process, its output in a file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import selectors
 import shlex
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+
 from bench.postgres import PostgresServer
 from tests.deploy.test_server_process import Server
+from tests.helpers import free_port
 
 # The environment variable naming the ledger file (pploy passes its environment to scripts);
 # ledger_script also bakes a default path in, so a script works without it.
@@ -177,7 +185,8 @@ class TcpRelay:
         self._pairs: dict[socket.socket, socket.socket] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._lock = threading.Lock()
+        self._applied = threading.Condition()
+        self._wanted = self._done = 0  # mode switches asked for, and applied
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tcp-relay", daemon=True)
         self._thread.start()
@@ -197,9 +206,14 @@ class TcpRelay:
         self._set("reset")
 
     def _set(self, mode: str) -> None:
-        with self._lock:
+        """Switch modes; returns once the relay thread has applied it (a connection reset
+        is reset, a blackholed one no longer read)."""
+        with self._applied:
             self.mode = mode
-        self._wake_w.send(b"!")
+            self._wanted += 1
+            self._wake_w.send(b"!")
+            if not self._applied.wait_for(lambda: self._done >= self._wanted, timeout=5):
+                raise RuntimeError(f"the relay did not switch to {mode}")
 
     def __enter__(self) -> TcpRelay:
         return self
@@ -250,20 +264,24 @@ class TcpRelay:
         self._selector.register(self.listener, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         while not self._closed:
-            with self._lock:
-                mode = self.mode
+            with self._applied:
+                mode, wanted = self.mode, self._wanted
             if mode == "reset":
                 for sock in list(self._pairs):
                     if sock in self._pairs:
                         self._drop(sock, rst=True)
             self._arm()
+            with self._applied:
+                self._done = wanted
+                self._applied.notify_all()
             for key, _ in self._selector.select(timeout=0.5):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is self._wake_r:
                     sock.recv(4096)
-                elif sock is self.listener:
-                    self._accept(mode)
+                    break  # a new mode: apply it before anything else
+                if sock is self.listener:
+                    self._accept(self.mode)
                 elif sock in self._pairs and self.mode == "forward":
                     self._pump(sock)
         for sock in list(self._pairs):
@@ -397,7 +415,37 @@ def write_config(path: Path, database: str, **extra: str) -> Path:
     return path
 
 
-def serve(workdir: Path, config: Path, env: dict[str, str] | None = None) -> Server:
-    """``pploy serve --config FILE --workdir DIR --port P`` as a process (``.proc``, ``.base``,
-    ``.port``; ``await .ready(session)``; ``.stop(signal)`` returns its output)."""
-    return Server(workdir, config, env=env)
+class PployProcess(Server):
+    """``pploy serve --config FILE --workdir DIR --port P`` as a process whose output goes to
+    ``<workdir>.out`` (a pipe nobody reads fills after ~300 log lines and then blocks pploy
+    on its next log line: a long fault test would measure that, not pploy). Otherwise as
+    tests/deploy's Server: ``.proc``, ``.base``, ``.port``, ``await .ready(session)``,
+    ``await .start_deploy(session, remote)``, ``.stop(signal)`` returns the output."""
+
+    def __init__(self, workdir: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.output = workdir.with_name(workdir.name + ".out")
+        argv = [sys.executable, "-m", "pploy", "serve", "--config", str(config), "--workdir",
+                str(workdir), "--port", str(self.port)]  # fmt: skip
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    async def ready(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                async with session.get(self.base + "/ping") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(self.output.read_text(errors="replace"))
+            await asyncio.sleep(0.05)
+
+    def stop(self, sig: int | None = signal.SIGKILL) -> str:
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(30)
+        return self.output.read_text(errors="replace")

@@ -24,12 +24,12 @@ from bench.postgres import PostgresServer
 from pploy.deploy.store import StoreUnavailable
 from pploy.deploy.store_pg import PgStore
 from tests.deploy.support import Fifo, make_remote
-from tests.deploy.test_server_process import Server
 from tests.helpers import free_port
 from tests.postgres import new_database, pg_database, pg_server, private_pg_server  # noqa: F401
 from tests.reliability.faults import (
     LEDGER_VAR,
     PingWatch,
+    PployProcess,
     TcpRelay,
     ledger_script,
     pg_halt,
@@ -188,7 +188,7 @@ async def test_a_blackholed_database_never_stops_ping_or_a_log_stream_and_pploy_
     remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, ticks=300, interval=0.04))
     with relay_to(pg_database) as relay:
         config = write_config(tmp_path / "pploy.yml", relay.url(pg_database))
-        a = Server(tmp_path / "a", config)
+        a = PployProcess(tmp_path / "a", config)
         try:
             async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
                 job = await a.start_deploy(http, remote)
@@ -256,8 +256,8 @@ async def test_a_postgres_restart_mid_deploy_leaves_every_instance_the_whole_log
     remote = make_remote(tmp_path, deploy_script=script)
     config = write_config(tmp_path / "pploy.yml", database)
     env = {**os.environ, LEDGER_VAR: str(ledger)}
-    a = Server(tmp_path / "a", config, env=env)
-    b = Server(tmp_path / "b", config, env=env)
+    a = PployProcess(tmp_path / "a", config, env=env)
+    b = PployProcess(tmp_path / "b", config, env=env)
     try:
         async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
             await b.ready(http)
@@ -267,12 +267,17 @@ async def test_a_postgres_restart_mid_deploy_leaves_every_instance_the_whole_log
                 seen = bytearray()
                 while b"tick 0020" not in seen:
                     seen += await asyncio.wait_for(on_b.content.readany(), 15)
-                down = pg_halt(private_pg_server)
+                halted = time.monotonic()
+                pg_halt(private_pg_server)
                 await fifo.release()  # the script goes on writing while the database is gone
                 while len(next(iter(read_ledger(ledger).values())).ticks) < 40:
                     await asyncio.sleep(0.02)
-                down += pg_resume(private_pg_server)
-                seen += await asyncio.wait_for(on_b.content.read(), 60)
+                pg_resume(private_pg_server)
+                down = time.monotonic() - halted
+                try:
+                    seen += await asyncio.wait_for(on_b.content.read(), 30)
+                except TimeoutError:
+                    pytest.fail(f"B's viewer waits at byte {len(seen)}: the rest never came")
             async with http.get(b.base + f"/api/jobs/{job}") as resp:
                 record = (await resp.json())["job"]
             async with http.get(b.base + f"/api/jobs/{job}/log") as resp:
