@@ -237,7 +237,8 @@ class PgStore:
     def __init__(self, url: str, *, call_seconds: float = CALL_SECONDS) -> None:
         self.url = url
         self.call_seconds = call_seconds
-        self._options = connection_options(url)
+        # libpq settings with pploy's timeouts: for any other connection to this database too.
+        self.options = connection_options(url)
         self._conn: psycopg.Connection[Any] | None = None
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], Future[Any]] | None] = (
             queue.SimpleQueue()
@@ -318,7 +319,7 @@ class PgStore:
         if self._conn is None or self._conn.closed:
             self._conn = None
             try:
-                self._conn = psycopg.connect(autocommit=True, row_factory=dict_row, **self._options)
+                self._conn = psycopg.connect(autocommit=True, row_factory=dict_row, **self.options)
             except psycopg.Error as exc:
                 raise StoreUnavailable(
                     f"pploy's database ({where(self.url)}) cannot be reached: {first_line(exc)}"
