@@ -159,3 +159,33 @@ async def test_a_remote_follower_does_not_end_before_every_byte_the_end_record_c
     logs.announce(other.id)
     assert late.closed and late.size == 8
     store.close()
+
+
+def test_a_stopping_pploy_waits_for_ended_jobs_last_bytes(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    admin = PgStore(pg_database)
+    job = admin.create_job(project="app", kind="deploy", user="alice").id
+    path = tmp_path / "job.log"
+    write(path, b"output\n")
+    with relay_to(pg_database) as relay:
+        store = PgStore(relay.url(pg_database))
+        logs = SharedLogs(store, lambda record: {})
+        shipper = logs.ship(job, path)
+        try:
+            relay.blackhole()
+            write(path, b"the job's last line\n")
+            logs.finish_shipping(job)  # the job ended while the database is silent
+            started = time.monotonic()
+            assert not logs.drain(0.5)  # bounded: a silent database does not hold pploy
+            assert time.monotonic() - started < 1.5
+            relay.forward()
+            assert logs.drain(15)
+            assert stored(admin, job) == path.read_bytes()
+            logs.finish_shipping(job + 1)  # no such shipper: nothing happens
+            assert job not in logs.shippers  # done shippers are forgotten
+        finally:
+            shipper.stop()
+            store.close()
+            admin.close()

@@ -6,6 +6,7 @@ modules import :mod:`~pploy.deploy.services`, :mod:`~pploy.deploy.rendering` and
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from pploy.deploy.services import SERVICES, Services, build_services
 __all__ = ["SERVICES", "Services", "create_app"]
 
 STATIC = Path(__file__).parent / "static"
+# How long a stopping pploy waits for ended jobs' logs to reach a shared database.
+SHIP_DRAIN_SECONDS = 5.0
 
 
 async def on_startup(app: web.Application) -> None:
@@ -52,6 +55,8 @@ async def on_cleanup(app: web.Application) -> None:
     await svc.auth.close()
     if svc.cluster is not None:
         await svc.cluster.stop()
+    if svc.jobs.shared_logs is not None:  # ended jobs' last log bytes, before the store closes
+        await asyncio.to_thread(svc.jobs.shared_logs.drain, SHIP_DRAIN_SECONDS)
     svc.store.close()
     svc.jobs.close()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,11 @@ class LogShipper:
         stored."""
         self.done.wait(timeout)
         return self.complete
+
+    @property
+    def finishing(self) -> bool:
+        """:meth:`finish` was called: the log is complete, the rest is on its way."""
+        return self._final is not None
 
     @property
     def complete(self) -> bool:
@@ -256,9 +262,24 @@ class SharedLogs:
     def finish_shipping(self, job_id: int) -> None:
         """The job's log is complete: its shipper stores the rest (retrying until the
         database takes it) and ends."""
-        shipper = self.shippers.pop(job_id, None)
+        shipper = self.shippers.get(job_id)
         if shipper is not None:
             shipper.finish()
+        for job, one in list(self.shippers.items()):
+            if one.done.is_set():
+                del self.shippers[job]
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the shippers of ended jobs to store their last
+        bytes (pploy is stopping); True when none is left behind."""
+        deadline = time.monotonic() + timeout
+        for shipper in list(self.shippers.values()):
+            if shipper.finishing:
+                shipper.wait(max(0.0, deadline - time.monotonic()))
+        left = [job for job, one in self.shippers.items() if one.finishing and not one.complete]
+        if left:
+            log.event("job.log_ship_unfinished", level="error", jobs=left)
+        return not left
 
     def append_note(self, job_id: int, line: bytes) -> int:
         """Add one of pploy's lines at the end of a stored log; returns the new end."""
