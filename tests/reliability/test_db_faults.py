@@ -295,3 +295,38 @@ async def test_a_postgres_restart_mid_deploy_leaves_every_instance_the_whole_log
         fifo.close()
         a.stop()
         b.stop()
+
+
+async def test_a_viewer_on_an_instance_cut_off_from_the_database_gets_every_byte_after(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    """B (through a relay) follows a deploy A runs; B's route to the database goes silent for
+    a few seconds mid-deploy. B keeps answering /ping, its viewer's stream stays open, and
+    once the route heals the viewer gets the rest: byte-identical to A's file, then the end."""
+    ledger = tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, ticks=150, interval=0.04))
+    with relay_to(pg_database) as relay:
+        a = PployProcess(tmp_path / "a", write_config(tmp_path / "a.yml", pg_database))
+        b = PployProcess(tmp_path / "b", write_config(tmp_path / "b.yml", relay.url(pg_database)))
+        try:
+            async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+                await b.ready(http)
+                job = await a.start_deploy(http, remote)
+                with PingWatch(b.port) as watch:
+                    async with http.get(b.base + f"/api/jobs/{job}/log?follow=1") as on_b:
+                        assert on_b.status == 200
+                        seen = bytearray()
+                        while b"tick 0010" not in seen:
+                            seen += await asyncio.wait_for(on_b.content.readany(), 15)
+                        relay.blackhole()
+                        while len(next(iter(read_ledger(ledger).values())).ticks) < 100:
+                            await asyncio.sleep(0.05)  # A goes on; B hears nothing
+                        relay.forward()
+                        seen += await asyncio.wait_for(on_b.content.read(), 30)
+                assert watch.worst() < 2, f"/ping on B took {watch.worst():.2f} s"
+            file = log_file(tmp_path / "a", job).read_bytes()
+            assert bytes(seen) == file
+        finally:
+            a.stop()
+            b.stop()
