@@ -189,3 +189,25 @@ def test_a_stopping_pploy_waits_for_ended_jobs_last_bytes(
             shipper.stop()
             store.close()
             admin.close()
+
+
+def test_logs_left_short_by_a_stop_are_shipped_on_the_next_start(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    store = PgStore(pg_database)
+    record = store.create_job(project="app", kind="deploy", user="alice", instance="here")
+    other = store.create_job(project="two", kind="deploy", user="alice", instance="elsewhere")
+    path = tmp_path / f"{record.id}.log"
+    write(path, b"a" * 5000)
+    LogShipper(store, record.id, path).ship()
+    write(path, b"b" * 3000)  # written, the end recorded, then pploy stopped: never shipped
+    for job in (record.id, other.id):
+        store.update_job(job, status="succeeded", exit_code=0, log_bytes=8000)
+    logs = SharedLogs(store, lambda r: {})
+    assert [r.id for r in store.short_logs("here")] == [record.id]
+    assert logs.resume_shipping("here", lambda r: tmp_path / f"{r.id}.log") == 1
+    assert logs.drain(15)
+    assert stored(store, record.id) == path.read_bytes()
+    assert store.short_logs("here") == []
+    store.close()

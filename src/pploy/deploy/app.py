@@ -34,6 +34,8 @@ async def on_startup(app: web.Application) -> None:
         await svc.directory.start()
     if svc.cluster is not None:
         await svc.cluster.start()
+    if svc.jobs.shared_logs is not None:  # logs left short in the database by a stop
+        svc.jobs.shared_logs.resume_shipping(svc.jobs.instance, svc.jobs.log_path)
     log.event(
         "pploy.start", workdir=str(svc.config.workdir), mode=svc.auth.mode,
         interrupted=len(interrupted),

@@ -269,6 +269,22 @@ class SharedLogs:
             if one.done.is_set():
                 del self.shippers[job]
 
+    def resume_shipping(self, instance: str, path_of: Callable[[JobRecord], Path]) -> int:
+        """Ship the rest of the logs this instance left short in the database (it stopped
+        right after their jobs ended); returns how many are under way."""
+        started = 0
+        for record in self.store.short_logs(instance):
+            path = path_of(record)
+            if record.id in self.shippers or not path.exists():
+                continue
+            shipper = self.shippers[record.id] = LogShipper(self.store, record.id, path)
+            shipper.finish(record.log_bytes)
+            shipper.start()
+            started += 1
+        if started:
+            log.event("job.log_ship_resumed", jobs=started)
+        return started
+
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the shippers of ended jobs to store their last
         bytes (pploy is stopping); True when none is left behind."""

@@ -777,6 +777,17 @@ class PgStore:
         ).fetchone()
         return int(row["e"]) if row else 0
 
+    def short_logs(self, instance: str, limit: int = 100) -> list[JobRecord]:
+        """Ended jobs of ``instance`` whose stored log is shorter than their recorded length
+        (its process stopped before shipping the last bytes): the newest ``limit``."""
+        rows = self.execute(
+            "SELECT * FROM jobs j WHERE instance = %s AND status != 'running' AND log_bytes > "
+            "COALESCE((SELECT start + length(data) FROM log_chunks c WHERE c.job_id = j.id "
+            "ORDER BY start DESC LIMIT 1), 0) ORDER BY id DESC LIMIT %s",
+            (instance, limit),
+        ).fetchall()
+        return [JobRecord(**row) for row in rows]
+
     def read_log(self, job_id: int, offset: int, limit: int) -> bytes:
         """Up to ``limit`` stored bytes of the job's log from ``offset``."""
         rows = self.execute(
