@@ -23,10 +23,6 @@ def stored(store: PgStore, job: int) -> bytes:
     return store.read_log(job, 0, 1 << 30)
 
 
-def relay_to(url: str) -> TcpRelay:
-    return TcpRelay(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/", 1)[0])))
-
-
 def write(path: Path, data: bytes) -> None:
     with open(path, "ab") as fh:
         fh.write(data)
@@ -40,7 +36,7 @@ def test_the_shipper_ends_byte_identical_through_resets_and_a_silent_database(
     job = admin.create_job(project="app", kind="deploy", user="alice").id
     path = tmp_path / "job.log"
     path.touch()
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         store = PgStore(relay.url(pg_database))
         shipper = LogShipper(store, job, path).start()
         try:
@@ -169,7 +165,7 @@ def test_a_stopping_pploy_waits_for_ended_jobs_last_bytes(
     job = admin.create_job(project="app", kind="deploy", user="alice").id
     path = tmp_path / "job.log"
     write(path, b"output\n")
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         store = PgStore(relay.url(pg_database))
         logs = SharedLogs(store, lambda record: {})
         shipper = logs.ship(job, path)

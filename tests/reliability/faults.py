@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.postgres import PostgresServer
 from tests.deploy.test_server_process import Server
@@ -85,8 +86,8 @@ L="${{{LEDGER_VAR}:-{default}}}"
 J="${{PPLOY_JOB_ID:-pid$$}}"
 now() {{ date +%s.%N; }}
 note() {{ [ -n "$L" ] && echo "$*" >> "$L"; }}
-for s in INT TERM HUP; do
-  trap "note SIG $J $s \\$(now); exit \\$((128 + \\$(kill -l $s)))" $s
+for s in HUP:1 INT:2 TERM:15; do
+  trap "note SIG $J ${{s%:*}} \\$(now); exit $((128 + ${{s#*:}}))" "${{s%:*}}"
 done
 note START "$J" "$(now)"
 n=0
@@ -190,6 +191,13 @@ class TcpRelay:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tcp-relay", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def to_database(cls, database_url: str) -> TcpRelay:
+        """A relay to the PostgreSQL server of ``database_url`` (loopback); connect through
+        ``relay.url(database_url)``."""
+        params = conninfo_to_dict(database_url)
+        return cls((str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)))
 
     def url(self, database_url: str) -> str:
         """``database_url`` with its host and port replaced by the relay's."""

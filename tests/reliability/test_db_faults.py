@@ -10,9 +10,12 @@ gone and recover by themselves; the stored log ends byte-identical to the job's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,10 +31,12 @@ from tests.helpers import free_port
 from tests.postgres import new_database, pg_database, pg_server, private_pg_server  # noqa: F401
 from tests.reliability.faults import (
     LEDGER_VAR,
+    LedgerEntry,
     PingWatch,
     PployProcess,
     TcpRelay,
     ledger_script,
+    overlaps,
     pg_halt,
     pg_resume,
     read_ledger,
@@ -39,11 +44,6 @@ from tests.reliability.faults import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def relay_to(url: str) -> TcpRelay:
-    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-    return TcpRelay(("127.0.0.1", port))
 
 
 def stored_log(url: str, job: int) -> bytes:
@@ -64,13 +64,68 @@ def log_file(workdir: Path, job: int) -> Path:
     return found
 
 
+# -- the harness itself ----------------------------------------------------------------------
+
+
+def test_the_relay_holds_bytes_while_blackholed_delivers_them_after_and_resets() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def echo() -> None:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(ConnectionResetError):  # the relay's reset
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+
+        threading.Thread(target=echo, daemon=True).start()
+        with TcpRelay(listener.getsockname()) as relay:
+            client = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+            client.sendall(b"one")
+            assert client.recv(10) == b"one"
+            relay.blackhole()
+            client.sendall(b"two")  # accepted by the kernel, as on a dead route
+            client.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                client.recv(10)
+            relay.forward()
+            client.settimeout(5)
+            assert client.recv(10) == b"two"  # held, then delivered
+            relay.reset()
+            with pytest.raises(ConnectionResetError):
+                client.recv(10)
+            client.close()
+
+
+def test_the_ledger_records_start_ticks_a_signal_and_the_exit(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    script = tmp_path / "deploy"
+    script.write_text(ledger_script(ledger, ticks=1000, interval=0.02))
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in (LEDGER_VAR, "PPLOY_JOB_ID")}
+    killed = subprocess.Popen([script], stdout=subprocess.DEVNULL, env=env)
+    while len(read_ledger(ledger).get(f"pid{killed.pid}", LedgerEntry("")).ticks) < 3:
+        time.sleep(0.02)
+    killed.terminate()
+    assert killed.wait(10) == 143
+    script.write_text(ledger_script(ledger, ticks=2, interval=0, exit_code=3))
+    finished = subprocess.run([script], stdout=subprocess.PIPE, env=env, check=False)
+    assert finished.returncode == 3
+    assert finished.stdout.count(b"\n") == 2 and len(finished.stdout) == 400
+    entries = read_ledger(ledger)
+    first, second = entries.values()
+    assert (first.signal, first.exit_code) == ("TERM", 143) and len(first.ticks) >= 3
+    assert (second.signal, second.exit_code, len(second.ticks)) == (None, 3, 2)
+    assert overlaps(entries) == []
+    first.end = second.start + 0.001  # had they run at once, it would show
+    assert overlaps(entries) == [(first.job, second.job)]
+
+
 # -- the store alone ------------------------------------------------------------------------
 
 
 def test_a_silent_database_costs_one_bounded_wait_then_fails_fast_and_recovers(
     pg_database: str,  # noqa: F811
 ) -> None:
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         store = PgStore(relay.url(pg_database))
         try:
             assert store.get_lock("app") is None
@@ -97,7 +152,7 @@ def test_a_silent_database_costs_one_bounded_wait_then_fails_fast_and_recovers(
 
 
 def test_a_reset_connection_is_a_503_and_the_next_call_reconnects(pg_database: str) -> None:  # noqa: F811
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         store = PgStore(relay.url(pg_database))
         try:
             assert store.get_lock("app") is None
@@ -154,7 +209,7 @@ def test_pploy_serve_names_a_refused_database_in_one_line(tmp_path: Path) -> Non
 
 
 def test_pploy_serve_names_a_silent_database_in_one_line(tmp_path: Path, pg_database: str) -> None:  # noqa: F811
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         relay.blackhole()
         code, out, took = serve_once(tmp_path, relay.url(pg_database))
     assert code == 1
@@ -186,7 +241,7 @@ async def test_a_blackholed_database_never_stops_ping_or_a_log_stream_and_pploy_
 ) -> None:
     ledger = tmp_path / "ledger"
     remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, ticks=300, interval=0.04))
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         config = write_config(tmp_path / "pploy.yml", relay.url(pg_database))
         a = PployProcess(tmp_path / "a", config)
         try:
@@ -306,7 +361,7 @@ async def test_a_viewer_on_an_instance_cut_off_from_the_database_gets_every_byte
     once the route heals the viewer gets the rest: byte-identical to A's file, then the end."""
     ledger = tmp_path / "ledger"
     remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, ticks=150, interval=0.04))
-    with relay_to(pg_database) as relay:
+    with TcpRelay.to_database(pg_database) as relay:
         a = PployProcess(tmp_path / "a", write_config(tmp_path / "a.yml", pg_database))
         b = PployProcess(tmp_path / "b", write_config(tmp_path / "b.yml", relay.url(pg_database)))
         try:
