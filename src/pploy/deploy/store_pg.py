@@ -370,7 +370,7 @@ class PgStore:
                     self._abort()
                 continue
             except Exception as exc:  # refused, reset, starting up: the next probe
-                self._reason = first_line(exc)
+                self._reason = first_line(exc.__cause__ or exc)
                 continue
             with self._lock:
                 self._broken_since = None
