@@ -282,7 +282,7 @@ class SharedLogs:
             shipper.start()
             started += 1
         if started:
-            log.event("job.log_ship_resumed", jobs=started)
+            log.event("job.log_ship_restarted", jobs=started)
         return started
 
     def drain(self, timeout: float) -> bool:
