@@ -16,8 +16,7 @@ from tests.helpers import skip_or_fail
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[postgres.PostgresServer]:
+def _running_server() -> Iterator[postgres.PostgresServer]:
     problem = postgres.available()
     if problem:
         skip_or_fail(problem)
@@ -26,6 +25,11 @@ def pg_server() -> Iterator[postgres.PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.PostgresServer]:
+    yield from _running_server()
 
 
 def new_database(server: postgres.PostgresServer) -> str:
@@ -44,11 +48,4 @@ def private_pg_server() -> Iterator[postgres.PostgresServer]:
     """A PostgreSQL server of this test's own, for tests that stop or restart it
     (``halt``/``resume``/``restart``, see tests/reliability/faults.py): the session's
     ``pg_server`` is shared and must stay up."""
-    problem = postgres.available()
-    if problem:
-        skip_or_fail(problem)
-    server = postgres.PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_server()

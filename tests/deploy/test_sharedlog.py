@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,17 +30,31 @@ def write(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def test_the_shipper_ends_byte_identical_through_resets_and_a_silent_database(
-    tmp_path: Path,
-    pg_database: str,  # noqa: F811
-) -> None:
-    admin = PgStore(pg_database)
-    job = admin.create_job(project="app", kind="deploy", user="alice").id
+@dataclass
+class Job:
+    """A job of a real database: its store, id and (empty) log file."""
+
+    store: PgStore
+    id: int
+    path: Path
+    url: str
+
+
+@pytest.fixture
+def job(tmp_path: Path, pg_database: str) -> Iterator[Job]:  # noqa: F811
+    store = PgStore(pg_database)
+    record = store.create_job(project="app", kind="deploy", user="alice")
     path = tmp_path / "job.log"
     path.touch()
-    with TcpRelay.to_database(pg_database) as relay:
-        store = PgStore(relay.url(pg_database))
-        shipper = LogShipper(store, job, path).start()
+    yield Job(store, record.id, path, pg_database)
+    store.close()
+
+
+def test_the_shipper_ends_byte_identical_through_resets_and_a_silent_database(job: Job) -> None:
+    admin, path = job.store, job.path
+    with TcpRelay.to_database(job.url) as relay:
+        store = PgStore(relay.url(job.url))
+        shipper = LogShipper(store, job.id, path).start()
         try:
             expected = bytearray()
             for n, fault in enumerate(["reset", "blackhole", None, "reset", "blackhole", None] * 2):
@@ -52,60 +68,45 @@ def test_the_shipper_ends_byte_identical_through_resets_and_a_silent_database(
                     relay.blackhole()
                 time.sleep(0.3)
                 # Whatever happens, what is stored is a prefix of the file: never a gap.
-                assert bytes(expected).startswith(stored(admin, job))
+                assert bytes(expected).startswith(stored(admin, job.id))
                 relay.forward()
             shipper.finish()
             assert shipper.wait(30), "the shipper did not catch up"
-            assert stored(admin, job) == bytes(expected) == path.read_bytes()
+            assert stored(admin, job.id) == bytes(expected) == path.read_bytes()
             assert shipper.done.is_set()
         finally:
             shipper.stop()
             store.close()
-            admin.close()
 
 
-def test_a_chunk_that_lands_after_its_statement_gave_up_is_stored_once(
-    tmp_path: Path,
-    pg_database: str,  # noqa: F811
-) -> None:
-    store = PgStore(pg_database)
-    job = store.create_job(project="app", kind="deploy", user="alice").id
-    path = tmp_path / "job.log"
-    write(path, b"a" * 100)
-    shipper = LogShipper(store, job, path)
+def test_a_chunk_that_lands_after_its_statement_gave_up_is_stored_once(job: Job) -> None:
+    write(job.path, b"a" * 100)
+    shipper = LogShipper(job.store, job.id, job.path)
     assert shipper.ship() == 100
-    write(path, b"b" * 200)
+    write(job.path, b"b" * 200)
     # The chunk the shipper sent at 100 lands late, after its caller gave up on it (a
     # blackholed statement delivered once the route healed): another connection plays it.
-    other = PgStore(pg_database)
-    assert other.append_log(job, 100, b"b" * 50)
-    assert not other.append_log(job, 100, b"b" * 80)  # and again: refused
-    assert shipper.ship() == 300
-    assert stored(store, job) == path.read_bytes()
+    other = PgStore(job.url)
+    assert other.append_log(job.id, 100, b"b" * 50)
+    assert not other.append_log(job.id, 100, b"b" * 80)  # and again: refused
     other.close()
-    store.close()
+    assert shipper.ship() == 300
+    assert stored(job.store, job.id) == job.path.read_bytes()
 
 
-def test_the_shipper_never_garbles_a_log_another_instance_closed(
-    tmp_path: Path,
-    pg_database: str,  # noqa: F811
-) -> None:
-    store = PgStore(pg_database)
-    job = store.create_job(project="app", kind="deploy", user="alice").id
-    path = tmp_path / "job.log"
-    write(path, b"line one\n")
-    shipper = LogShipper(store, job, path)
+def test_the_shipper_never_garbles_a_log_another_instance_closed(job: Job) -> None:
+    write(job.path, b"line one\n")
+    shipper = LogShipper(job.store, job.id, job.path)
     shipper.ship()
     # Cut off for long, this instance's job was declared interrupted elsewhere: the closing
     # note went to the stored log's end. Then this instance's output arrives.
     note = b"[pploy] interrupted: instance a stopped answering\n"
-    SharedLogs(store, lambda record: {}).append_note(job, note)
-    write(path, b"line two, written while cut off\n")
+    SharedLogs(job.store, lambda record: {}).append_note(job.id, note)
+    write(job.path, b"line two, written while cut off\n")
     with pytest.raises(Diverged):
         shipper.ship()
     assert shipper.diverged
-    assert stored(store, job) == b"line one\n" + note
-    store.close()
+    assert stored(job.store, job.id) == b"line one\n" + note
 
 
 async def test_a_remote_follower_does_not_end_before_every_byte_the_end_record_counts(
@@ -157,34 +158,27 @@ async def test_a_remote_follower_does_not_end_before_every_byte_the_end_record_c
     store.close()
 
 
-def test_a_stopping_pploy_waits_for_ended_jobs_last_bytes(
-    tmp_path: Path,
-    pg_database: str,  # noqa: F811
-) -> None:
-    admin = PgStore(pg_database)
-    job = admin.create_job(project="app", kind="deploy", user="alice").id
-    path = tmp_path / "job.log"
-    write(path, b"output\n")
-    with TcpRelay.to_database(pg_database) as relay:
-        store = PgStore(relay.url(pg_database))
+def test_a_stopping_pploy_waits_for_ended_jobs_last_bytes(job: Job) -> None:
+    write(job.path, b"output\n")
+    with TcpRelay.to_database(job.url) as relay:
+        store = PgStore(relay.url(job.url))
         logs = SharedLogs(store, lambda record: {})
-        shipper = logs.ship(job, path)
+        shipper = logs.ship(job.id, job.path)
         try:
             relay.blackhole()
-            write(path, b"the job's last line\n")
-            logs.finish_shipping(job)  # the job ended while the database is silent
+            write(job.path, b"the job's last line\n")
+            logs.finish_shipping(job.id)  # the job ended while the database is silent
             started = time.monotonic()
             assert not logs.drain(0.5)  # bounded: a silent database does not hold pploy
             assert time.monotonic() - started < 1.5
             relay.forward()
             assert logs.drain(15)
-            assert stored(admin, job) == path.read_bytes()
-            logs.finish_shipping(job + 1)  # no such shipper: nothing happens
-            assert job not in logs.shippers  # done shippers are forgotten
+            assert stored(job.store, job.id) == job.path.read_bytes()
+            logs.finish_shipping(job.id + 1)  # no such shipper: nothing happens
+            assert job.id not in logs.shippers  # done shippers are forgotten
         finally:
             shipper.stop()
             store.close()
-            admin.close()
 
 
 def test_logs_left_short_by_a_stop_are_shipped_on_the_next_start(
