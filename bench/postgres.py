@@ -40,17 +40,26 @@ class PostgresServer:
 
     def start(self, timeout: float = 30) -> PostgresServer:
         shutil.chown(self.root, "postgres", "postgres")
-        data = self.root / "data"
         subprocess.run(
-            self._as_postgres([str(BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "pploy",
-                               "--no-sync", "-E", "UTF8"]),
+            self._as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
+                               "pploy", "--no-sync", "-E", "UTF8"]),
             check=True, capture_output=True,
         )  # fmt: skip
-        with open(self.log, "wb") as out:
+        return self.resume(timeout)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def resume(self, timeout: float = 30) -> PostgresServer:
+        """Start the server on its existing data directory and port (after :meth:`halt`);
+        returns once it accepts connections (about a second)."""
+        with open(self.log, "ab") as out:
             # Popen's user= (not runuser) so that the pid is postgres' own: stop() signals it.
             self.proc = subprocess.Popen(
-                [str(BIN / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=200"],
+                [str(BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h",
+                 "127.0.0.1", "-k", str(self.root), "-c", "fsync=off", "-c",
+                 "max_connections=200"],
                 stdout=out, stderr=subprocess.STDOUT, user="postgres", group="postgres",
                 extra_groups=[], start_new_session=True,
             )  # fmt: skip
@@ -66,6 +75,17 @@ class PostgresServer:
                 self.stop()
                 raise RuntimeError(f"PostgreSQL did not start:\n{tail(self.log)}")
             time.sleep(0.05)
+
+    def halt(self) -> None:
+        """Stop the server as ``pg_ctl stop -m fast`` does (SIGINT to the postmaster: clients
+        are disconnected, the data directory is kept); :meth:`resume` starts it again."""
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc, signal.SIGINT, wait=30)
+
+    def restart(self, timeout: float = 30) -> PostgresServer:
+        """:meth:`halt`, then :meth:`resume`: a database blink of about a second."""
+        self.halt()
+        return self.resume(timeout)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://pploy@127.0.0.1:{self.port}/{database}"

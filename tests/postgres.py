@@ -1,5 +1,6 @@
 """A real PostgreSQL server for the tests (bench.postgres), started once per session and
-shared; each test gets a database of its own. Import the fixtures into a test module:
+shared; each test gets a database of its own (``private_pg_server``: a server of the test's own,
+to stop and restart). Import the fixtures into a test module:
 ``from tests.postgres import pg_server, pg_database  # noqa: F401``."""
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from tests.helpers import skip_or_fail
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[postgres.PostgresServer]:
+def _running_server() -> Iterator[postgres.PostgresServer]:
     problem = postgres.available()
     if problem:
         skip_or_fail(problem)
@@ -25,6 +25,11 @@ def pg_server() -> Iterator[postgres.PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.PostgresServer]:
+    yield from _running_server()
 
 
 def new_database(server: postgres.PostgresServer) -> str:
@@ -36,3 +41,11 @@ def new_database(server: postgres.PostgresServer) -> str:
 def pg_database(pg_server: postgres.PostgresServer) -> str:
     """The URL of an empty database of this test's own."""
     return new_database(pg_server)
+
+
+@pytest.fixture
+def private_pg_server() -> Iterator[postgres.PostgresServer]:
+    """A PostgreSQL server of this test's own, for tests that stop or restart it
+    (``halt``/``resume``/``restart``, see tests/reliability/faults.py): the session's
+    ``pg_server`` is shared and must stay up."""
+    yield from _running_server()

@@ -184,7 +184,10 @@ async def test_a_sigkilled_instance_s_job_is_interrupted_by_the_other_within_30_
             async with http.get(a.base + f"/api/jobs/{job}/log?follow=1") as resp:
                 seen = bytearray()
                 await read_until(resp.content, b"line one", seen)
-                a.stop(signal.SIGKILL)
+            # Shipped (by A's shipper thread, soon after A's own viewers see it) before A dies.
+            async with b.client().get(b.url(f"/api/jobs/{job}/log?follow=1")) as resp:
+                await read_until(resp.content, b"line one", bytearray())
+            a.stop(signal.SIGKILL)
         killed_at = time.monotonic()
         while True:
             status, body = await b.api("GET", f"/api/jobs/{job}")

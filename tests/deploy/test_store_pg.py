@@ -56,14 +56,16 @@ def test_log_chunks_are_read_by_byte_offset(pg_database: str) -> None:  # noqa: 
     job = store.create_job(project="app", kind="deploy", user="alice").id
     text = b"first line\nsecond \xc3\xa9 line\nthird\n"
     for start, end in ((0, 11), (11, 26), (26, len(text))):
-        store.append_log(job, start, text[start:end])
-    store.append_log(job, 11, b"a replay at a stored offset is ignored")
+        assert store.append_log(job, start, text[start:end])
+    assert not store.append_log(job, 11, b"a replay at a stored offset is ignored")
+    assert not store.append_log(job, 0, text)  # a resend from the start, whole: ignored too
     assert store.log_end(job) == len(text)
     assert store.read_log(job, 0, 1000) == text
     assert store.read_log(job, 5, 10) == text[5:15]  # across a chunk boundary
     assert store.read_log(job, len(text), 10) == b""
-    store.append_log(job, len(text) + 5, b"after a gap")  # a piece that never landed before it
-    assert store.read_log(job, 20, 1000) == text[20:]  # reading stops at the gap
+    # A piece beyond the end (one before it never landed) is refused: no gap is ever stored.
+    assert not store.append_log(job, len(text) + 5, b"after a gap")
+    assert store.read_log(job, 20, 1000) == text[20:]
     store.delete_logs([job])
     assert store.log_end(job) == 0
     store.close()
@@ -105,7 +107,7 @@ def test_one_current_repository_per_name(pg_database: str) -> None:  # noqa: F81
 def test_a_lost_server_is_a_503_and_the_next_statement_reconnects(pg_database: str) -> None:  # noqa: F811
     store = PgStore(pg_database)
     with psycopg.connect(pg_database, autocommit=True) as admin:
-        pid = store.conn.info.backend_pid
+        pid = store.backend_pid()
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(StoreUnavailable, match="database"):
         store.get_lock("app")

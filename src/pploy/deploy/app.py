@@ -6,6 +6,7 @@ modules import :mod:`~pploy.deploy.services`, :mod:`~pploy.deploy.web.rendering`
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -20,6 +21,8 @@ from pploy.deploy.web.middleware import authenticate, request_context
 __all__ = ["SERVICES", "Services", "create_app"]
 
 STATIC = Path(__file__).parent / "web" / "static"
+# How long a stopping pploy waits for ended jobs' logs to reach a shared database.
+SHIP_DRAIN_SECONDS = 5.0
 
 
 async def on_startup(app: web.Application) -> None:
@@ -32,6 +35,8 @@ async def on_startup(app: web.Application) -> None:
         await svc.directory.start()
     if svc.cluster is not None:
         await svc.cluster.start()
+    if svc.jobs.shared_logs is not None:  # logs left short in the database by a stop
+        svc.jobs.shared_logs.resume_shipping(svc.jobs.instance, svc.jobs.log_path)
     log.event(
         "pploy.start", workdir=str(svc.config.workdir), mode=svc.auth.mode,
         interrupted=len(interrupted),
@@ -53,6 +58,8 @@ async def on_cleanup(app: web.Application) -> None:
     await svc.auth.close()
     if svc.cluster is not None:
         await svc.cluster.stop()
+    if svc.jobs.shared_logs is not None:  # ended jobs' last log bytes, before the store closes
+        await asyncio.to_thread(svc.jobs.shared_logs.drain, SHIP_DRAIN_SECONDS)
     svc.store.close()
     svc.jobs.close()
 

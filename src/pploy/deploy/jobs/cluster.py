@@ -70,7 +70,7 @@ class Cluster:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.store.url, autocommit=True
+                    autocommit=True, **self.store.options
                 ) as conn:
                     await conn.execute(f"LISTEN {LOG_CHANNEL}")
                     await conn.execute(f"LISTEN {PROJECTS_CHANNEL}")

@@ -49,7 +49,7 @@ class LogBuffer:
     ) -> None:
         self.path = path
         # Called with (offset, bytes) after each write: with a shared database, this ships the
-        # log to the other instances (see sharedlog.SharedLogs.shipper).
+        # log to the other instances (see sharedlog.LogShipper).
         self.on_write: Callable[[int, bytes], None] | None = None
         self.max_bytes = max_bytes
         self.memory_bytes = memory_bytes

@@ -302,7 +302,7 @@ class Jobs:
         if record.kind == "deploy":
             point_latest(self.log_path(record), record.project)  # go-pploy's logs/<p>.log
         if self.shared_logs is not None:
-            buffer.on_write = self.shared_logs.shipper(record.id)
+            buffer.on_write = self.shared_logs.ship(record.id, buffer.path)
         job = RunningJob(record, buffer, timeline=TimelineWriter(times_path(buffer.path)))
         job.masker = masking.for_env(self.config.job.mask_env, os.environ)
         self.running[record.id] = job
@@ -442,6 +442,8 @@ class Jobs:
                 )
             if job.timeline:
                 job.timeline.close()
+            if self.shared_logs is not None:  # the log is complete: ship what is left
+                self.shared_logs.finish_shipping(record.id)
             self.running.pop(record.id, None)
 
     async def _record_end(

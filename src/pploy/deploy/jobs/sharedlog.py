@@ -1,18 +1,29 @@
 """Job logs across pploy instances sharing a PostgreSQL database.
 
-The instance running a job writes its log file and memory tail as always (its own viewers read
-those, see :mod:`pploy.deploy.jobs.following`) and ships every piece, as written, to
-``log_chunks`` at its byte offset, announcing it on the ``pploy_log`` channel. Every other
-instance follows a job through one :class:`RemoteLog` per job, shared by all its viewers there:
-a notification makes it fetch the new chunks once into its own memory tail, so a thousand
-viewers on an instance cost one query per chunk, not a thousand. Offsets are the log's byte
-offsets on every instance, so SSE ids and WebSocket resumes work whichever instance a viewer
-reaches next.
+**Shipping.** The process writing a job's log file ships it to ``log_chunks`` with one
+:class:`LogShipper` (a store, a job id, the file's path: usable from any process). The file is
+the truth: the shipper reads it back from the offset the database last confirmed and stores
+it in chunks at their byte offsets. A chunk lands only where the stored log ends
+(:meth:`~pploy.deploy.storage.postgres.PgStore.append_log`), so chunks are idempotent and the stored
+log is always a gap-free prefix of the file; after any database error the shipper asks where
+the stored log ends and goes on from there. Once the database answers again, the stored log is
+byte-identical to the file.
+
+**Following.** Every other instance follows a job through one :class:`RemoteLog` per job,
+shared by all its viewers there: a notification (``pploy_log``) makes it fetch the new chunks
+once into its own memory tail, so a thousand viewers on an instance cost one query per chunk,
+not a thousand. Offsets are the log's byte offsets on every instance, so SSE ids and WebSocket
+resumes work whichever instance a viewer reaches next. The job's end record carries the log's
+final length (``log_bytes``): a follower does not end before it holds that many bytes, so no
+viewer sees the final status while part of the log is still on its way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +35,162 @@ from pploy.deploy.storage.postgres import CANCEL_CHANNEL, PgStore
 
 # How much of a remote log one refresh fetches at a time.
 FETCH_BYTES = 1 << 20
+# The largest chunk one statement stores (a backlog after an outage goes in pieces this big).
+CHUNK_BYTES = 256 * 1024
+# After a database error the shipper tries again after this long, doubling up to the maximum.
+RETRY_SECONDS = 0.25
+MAX_RETRY_SECONDS = 2.0
+# A viewer of a remote log whose database is not answering asks again this often.
+READ_RETRY_SECONDS = 0.5
+
+
+class Diverged(Exception):
+    """The stored log holds bytes this file does not (another writer got there first)."""
+
+
+class LogShipper:
+    """Ships one job's log file into the database, byte-identical, whatever the database does.
+
+    Make one when the job starts (``LogShipper(store, job_id, path).start()``), call it — or
+    :meth:`wake` — after each write (it is a ``LogBuffer.on_write``), and :meth:`finish` when
+    the log is complete; :meth:`wait` then says when every byte is stored. Its thread reads the
+    file, never the writer's memory, so nothing a failed statement carried is lost: the next
+    attempt reads the same bytes again from the last confirmed offset. A database that fails
+    is retried (RETRY_SECONDS, doubling to MAX_RETRY_SECONDS) until it answers or :meth:`stop`.
+
+    If the stored log holds bytes beyond what this shipper confirmed that differ from the
+    file (another instance closed the log while this one was cut off), shipping stops:
+    the stored log is never garbled by two writers (``diverged``).
+    """
+
+    def __init__(self, store: PgStore, job_id: int, path: Path) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.path = path
+        self.shipped = 0  # bytes the database holds, as far as this shipper knows
+        self.diverged = False
+        self.done = threading.Event()  # set when shipping ended (all shipped, stopped, failed)
+        self._known = False  # ``shipped`` confirmed by the database since the last error
+        self._final: int | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LogShipper:
+        self._thread = threading.Thread(
+            target=self._run, name=f"pploy-ship-{self.job_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __call__(self, start: int, data: bytes) -> None:
+        """LogBuffer.on_write: the file grew."""
+        self._wake.set()
+
+    def wake(self) -> None:
+        """The file grew: ship soon."""
+        self._wake.set()
+
+    def finish(self, size: int | None = None) -> None:
+        """The log is complete at ``size`` bytes (the file's size by default): ship up to
+        there, then end."""
+        self._final = size if size is not None else self._file_size()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End shipping now, whatever is left."""
+        self._stop.set()
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until shipping ended; True when every byte up to :meth:`finish`'s size is
+        stored."""
+        self.done.wait(timeout)
+        return self.complete
+
+    @property
+    def finishing(self) -> bool:
+        """:meth:`finish` was called: the log is complete, the rest is on its way."""
+        return self._final is not None
+
+    @property
+    def complete(self) -> bool:
+        return self._final is not None and self._known and self.shipped >= self._final
+
+    def _file_size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def ship(self) -> int:
+        """One pass on the calling thread: store what the file holds beyond the stored log
+        (up to :meth:`finish`'s size); returns the stored length. Raises StoreUnavailable
+        (the next pass starts from where the database says) or Diverged."""
+        try:
+            if not self._known:
+                self._sync()
+            with open(self.path, "rb") as fh:
+                while not self._stop.is_set():
+                    limit = CHUNK_BYTES
+                    if self._final is not None:
+                        limit = min(limit, self._final - self.shipped)
+                    data = os.pread(fh.fileno(), limit, self.shipped) if limit > 0 else b""
+                    if not data:
+                        break
+                    if self.store.append_log(self.job_id, self.shipped, data):
+                        self.shipped += len(data)
+                    else:  # something landed there first: a late chunk of ours, or a note
+                        self._sync()
+        except StoreUnavailable:
+            self._known = False
+            raise
+        return self.shipped
+
+    def _sync(self) -> None:
+        """Learn where the stored log ends; what it holds beyond what this shipper confirmed
+        must be this file's bytes (a chunk that landed after its statement timed out)."""
+        end = self.store.log_end(self.job_id)
+        offset = self.shipped if end >= self.shipped else end
+        while offset < end:
+            theirs = self.store.read_log(self.job_id, offset, min(end - offset, CHUNK_BYTES))
+            with open(self.path, "rb") as fh:
+                ours = os.pread(fh.fileno(), len(theirs), offset)
+            if not theirs or theirs != ours:
+                self.diverged = True
+                raise Diverged(f"the stored log of job {self.job_id} differs at byte {offset}")
+            offset += len(theirs)
+        self.shipped = end
+        self._known = True
+
+    def _run(self) -> None:
+        delay = RETRY_SECONDS
+        failing = False
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    self.ship()
+                except StoreUnavailable as exc:
+                    if not failing:
+                        log.event("job.log_ship_failed", level="warning", job=self.job_id,
+                                  offset=self.shipped, error=exc.message)  # fmt: skip
+                    failing = True
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, MAX_RETRY_SECONDS)
+                    continue
+                if failing:
+                    log.event("job.log_ship_resumed", job=self.job_id, offset=self.shipped)
+                failing, delay = False, RETRY_SECONDS
+                if self.complete:
+                    return
+                self._wake.wait()
+        except Diverged as exc:
+            log.event("job.log_ship_stopped", level="error", job=self.job_id, error=str(exc))
+        except OSError as exc:  # the file is gone (the job's logs were pruned)
+            log.event("job.log_ship_stopped", level="error", job=self.job_id, error=str(exc))
+        finally:
+            self.done.set()
 
 
 class RemoteLog(LogBuffer):
@@ -57,11 +224,15 @@ class RemoteLog(LogBuffer):
     async def read(self, offset: int, limit: int = READ_CHUNK) -> bytes:
         if offset >= self._tail_start:
             return await super().read(offset, limit)
-        return self.store.read_log(self.job_id, offset, min(limit, self._tail_start - offset))
+        try:
+            return self.store.read_log(self.job_id, offset, min(limit, self._tail_start - offset))
+        except StoreUnavailable:  # the viewer waits at its offset: the stream stays open
+            await asyncio.sleep(READ_RETRY_SECONDS)
+            return b""
 
     def refresh(self, record: JobRecord | None, final_status: dict[str, Any] | None) -> None:
-        """Take the chunks stored beyond what is held; when ``record`` has ended, take the
-        last ones and finish with ``final_status``."""
+        """Take the chunks stored beyond what is held; when ``record`` has ended and every
+        byte of its log (``log_bytes``) is held, finish with ``final_status``."""
         while True:
             data = self.store.read_log(self.job_id, self.size, FETCH_BYTES)
             if not data:
@@ -69,7 +240,8 @@ class RemoteLog(LogBuffer):
             self._keep(memoryview(data))
             self._wake()
         if record is not None and not record.running and not self.closed:
-            self.finish(final_status or {})
+            if self.size >= (record.log_bytes or 0):
+                self.finish(final_status or {})
 
 
 class SharedLogs:
@@ -79,39 +251,69 @@ class SharedLogs:
         self.store = store
         self.final_status = final_status
         self.following: dict[int, RemoteLog] = {}
-        self.gaps: set[int] = set()
+        self.shippers: dict[int, LogShipper] = {}
 
-    def shipper(self, job_id: int) -> Callable[[int, bytes], None]:
-        """The LogBuffer.on_write of a job this instance runs: store each piece at its offset.
+    def ship(self, job_id: int, path: Path) -> LogShipper:
+        """Start shipping the log file of a job this instance runs; the shipper is its
+        LogBuffer.on_write. :meth:`finish_shipping` at the job's end."""
+        shipper = self.shippers[job_id] = LogShipper(self.store, job_id, path).start()
+        return shipper
 
-        A piece the database refuses is logged and left out (the log file has it; viewers on
-        other instances stop at the gap until the job ends): the job goes on."""
+    def finish_shipping(self, job_id: int) -> None:
+        """The job's log is complete: its shipper stores the rest (retrying until the
+        database takes it) and ends."""
+        shipper = self.shippers.get(job_id)
+        if shipper is not None:
+            shipper.finish()
+        for job, one in list(self.shippers.items()):
+            if one.done.is_set():
+                del self.shippers[job]
 
-        def ship(start: int, data: bytes) -> None:
-            if job_id in self.gaps:
-                return
-            try:
-                self.store.append_log(job_id, start, data)
-            except StoreUnavailable as exc:
-                self.gaps.add(job_id)
-                log.event("job.log_ship_failed", level="error", job=job_id, error=exc.message)
+    def resume_shipping(self, instance: str, path_of: Callable[[JobRecord], Path]) -> int:
+        """Ship the rest of the logs this instance left short in the database (it stopped
+        right after their jobs ended); returns how many are under way."""
+        started = 0
+        for record in self.store.short_logs(instance):
+            path = path_of(record)
+            if record.id in self.shippers or not path.exists():
+                continue
+            shipper = self.shippers[record.id] = LogShipper(self.store, record.id, path)
+            shipper.finish(record.log_bytes)
+            shipper.start()
+            started += 1
+        if started:
+            log.event("job.log_ship_restarted", jobs=started)
+        return started
 
-        return ship
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the shippers of ended jobs to store their last
+        bytes (pploy is stopping); True when none is left behind."""
+        deadline = time.monotonic() + timeout
+        for shipper in list(self.shippers.values()):
+            if shipper.finishing:
+                shipper.wait(max(0.0, deadline - time.monotonic()))
+        left = [job for job, one in self.shippers.items() if one.finishing and not one.complete]
+        if left:
+            log.event("job.log_ship_unfinished", level="error", jobs=left)
+        return not left
 
     def append_note(self, job_id: int, line: bytes) -> int:
         """Add one of pploy's lines at the end of a stored log; returns the new end."""
-        end = self.store.log_end(job_id)
-        self.store.append_log(job_id, end, line)
-        return end + len(line)
+        for _ in range(20):  # the log may grow between the two statements: go again
+            end = self.store.log_end(job_id)
+            if self.store.append_log(job_id, end, line):
+                return end + len(line)
+        raise StoreUnavailable(f"the stored log of job {job_id} kept growing")
 
     def open(self, record: JobRecord) -> RemoteLog | None:
         """The log of a job this instance does not run: shared by every viewer while the job
-        runs, a fresh finished one otherwise; None when nothing of it is stored."""
+        runs or its last bytes are on their way, a fresh finished one otherwise; None when
+        nothing of it is stored."""
         found = self.following.get(record.id)
         if found is not None:
             return found
         remote = RemoteLog(self.store, record.id)
-        if record.running:
+        if record.running or 0 < remote.size < record.log_bytes:
             self.following[record.id] = remote
             return remote
         if remote.size == 0 and record.log_bytes:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pploy.configfile import ConfigError
 from pploy.deploy.domain.records import Storage as Storage
+from pploy.deploy.domain.records import StoreUnavailable
 from pploy.deploy.storage.sqlite import Store
 
 
 def open_store(database: str | None, workdir: Path) -> Storage:
-    """The store ``database`` names: a ``postgresql://`` URL, or None for ``<workdir>/pploy.db``."""
+    """The store ``database`` names: a ``postgresql://`` URL, or None for ``<workdir>/pploy.db``.
+
+    A database that cannot be reached (refused, silent, unknown host) is a ConfigError naming
+    it in one line (``pploy serve`` prints it and exits 1), not a traceback."""
     if database:
         try:
             from pploy.deploy.storage.postgres import PgStore  # psycopg is needed only then
@@ -23,5 +28,8 @@ def open_store(database: str | None, workdir: Path) -> Storage:
                 f"database: a postgresql:// URL needs psycopg ({exc}): "
                 "pip install 'pploy[postgres]'"
             ) from exc
-        return PgStore(database)
+        try:
+            return PgStore(database)
+        except StoreUnavailable as exc:
+            raise ConfigError(f"database: {exc.message}") from None
     return Store(workdir / "pploy.db")

@@ -1,9 +1,19 @@
 """PostgreSQL persistence, shared by several pploy instances (``database: postgresql://…``).
 
 The same records and the same conditional statements as the SQLite store (see
-:mod:`pploy.deploy.storage.opening`), on one synchronous psycopg connection in autocommit: each call
-is one statement (a lock change, a job row, a log chunk), so the event loop waits for one round
-trip to a nearby server and never for a transaction held open across an ``await``.
+:mod:`pploy.deploy.storage.opening`), on one psycopg connection in autocommit: each call is one
+statement (a lock change, a job row, a log chunk), never a transaction held open across an
+``await``.
+
+The Storage interface is synchronous and called from the event loop, so a database that stops
+answering must not stop the loop. Every statement runs on the store's own worker thread, which
+owns the connection; the caller waits at most :data:`CALL_SECONDS`. A call that waits longer
+gets StoreUnavailable (503) at once, its stuck statement is aborted (its socket shut down), and
+the **circuit breaker** opens: every call fails fast with StoreUnavailable while a background
+probe reconnects; the first probe that gets an answer closes it. The connection itself has a
+connect timeout, TCP keepalives, ``tcp_user_timeout`` and a ``statement_timeout`` (see
+:func:`connection_options`), so a dead route is also noticed by the kernel and a runaway
+statement by the server. docs/scaling.md, "Database access", says why this shape.
 
 Besides the SQLite store's tables it holds what instances share: log chunks (``log_chunks``,
 keyed by job and byte offset, announced on the ``pploy_log`` channel), job heartbeats, and
@@ -17,14 +27,23 @@ its statements are hand-written, and a dozen lines of runner keep the dependency
 
 from __future__ import annotations
 
+import os
+import queue
+import socket
+import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from pploy import log
 from pploy.deploy.domain.errors import Conflict
 from pploy.deploy.domain.govrecords import AdHocFreeze, AuditEvent, QueuedUser
 from pploy.deploy.domain.records import (
@@ -157,11 +176,65 @@ UNAVAILABLE = (psycopg.OperationalError, pgerrors.DiskFull, pgerrors.AdminShutdo
 # Heartbeats and their checks use the database's clock (pploy_now(), seconds since the epoch):
 # one clock for every instance, whatever their own say.
 
+# -- how long anything may take (docs/scaling.md, "Database access") ---------------------
+# The longest a caller (the event loop above all) waits for one statement, connecting
+# included, before it gets StoreUnavailable and the breaker opens. A statement here takes
+# about 0.2 ms; a second is thousands of those, and short enough that /ping stays well under
+# 2 s while the first call that meets a dead database waits.
+CALL_SECONDS = 1.0
+# While the breaker is open, a probe (connect if needed, then SELECT 1) this often ...
+PROBE_INTERVAL = 0.25
+# ... each given this long before its socket is shut down and the next probe tried.
+PROBE_SECONDS = 5.0
+# Opening the store (connect and migrations, before pploy serves): one bound for all of it.
+OPEN_SECONDS = 20.0
+# libpq connection settings pploy sets unless the URL sets them: a connection attempt gives
+# up after CONNECT_TIMEOUT s; an idle connection whose peer vanished is noticed by keepalives
+# (5 s idle, then 3 probes 2 s apart); sent bytes unacknowledged for TCP_USER_TIMEOUT ms fail
+# the connection (instead of ~15 minutes of retransmissions); the server ends a statement
+# after STATEMENT_TIMEOUT ms (migrations lift it).
+CONNECT_TIMEOUT = 3
+TCP_USER_TIMEOUT = 5000
+STATEMENT_TIMEOUT = 5000
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
+def connection_options(url: str) -> dict[str, Any]:
+    """libpq settings for ``url``: its own, plus pploy's timeouts where it sets none."""
+    params: dict[str, Any] = conninfo_to_dict(url)
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    params.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT)
+    for key, value in KEEPALIVES.items():
+        params.setdefault(key, value)
+    options = str(params.get("options") or "")
+    if "statement_timeout" not in options:
+        params["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT}".strip()
+    return params
+
+
+def where(url: str) -> str:
+    """``host:port/dbname`` of ``url``, for messages (never the user or a password)."""
+    params = conninfo_to_dict(url)
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    """psycopg's message without libpq's hints on further lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply the scripts of MIGRATIONS not applied yet, each in its own transaction; returns
     the schema version reached."""
     with conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = 0")  # a migration may take its time
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -175,40 +248,190 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     return len(MIGRATIONS)
 
 
+class Result:
+    """What a statement returned, read in full on the worker thread (no cursor crosses
+    threads): ``fetchone``, ``fetchall`` and ``rowcount`` as on a psycopg cursor."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
+T = TypeVar("T")
+
+
 class PgStore:
     """Locks, repositories, jobs, heartbeats and log chunks in PostgreSQL."""
 
     shared = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, call_seconds: float = CALL_SECONDS) -> None:
         self.url = url
+        self.call_seconds = call_seconds
+        # libpq settings with pploy's timeouts: for any other connection to this database too.
+        self.options = connection_options(url)
         self._conn: psycopg.Connection[Any] | None = None
-        migrate(self.conn)
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._closed = False
+        self._broken_since: float | None = None  # the breaker: open since then
+        self._reason = ""
+        self._lock = threading.Lock()
+        self._prober: threading.Thread | None = None
+        self._opened = False  # until then a silent database fails the start, nothing more
+        self._worker = threading.Thread(target=self._work, name="pploy-db", daemon=True)
+        self._worker.start()
+        try:
+            self.run(migrate, wait=OPEN_SECONDS)
+        except BaseException:
+            self.close()
+            raise
+        self._opened = True
+
+    # -- the worker thread and the breaker --------------------------------------------
 
     @property
-    def conn(self) -> psycopg.Connection[Any]:
-        """The connection, opened again after one was lost (a server restart)."""
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(
-                    self.url, autocommit=True, row_factory=dict_row, connect_timeout=5
-                )
-            except psycopg.Error as exc:
-                raise StoreUnavailable(f"pploy's database cannot be reached: {exc}") from exc
-        return self._conn
+    def available(self) -> bool:
+        """False while the breaker is open (the database stopped answering)."""
+        return self._broken_since is None
 
-    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
-        """Run one statement; a lost server or a full disk is StoreUnavailable (503)."""
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], *, wait: float | None = None) -> T:
+        """``fn(connection)`` on the worker thread, waiting at most ``wait`` seconds
+        (CALL_SECONDS): a lost or silent database is StoreUnavailable, and silence opens the
+        breaker. For statements that need a transaction (``with conn.transaction(): …``);
+        one statement is :meth:`execute`."""
+        if self._closed:
+            raise StoreUnavailable("pploy's database connection is closed")
+        if self._broken_since is not None:
+            raise StoreUnavailable(
+                f"pploy's database ({where(self.url)}) is not answering: {self._reason}"
+            )
+        future: Future[T] = Future()
+        self._jobs.put((fn, future))
+        limit = self.call_seconds if wait is None else wait
         try:
-            return self.conn.execute(sql, params)  # type: ignore[arg-type]
-        except UNAVAILABLE as exc:
-            if self._conn is not None and self._conn.broken:
-                self._conn.close()
-            raise StoreUnavailable(f"pploy's database cannot be written: {exc}") from exc
+            return future.result(timeout=limit)
+        except FutureTimeout:
+            if not future.cancel():  # running: unblock the worker from its silent socket
+                self._abort()
+            self._trip(f"no answer within {limit:g} s")
+            raise StoreUnavailable(
+                f"pploy's database ({where(self.url)}) did not answer within {limit:g} s"
+            ) from None
 
-    def close(self) -> None:
+    def execute(self, sql: str, params: Any = ()) -> Result:
+        """Run one statement; a lost, silent or full server is StoreUnavailable (503)."""
+
+        def statement(conn: psycopg.Connection[Any]) -> Result:
+            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            rows = cur.fetchall() if cur.description is not None else []
+            return Result(rows, cur.rowcount)
+
+        return self.run(statement)
+
+    def _work(self) -> None:
+        """The worker: owns the connection, runs the queued calls one at a time."""
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                break
+            fn, future = item
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up before it started: never run it late
+            try:
+                future.set_result(self._call(fn))
+            except BaseException as exc:
+                future.set_exception(exc)
         if self._conn is not None:
             self._conn.close()
+
+    def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        if self._conn is None or self._conn.closed:
+            self._conn = None
+            try:
+                self._conn = psycopg.connect(autocommit=True, row_factory=dict_row, **self.options)
+            except psycopg.Error as exc:
+                raise StoreUnavailable(
+                    f"pploy's database ({where(self.url)}) cannot be reached: {first_line(exc)}"
+                ) from exc
+        try:
+            return fn(self._conn)
+        except UNAVAILABLE as exc:
+            if self._conn.broken or isinstance(exc, pgerrors.AdminShutdown):
+                self._conn.close()
+            raise StoreUnavailable(
+                f"pploy's database ({where(self.url)}) cannot be written: {first_line(exc)}"
+            ) from exc
+
+    def _abort(self) -> None:
+        """Shut down the socket of the connection the worker is stuck on (called from
+        another thread): its statement fails at once instead of when TCP gives up."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return  # connecting: connect_timeout bounds that
+        try:
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):
+            pass  # closed meanwhile
+
+    def _trip(self, reason: str) -> None:
+        """Open the breaker (once) and start the probe that will close it."""
+        with self._lock:
+            if self._broken_since is not None or self._closed or not self._opened:
+                return
+            self._broken_since = time.time()
+            self._reason = reason
+            self._prober = threading.Thread(target=self._probe, name="pploy-db-probe", daemon=True)
+            self._prober.start()
+        log.event("database.unavailable", level="error", database=where(self.url), error=reason)
+
+    def _probe(self) -> None:
+        """Until the database answers (or the store closes): connect if needed, SELECT 1."""
+        started = self._broken_since or time.time()
+        while not self._closed:
+            time.sleep(PROBE_INTERVAL)
+            future: Future[Any] = Future()
+            self._jobs.put((lambda conn: conn.execute("SELECT 1").fetchone(), future))
+            try:
+                future.result(timeout=PROBE_SECONDS)
+            except FutureTimeout:
+                if not future.cancel():
+                    self._abort()
+                continue
+            except Exception as exc:  # refused, reset, starting up: the next probe
+                self._reason = first_line(exc.__cause__ or exc)
+                continue
+            with self._lock:
+                self._broken_since = None
+            log.event("database.available", database=where(self.url),
+                      seconds=round(time.time() - started, 1))  # fmt: skip
+            return
+
+    def close(self) -> None:
+        """Stop the worker (a statement stuck on a silent database is aborted)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._worker.join(self.call_seconds)
+        if self._worker.is_alive():
+            self._abort()
+            self._worker.join(self.call_seconds)
+
+    def backend_pid(self) -> int:
+        """The server process of this store's connection (tests end it to play a crash)."""
+        return int(self.run(lambda conn: conn.info.backend_pid))
 
     def notify(self, channel: str, payload: str) -> None:
         self.execute("SELECT pg_notify(%s, %s)", (channel, payload))
@@ -567,21 +790,45 @@ class PgStore:
         ).fetchall()
         return [row["id"] for row in rows]
 
-    def append_log(self, job_id: int, start: int, data: bytes) -> None:
-        """Store one chunk of a job's log at byte ``start`` and announce it."""
-        self.execute(
-            "WITH c AS (INSERT INTO log_chunks (job_id, start, data) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%s, %s) FROM c",
-            (job_id, start, data, LOG_CHANNEL, str(job_id)),
-        )
+    def append_log(self, job_id: int, start: int, data: bytes) -> bool:
+        """Store one chunk of a job's log at byte ``start`` and announce it, only when the
+        stored log ends exactly there: the stored log is always one gap-free prefix, and a
+        chunk sent twice (a retry, a statement that landed after its caller gave up) lands
+        once. False when it did not land (see sharedlog.LogShipper)."""
+        row = self.execute(
+            "WITH c AS (INSERT INTO log_chunks (job_id, start, data) "
+            "SELECT %(job)s, %(start)s, %(data)s WHERE %(start)s = COALESCE((SELECT start + "
+            "length(data) FROM log_chunks WHERE job_id = %(job)s ORDER BY start DESC LIMIT 1), 0) "
+            "ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%(channel)s, %(id)s) FROM c",
+            {
+                "job": job_id,
+                "start": start,
+                "data": data,
+                "channel": LOG_CHANNEL,
+                "id": str(job_id),
+            },
+        ).fetchone()
+        return row is not None
 
     def log_end(self, job_id: int) -> int:
         """The byte offset where the job's stored log ends."""
         row = self.execute(
-            "SELECT COALESCE(MAX(start + length(data)), 0) AS e FROM log_chunks WHERE job_id = %s",
+            "SELECT start + length(data) AS e FROM log_chunks WHERE job_id = %s "
+            "ORDER BY start DESC LIMIT 1",
             (job_id,),
         ).fetchone()
         return int(row["e"]) if row else 0
+
+    def short_logs(self, instance: str, limit: int = 100) -> list[JobRecord]:
+        """Ended jobs of ``instance`` whose stored log is shorter than their recorded length
+        (its process stopped before shipping the last bytes): the newest ``limit``."""
+        rows = self.execute(
+            "SELECT * FROM jobs j WHERE instance = %s AND status != 'running' AND log_bytes > "
+            "COALESCE((SELECT start + length(data) FROM log_chunks c WHERE c.job_id = j.id "
+            "ORDER BY start DESC LIMIT 1), 0) ORDER BY id DESC LIMIT %s",
+            (instance, limit),
+        ).fetchall()
+        return [JobRecord(**row) for row in rows]
 
     def read_log(self, job_id: int, offset: int, limit: int) -> bytes:
         """Up to ``limit`` stored bytes of the job's log from ``offset``."""
@@ -679,15 +926,16 @@ class PgStore:
     def grant_next(self, project: str, now: float, seconds: float) -> Lock | None:
         """See Store.grant_next. Two instances granting at once serialise on the lock's row:
         the second finds it held and grants nothing."""
-        try:
-            with self.conn.transaction():
-                row = self.conn.execute(
+
+        def grant(conn: psycopg.Connection[Any]) -> Lock | None:
+            with conn.transaction():
+                row = conn.execute(
                     'SELECT "user" FROM lock_queue WHERE project = %s ORDER BY id LIMIT 1',
                     (project,),
                 ).fetchone()
                 if row is None:
                     return None
-                granted = self.conn.execute(
+                granted = conn.execute(
                     'INSERT INTO locks AS l (project, "user", gained_at, expires_at) '
                     "VALUES (%(p)s, %(u)s, %(now)s, %(until)s) ON CONFLICT (project) DO UPDATE "
                     'SET "user" = excluded."user", gained_at = %(now)s, expires_at = %(until)s '
@@ -696,15 +944,13 @@ class PgStore:
                 ).fetchone()
                 if granted is None:
                     return None
-                self.conn.execute(
+                conn.execute(
                     'DELETE FROM lock_queue WHERE project = %s AND "user" = %s',
                     (project, row["user"]),
                 )
                 return Lock(**granted)
-        except UNAVAILABLE as exc:
-            if self._conn is not None and self._conn.broken:
-                self._conn.close()
-            raise StoreUnavailable(f"pploy's database cannot be written: {exc}") from exc
+
+        return self.run(grant)
 
     def request_job(
         self, *, project: str, kind: str, user: str, env: str | None, sha: str | None,
