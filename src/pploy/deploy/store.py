@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     url          TEXT,
     token        TEXT,
     instance     TEXT,
-    heartbeat_at REAL
+    heartbeat_at REAL,
+    lease_epoch  INTEGER NOT NULL DEFAULT 0,
+    lease_until  REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE TABLE IF NOT EXISTS repositories (
@@ -72,8 +74,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (project) WHERE statu
 
 # PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = with them,
 # 2 = API tokens (the tokens table, jobs.token), 3 = jobs.instance and heartbeat_at, and at
-# most one running job per project (an index).
-SCHEMA_VERSION = 3
+# most one running job per project (an index), 4 = jobs' leases (lease_epoch, lease_until).
+SCHEMA_VERSION = 4
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
 
@@ -160,6 +162,8 @@ class JobRecord:
     token: str | None = None  # the name of the API token that started it (None: a session)
     instance: str | None = None  # the pploy instance that runs (ran) it
     heartbeat_at: float | None = None  # when that instance last said it still runs it
+    lease_epoch: int = 0  # the runner's lease: every write for the job carries it
+    lease_until: float | None = None  # when the lease expires unless renewed
 
     @property
     def running(self) -> bool:
@@ -244,6 +248,11 @@ class Store:
                     "UPDATE jobs SET status = 'interrupted' WHERE status = 'running' AND id NOT IN"
                     " (SELECT MAX(id) FROM jobs WHERE status = 'running' GROUP BY project)"
                 )
+            if version < 4 and columns and "lease_epoch" not in columns:
+                self.db.execute(
+                    "ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0"
+                )
+                self.db.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -391,19 +400,21 @@ class Store:
         started_at: float | None = None,
         token: str | None = None,
         instance: str | None = None,
+        lease_seconds: float = 60.0,
     ) -> JobRecord:
-        """A new running job; JobAlreadyRunning when the project has one (the index says)."""
+        """A new running job; JobAlreadyRunning when the project has one (the index says).
+        Its lease (epoch 0, until its runner takes it) lasts ``lease_seconds``."""
         current = self.current_repository(project)
         started = started_at or time.time()
         try:
             cur = self.db.execute(
                 "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
-                "repository, url, token, instance, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                "repository, url, token, instance, heartbeat_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                 (
                     project, kind, env, ref, sha, user, started,
                     current.id if current else None, current.url if current else None,
-                    token, instance, started,
+                    token, instance, started, time.time() + lease_seconds,
                 ),
             )  # fmt: skip
         except sqlite3.IntegrityError as exc:
@@ -426,6 +437,76 @@ class Store:
             return
         assignments = ", ".join(f"{key} = ?" for key in fields)
         self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
+
+    # -- leases (runner.py): one clock here, this machine's ----------------------------
+
+    def take_lease(self, job_id: int, seconds: float) -> int | None:
+        """The job's runner takes its lease (epoch 0 → 1); None when the job is no longer
+        running or its lease was taken or has expired."""
+        now = time.time()
+        row = self.db.execute(
+            "UPDATE jobs SET lease_epoch = 1, lease_until = ? WHERE id = ? AND status = "
+            "'running' AND lease_epoch = 0 AND lease_until > ? RETURNING lease_epoch",
+            (now + seconds, job_id, now),
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def renew_lease(self, job_id: int, epoch: int | None, seconds: float) -> bool:
+        """Push the lease ``seconds`` further; False when it is no longer ``epoch``'s (the
+        job was declared lost, or has ended) or has already expired."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'running' "
+            "AND lease_epoch = ? AND lease_until > ?",
+            (now + seconds, job_id, epoch, now),
+        )
+        return cur.rowcount > 0
+
+    def write_job(self, job_id: int, epoch: int | None, **fields: Any) -> bool:
+        """``update_job`` for the holder of the lease ``epoch`` of a running job: False (and
+        nothing written) when the lease is another's or the job has ended."""
+        assignments = self._assignments(fields)
+        cur = self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'running' "  # noqa: S608
+            "AND lease_epoch = ?",
+            (*fields.values(), job_id, epoch),
+        )
+        return cur.rowcount > 0
+
+    def interrupt_job(
+        self, job_id: int, *, message: str, log_bytes: int, expired_only: bool = False
+    ) -> bool:
+        """Declare a running job ``interrupted`` (its lock and log stay) and move its lease to
+        a new epoch, so its runner's late writes are refused; with ``expired_only``, only
+        once its lease has expired. False when it was not (ended, renewed, or done by
+        another)."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE jobs SET status = 'interrupted', ended_at = ?, message = ?, log_bytes = ?, "
+            "lease_epoch = lease_epoch + 1 WHERE id = ? AND status = 'running' "
+            "AND (NOT ? OR lease_until < ?)",
+            (now, message, log_bytes, job_id, expired_only, now),
+        )
+        return cur.rowcount > 0
+
+    def expired_jobs(self) -> list[JobRecord]:
+        """Running jobs whose lease has expired."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE status = 'running' AND lease_until < ? ORDER BY id",
+            (time.time(),),
+        )
+        return [JobRecord(**dict(row)) for row in rows]
+
+    @staticmethod
+    def _assignments(fields: dict[str, Any]) -> str:
+        allowed = {
+            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
+            "log_bytes",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown or not fields:
+            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        return ", ".join(f"{key} = ?" for key in fields)
 
     def get_job(self, job_id: int) -> JobRecord | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -109,6 +109,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tokens_user ON tokens ("user", id);
     ALTER TABLE jobs ADD COLUMN token TEXT;
     """,
+    # 3: jobs' leases, held by their runners (runner.py), judged by the database's clock.
+    """
+    ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;
+    UPDATE jobs SET lease_until = pploy_now() + 60 WHERE status = 'running';
+    """,
 ]
 
 # Errors that mean the server, not the statement, failed: 503, try again later.
@@ -301,18 +307,19 @@ class PgStore:
         started_at: float | None = None,
         token: str | None = None,
         instance: str | None = None,
+        lease_seconds: float = 60.0,
     ) -> JobRecord:
         current = self.current_repository(project)
         try:
             row = self.execute(
                 'INSERT INTO jobs (project, kind, env, ref, sha, "user", started_at, status, '
-                "repository, url, token, instance, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, pploy_now()) "
-                "RETURNING *",
+                "repository, url, token, instance, heartbeat_at, lease_until) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, pploy_now(), "
+                "pploy_now() + %s) RETURNING *",
                 (
                     project, kind, env, ref, sha, user, started_at or time.time(),
                     current.id if current else None, current.url if current else None, token,
-                    instance,
+                    instance, lease_seconds,
                 ),
             ).fetchone()  # fmt: skip
         except pgerrors.UniqueViolation as exc:
@@ -525,13 +532,75 @@ class PgStore:
         ).fetchall()
         return [row["id"] for row in rows]
 
-    def append_log(self, job_id: int, start: int, data: bytes) -> None:
-        """Store one chunk of a job's log at byte ``start`` and announce it."""
+    def append_log(self, job_id: int, start: int, data: bytes, epoch: int | None = None) -> None:
+        """Store one chunk of a job's log at byte ``start`` and announce it; with ``epoch``,
+        only while the job's lease is that epoch's (a fenced-out runner writes nothing)."""
         self.execute(
-            "WITH c AS (INSERT INTO log_chunks (job_id, start, data) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%s, %s) FROM c",
-            (job_id, start, data, LOG_CHANNEL, str(job_id)),
+            "WITH c AS (INSERT INTO log_chunks (job_id, start, data) SELECT %s, %s, %s WHERE "
+            "%s::integer IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = %s AND lease_epoch = "
+            "%s) ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%s, %s) FROM c",
+            (job_id, start, data, epoch, job_id, epoch, LOG_CHANNEL, str(job_id)),
         )
+
+    # -- leases (runner.py), judged by the database's clock (pploy_now()) ---------------
+
+    def take_lease(self, job_id: int, seconds: float) -> int | None:
+        """As :meth:`pploy.deploy.store.Store.take_lease`."""
+        row = self.execute(
+            "UPDATE jobs SET lease_epoch = 1, lease_until = pploy_now() + %s WHERE id = %s "
+            "AND status = 'running' AND lease_epoch = 0 AND lease_until > pploy_now() "
+            "RETURNING lease_epoch",
+            (seconds, job_id),
+        ).fetchone()
+        return int(row["lease_epoch"]) if row else None
+
+    def renew_lease(self, job_id: int, epoch: int | None, seconds: float) -> bool:
+        """As :meth:`pploy.deploy.store.Store.renew_lease`."""
+        row = self.execute(
+            "UPDATE jobs SET lease_until = pploy_now() + %s WHERE id = %s AND status = "
+            "'running' AND lease_epoch = %s AND lease_until > pploy_now() RETURNING id",
+            (seconds, job_id, epoch),
+        ).fetchone()
+        return row is not None
+
+    def write_job(self, job_id: int, epoch: int | None, **fields: Any) -> bool:
+        """As :meth:`pploy.deploy.store.Store.write_job` (viewers elsewhere learn an end)."""
+        allowed = {
+            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
+            "log_bytes",
+        }  # fmt: skip
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"cannot update job fields {sorted(set(fields) - allowed)}")
+        assignments = ", ".join(f"{key} = %s" for key in fields)
+        row = self.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = %s AND status = 'running' "  # noqa: S608
+            "AND lease_epoch = %s RETURNING id",
+            (*fields.values(), job_id, epoch),
+        ).fetchone()
+        if row is not None and "status" in fields:
+            self.notify(LOG_CHANNEL, str(job_id))
+        return row is not None
+
+    def interrupt_job(
+        self, job_id: int, *, message: str, log_bytes: int, expired_only: bool = False
+    ) -> bool:
+        """As :meth:`pploy.deploy.store.Store.interrupt_job`, expiry by the database's clock."""
+        row = self.execute(
+            "UPDATE jobs SET status = 'interrupted', ended_at = pploy_now(), message = %s, "
+            "log_bytes = %s, lease_epoch = lease_epoch + 1 WHERE id = %s "
+            "AND status = 'running' AND (NOT %s OR lease_until < pploy_now()) RETURNING id",
+            (message, log_bytes, job_id, expired_only),
+        ).fetchone()
+        if row is not None:
+            self.notify(LOG_CHANNEL, str(job_id))
+        return row is not None
+
+    def expired_jobs(self) -> list[JobRecord]:
+        """Running jobs whose lease has expired, by the database's clock."""
+        rows = self.execute(
+            "SELECT * FROM jobs WHERE status = 'running' AND lease_until < pploy_now() ORDER BY id"
+        ).fetchall()
+        return [JobRecord(**row) for row in rows]
 
     def log_end(self, job_id: int) -> int:
         """The byte offset where the job's stored log ends."""
