@@ -27,7 +27,7 @@ from pploy.deploy import git, names
 from pploy.deploy.config import Config, ConfigError
 from pploy.deploy.containment import CgroupContainment, ContainmentError, create_containment
 from pploy.deploy.errors import BadRequest, Conflict, NotFound, Unavailable
-from pploy.deploy.follow import LogBuffer, MirrorLog
+from pploy.deploy.follow import LogBuffer, MirrorLog, read_file_range
 from pploy.deploy.latestlog import point_latest
 from pploy.deploy.locks import Locks
 from pploy.deploy.projects import Project, Projects
@@ -467,6 +467,10 @@ class Jobs:
 
     def _end_lost(self, job: RunningJob, reason: str) -> None:
         record = self._interrupt(job.record, reason)
+        # Its viewers get what the runner wrote last and the note, from the file.
+        size = self.log_path(record).stat().st_size if self.log_path(record).exists() else 0
+        if size > job.buffer.size:
+            job.buffer.feed(read_file_range(self.log_path(record), job.buffer.size, size))
         job.buffer.finish(self.final_status(record))
         self.running.pop(job.record.id, None)
         if self.on_finish:

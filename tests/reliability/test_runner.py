@@ -1,0 +1,196 @@
+"""Jobs outlive ``pploy serve`` (issue 23): each runs under a runner process of its own.
+
+Real processes throughout: ``pploy serve`` as a subprocess on SQLite with default settings, a
+real git remote, a deploy script that appends a ledger (``START/TICK/END <PPLOY_JOB_ID>
+<time>``) — the ground truth of what ran, whatever pploy records — and waits on a fifo for
+each step, so the test decides when the script moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.deploy.support import Fifo, make_remote
+from tests.deploy.test_server_process import Server, alive, kill_runner
+
+pytestmark = pytest.mark.slow
+
+
+def ledger_script(ledger: Path, fifo: Fifo, ticks: int, marker: str = "") -> str:
+    """Writes START, then a line and a TICK per go from the fifo, then END, and exits 0.
+    With ``marker``, it first starts a child that left its process group (``setsid``)."""
+    child = f"setsid sleep {marker} &\n" if marker else ""
+    return (
+        "#!/bin/sh\n"
+        f'L="{ledger}"\n'
+        'echo "START $PPLOY_JOB_ID $(date +%s.%N)" >> "$L"\n'
+        f"{child}echo line one\n{fifo.script_open()}\n"
+        f"i=0\nwhile [ $i -lt {ticks} ]; do\n  {fifo.wait_cmd}\n"
+        '  echo "tick $i"\n  echo "TICK $PPLOY_JOB_ID $(date +%s.%N)" >> "$L"\n'
+        "  i=$((i + 1))\ndone\n"
+        'echo "END $PPLOY_JOB_ID $(date +%s.%N)" >> "$L"\n'
+    )
+
+
+def entries(ledger: Path, kind: str) -> list[str]:
+    try:
+        return [line for line in ledger.read_text().splitlines() if line.startswith(kind)]
+    except FileNotFoundError:
+        return []
+
+
+async def until(check, timeout: float = 20, what: str = "") -> None:  # noqa: ANN001
+    """Wait for ``check()`` to hold: for what another process does (a file it writes)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.02)
+
+
+def marked(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read().split(b"\0") and alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def stop_within(server: Server, sig: int, seconds: float) -> float:
+    """Signal ``pploy serve`` and wait for its exit; returns how long it took."""
+    began = time.monotonic()
+    server.proc.send_signal(sig)
+    server.proc.wait(timeout=seconds)
+    return time.monotonic() - began
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_a_deploy_outlives_pploy_and_the_restarted_pploy_takes_it_up(tmp_path, sig):
+    fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, ticks=3))
+    config = tmp_path / "pploy.yml"
+    config.write_text("users: [alice, bob]\n")  # default settings
+    workdir = tmp_path / "work"
+    server = Server(workdir, config)
+    try:
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            job = await server.start_deploy(http, remote)
+            seen = bytearray()
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                while b"line one\n" not in seen:
+                    seen += await asyncio.wait_for(resp.content.readany(), 20)
+                took = stop_within(server, sig, 10)
+            assert took < 10
+            out = server.stop(None)
+            # pploy is gone; the deploy goes on.
+            await fifo.release()
+            await until(lambda: len(entries(ledger, "TICK")) == 1, what="a TICK while down")
+            server = Server(workdir, config)
+            await server.ready(http)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                assert (await resp.json())["job"]["status"] == "running"
+            # A raw viewer resumes where it was: every byte once, the rest live.
+            url = server.base + f"/api/jobs/{job}/log?follow=1&offset={len(seen)}"
+            async with http.get(url) as resp:
+                while b"tick 0\n" not in seen:
+                    seen += await asyncio.wait_for(resp.content.readany(), 20)
+                for tick in (1, 2):
+                    await fifo.release()
+                    while f"tick {tick}\n".encode() not in seen:
+                        seen += await asyncio.wait_for(resp.content.readany(), 20)
+                seen += await asyncio.wait_for(resp.read(), 20)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                record = (await resp.json())["job"]
+            async with http.get(server.base + f"/api/jobs/{job}/log") as resp:
+                stored = await resp.read()
+        assert bytes(seen) == stored
+        for line in (b"line one\n", b"tick 0\n", b"tick 1\n", b"tick 2\n"):
+            assert stored.count(line) == 1
+        assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
+        assert len(entries(ledger, "START")) == len(entries(ledger, "END")) == 1
+    finally:
+        fifo.close()
+        out = server.stop(signal.SIGTERM)
+    assert "event=job.reattached" in out
+
+
+async def test_a_job_started_before_a_restart_is_cancelled_through_the_new_pploy(tmp_path):
+    marker = str(630_000_000 + os.getpid())
+    fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, 1, marker))
+    config = tmp_path / "pploy.yml"
+    config.write_text("users: [alice, bob]\njob:\n  cancel_grace_seconds: [1, 1]\n")
+    workdir = tmp_path / "work"
+    server = Server(workdir, config)
+    try:
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            job = await server.start_deploy(http, remote)
+            await until(lambda: entries(ledger, "START") and marked(marker), what="the start")
+            stop_within(server, signal.SIGKILL, 10)
+            server.stop(None)
+            server = Server(workdir, config)
+            await server.ready(http)
+            async with http.post(server.base + f"/api/jobs/{job}/cancel", json={}) as resp:
+                assert resp.status == 202
+            cancelled = time.monotonic()
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await asyncio.wait_for(resp.read(), 20)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                record = (await resp.json())["job"]
+        assert (record["status"], record["cancelled_by"]) == ("cancelled", "alice"), record
+        assert b"cancelled by alice" in log
+        await until(lambda: not marked(marker), 1, "the whole tree gone")
+        assert time.monotonic() - cancelled < 10
+        assert entries(ledger, "END") == []
+    finally:
+        fifo.close()
+        server.stop(signal.SIGTERM)
+        for pid in marked(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_killed_runner_ends_its_job_s_tree_and_the_job_is_interrupted(tmp_path):
+    marker = str(640_000_000 + os.getpid())
+    fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, 1, marker))
+    config = tmp_path / "pploy.yml"
+    config.write_text("users: [alice, bob]\n")
+    workdir = tmp_path / "work"
+    server = Server(workdir, config)
+    try:
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            job = await server.start_deploy(http, remote)
+            await until(lambda: entries(ledger, "START") and marked(marker), what="the start")
+            kill_runner(workdir, job)
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                log = await asyncio.wait_for(resp.read(), 20)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                record = (await resp.json())["job"]
+            assert record["status"] == "interrupted", record
+            assert "runner died" in record["message"]
+            assert b"line one\n" in log and b"interrupted" in log
+            await until(lambda: not marked(marker), 5, "the whole tree gone")
+            # The project is free again.
+            async with http.post(
+                server.base + "/api/projects/testploy/checkout", json={"ref": "main"}
+            ) as resp:
+                assert resp.status == 202
+    finally:
+        fifo.close()
+        out = server.stop(signal.SIGTERM)
+        for pid in marked(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert "event=job.interrupted" in out
