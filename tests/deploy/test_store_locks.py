@@ -471,7 +471,7 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
             None,
         )
         assert store.get_lock("app").user == "alice"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         # Version 3 allows one running job per project: the older leftover is interrupted.
         assert [store.get_job(i).status for i in (2, 3)] == ["interrupted", "running"]
         repository = store.adopt_repository("app", "/srv/git/app.git")
@@ -484,8 +484,10 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
         store.close()
     Store(path).close()  # opening a migrated database again changes nothing
     again = sqlite3.connect(path)
-    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-5:]
-    assert columns == ["repository", "url", "token", "instance", "heartbeat_at"]
+    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-7:]
+    assert columns == [
+        "repository", "url", "token", "instance", "heartbeat_at", "lease_epoch", "lease_until"
+    ]
     again.close()
 
 

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -37,6 +38,7 @@ from pploy.deploy.runner import (
     frame,
     job_file,
     note,
+    read_fence,
     read_frame,
     run_dir,
     runner_alive,
@@ -56,6 +58,10 @@ if TYPE_CHECKING:  # psycopg is imported only with a shared database
 END_FIELDS = (
     "sha", "status", "exit_code", "signal", "ended_at", "cancelled_by", "message", "log_bytes",
 )  # fmt: skip
+
+# The fence guard: how often serve looks, and how late past its fence a runner must be.
+GUARD_INTERVAL = 0.5
+GUARD_SLACK = 1.0
 
 _note = note  # one of pploy's own lines (runner.note), for cluster.py
 
@@ -97,6 +103,7 @@ class Jobs:
         self._unsaved: dict[int, dict[str, Any]] = {}
         self._unsaved_epochs: dict[int, int | None] = {}
         self.accepting = True
+        self._guard: asyncio.Task[None] | None = None  # _guard_fences, with a shared database
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
         # This pploy among those sharing a database: the same after a restart (its workdir),
@@ -425,6 +432,8 @@ class Jobs:
             final = replace(record, **fields)
         if final.running:  # recorded by nobody (fenced out): what the runner saw
             final = replace(final, **fields)
+        if job.buffer.size < (final.log_bytes or 0):
+            self._catch_up(job)
         job.buffer.finish(self.final_status(final))
         self.running.pop(record.id, None)
         log.event(
@@ -433,6 +442,13 @@ class Jobs:
         )  # fmt: skip
         if self.on_finish:
             self.on_finish(final)
+
+    def _catch_up(self, job: RunningJob) -> None:
+        """Feed the mirror what the log file holds beyond it (the runner is gone: what it
+        wrote last was never sent, e.g. to a follower it had dropped for lagging)."""
+        path = self.log_path(job.record)
+        while data := read_file_range(path, job.buffer.size, 1 << 20):
+            job.buffer.feed(data)
 
     async def _lost(self, job: RunningJob) -> None:
         """The runner is gone without telling the end: recorded by it after all, or it died
@@ -444,6 +460,7 @@ class Jobs:
         except StoreUnavailable:
             current = None
         if current is not None and not current.running:
+            self._catch_up(job)
             job.buffer.finish(self.final_status(current))
             self.running.pop(record.id, None)
             if self.on_finish:
@@ -467,10 +484,7 @@ class Jobs:
 
     def _end_lost(self, job: RunningJob, reason: str) -> None:
         record = self._interrupt(job.record, reason)
-        # Its viewers get what the runner wrote last and the note, from the file.
-        size = self.log_path(record).stat().st_size if self.log_path(record).exists() else 0
-        if size > job.buffer.size:
-            job.buffer.feed(read_file_range(self.log_path(record), job.buffer.size, size))
+        self._catch_up(job)  # what the runner wrote last, and the note
         job.buffer.finish(self.final_status(record))
         self.running.pop(job.record.id, None)
         if self.on_finish:
@@ -498,8 +512,9 @@ class Jobs:
                 size = self.shared_logs.append_note(record.id, line)
             except StoreUnavailable:
                 pass
-        fields = {"status": "interrupted", "ended_at": time.time(), "log_bytes": size,
-                  "message": reason}  # fmt: skip
+        fields: dict[str, Any] = {
+            "status": "interrupted", "ended_at": time.time(), "log_bytes": size, "message": reason,
+        }  # fmt: skip
         try:
             self.store.interrupt_job(record.id, message=reason, log_bytes=size)
         except StoreUnavailable as exc:
@@ -564,7 +579,37 @@ class Jobs:
             interrupted.append(record.id)
         for job_id in self._stray_runs(set(self.running)):
             self._end_leftovers(job_id)
+        if self.store.shared:
+            self._guard = loop.create_task(self._guard_fences())
         return interrupted
+
+    async def _guard_fences(self) -> None:
+        """The second guard of the fence (with a shared database): a runner still alive
+        GUARD_SLACK seconds past its fence deadline (it was stopped, or is stuck) has its
+        job's tree and itself SIGKILLed here; following it then records the job lost."""
+        job = self.config.job
+        slack = min(GUARD_SLACK, (job.lease_seconds - job.fence_seconds) / 3)
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL)
+            now = time.time()
+            for job_id in list(self.running):
+                fence = read_fence(self.config.workdir, job_id)
+                if fence is None or now < fence + slack:
+                    continue
+                if not runner_alive(self.config.workdir, job_id):
+                    continue
+                log.event("job.fence_enforced", level="error", job=job_id, fence=fence)
+                await asyncio.to_thread(self._kill_runner, job_id)
+
+    def _kill_runner(self, job_id: int) -> None:
+        """SIGKILL a job's tree, then its runner (the pid it wrote into its lock)."""
+        self.containment.recover([job_id])
+        kill_tagged(self.job_tag(job_id))
+        try:
+            pid = int(job_file(self.config.workdir, job_id, "lock").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
 
     def _stray_runs(self, following: set[int]) -> list[int]:
         """Jobs with run files but no live runner, that this pploy does not follow."""
@@ -606,6 +651,8 @@ class Jobs:
         for job in self.running.values():
             if job.task is not None:
                 job.task.cancel()
+        if self._guard is not None:
+            self._guard.cancel()
         if not self.running:
             self.containment.close()
         self.workdir_lock.release()

@@ -506,6 +506,7 @@ class Runner:
         os.ftruncate(self.lock_fd, 0)
         os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
         server = None
+        saved = False
         try:
             self.store = await self.call(open_store, self.spec.get("database"), self.workdir)
             self.shared = bool(self.store.shared)
@@ -525,14 +526,15 @@ class Runner:
                     pass
                 server = await asyncio.start_unix_server(self._serve_follower, path=name)
             os.chmod(sock, 0o600)
-            await self._run_job()
+            saved = await self._run_job()
         finally:
             if server is not None:
                 server.close()
-            self._cleanup()
+            self._cleanup(saved)
         return 0
 
-    async def _run_job(self) -> None:
+    async def _run_job(self) -> bool:
+        """Run the job to its end; True when the end was recorded."""
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._keep_lock()), loop.create_task(self._keep_lease())]
         if self.shared:
@@ -613,6 +615,7 @@ class Runner:
         deadline = loop.time() + LINGER_SECONDS
         while any(not f.writer.is_closing() for f in self.followers) and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        return saved
 
     async def _save_end(self, fields: dict[str, Any]) -> bool:
         """Record the end, fenced by the lease's epoch. A database that refuses it (a full disk,
@@ -654,10 +657,12 @@ class Runner:
                 except FileNotFoundError:
                     pass
 
-    def _cleanup(self) -> None:
+    def _cleanup(self, saved: bool = False) -> None:
         if isinstance(self.containment, SubreaperContainment):  # not the cgroups: shared
             self.containment.close()
-        for suffix in ("sock", "json", "fence"):
+        # The lock goes too: serve then finds no runner, and the end in the database. The
+        # runner's own output is kept when its end could not be recorded.
+        for suffix in ("sock", "json", "fence", "lock", *(("out",) if saved else ())):
             try:
                 job_file(self.workdir, self.job_id, suffix).unlink()
             except FileNotFoundError:
