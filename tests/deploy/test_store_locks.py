@@ -486,8 +486,8 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     again = sqlite3.connect(path)
     columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-7:]
     assert columns == [
-        "repository", "url", "token", "instance", "heartbeat_at", "lease_epoch", "lease_until"
-    ]
+        "repository", "url", "token", "instance", "heartbeat_at", "lease_epoch", "lease_until",
+    ]  # fmt: skip
     again.close()
 
 
