@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 
 from tests.deploy.support import Fifo, make_remote
 from tests.deploy.test_server_process import Server, alive, kill_runner
+from tests.helpers import skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +198,70 @@ async def test_a_killed_runner_ends_its_job_s_tree_and_the_job_is_interrupted(tm
         for pid in marked(marker):
             os.kill(pid, signal.SIGKILL)
     assert "event=job.interrupted" in out
+
+
+ATTACK = """
+import json, socket, struct, sys
+run = sys.argv[1]
+try:
+    open(run + "/job-1.json").read()
+    print("read the spec")
+except OSError as exc:
+    print("spec refused", exc.errno)
+payload = json.dumps({"user": "mallory"}).encode()
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(run + "/job-1.sock")
+except OSError as exc:
+    print("socket refused", exc.errno)
+    sys.exit(0)
+s.sendall(b"O" + struct.pack(">I", 1) + b"0" + b"C" + struct.pack(">I", len(payload)) + payload)
+print("connected")
+"""
+
+
+async def test_another_local_user_can_neither_cancel_through_a_runner_s_socket_nor_read_its_spec(
+    tmp_path,
+):
+    """The runner's socket takes a cancel from whoever connects, and its spec names the
+    database: both live in ``<workdir>/run`` (0700, the socket 0600, the spec 0600). A local
+    user ``nobody``, with every directory above the workdir open to it, tries both."""
+    python = shutil.which("python3", path="/usr/bin:/bin")  # one that nobody may run
+    if os.geteuid() != 0 or python is None or shutil.which("runuser") is None:
+        skip_or_fail("needs root, runuser and /usr/bin/python3 to act as another user")
+    base = Path(tempfile.mkdtemp(prefix="pploy-runner-"))
+    base.chmod(0o755)
+    try:
+        fifo, ledger = Fifo(base / "go"), base / "ledger"
+        remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, ticks=1))
+        config = base / "pploy.yml"
+        config.write_text("users: [alice, bob]\njob:\n  on_shutdown: cancel\n")
+        workdir = base / "work"
+        server = Server(workdir, config)
+        try:
+            async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+                job = await server.start_deploy(http, remote)
+                assert job == 1
+                await until(lambda: entries(ledger, "START"), what="the start")
+                await until(lambda: (workdir / "run" / "job-1.sock").exists(), what="the socket")
+                attack = subprocess.run(
+                    ["runuser", "-u", "nobody", "--", python, "-c", ATTACK, str(workdir / "run")],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                assert "spec refused 13" in attack.stdout, attack
+                assert "socket refused 13" in attack.stdout, attack
+                await fifo.release()
+                record = await wait_job(http, server, job)
+            assert (record["status"], record["cancelled_by"]) == ("succeeded", None), record
+        finally:
+            fifo.close()
+            server.stop(signal.SIGTERM)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def wait_job(http: aiohttp.ClientSession, server: Server, job: int) -> dict:
+    async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+        await asyncio.wait_for(resp.read(), 30)
+    async with http.get(server.base + f"/api/jobs/{job}") as resp:
+        return (await resp.json())["job"]

@@ -355,11 +355,14 @@ class Jobs:
         it counts as alive from the first moment (runner_alive)."""
         job_id = job.record.id
         workdir = self.config.workdir
-        run_dir(workdir).mkdir(parents=True, exist_ok=True)
+        run_dir(workdir).mkdir(mode=0o700, parents=True, exist_ok=True)
         spec_file = job_file(workdir, job_id, "json")
         lock_fd = -1
         try:
-            spec_file.write_text(json.dumps(spec))
+            os.chmod(run_dir(workdir), 0o700)  # sockets and specs (a database URL) are pploy's
+            fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(spec))
             lock_fd = os.open(
                 job_file(workdir, job_id, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
