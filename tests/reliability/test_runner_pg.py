@@ -13,17 +13,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bench import postgres
+from bench.procs import stop_process
 from pploy.deploy.store import Store
 from pploy.deploy.store_pg import PgStore
 from tests.deploy.support import make_remote, start_pploy
 from tests.deploy.test_cluster import served
 from tests.deploy.test_server_process import Server, alive, runner_pid
+from tests.helpers import skip_or_fail
 from tests.postgres import pg_database, pg_server  # noqa: F401
 from tests.reliability.test_runner import entries, until
 
@@ -212,3 +216,72 @@ def test_leases_fence_stale_writes(tmp_path: Path, engine: str, request) -> None
             assert store.read_log(job.id, 0, 10) == b"new"
     finally:
         store.close()
+
+
+class RestartablePostgres(postgres.PostgresServer):
+    """bench.postgres's server, stopped (a fast shutdown) and started again on its data."""
+
+    def down(self) -> None:
+        assert self.proc is not None
+        stop_process(self.proc, signal.SIGINT)
+
+    def up(self) -> None:
+        self.start_existing()
+
+    def start_existing(self) -> None:
+        data = self.root / "data"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(postgres.BIN / "postgres"), "-D", str(data), "-p", str(self.port),
+                 "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off"],
+                stdout=out, stderr=subprocess.STDOUT, user="postgres", group="postgres",
+                extra_groups=[], start_new_session=True,
+            )  # fmt: skip
+
+
+async def test_a_database_outage_shorter_than_the_fence_kills_nothing(tmp_path: Path) -> None:
+    """PostgreSQL stopped for a third of the lease (the defaults' 20 s of 60, scaled to 4 s of
+    12) while a deploy runs: nobody can take over, so nothing is killed; the deploy ends
+    ``succeeded`` as its ledger says, and the log stored in the database — read through the
+    other instance — is byte-identical to the runner's file."""
+    problem = postgres.available()
+    if problem:
+        skip_or_fail(problem)
+    server = RestartablePostgres().start()
+    try:
+        database = server.create_database("outage")
+        ledger = tmp_path / "ledger"
+        remote = make_remote(tmp_path, deploy_script=ticking_script(ledger, ticks=70))  # ~14 s
+        config = tmp_path / "pploy.yml"
+        config.write_text(
+            f"users: [alice, bob]\ndatabase: {database}\n"
+            "job:\n  lease_seconds: 12\n  fence_seconds: 9\n  on_shutdown: cancel\n"
+        )
+        a = Server(tmp_path / "a", config)
+        b = await start_pploy(
+            tmp_path / "b", database=database, **{"job.lease_seconds": 12, "job.fence_seconds": 9}
+        )
+        try:
+            async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+                job = await a.start_deploy(http, remote)
+                await served(b, "testploy")
+                await until(lambda: len(entries(ledger, "TICK")) >= 5, what="some ticks")
+                server.down()
+                await asyncio.sleep(4)  # the outage itself
+                server.up()
+                await until(lambda: entries(ledger, "END"), 30, "the END")
+                record = await b.wait_job(job, timeout=60)
+                assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
+                async with http.get(a.base + f"/api/jobs/{job}/log") as resp:
+                    local = await resp.read()
+            assert await b.log(job) == local  # B reads the stored copy: every byte, once
+            assert b"tick 69" in local
+            next_job = await b.deploy("testploy")
+            record = await b.wait_job(next_job, timeout=60)
+            assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
+            assert entries(ledger, "OVERLAP") == []
+        finally:
+            a.stop()
+            await b.close()
+    finally:
+        server.stop()
