@@ -624,12 +624,19 @@ class Runner:
         assert self.store is not None
         announced = False
         while True:
+            # With a shared database, a call stuck on a dead route is given up at the fence
+            # (the runner then exits: main's os._exit leaves the stuck thread behind).
+            wait = max(RETRY_SECONDS, self.fence_at - time.time()) if self.shared else None
             try:
                 return bool(
-                    await self.call(self.store.write_job, self.job_id, self.epoch, **fields)
+                    await asyncio.wait_for(
+                        self.call(self.store.write_job, self.job_id, self.epoch, **fields), wait
+                    )
                 )
             except StoreUnavailable as exc:
                 log.event("job.record_failed", level="error", job=self.job_id, error=exc.message)
+            except TimeoutError:
+                log.event("job.record_failed", level="error", job=self.job_id, error="timeout")
             if not announced:  # followers show the end now; the record lands later
                 announced = True
                 payload = json.dumps(
