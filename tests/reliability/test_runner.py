@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.support import Fifo, make_remote
-from tests.deploy.test_server_process import Server, alive, kill_runner
+from tests.deploy.test_server_process import Server, kill_runner, marked
 from tests.helpers import skip_or_fail
 
 pytestmark = pytest.mark.slow
@@ -56,21 +56,6 @@ async def until(check, timeout: float = 20, what: str = "") -> None:  # noqa: AN
     while not check():
         assert time.monotonic() < deadline, f"never happened: {what}"
         await asyncio.sleep(0.02)
-
-
-def marked(marker: str) -> list[int]:
-    """Live processes whose command line holds ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read().split(b"\0") and alive(int(entry)):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def stop_within(server: Server, sig: int, seconds: float) -> float:

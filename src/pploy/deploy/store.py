@@ -78,6 +78,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (project) WHERE statu
 SCHEMA_VERSION = 4
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted", "timed_out")
+# What of a job's record may change after it was created.
+UPDATABLE_JOB_FIELDS = frozenset({
+    "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message", "log_bytes",
+})  # fmt: skip
+
+
+def job_assignments(fields: dict[str, Any], mark: str) -> str:
+    """``a = ?, b = ?`` for an UPDATE of ``fields`` (``mark``: the engine's placeholder);
+    ValueError for a field that may not change."""
+    unknown = set(fields) - UPDATABLE_JOB_FIELDS
+    if unknown:
+        raise ValueError(f"cannot update job fields {sorted(unknown)}")
+    return ", ".join(f"{key} = {mark}" for key in fields)
+
 
 # SQLite result codes (the low byte of an extended code) that mean the storage, not the
 # statement, failed: a full disk, an I/O error, a file that cannot be opened, a lock held
@@ -426,16 +440,9 @@ class Store:
         return job
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        allowed = {
-            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
-            "log_bytes",
-        }  # fmt: skip
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        assignments = job_assignments(fields, "?")
         if not fields:
             return
-        assignments = ", ".join(f"{key} = ?" for key in fields)
         self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
 
     # -- leases (runner.py): one clock here, this machine's ----------------------------
@@ -465,7 +472,9 @@ class Store:
     def write_job(self, job_id: int, epoch: int | None, **fields: Any) -> bool:
         """``update_job`` for the holder of the lease ``epoch`` of a running job: False (and
         nothing written) when the lease is another's or the job has ended."""
-        assignments = self._assignments(fields)
+        if not fields:
+            raise ValueError("nothing to write")
+        assignments = job_assignments(fields, "?")
         cur = self.db.execute(
             f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'running' "  # noqa: S608
             "AND lease_epoch = ?",
@@ -496,17 +505,6 @@ class Store:
             (time.time(),),
         )
         return [JobRecord(**dict(row)) for row in rows]
-
-    @staticmethod
-    def _assignments(fields: dict[str, Any]) -> str:
-        allowed = {
-            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
-            "log_bytes",
-        }  # fmt: skip
-        unknown = set(fields) - allowed
-        if unknown or not fields:
-            raise ValueError(f"cannot update job fields {sorted(unknown)}")
-        return ", ".join(f"{key} = ?" for key in fields)
 
     def get_job(self, job_id: int) -> JobRecord | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -32,6 +32,7 @@ from pploy.deploy.store import (
     Lock,
     Repository,
     StoreUnavailable,
+    job_assignments,
 )
 
 LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
@@ -328,16 +329,9 @@ class PgStore:
         return JobRecord(**row)
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        allowed = {
-            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
-            "log_bytes",
-        }  # fmt: skip
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        assignments = job_assignments(fields, "%s")
         if not fields:
             return
-        assignments = ", ".join(f"{key} = %s" for key in fields)
         # An end is recorded once: not over an ``interrupted`` another instance declared.
         running = " AND status = 'running'" if "status" in fields else ""
         self.execute(
@@ -565,13 +559,9 @@ class PgStore:
 
     def write_job(self, job_id: int, epoch: int | None, **fields: Any) -> bool:
         """As :meth:`pploy.deploy.store.Store.write_job` (viewers elsewhere learn an end)."""
-        allowed = {
-            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
-            "log_bytes",
-        }  # fmt: skip
-        if not fields or set(fields) - allowed:
-            raise ValueError(f"cannot update job fields {sorted(set(fields) - allowed)}")
-        assignments = ", ".join(f"{key} = %s" for key in fields)
+        if not fields:
+            raise ValueError("nothing to write")
+        assignments = job_assignments(fields, "%s")
         row = self.execute(
             f"UPDATE jobs SET {assignments} WHERE id = %s AND status = 'running' "  # noqa: S608
             "AND lease_epoch = %s RETURNING id",
