@@ -66,6 +66,18 @@ def stop_within(server: Server, sig: int, seconds: float) -> float:
     return time.monotonic() - began
 
 
+async def deploy_with_a_hidden_child(
+    http: aiohttp.ClientSession, server: Server, tmp_path: Path, fifo: Fifo, marker: str
+) -> int:
+    """Start a deploy whose script (ledger ``tmp_path/ledger``) started a ``setsid`` child
+    carrying ``marker``; returns the job once both run."""
+    ledger = tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, 1, marker))
+    job = await server.start_deploy(http, remote)
+    await until(lambda: entries(ledger, "START") and marked(marker), what="the start")
+    return job
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_a_deploy_outlives_pploy_and_the_restarted_pploy_takes_it_up(tmp_path, sig):
     fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
@@ -118,16 +130,13 @@ async def test_a_deploy_outlives_pploy_and_the_restarted_pploy_takes_it_up(tmp_p
 
 async def test_a_job_started_before_a_restart_is_cancelled_through_the_new_pploy(tmp_path):
     marker = str(630_000_000 + os.getpid())
-    fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
-    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, 1, marker))
+    fifo, ledger, workdir = Fifo(tmp_path / "go"), tmp_path / "ledger", tmp_path / "work"
     config = tmp_path / "pploy.yml"
     config.write_text("users: [alice, bob]\njob:\n  cancel_grace_seconds: [1, 1]\n")
-    workdir = tmp_path / "work"
     server = Server(workdir, config)
     try:
         async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
-            job = await server.start_deploy(http, remote)
-            await until(lambda: entries(ledger, "START") and marked(marker), what="the start")
+            job = await deploy_with_a_hidden_child(http, server, tmp_path, fifo, marker)
             stop_within(server, signal.SIGKILL, 10)
             server.stop(None)
             server = Server(workdir, config)
@@ -153,16 +162,13 @@ async def test_a_job_started_before_a_restart_is_cancelled_through_the_new_pploy
 
 async def test_a_killed_runner_ends_its_job_s_tree_and_the_job_is_interrupted(tmp_path):
     marker = str(640_000_000 + os.getpid())
-    fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
-    remote = make_remote(tmp_path, deploy_script=ledger_script(ledger, fifo, 1, marker))
+    fifo, workdir = Fifo(tmp_path / "go"), tmp_path / "work"
     config = tmp_path / "pploy.yml"
     config.write_text("users: [alice, bob]\n")
-    workdir = tmp_path / "work"
     server = Server(workdir, config)
     try:
         async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
-            job = await server.start_deploy(http, remote)
-            await until(lambda: entries(ledger, "START") and marked(marker), what="the start")
+            job = await deploy_with_a_hidden_child(http, server, tmp_path, fifo, marker)
             kill_runner(workdir, job)
             async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
                 log = await asyncio.wait_for(resp.read(), 20)

@@ -6,7 +6,7 @@ is one statement (a lock change, a job row, a log chunk), so the event loop wait
 trip to a nearby server and never for a transaction held open across an ``await``.
 
 Besides the SQLite store's tables it holds what instances share: log chunks (``log_chunks``,
-keyed by job and byte offset, announced on the ``pploy_log`` channel), job heartbeats, and
+keyed by job and byte offset, announced on the ``pploy_log`` channel), jobs' leases, and
 notices of added or removed projects (``pploy_projects``).
 
 Schema changes are numbered SQL scripts in :data:`MIGRATIONS`, applied in order on start under
@@ -39,8 +39,6 @@ LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end la
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
 CANCEL_CHANNEL = "pploy_cancel"  # payload: "<job id> <user>" — the lock holder cancelled it
 MIGRATION_LOCK = 0x70706C6F79  # pg_advisory_xact_lock key: "pploy"
-# The message of a job another instance declared interrupted (its instance went silent).
-SILENT_MESSAGE = "the pploy instance running it stopped answering"
 
 MIGRATIONS: list[str] = [
     # 1: what the SQLite store holds, plus job heartbeats and log chunks.
@@ -121,7 +119,7 @@ MIGRATIONS: list[str] = [
 # Errors that mean the server, not the statement, failed: 503, try again later.
 UNAVAILABLE = (psycopg.OperationalError, pgerrors.DiskFull, pgerrors.AdminShutdown)
 
-# Heartbeats and their checks use the database's clock (pploy_now(), seconds since the epoch):
+# Leases and their checks use the database's clock (pploy_now(), seconds since the epoch):
 # one clock for every instance, whatever their own say.
 
 
@@ -143,7 +141,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
 
 
 class PgStore:
-    """Locks, repositories, jobs, heartbeats and log chunks in PostgreSQL."""
+    """Locks, repositories, jobs, their leases and log chunks in PostgreSQL."""
 
     shared = True
 
@@ -478,53 +476,6 @@ class PgStore:
 
     def token_used(self, token_id: int, when: float) -> None:
         self.execute("UPDATE tokens SET last_used_at = %s WHERE id = %s", (when, token_id))
-
-    def heartbeat(self, instance: str, job_ids: list[int]) -> list[int]:
-        """Say ``instance`` still runs ``job_ids``; returns those still ``running`` in the
-        database (a job missing from the answer was declared interrupted by another)."""
-        if not job_ids:
-            return []
-        rows = self.execute(
-            "UPDATE jobs SET heartbeat_at = pploy_now() WHERE id = ANY(%s) AND instance = %s "
-            "AND status = 'running' RETURNING id",
-            (job_ids, instance),
-        ).fetchall()
-        return [row["id"] for row in rows]
-
-    def silent_jobs(self, seconds: float) -> list[JobRecord]:
-        """Running jobs whose instance has not heartbeat them for ``seconds`` (by the
-        database's clock, the one clock every instance shares)."""
-        rows = self.execute(
-            "SELECT * FROM jobs WHERE status = 'running' AND heartbeat_at < pploy_now() - %s "
-            "ORDER BY id",
-            (seconds,),
-        ).fetchall()
-        return [JobRecord(**row) for row in rows]
-
-    def interrupt_if_silent(
-        self, job_id: int, seconds: float, log_bytes: int, message: str
-    ) -> bool:
-        """Mark the job ``interrupted`` if it is still running and still silent (its lock and
-        log stay); False when it was not (it beat, ended, or another instance got there)."""
-        row = self.execute(
-            "UPDATE jobs SET status = 'interrupted', ended_at = pploy_now(), message = %s, "
-            "log_bytes = %s WHERE id = %s AND status = 'running' "
-            "AND heartbeat_at < pploy_now() - %s RETURNING id",
-            (message, log_bytes, job_id, seconds),
-        ).fetchone()
-        if row:
-            self.notify(LOG_CHANNEL, str(job_id))
-        return row is not None
-
-    def swept_jobs(self, instance: str, limit: int = 100) -> list[int]:
-        """The newest jobs of ``instance`` that others declared interrupted while it was
-        silent: on its return, their leftover processes may still run."""
-        rows = self.execute(
-            "SELECT id FROM jobs WHERE instance = %s AND status = 'interrupted' "
-            "AND message = %s ORDER BY id DESC LIMIT %s",
-            (instance, SILENT_MESSAGE, limit),
-        ).fetchall()
-        return [row["id"] for row in rows]
 
     def append_log(self, job_id: int, start: int, data: bytes, epoch: int | None = None) -> None:
         """Store one chunk of a job's log at byte ``start`` and announce it; with ``epoch``,
