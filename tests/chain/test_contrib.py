@@ -93,8 +93,9 @@ def test_systemd_units_run_the_real_commands(name: str, command: str, config: st
 def test_pploy_unit_lets_running_deploys_finish(filled_dir: Path) -> None:
     service = unit("pploy.service")["Service"]
     conf = load_pploy_config(filled_dir / "pploy.yml", environ={})
-    # SIGTERM to pploy only: the deploy scripts are pploy's to stop, after its grace.
-    assert service["KillMode"] == "mixed"
+    # Signals to pploy only: the jobs' runners outlive a restart (mixed would SIGKILL them).
+    assert service["KillMode"] == "process"
+    assert service["Delegate"] == "yes"
     grace = conf.job.shutdown_grace_seconds + sum(conf.job.cancel_grace_seconds)
     assert int(service["TimeoutStopSec"]) > grace
     assert service["StateDirectory"] == "pploy" and str(conf.workdir) == "/var/lib/pploy"

@@ -153,6 +153,8 @@ async def start_pploy(workdir: Path, **settings: Any) -> Pploy:
         "workdir": str(workdir),
         "users": ["alice", "bob"],
         "job.shutdown_grace_seconds": 2,
+        # A test's pploy cancels what it leaves running (runners outlive it otherwise).
+        "job.on_shutdown": "cancel",
         "job.cancel_grace_seconds": [1, 1],
         **settings,
     }

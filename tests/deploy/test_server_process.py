@@ -87,13 +87,31 @@ def alive(pid: int) -> bool:
 
 
 def write_config(path: Path) -> Path:
+    """A config whose pploy cancels running jobs on SIGTERM (``job.on_shutdown: cancel``, the
+    old behaviour; the default leaves them to their runners: tests/reliability)."""
     path.write_text(
         "users: [alice, bob]\njob:\n  shutdown_grace_seconds: 1\n  cancel_grace_seconds: [1, 1]\n"
+        "  on_shutdown: cancel\n"
     )
     return path
 
 
-async def test_sigkill_then_restart_marks_job_interrupted_and_keeps_everything(tmp_path):
+def runner_pid(workdir: Path, job: int) -> int:
+    """The pid of the job's runner (it writes it into the lock it holds)."""
+    return int((workdir / "run" / f"job-{job}.lock").read_text())
+
+
+def kill_runner(workdir: Path, job: int) -> None:
+    pid = runner_pid(workdir, job)
+    os.kill(pid, signal.SIGKILL)
+    while alive(pid):
+        time.sleep(0.01)
+
+
+async def test_sigkill_of_pploy_and_its_runner_then_restart_marks_job_interrupted(tmp_path):
+    """pploy SIGKILLed, then the job's runner too (a SIGKILL of pploy alone leaves the job
+    running: tests/reliability/test_runner.py): the restart records it interrupted, keeps its
+    log and lock, and ends what is left of it."""
     fifo = Fifo(tmp_path / "go")
     pidfile = tmp_path / "pid"
     script = (
@@ -112,10 +130,10 @@ async def test_sigkill_then_restart_marks_job_interrupted_and_keeps_everything(t
                 while b"line one" not in seen:
                     seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
                 server.stop(signal.SIGKILL)
+                kill_runner(workdir, job)
         finally:
             server.stop()
         script_pid = int(pidfile.read_text())
-        assert alive(script_pid)  # the orphaned deploy is still there after the crash...
         server = Server(workdir, config)
         try:
             await server.ready(http)
@@ -125,7 +143,7 @@ async def test_sigkill_then_restart_marks_job_interrupted_and_keeps_everything(t
             async with http.get(server.base + f"/api/jobs/{job}/log") as resp:
                 log = await resp.read()
             assert b"line one\n" in log and b"interrupted" in log
-            assert not alive(script_pid), "the old deploy process survived the restart"
+            assert not alive(script_pid), "the old deploy process survived its runner"
             async with http.get(server.base + "/api/projects/testploy") as resp:
                 project = (await resp.json())["project"]
             assert project["lock"]["user"] == "alice"  # the lock survived the crash
@@ -193,7 +211,7 @@ async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flow
     config = tmp_path / "pploy.yml"
     config.write_text(
         f"users: [alice, bob]\njob:\n  shutdown_grace_seconds: {grace}\n"
-        "  cancel_grace_seconds: [1, 1]\n"
+        "  cancel_grace_seconds: [1, 1]\n  on_shutdown: cancel\n"
     )
     server = Server(tmp_path / "work", config)
     async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
@@ -386,6 +404,7 @@ def contained_server(tmp_path: Path, containment: str, timeout_minutes: float = 
     config.write_text(
         "users: [alice]\njob:\n  shutdown_grace_seconds: 1\n  cancel_grace_seconds: [1, 1]\n"
         f"  containment: {containment}\n  timeout_minutes: {timeout_minutes}\n"
+        "  on_shutdown: cancel\n"
     )
     return Server(tmp_path / "work", config)
 
@@ -450,6 +469,7 @@ async def test_crash_recovery_ends_a_child_that_cleared_its_environment_and_left
             if containment == "subreaper":  # until the tracker (every 0.25 s) wrote it down
                 await recorded(tmp_path / "work" / "run" / f"job-{job}.pids", hidden)
             server.stop(signal.SIGKILL)
+            kill_runner(tmp_path / "work", job)  # the script dies with it (PDEATHSIG)
             assert alive(hidden)  # the crash left it behind...
             server = contained_server(tmp_path, containment)
             await server.ready(http)

@@ -472,7 +472,7 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
             None,
         )
         assert store.get_lock("app").user == "alice"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         # Version 3 allows one running job per project: the older leftover is interrupted.
         assert [store.get_job(i).status for i in (2, 3)] == ["interrupted", "running"]
         repository = store.adopt_repository("app", "/srv/git/app.git")
@@ -485,11 +485,38 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
         store.close()
     Store(path).close()  # opening a migrated database again changes nothing
     again = sqlite3.connect(path)
-    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-7:]
+    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-9:]
     assert columns == [
-        "repository", "url", "token", "instance", "heartbeat_at", "approved_by", "freeze_override"
+        "repository", "url", "token", "instance", "heartbeat_at", "approved_by",
+        "freeze_override", "lease_epoch", "lease_until",
     ]  # fmt: skip
     again.close()
+
+
+def test_a_database_of_schema_4_gets_the_leases(tmp_path: Path) -> None:
+    """Governance's schema (version 4, before the runners' leases): the lease columns are
+    added, the jobs and their approvals stay."""
+    path = tmp_path / "pploy.db"
+    Store(path).close()
+    old = sqlite3.connect(path)
+    old.execute("ALTER TABLE jobs DROP COLUMN lease_until")
+    old.execute("ALTER TABLE jobs DROP COLUMN lease_epoch")
+    old.execute(
+        "INSERT INTO jobs (project, kind, user, started_at, status, approved_by) "
+        "VALUES ('app', 'deploy', 'bob', 1.0, 'succeeded', '[\"carol\"]')"
+    )
+    old.execute("PRAGMA user_version = 4")
+    old.commit()
+    old.close()
+    store = Store(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 5
+        job = store.get_job(1)
+        assert (job.status, job.approved_by, job.lease_epoch) == ("succeeded", ["carol"], 0)
+        running = store.create_job(project="web", kind="deploy", user="bob", lease_seconds=30)
+        assert store.take_lease(running.id, 30) == 1
+    finally:
+        store.close()
 
 
 # -- several pploys on one database -------------------------------------------------------------

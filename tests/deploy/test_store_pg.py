@@ -1,5 +1,5 @@
 """What only the PostgreSQL store has: numbered migrations, log chunks by byte offset,
-heartbeats and the sweep of silent instances' jobs — on a real server. And the setting."""
+leases judged by the database's clock — on a real server. And the setting."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pploy.configfile import ConfigError
 from pploy.deploy.config import load_config
 from pploy.deploy.domain.errors import Conflict
 from pploy.deploy.domain.records import StoreUnavailable
-from pploy.deploy.storage.postgres import MIGRATIONS, SILENT_MESSAGE, PgStore
+from pploy.deploy.storage.postgres import MIGRATIONS, PgStore
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 
@@ -72,23 +72,31 @@ def test_log_chunks_are_read_by_byte_offset(pg_database: str) -> None:  # noqa: 
 
 
 @pytest.mark.slow
-def test_silent_jobs_are_interrupted_once_and_beating_ones_never(pg_database: str) -> None:  # noqa: F811
+def test_expired_leases_are_interrupted_once_and_renewed_ones_never(pg_database: str) -> None:  # noqa: F811
     store = PgStore(pg_database)
-    beating = store.create_job(project="app", kind="deploy", user="alice", instance="a")
-    silent = store.create_job(project="web", kind="deploy", user="bob", instance="b")
-    time.sleep(1.2)
-    assert store.heartbeat("a", [beating.id, silent.id]) == [beating.id]  # not b's job
-    assert [job.id for job in store.silent_jobs(1.0)] == [silent.id]
-    assert store.interrupt_if_silent(silent.id, 1.0, 42, SILENT_MESSAGE)
-    assert not store.interrupt_if_silent(silent.id, 1.0, 42, SILENT_MESSAGE)  # once
-    assert not store.interrupt_if_silent(beating.id, 1.0, 0, SILENT_MESSAGE)
-    record = store.get_job(silent.id)
-    assert (record.status, record.log_bytes, record.message) == ("interrupted", 42, SILENT_MESSAGE)
-    assert store.swept_jobs("b") == [silent.id] and store.swept_jobs("a") == []
-    # b comes back and records an end: it does not overwrite the interruption.
-    store.update_job(silent.id, status="succeeded", exit_code=0)
-    assert store.get_job(silent.id).status == "interrupted"
-    assert store.heartbeat("b", [silent.id]) == []  # b learns it no longer runs it
+    renewed = store.create_job(project="app", kind="deploy", user="alice", lease_seconds=1.0)
+    expired = store.create_job(project="web", kind="deploy", user="bob", lease_seconds=1.0)
+    assert store.take_lease(renewed.id, 1.0) == store.take_lease(expired.id, 1.0) == 1
+    time.sleep(0.6)
+    assert store.renew_lease(renewed.id, 1, 1.0)
+    time.sleep(0.6)  # by the database's clock: expired's lease has run out, renewed's not
+    assert [job.id for job in store.expired_jobs()] == [expired.id]
+    assert store.interrupt_job(expired.id, message="lost", log_bytes=42, expired_only=True)
+    assert not store.interrupt_job(expired.id, message="lost", log_bytes=42, expired_only=True)
+    assert not store.interrupt_job(renewed.id, message="lost", log_bytes=0, expired_only=True)
+    record = store.get_job(expired.id)
+    assert (record.status, record.log_bytes, record.message) == ("interrupted", 42, "lost")
+    # Its runner comes back and records an end: refused, the interruption stays.
+    assert not store.write_job(expired.id, 1, status="succeeded", exit_code=0)
+    assert store.get_job(expired.id).status == "interrupted"
+    assert not store.renew_lease(expired.id, 1, 1.0)  # it learns it no longer runs it
+    # Its log: a chunk of the stale epoch is refused even at the stored end; the current
+    # epoch's (or one without an epoch: a note) lands there, and only there.
+    assert not store.append_log(expired.id, 0, b"late output\n", epoch=1)
+    assert store.log_end(expired.id) == 0
+    assert not store.append_log(expired.id, 5, b"a gap\n", epoch=2)
+    assert store.append_log(expired.id, 0, b"note\n", epoch=2)
+    assert store.append_log(renewed.id, 0, b"live\n", epoch=1)
     store.close()
 
 

@@ -172,6 +172,8 @@ def pploy_config(files: StackFiles, public_url: str, log_level: str) -> Any:
             "auth.gate_public_key_file": str(files.assertion_public_key),
             "auth.gate_audience": GATE_AUDIENCE,
             "job.shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
+            # A stack to try pploy with: Ctrl-C stops its deploys too (not left to runners).
+            "job.on_shutdown": "cancel",
             "log_level": log_level,
         },
         environ={},

@@ -51,7 +51,27 @@ class JobConfig(_Strict):
         description="Waits after SIGINT and after SIGTERM before the next signal (then SIGKILL).",
     )
     shutdown_grace_seconds: float = Field(
-        60, ge=0, description="On SIGTERM, how long pploy waits for running jobs before cancelling."
+        60,
+        ge=0,
+        description="With on_shutdown: cancel, how long pploy waits on SIGTERM for running jobs "
+        "before cancelling them.",
+    )
+    on_shutdown: Literal["leave", "cancel"] = Field(
+        "leave",
+        description="On SIGTERM: leave running jobs to their runners (they go on, and the next "
+        "pploy on this workdir takes them up again), or cancel them after shutdown_grace_seconds.",
+    )
+    lease_seconds: float = Field(
+        60,
+        gt=0,
+        description="A running job's lease in the database, renewed by its runner: another "
+        "instance may declare the job lost only once it has expired (docs/reliability.md).",
+    )
+    fence_seconds: float = Field(
+        45,
+        gt=0,
+        description="With a shared database, a runner that could not renew its lease for this "
+        "long stops its job (before the lease can expire). Smaller than lease_seconds.",
     )
     keep_logs: int = Field(50, ge=1, description="Jobs' logs kept per project; older ones deleted.")
     max_log_bytes: int = Field(
@@ -86,6 +106,12 @@ class JobConfig(_Strict):
         if len(value) != 2 or any(v < 0 for v in value):
             raise ValueError("must be two non-negative numbers: [after SIGINT, after SIGTERM]")
         return value
+
+    @model_validator(mode="after")
+    def _fence_before_expiry(self) -> JobConfig:
+        if self.fence_seconds >= self.lease_seconds:
+            raise ValueError("fence_seconds must be smaller than lease_seconds")
+        return self
 
 
 class GitConfig(_Strict):

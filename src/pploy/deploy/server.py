@@ -1,7 +1,10 @@
-"""``pploy serve``'s life on its socket: serve until SIGTERM or SIGINT, then a shutdown grace
-during which pploy keeps listening, so that running jobs' log streams keep flowing and a new
-request that would start work is answered ``503 shutting down`` rather than refused by a
-closed port; then the jobs still running are cancelled and the server stops."""
+"""``pploy serve``'s life on its socket: serve until SIGTERM or SIGINT, then stop taking work.
+By default (``job.on_shutdown: leave``) running jobs are left to their runners (runner.py) and
+pploy exits within a few seconds; the next pploy on the workdir follows them again. With
+``cancel``, a shutdown grace follows during which pploy keeps listening, so that running jobs'
+log streams keep flowing and a new request that would start work is answered ``503 shutting
+down`` rather than refused by a closed port; then the jobs still running are cancelled and the
+server stops."""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from pploy.deploy.services import SERVICES
 
 # After the grace: how long open responses (log streams of jobs now ended) may take to finish.
 CLOSE_TIMEOUT = 10.0
+# With job.on_shutdown: leave, the jobs go on and so would their log streams: those are cut
+# after this (their viewers resume by offset from the next pploy).
+LEAVE_CLOSE_TIMEOUT = 2.0
 
 
 async def drain(app: web.Application) -> None:
@@ -30,8 +36,12 @@ async def serve(
 ) -> None:
     """Serve ``app`` on ``sock`` (and ``/metrics`` alone on ``metrics_sock``) until the first
     SIGTERM or SIGINT, then drain and stop."""
+    leave = app[SERVICES].config.job.on_shutdown == "leave"
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=CLOSE_TIMEOUT
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=LEAVE_CLOSE_TIMEOUT if leave else CLOSE_TIMEOUT,
     )
     await runner.setup()
     metrics_runner = None

@@ -4,18 +4,16 @@
   instances' jobs up (sharedlog.SharedLogs); on ``pploy_projects``, to clone projects added
   elsewhere and drop those removed elsewhere; on ``pploy_cancel``, to cancel a job it runs
   that the lock holder cancelled through another instance.
-- Every HEARTBEAT_SECONDS, heartbeats the jobs it runs; a job the database no longer holds as
-  running (another instance declared it interrupted: this one was cut off too long) is
-  cancelled here, so it never runs on beside a newer one.
-- On the same beat, declares ``interrupted`` the running jobs of any instance silent for
-  SILENT_SECONDS (it died, or lost the database), keeping their locks and logs.
+- Every SWEEP_SECONDS, declares ``interrupted`` the running jobs whose lease has expired by the
+  database's clock (their runner died, or lost the database for longer than job.lease_seconds:
+  it has stopped its job by then, at job.fence_seconds), keeping their locks and logs. The
+  lease moves to a new epoch, so a late runner writes nothing more for the job (runner.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import psycopg
 
@@ -28,15 +26,13 @@ from pploy.deploy.storage.postgres import (
     CANCEL_CHANNEL,
     LOG_CHANNEL,
     PROJECTS_CHANNEL,
-    SILENT_MESSAGE,
     PgStore,
 )
 
-HEARTBEAT_SECONDS = 5.0
-# A job whose instance has not heartbeat for this long is interrupted: with the beat above, an
-# instance's death is noticed within SILENT_SECONDS + HEARTBEAT_SECONDS (25 s < 30 s).
-SILENT_SECONDS = 20.0
+SWEEP_SECONDS = 5.0
 RECONNECT_SECONDS = 1.0
+# The message of a job declared lost because its lease expired.
+EXPIRED_MESSAGE = "its lease expired: its runner stopped renewing it"
 
 
 class Cluster:
@@ -49,12 +45,11 @@ class Cluster:
         self.logs = logs
         self.tasks: list[asyncio.Task[None]] = []
         self._cloning: dict[str, asyncio.Task[None]] = {}
-        self._last_beat = time.monotonic()
         projects.on_missing = self.want_clone
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._listen()), loop.create_task(self._beat())]
+        self.tasks = [loop.create_task(self._listen()), loop.create_task(self._sweep())]
         await self.sync_projects()
 
     async def stop(self) -> None:
@@ -138,45 +133,30 @@ class Cluster:
         except Exception as exc:  # a clone that fails is tried again on the next request
             log.event("cluster.clone_failed", level="error", project=name, error=str(exc))
 
-    # -- heartbeats ----------------------------------------------------------------
+    # -- leases --------------------------------------------------------------------
 
-    async def _beat(self) -> None:
+    async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            self.beat()
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                self.sweep()
+                self.logs.refresh_all()
+            except StoreUnavailable as exc:
+                log.event("cluster.sweep_failed", level="warning", error=exc.message)
 
-    def beat(self) -> None:
-        """One heartbeat: ours, then the sweep of silent instances' jobs."""
-        mine = [job_id for job_id, job in self.jobs.running.items() if job.task is not None]
-        try:
-            alive = set(self.store.heartbeat(self.jobs.instance, mine))
-            self._last_beat = time.monotonic()
-        except StoreUnavailable as exc:
-            log.event("cluster.heartbeat_failed", level="error", error=exc.message)
-            if time.monotonic() - self._last_beat > SILENT_SECONDS - HEARTBEAT_SECONDS:
-                # Cut off long enough that others will declare these jobs interrupted: stop
-                # them here rather than let them run on beside a newer job.
-                alive = set()
-            else:
-                return
-        for job_id in mine:
-            if job_id not in alive:
-                self.jobs.abandon(job_id, "another instance declared it interrupted")
-        try:
-            self.interrupt_silent()
-            self.logs.refresh_all()
-        except StoreUnavailable as exc:
-            log.event("cluster.sweep_failed", level="warning", error=exc.message)
-
-    def interrupt_silent(self) -> list[int]:
-        """Declare interrupted the jobs of instances silent for SILENT_SECONDS (their locks
-        and logs stay); the log gets a closing line first."""
+    def sweep(self) -> list[int]:
+        """Declare interrupted the running jobs whose lease has expired (their locks and logs
+        stay); the stored log gets a closing line."""
         done = []
-        for record in self.store.silent_jobs(SILENT_SECONDS):
-            line = _note(f"[pploy] interrupted: instance {record.instance} stopped answering")
+        for record in self.store.expired_jobs():
+            if not self.store.interrupt_job(
+                record.id, message=EXPIRED_MESSAGE, log_bytes=record.log_bytes, expired_only=True
+            ):
+                continue  # renewed, ended, or declared by another instance meanwhile
+            line = _note(f"[pploy] interrupted: {EXPIRED_MESSAGE} (instance {record.instance})")
             end = self.logs.append_note(record.id, line)
-            if self.store.interrupt_if_silent(record.id, SILENT_SECONDS, end, SILENT_MESSAGE):
-                done.append(record.id)
-                log.event("job.interrupted", level="warning", job=record.id,
-                          project=record.project, instance=record.instance)  # fmt: skip
+            self.store.update_job(record.id, log_bytes=end)
+            done.append(record.id)
+            log.event("job.interrupted", level="warning", job=record.id,
+                      project=record.project, instance=record.instance)  # fmt: skip
         return done

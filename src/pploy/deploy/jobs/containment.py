@@ -8,13 +8,14 @@ the group nor the ``PPLOY_JOB_ID`` environment tag then finds it. Two mechanisms
   systemd with ``Delegate=yes``): each job gets ``<pploy's cgroup>/pploy-<workdir hash>/job-<id>``.
   The job's first process moves itself there before it runs anything (so nothing it starts
   can be outside), and ending the job writes ``cgroup.kill``: every process in it, however it
-  detached, is SIGKILLed by the kernel. The directory survives a crash of pploy, so recovery
-  finds the leftovers of a job that was running.
-- **subreaper** (otherwise): pploy marks itself a child subreaper (``PR_SET_CHILD_SUBREAPER``),
-  so orphans of a job are re-parented to pploy rather than to init; a tracker walks /proc
-  while jobs run and records every descendant of each job (pid and start time, also in
-  ``<workdir>/run/job-<id>.pids`` for recovery after a crash). A process that escapes and
-  exits its parent between two looks (250 ms) is found only if it keeps the environment tag.
+  detached, is SIGKILLed by the kernel. The directory survives the death of the job's runner,
+  so ``pploy serve`` finds the leftovers of a job whose runner died.
+- **subreaper** (otherwise): the job's runner (runner.py) marks itself a child subreaper
+  (``PR_SET_CHILD_SUBREAPER``), so orphans of its job are re-parented to it rather than to
+  init; a tracker walks /proc while the job runs and records every descendant (pid and start
+  time, also in ``<workdir>/run/job-<id>.pids``, from which ``pploy serve`` ends the leftovers
+  of a job whose runner died). A process that escapes and exits its parent between two looks
+  (250 ms) is found only if it keeps the environment tag.
 
 Which one is used is logged once at start (``event=jobs.containment mode=...``).
 """
@@ -33,7 +34,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pploy import log
-from pploy.deploy.config import ConfigError
 
 PR_SET_CHILD_SUBREAPER = 36
 TRACK_INTERVAL = 0.25
@@ -176,7 +176,7 @@ class CgroupContainment(Containment):
 
     def preexec(self, job_id: int) -> Callable[[], None]:
         path = self.job_dir(job_id)
-        path.mkdir(exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         return self.preexec_for(path)
 
     def preexec_for(self, path: Path) -> Callable[[], None]:
@@ -215,11 +215,13 @@ class CgroupContainment(Containment):
         ids = list(job_ids)
         for job_id in ids:
             count += self._kill_now(job_id)
-        for _ in range(100):  # at start-up, before serving: wait until they are gone
+        for _ in range(100):  # wait until they are gone
             if not any(self.pids(job_id) for job_id in ids):
                 break
             time.sleep(0.02)
-        self._sweep()
+        # Only these jobs' cgroups: another job's runner may be about to enter its own.
+        for job_id in ids:
+            _rmdir(self.job_dir(job_id))
         return count
 
     def _sweep(self) -> None:
@@ -257,8 +259,11 @@ class SubreaperContainment(Containment):
         self._tracker: asyncio.Task[None] | None = None
 
     @classmethod
-    def create(cls, workdir: Path) -> SubreaperContainment:
-        _set_subreaper(True)
+    def create(cls, workdir: Path, reaper: bool = True) -> SubreaperContainment:
+        """``reaper``: this process becomes the subreaper (a job's runner); without it, the
+        object only ends what the runners' pid lists name (``pploy serve``'s recovery)."""
+        if reaper:
+            _set_subreaper(True)
         run_dir = workdir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_dir)
@@ -376,13 +381,14 @@ class SubreaperContainment(Containment):
         return count
 
 
-class ContainmentError(ConfigError):
-    """The containment the configuration asks for is not available."""
+class ContainmentError(Exception):
+    """The containment the configuration asks for is not available (a configuration error:
+    jobs.py raises it as one)."""
 
 
-def create_containment(workdir: Path, mode: str = "auto") -> Containment:
+def create_containment(workdir: Path, mode: str = "auto", reaper: bool = True) -> Containment:
     """The containment ``mode`` asks for (``auto``: cgroup where the machine allows it,
-    else subreaper), logged once at start."""
+    else subreaper), logged once at start. ``reaper``: see SubreaperContainment.create."""
     reason = "job.containment is subreaper"
     if mode in ("auto", "cgroup"):
         try:
@@ -395,7 +401,7 @@ def create_containment(workdir: Path, mode: str = "auto") -> Containment:
             log.event("jobs.containment", mode="cgroup", path=str(cgroup.base))
             return cgroup
     try:
-        found = SubreaperContainment.create(workdir)
+        found = SubreaperContainment.create(workdir, reaper)
     except OSError as exc:
         log.event(
             "jobs.containment", level="warning", mode="none",

@@ -45,7 +45,12 @@ class LogBuffer:
     """One job's log: appended by the job, read by any number of followers."""
 
     def __init__(
-        self, path: Path, *, max_bytes: int = 1 << 30, memory_bytes: int = 1 << 20
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        memory_bytes: int = 1 << 20,
+        writable: bool = True,
     ) -> None:
         self.path = path
         # Called with (offset, bytes) after each write: with a shared database, this ships the
@@ -65,8 +70,10 @@ class LogBuffer:
         self.encoded: dict[tuple[str, int, int], bytes] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._tick_interval = float("inf")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._fd = -1
+        if writable:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
     @property
     def closed(self) -> bool:
@@ -178,6 +185,30 @@ class LogBuffer:
     async def _tick(self, interval: float) -> None:
         while not self.closed:
             await asyncio.sleep(interval)
+            self._wake()
+
+
+class MirrorLog(LogBuffer):
+    """A job's log as its runner (runner.py, another process) writes it: the file is the
+    runner's; this holds the live edge in memory, fed with each chunk the runner sends
+    (:meth:`feed`), and serves older bytes from the file. ``start``: the offset the mirror
+    begins at (the file's size when ``pploy serve`` attached to a running job)."""
+
+    def __init__(self, path: Path, start: int = 0, *, memory_bytes: int = 1 << 20) -> None:
+        super().__init__(path, memory_bytes=memory_bytes, writable=False)
+        self.size = self._tail_start = start
+
+    def append(self, data: bytes) -> None:
+        raise RuntimeError("a mirrored log is written by its runner")
+
+    def append_note(self, line: bytes) -> None:
+        raise RuntimeError("a mirrored log is written by its runner")
+
+    def feed(self, data: bytes) -> None:
+        """Bytes the runner wrote at offset ``size``: into memory, then wake the followers."""
+        if data and not self.closed:
+            self._keep(memoryview(data))
+            self._last_byte = data[-1:]
             self._wake()
 
 

@@ -1,73 +1,80 @@
-"""Jobs: checkouts and deploys running in the background under a pty.
+"""Jobs: checkouts and deploys, each run by a runner process of its own (runner.py).
 
-A job is started by a request but never runs inside it: closing the tab neither stops nor
-orphans a deploy. Its output goes to its log (see follow.LogBuffer), its record to SQLite.
-One job per project at a time.
+A job is started by a request but never runs inside it, nor inside ``pploy serve``: serve
+creates its record, hands it to a runner, and follows the runner's output over a unix socket
+into a memory tail (follow.MirrorLog) that its viewers read; closing the tab, restarting or
+killing serve neither stops nor orphans a deploy. On start, serve follows again the runners of
+its workdir. One job per project at a time (the database's index says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pploy import log
-from pploy.deploy.config import Config
-from pploy.deploy.domain import git, masking, names
+from pploy.deploy.config import Config, ConfigError
+from pploy.deploy.domain import git, names
 from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound, Unavailable
 from pploy.deploy.domain.locks import Locks
-from pploy.deploy.domain.masking import Masker
 from pploy.deploy.domain.projects import Project, Projects
 from pploy.deploy.domain.records import JobAlreadyRunning, JobRecord, Storage, StoreUnavailable
-from pploy.deploy.jobs.containment import create_containment
-from pploy.deploy.jobs.following import LogBuffer, LogWriteError
+from pploy.deploy.jobs.containment import CgroupContainment, ContainmentError, create_containment
+from pploy.deploy.jobs.following import LogBuffer, MirrorLog, read_file_range
 from pploy.deploy.jobs.latestlog import point_latest
-from pploy.deploy.jobs.terminal import JOB_TAG_VAR, PtyProcess, kill_tagged
-from pploy.deploy.jobs.timeline import TimelineWriter, times_path
+from pploy.deploy.jobs.runner import (
+    LOCK_KEEP_MARGIN,
+    SHUTDOWN_USER,
+    frame,
+    job_file,
+    note,
+    read_fence,
+    read_frame,
+    run_dir,
+    runner_alive,
+    short_path,
+    spawn_argv,
+)
+from pploy.deploy.jobs.runner import signal_name as signal_name
+from pploy.deploy.jobs.terminal import JOB_TAG_VAR, kill_tagged
 from pploy.deploy.jobs.workdir import hold_workdir
 
 if TYPE_CHECKING:  # psycopg is imported only with a shared database
     from pploy.deploy.jobs.sharedlog import SharedLogs
 
-# How long before expiry a running job's lock is pushed further out, and by how much.
-LOCK_KEEP_MARGIN = 120.0
-# How often a job end the database refused (a full disk) is tried again.
-SAVE_RETRY_SECONDS = 1.0
+# What a runner's end frame holds of the job's record.
+END_FIELDS = (
+    "sha", "status", "exit_code", "signal", "ended_at", "cancelled_by", "message", "log_bytes",
+)  # fmt: skip
 
+# The fence guard: how often serve looks, and how late past its fence a runner must be.
+GUARD_INTERVAL = 0.5
+GUARD_SLACK = 1.0
 
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _note(text: str) -> bytes:
-    """A line pploy itself writes into a log, set apart in bold cyan."""
-    return f"\x1b[1;36m{text}\x1b[0m\n".encode()
+_note = note  # one of pploy's own lines (runner.note), for cluster.py
 
 
 @dataclass
 class RunningJob:
+    """A job this pploy follows: its runner's output mirrored in ``buffer``."""
+
     record: JobRecord
-    buffer: LogBuffer
+    buffer: MirrorLog
     task: asyncio.Task[None] | None = None
-    process: PtyProcess | None = None
     cancelled_by: str | None = None
-    timed_out: bool = False
-    failure: str | None = None
-    message: str | None = None
-    stopping: asyncio.Task[str] | None = None
-    watchers: list[Callable[[], None]] = field(default_factory=list)
-    timeline: TimelineWriter | None = None  # when each piece of output arrived (timeline.py)
-    masker: Masker | None = None  # job.mask_env and ::add-mask:: (masking.py)
+    writer: asyncio.StreamWriter | None = None  # the runner's socket, while connected
+    runner_pid: int | None = None
 
 
 class Jobs:
@@ -90,10 +97,12 @@ class Jobs:
         self.on_finish = on_finish
         self.on_start = on_start
         self.running: dict[int, RunningJob] = {}
-        # Ends of jobs the database refused (a full disk), written by _save_later.
+        # Ends the runners told of that the database has not taken yet (a full disk): shown
+        # by get() until it has (the runners keep trying), and written first by _create_job.
         self._unsaved: dict[int, dict[str, Any]] = {}
-        self._retrier: asyncio.Task[None] | None = None
+        self._unsaved_epochs: dict[int, int | None] = {}
         self.accepting = True
+        self._guard: asyncio.Task[None] | None = None  # _guard_fences, with a shared database
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
         # This pploy among those sharing a database: the same after a restart (its workdir),
@@ -102,8 +111,14 @@ class Jobs:
         # With a shared database: logs shipped to and followed from other instances.
         self.shared_logs: SharedLogs | None = None
         # Where every process of a job ends up, so that cancel, timeout and recovery end all.
+        # (The runners contain the jobs; serve only ends what a dead runner's job left.)
         try:
-            self.containment = create_containment(config.workdir, config.job.containment)
+            self.containment = create_containment(
+                config.workdir, config.job.containment, reaper=False
+            )
+        except ContainmentError as exc:
+            self.workdir_lock.release()
+            raise ConfigError(str(exc)) from None
         except BaseException:
             self.workdir_lock.release()
             raise
@@ -134,6 +149,10 @@ class Jobs:
         if record is None:
             raise NotFound(f"no job {job_id}")
         unsaved = self._unsaved.get(job_id)
+        if unsaved and not record.running:  # landed
+            self._unsaved.pop(job_id, None)
+            self._unsaved_epochs.pop(job_id, None)
+            return record
         return replace(record, **unsaved) if unsaved else record
 
     def log_path(self, record: JobRecord) -> Path:
@@ -207,7 +226,7 @@ class Jobs:
         record = self._create_job(
             project=project.name, kind="deploy", env=env, user=user, sha=sha, ref=None,
             token=token,
-        )
+        )  # fmt: skip
         env_vars = {"DEPLOY_ENV": env, "DEPLOY_USER": user}
         echo = f"$ DEPLOY_ENV={env} DEPLOY_USER={user} .deploy/bin/deploy"  # as the README says
         steps.append(([str(project.deploy_script)], env_vars, echo))
@@ -236,14 +255,16 @@ class Jobs:
         """Run a deploy that waited for approval (config ``approvals``; governance.approve
         checked the approver, the commit and the lock): its record turns from
         ``awaiting_approval`` to ``running`` in one statement (two approvers cannot both start
-        it), then it runs as any deploy, on the approved commit (this clone, at ``head``,
-        follows it first when another instance checked it out)."""
+        it), with a fresh lease for its runner to take (``lease_seconds``), then it runs as any
+        deploy, on the approved commit (this clone, at ``head``, follows it first when another
+        instance checked it out)."""
         project = self.projects.get(record.project)
         self._check_can_start(project, record.user)
         now = time.time()
         if not self.store.settle_job(
             record.id, "awaiting_approval", status="running", approved_by=approved_by,
             started_at=now, instance=self.instance, heartbeat_at=now,
+            lease_seconds=self.config.job.lease_seconds,
         ):  # fmt: skip
             raise Conflict(f"job #{record.id} is no longer awaiting approval")
         record = self.get(record.id)
@@ -275,15 +296,17 @@ class Jobs:
         project; when the one it still holds has in fact ended here (an end the database
         refused, kept in memory), that end is written first: the answer is then the real
         cause (503, a full disk) rather than a conflict with a finished job."""
+        lease = self.config.job.lease_seconds
         try:
-            return self.store.create_job(**fields, instance=self.instance)
+            return self.store.create_job(**fields, instance=self.instance, lease_seconds=lease)
         except JobAlreadyRunning:
             if not self._unsaved:
                 raise
         for job_id, saved in list(self._unsaved.items()):
-            self.store.update_job(job_id, **saved)  # StoreUnavailable: still full
+            # StoreUnavailable: still full
+            self.store.write_job(job_id, self._unsaved_epochs.get(job_id), **saved)
             del self._unsaved[job_id]
-        return self.store.create_job(**fields, instance=self.instance)
+        return self.store.create_job(**fields, instance=self.instance, lease_seconds=lease)
 
     def _checked_out_elsewhere(self, project: str, head: str | None) -> str | None:
         """With a shared database, the commit the project's last checkout (on any instance)
@@ -298,15 +321,23 @@ class Jobs:
     def _launch(
         self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
     ) -> None:
-        buffer = LogBuffer(self.log_path(record), max_bytes=self.config.job.max_log_bytes)
+        """Hand the job to a runner of its own (runner.py) and follow it."""
         if record.kind == "deploy":
             point_latest(self.log_path(record), record.project)  # go-pploy's logs/<p>.log
-        if self.shared_logs is not None:
-            buffer.on_write = self.shared_logs.ship(record.id, buffer.path)
-        job = RunningJob(record, buffer, timeline=TimelineWriter(times_path(buffer.path)))
-        job.masker = masking.for_env(self.config.job.mask_env, os.environ)
+        if steps is None and project.checkout_script:
+            steps = [(
+                [str(project.checkout_script)], {"DEPLOY_COMMIT": record.ref or ""},
+                f"$ DEPLOY_COMMIT={record.ref} .deploy/bin/checkout_overwrite",
+            )]  # fmt: skip
+        try:  # at once: the runner keeps it from now on, once it has started
+            self.locks.keep_until(record.project, record.user, time.time() + LOCK_KEEP_MARGIN)
+        except StoreUnavailable:
+            pass
+        job = RunningJob(record, MirrorLog(self.log_path(record)))
         self.running[record.id] = job
-        job.task = asyncio.get_running_loop().create_task(self._run(job, project, steps))
+        job.task = asyncio.get_running_loop().create_task(
+            self._spawn_and_follow(job, self._spec(record, project, steps))
+        )
         log.event(
             "job.start", job=record.id, project=record.project, kind=record.kind,
             env=record.env, ref=record.ref, user=record.user,
@@ -314,274 +345,226 @@ class Jobs:
         if self.on_start:
             self.on_start(record)
 
-    # -- run -----------------------------------------------------------------
-
-    def _child_env(
-        self, job: RunningJob, project: Project, extra: dict[str, str], hardened: bool
-    ) -> dict[str, str]:
-        """The environment of a job's process. pploy's own git commands (``hardened``) get
-        git's hardening (no prompts, safe transports, C locale); the repository's scripts get
-        pploy's environment as it is, as the originals ran them: git inside a deploy script
-        behaves as it does in the shell pploy was started from."""
-        base = git.git_env() if hardened else dict(os.environ)
-        return (
-            base
-            | {
+    def _spec(
+        self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
+    ) -> dict[str, Any]:
+        """Everything the runner needs, so that it reads no configuration of its own."""
+        job = self.config.job
+        containment: dict[str, Any] = {"containment": self.containment.mode}
+        if isinstance(self.containment, CgroupContainment):
+            containment["cgroup_base"] = str(self.containment.base)
+        return {
+            "workdir": str(self.config.workdir),
+            "database": self.config.database,
+            "job": record.id,
+            "project": record.project,
+            "kind": record.kind,
+            "user": record.user,
+            "ref": record.ref,
+            "cwd": str(project.path),
+            "log": str(self.log_path(record)),
+            "steps": steps,
+            "tag": self.job_tag(record.id),
+            "env": {
                 "TERM": "xterm-256color",
                 "DEPLOY_PROJECT": project.name,
-                JOB_TAG_VAR: self.job_tag(job.record.id),
-                "COLUMNS": str(self.config.job.pty_columns),
-                "LINES": str(self.config.job.pty_rows),
-            }
-            | extra
-        )
+                JOB_TAG_VAR: self.job_tag(record.id),
+                "COLUMNS": str(job.pty_columns),
+                "LINES": str(job.pty_rows),
+            },
+            "timeout_seconds": job.timeout_minutes * 60,
+            "cancel_grace_seconds": list(job.cancel_grace_seconds),
+            "max_log_bytes": job.max_log_bytes,
+            "mask_env": list(job.mask_env),  # names only: the runner reads the values
+            "keep_logs": job.keep_logs,
+            "pty_columns": job.pty_columns,
+            "pty_rows": job.pty_rows,
+            "lease_seconds": job.lease_seconds,
+            "fence_seconds": job.fence_seconds,
+            **containment,
+        }
 
-    def _write(self, job: RunningJob, data: bytes, note: bool = False) -> None:
-        """Output (``note``: one of pploy's own lines) into the job's log."""
-        if job.failure:
+    async def _spawn_and_follow(self, job: RunningJob, spec: dict[str, Any]) -> None:
+        """Start the runner fully detached and follow it. The runner forks once more and its
+        first process exits at once: it is no child of pploy's (a restart or a crash of pploy
+        is nothing to it). Its lock is taken here, before it starts, and handed to it, so that
+        it counts as alive from the first moment (runner_alive)."""
+        job_id = job.record.id
+        workdir = self.config.workdir
+        run_dir(workdir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        spec_file = job_file(workdir, job_id, "json")
+        lock_fd = -1
+        try:
+            os.chmod(run_dir(workdir), 0o700)  # sockets and specs (a database URL) are pploy's
+            fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(spec))
+            lock_fd = os.open(
+                job_file(workdir, job_id, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            with open(job_file(workdir, job_id, "out"), "ab") as out:
+                proc = subprocess.Popen(
+                    [*spawn_argv(spec_file), str(lock_fd)],
+                    cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True, pass_fds=(lock_fd,),
+                )  # fmt: skip
+        except OSError as exc:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            log.event("job.spawn_failed", level="error", job=job_id, error=str(exc))
+            self._end_lost(job, f"its runner could not be started: {exc}")
             return
-        if job.timeline:
-            job.timeline.note(job.buffer.size, time.time())
-        try:
-            if note:
-                job.buffer.append(job.masker.flush() if job.masker else b"")  # held output first
-                job.buffer.append_note(data)
-            else:
-                job.buffer.append(job.masker.feed(data) if job.masker else data)  # no secrets
-        except LogWriteError as exc:
-            job.failure = str(exc)
-            log.event("job.log_write_failed", level="error", job=job.record.id, error=str(exc))
-            self._stop(job)
+        os.close(lock_fd)  # the runner holds it now
+        job.runner_pid = proc.pid
+        await asyncio.to_thread(proc.wait)  # the first process exits once it has forked
+        await self._follow(job)
 
-    def _say(self, job: RunningJob, text: str) -> None:
-        """One of pploy's own lines in the job's log (see follow.LogBuffer.append_note)."""
-        self._write(job, _note(text), note=True)
+    async def _follow(self, job: RunningJob) -> None:
+        """Follow the runner's socket: the log from our offset, then live, then the end; a
+        connection lost (a follower that lagged is dropped) is made again from our offset.
+        When the runner is gone without an end, the job is lost (:meth:`_lost`)."""
+        job_id = job.record.id
+        path = job_file(self.config.workdir, job_id, "sock")
+        while True:
+            try:
+                with short_path(path) as name:
+                    reader, writer = await asyncio.open_unix_connection(name)
+            except OSError:
+                if not runner_alive(self.config.workdir, job_id):
+                    break
+                await asyncio.sleep(0.02)  # the runner is starting
+                continue
+            job.writer = writer
+            try:
+                writer.write(frame(b"O", str(job.buffer.size).encode()))
+                if job.cancelled_by:
+                    writer.write(frame(b"C", json.dumps({"user": job.cancelled_by}).encode()))
+                while True:
+                    kind, payload = await read_frame(reader)
+                    if kind == b"D":
+                        job.buffer.feed(payload)
+                    elif kind in (b"E", b"U"):
+                        self._ended(job, json.loads(payload))
+                        return
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                pass
+            finally:
+                job.writer = None
+                writer.close()
+            if not runner_alive(self.config.workdir, job_id):
+                break
+            await asyncio.sleep(0.02)
+        await self._lost(job)
 
-    async def _run_step(
-        self,
-        job: RunningJob,
-        project: Project,
-        argv: Sequence[str],
-        extra: dict[str, str],
-        hardened: bool = False,
-    ) -> int:
-        job.stopping = None
-        job.process = await PtyProcess.start(
-            argv,
-            cwd=str(project.path),
-            env=self._child_env(job, project, extra, hardened),
-            on_output=lambda data: self._write(job, data),
-            columns=self.config.job.pty_columns,
-            rows=self.config.job.pty_rows,
-            preexec=self.containment.preexec(job.record.id),
-        )
-        self.containment.started(job.record.id, job.process.pid)
-        if self._stopped(job):
-            self._stop(job)
-        try:
-            return await job.process.wait()
-        finally:
-            if job.stopping is not None:
-                await asyncio.shield(job.stopping)
-                killed = await self._kill_leftovers(job.record.id)
-                if killed:
-                    self._say(job, f"[pploy] killed {killed} process(es) left behind")
-
-    async def _kill_leftovers(self, job_id: int) -> int:
-        """End what the job started that left its process group: everything in its cgroup
-        (or tracked by the subreaper), then whatever still carries the job's tag."""
-        killed = await self.containment.kill(job_id)
-        return killed + kill_tagged(self.job_tag(job_id))
-
-    async def _run(
-        self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
-    ) -> None:
+    def _ended(self, job: RunningJob, end: dict[str, Any]) -> None:
+        """The runner says how the job ended (``saved`` False: the database has not taken it
+        yet; the runner keeps trying, and until then :meth:`get` shows this end)."""
         record = job.record
-        keeper = asyncio.get_running_loop().create_task(self._keep_lock(job))
-        timeout = asyncio.get_running_loop().call_later(
-            self.config.job.timeout_minutes * 60, self._time_out, job
-        )
-        exit_code: int | None = None
-        sig: int | None = None
-        status = "failed"
-        message: str | None = None
+        fields = {key: end[key] for key in END_FIELDS if key in end}
+        if not end.get("saved", True):
+            self._unsaved[record.id] = fields
+            self._unsaved_epochs[record.id] = end.get("epoch")
         try:
-            returncode = await self._run_steps(job, project, steps)
-            if returncode is None:
-                message = job.failure or job.message
-                exit_code = 1
-            elif returncode < 0:
-                sig = -returncode
-            else:
-                exit_code = returncode
-            if job.failure:
-                status, message = "failed", job.failure
-            elif job.timed_out:
-                status = "timed_out"
-            elif job.cancelled_by:
-                status = "cancelled"
-            elif returncode == 0:
-                status = "succeeded"
-        except Exception as exc:  # a bug or OS error must still close the job cleanly
-            message = f"{type(exc).__name__}: {exc}"
-            log.event("job.error", level="error", job=record.id, error=message)
-            self._say(job, f"[pploy] job failed to run: {message}")
-        finally:
-            timeout.cancel()
-            keeper.cancel()
-            if job.process:
-                job.process.close()
-            self.containment.finished(record.id)
-        try:
-            await self._record_end(job, project, status, exit_code, sig, message)
-        finally:
-            # Whatever failed above, viewers must see an end and the project must be free.
-            if not job.buffer.closed:
-                job.buffer.finish(
-                    {"id": record.id, "status": status, "exit_code": exit_code, "message": message}
-                )
-            if job.timeline:
-                job.timeline.close()
-            if self.shared_logs is not None:  # the log is complete: ship what is left
-                self.shared_logs.finish_shipping(record.id)
-            self.running.pop(record.id, None)
-
-    async def _record_end(
-        self,
-        job: RunningJob,
-        project: Project,
-        status: str,
-        exit_code: int | None,
-        sig: int | None,
-        message: str | None,
-    ) -> None:
-        record = job.record
-        fields: dict[str, Any] = {}
-        if record.kind == "checkout" and status == "succeeded":
-            fields["sha"] = await git.head_sha(str(project.path))
-        summary = f"[pploy] {record.kind} {status}"
-        if job.cancelled_by:
-            summary += f" (cancelled by {job.cancelled_by})"
-        if job.timed_out:
-            summary += f" (timed out after {self.config.job.timeout_minutes:g} min)"
-        if exit_code is not None:
-            summary += f", exit code {exit_code}"
-        if sig is not None:
-            summary += f", killed by {signal_name(sig)}"
-        if message:
-            summary += f": {message}"
-        self._say(job, summary)
-        fields |= {
-            "status": status, "exit_code": exit_code, "signal": sig, "ended_at": time.time(),
-            "cancelled_by": job.cancelled_by, "message": message, "log_bytes": job.buffer.size,
-        }  # fmt: skip
-        final = self._save_end(record, fields)
+            final = self.get(record.id)
+        except StoreUnavailable:
+            final = replace(record, **fields)
+        if final.running:  # recorded by nobody (fenced out): what the runner saw
+            final = replace(final, **fields)
+        if job.buffer.size < (final.log_bytes or 0):
+            self._catch_up(job)
         job.buffer.finish(self.final_status(final))
         self.running.pop(record.id, None)
         log.event(
-            "job.end", job=record.id, project=record.project, status=status,
-            exit_code=exit_code, signal=sig, seconds=round(final.duration, 3),
+            "job.end", job=record.id, project=record.project, status=final.status,
+            exit_code=final.exit_code, signal=final.signal, seconds=round(final.duration, 3),
         )  # fmt: skip
-        self._prune_logs(record.project)
         if self.on_finish:
             self.on_finish(final)
 
-    def _save_end(self, record: JobRecord, fields: dict[str, Any]) -> JobRecord:
-        """Record how a job ended. When the database cannot take it (a full disk), the end is
-        kept in memory — served by :meth:`get` — and written as soon as it can be."""
+    def _catch_up(self, job: RunningJob) -> None:
+        """Feed the mirror what the log file holds beyond it (the runner is gone: what it
+        wrote last was never sent, e.g. to a follower it had dropped for lagging)."""
+        path = self.log_path(job.record)
+        while data := read_file_range(path, job.buffer.size, 1 << 20):
+            job.buffer.feed(data)
+
+    async def _lost(self, job: RunningJob) -> None:
+        """The runner is gone without telling the end: recorded by it after all, or it died
+        (killed, or its machine's pploy user's processes were); then its job's processes are
+        ended and the job is recorded ``interrupted``."""
+        record = job.record
         try:
-            self.store.update_job(record.id, **fields)
-        except StoreUnavailable as exc:
-            self._unsaved[record.id] = fields
-            log.event("job.record_failed", level="error", job=record.id, error=exc.message)
-            if self._retrier is None or self._retrier.done():
-                self._retrier = asyncio.get_running_loop().create_task(self._save_later())
-            return replace(record, **fields)
-        return self.get(record.id)
-
-    async def _save_later(self) -> None:
-        """Retry the ends the database refused until every one has landed."""
-        while self._unsaved:
-            await asyncio.sleep(SAVE_RETRY_SECONDS)
-            for job_id, fields in list(self._unsaved.items()):
-                try:
-                    self.store.update_job(job_id, **fields)
-                except StoreUnavailable:
-                    break  # still full: try again later
-                del self._unsaved[job_id]
-                log.event("job.recorded", job=job_id, status=fields.get("status"))
-
-    async def _run_steps(
-        self, job: RunningJob, project: Project, steps: list[tuple[list[str], dict, str]] | None
-    ) -> int | None:
-        """Run the job's commands in order; stop at the first failure. None = could not run."""
-        if steps is None:  # a checkout: fetch, then resolve the ref, then the rest
-            if project.checkout_script:
-                steps = [(
-                    [str(project.checkout_script)], {"DEPLOY_COMMIT": job.record.ref or ""},
-                    f"$ DEPLOY_COMMIT={job.record.ref} .deploy/bin/checkout_overwrite",
-                )]  # fmt: skip
-            else:
-                return await self._default_checkout(job, project)
-        returncode = 0
-        for argv, extra, echo in steps:
-            if echo:
-                self._say(job, echo)
-            returncode = await self._run_step(job, project, argv, extra)
-            if returncode != 0 or job.cancelled_by or job.timed_out or job.failure:
-                break
-        return returncode
-
-    async def _default_checkout(self, job: RunningJob, project: Project) -> int | None:
-        ref = job.record.ref or ""
-        fetch = ["git", "fetch", "--prune", "--tags", "--force", "origin"]
-        rc = await self._echo_and_run(job, project, fetch)
-        if rc != 0 or self._stopped(job):
-            return rc
-        sha = await git.resolve_commit(str(project.path), ref)
-        if sha is None:
-            job.message = f"{ref!r} is not a branch, tag or commit of origin"
-            self._say(job, f"[pploy] {job.message}")
-            return None
-        try:
-            self.store.update_job(job.record.id, sha=sha)
+            current = self.store.get_job(record.id)
         except StoreUnavailable:
-            pass  # recorded again at the end (HEAD of a succeeded checkout)
-        self._say(job, f"[pploy] {ref} is {sha}")
-        for argv in (
-            ["git", "checkout", "-f", "--detach", sha],
-            ["git", "reset", "--hard", sha],
-            ["git", "clean", "-fdx"],
-            ["git", "submodule", "sync", "--recursive"],
-            ["git", "submodule", "update", "--init", "--recursive"],
-        ):
-            rc = await self._echo_and_run(job, project, argv)
-            if rc != 0 or self._stopped(job):
-                return rc
-        return 0
+            current = None
+        if current is not None and not current.running:
+            self._catch_up(job)
+            job.buffer.finish(self.final_status(current))
+            self.running.pop(record.id, None)
+            if self.on_finish:
+                self.on_finish(current)
+            return
+        await asyncio.to_thread(self._end_leftovers, record.id)
+        self._end_lost(job, "its runner died")
 
-    async def _echo_and_run(self, job: RunningJob, project: Project, argv: list[str]) -> int:
-        self._say(job, "$ " + " ".join(argv))
-        extra = {"DEPLOY_COMMIT": job.record.ref or ""}
-        return await self._run_step(job, project, argv, extra, hardened=True)
-
-    @staticmethod
-    def _stopped(job: RunningJob) -> bool:
-        return bool(job.cancelled_by or job.timed_out or job.failure)
-
-    async def _keep_lock(self, job: RunningJob) -> None:
-        """While the job runs, its user's lock never gets within LOCK_KEEP_MARGIN of expiring."""
-        while True:
+    def _end_leftovers(self, job_id: int) -> int:
+        """SIGKILL what a job whose runner is dead left: its cgroup (or the pids its runner
+        tracked), then whatever carries its tag; its run files go."""
+        killed = self.containment.recover([job_id]) + kill_tagged(self.job_tag(job_id))
+        if killed:
+            log.event("job.orphans_killed", level="warning", job=job_id, count=killed)
+        for suffix in ("sock", "json", "fence", "lock", "pids"):
             try:
-                self.locks.keep_until(
-                    job.record.project, job.record.user, time.time() + LOCK_KEEP_MARGIN
-                )
-            except StoreUnavailable as exc:  # a full disk: try again sooner
-                log.event("job.lock_keep_failed", level="error", job=job.record.id,
-                          error=exc.message)  # fmt: skip
-                await asyncio.sleep(SAVE_RETRY_SECONDS)
-                continue
-            await asyncio.sleep(LOCK_KEEP_MARGIN / 4)
+                job_file(self.config.workdir, job_id, suffix).unlink()
+            except FileNotFoundError:
+                pass
+        return killed
+
+    def _end_lost(self, job: RunningJob, reason: str) -> None:
+        record = self._interrupt(job.record, reason)
+        self._catch_up(job)  # what the runner wrote last, and the note
+        job.buffer.finish(self.final_status(record))
+        self.running.pop(job.record.id, None)
+        if self.on_finish:
+            self.on_finish(record)
+
+    def _interrupt(self, record: JobRecord, reason: str) -> JobRecord:
+        """Close the log of a job nobody runs any more with a note, and record it
+        ``interrupted`` (moving its lease on, so nothing late is written for it)."""
+        line = _note(f"[pploy] interrupted: {reason}")
+        path = self.log_path(record)
+        size = 0
+        try:
+            size = path.stat().st_size
+            with open(path, "rb+") as fh:
+                fh.seek(-1 if size else 0, os.SEEK_END)
+                newline = b"" if fh.read(1) in (b"\n", b"") else b"\n"
+                fh.write(newline + line)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a full disk must not keep pploy from going on
+            log.event("job.log_write_failed", level="error", job=record.id, error=exc.strerror)
+        if self.shared_logs is not None:
+            try:
+                size = self.shared_logs.append_note(record.id, line)
+            except StoreUnavailable:
+                pass
+        fields: dict[str, Any] = {
+            "status": "interrupted", "ended_at": time.time(), "log_bytes": size, "message": reason,
+        }  # fmt: skip
+        try:
+            self.store.interrupt_job(record.id, message=reason, log_bytes=size)
+        except StoreUnavailable as exc:
+            log.event("job.record_failed", level="error", job=record.id, error=exc.message)
+        log.event("job.interrupted", level="warning", job=record.id, project=record.project,
+                  reason=reason)  # fmt: skip
+        try:
+            found = self.store.get_job(record.id)
+        except StoreUnavailable:
+            found = None
+        return found if found is not None and not found.running else replace(record, **fields)
 
     # -- stop ----------------------------------------------------------------
 
@@ -601,123 +584,114 @@ class Jobs:
         return record
 
     def cancel_running(self, job: RunningJob, user: str) -> None:
-        """Stop a job this instance runs, recording who cancelled it."""
-        job_id = job.record.id
-        if not job.cancelled_by:
-            job.cancelled_by = user
-            self._say(job, f"[pploy] cancelled by {user}")
-            log.event("job.cancel", job=job_id, user=user)
-        self._stop(job)
-
-    def abandon(self, job_id: int, reason: str) -> None:
-        """Stop a job this instance can no longer vouch for (cluster.Cluster: the shared
-        database holds it as interrupted, or cannot be reached): its project may already have
-        a newer job elsewhere."""
-        job = self.running.get(job_id)
-        if job is None or job.cancelled_by:
+        """Stop a job this instance follows: its runner is told (who cancelled is recorded)."""
+        if job.cancelled_by:
             return
-        job.cancelled_by = "pploy (cut off from the database)"
-        self._say(job, f"[pploy] stopped: {reason}")
-        log.event("job.abandoned", level="error", job=job_id, reason=reason)
-        self._stop(job)
-
-    def _time_out(self, job: RunningJob) -> None:
-        job.timed_out = True
-        self._say(job, "[pploy] timed out")
-        self._stop(job)
-
-    def _stop(self, job: RunningJob) -> None:
-        """Signal the running step's process group (INT, TERM, KILL), once."""
-        if job.process is None or job.stopping is not None:
-            return
-        if job.process.proc.returncode is not None and not job.process.group_alive():
-            return
-        job.stopping = asyncio.get_running_loop().create_task(
-            job.process.terminate_group(self.config.job.cancel_grace_seconds)
-        )
+        job.cancelled_by = user
+        log.event("job.cancel", job=job.record.id, user=user)
+        if job.writer is not None and not job.writer.is_closing():
+            job.writer.write(frame(b"C", json.dumps({"user": user}).encode()))
+        # else: sent as soon as the connection is made (_follow)
 
     # -- lifecycle -----------------------------------------------------------
 
     def recover(self) -> list[int]:
-        """Mark jobs a crash left ``running`` as interrupted, keeping their logs, and kill
-        every process they still have (their cgroups, tracked pids and tags)."""
-        ids = []
+        """At start: follow again the jobs whose runners still run (they show ``running``,
+        viewers resume by offset, cancel works); record ``interrupted`` those whose runner is
+        gone, ending what they left; end what runners of jobs no longer running (declared
+        lost by another instance) left. Returns the ids of the jobs interrupted."""
+        workdir = self.config.workdir
+        interrupted = []
         records = self.store.running_jobs(self.instance)
-        swept: list[int] = []
-        if self.shared_logs is not None:  # declared interrupted by others while this was away
-            swept = self.shared_logs.store.swept_jobs(self.instance)
-        left = self.containment.recover([record.id for record in records] + swept)
-        for job_id in swept:
-            left += kill_tagged(self.job_tag(job_id))
-        if left:
-            log.event("job.orphans_killed", level="warning", jobs=len(records), count=left)
+        loop = asyncio.get_running_loop()
         for record in records:
-            path = self.log_path(record)
-            size = path.stat().st_size if path.exists() else 0
-            if path.exists():
-                try:
-                    with open(path, "rb+") as fh:
-                        fh.seek(-1 if size else 0, os.SEEK_END)
-                        newline = b"" if fh.read(1) in (b"\n", b"") else b"\n"
-                        note = _note("[pploy] interrupted: pploy stopped while this job ran")
-                        fh.write(newline + note)
-                except OSError as exc:  # a full disk must not keep pploy from starting
-                    log.event("job.log_write_failed", level="error", job=record.id,
-                              error=exc.strerror)  # fmt: skip
-                size = path.stat().st_size
-            if self.shared_logs is not None:
-                try:
-                    size = self.shared_logs.append_note(
-                        record.id, _note("[pploy] interrupted: pploy stopped while this job ran")
-                    )
-                except StoreUnavailable:
-                    pass
-            killed = kill_tagged(self.job_tag(record.id))
-            if killed:
-                log.event("job.orphans_killed", level="warning", job=record.id, count=killed)
-            self._save_end(record, {
-                "status": "interrupted", "ended_at": time.time(), "log_bytes": size,
-                "message": "pploy stopped while this job ran",
-            })  # fmt: skip
-            ids.append(record.id)
-            log.event("job.interrupted", level="warning", job=record.id, project=record.project)
-        return ids
+            if runner_alive(workdir, record.id):
+                path = self.log_path(record)
+                size = path.stat().st_size if path.exists() else 0
+                job = RunningJob(record, MirrorLog(path, size))
+                self.running[record.id] = job
+                job.task = loop.create_task(self._follow(job))
+                log.event("job.reattached", job=record.id, project=record.project, offset=size)
+                continue
+            self._end_leftovers(record.id)
+            self._interrupt(record, "its runner stopped while pploy was away")
+            interrupted.append(record.id)
+        for job_id in self._stray_runs(set(self.running)):
+            self._end_leftovers(job_id)
+        if self.store.shared:
+            self._guard = loop.create_task(self._guard_fences())
+        return interrupted
+
+    async def _guard_fences(self) -> None:
+        """The second guard of the fence (with a shared database): a runner still alive
+        GUARD_SLACK seconds past its fence deadline (it was stopped, or is stuck) has its
+        job's tree and itself SIGKILLed here; following it then records the job lost."""
+        job = self.config.job
+        slack = min(GUARD_SLACK, (job.lease_seconds - job.fence_seconds) / 3)
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL)
+            now = time.time()
+            for job_id in list(self.running):
+                fence = read_fence(self.config.workdir, job_id)
+                if fence is None or now < fence + slack:
+                    continue
+                if not runner_alive(self.config.workdir, job_id):
+                    continue
+                log.event("job.fence_enforced", level="error", job=job_id, fence=fence)
+                await asyncio.to_thread(self._kill_runner, job_id)
+
+    def _kill_runner(self, job_id: int) -> None:
+        """SIGKILL a job's tree, then its runner (the pid it wrote into its lock)."""
+        self.containment.recover([job_id])
+        kill_tagged(self.job_tag(job_id))
+        try:
+            pid = int(job_file(self.config.workdir, job_id, "lock").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+    def _stray_runs(self, following: set[int]) -> list[int]:
+        """Jobs with run files but no live runner, that this pploy does not follow."""
+        found = set()
+        try:
+            names = os.listdir(run_dir(self.config.workdir))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            stem = name.split(".", 1)[0]
+            if stem.startswith("job-") and stem[4:].isdigit():
+                found.add(int(stem[4:]))
+        return [
+            job_id for job_id in sorted(found - following)
+            if not runner_alive(self.config.workdir, job_id)
+        ]  # fmt: skip
 
     async def shutdown(self, grace: float) -> None:
-        """Take no new jobs; wait up to ``grace`` seconds for running ones, then cancel them."""
+        """Take no new jobs. With ``job.on_shutdown: leave`` (the default), running jobs go on
+        under their runners; with ``cancel``, wait up to ``grace`` seconds for them, then
+        cancel them and wait for their ends."""
         self.accepting = False
         tasks = [job.task for job in self.running.values() if job.task]
         if not tasks:
+            return
+        if self.config.job.on_shutdown == "leave":
+            log.event("shutdown.leaving_jobs", jobs=sorted(self.running))
             return
         log.event("shutdown.waiting", jobs=len(tasks), grace=grace)
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
             for job in list(self.running.values()):
-                if not job.cancelled_by:
-                    job.cancelled_by = "pploy (shutdown)"
-                    self._say(job, "[pploy] cancelled: pploy is shutting down")
-                self._stop(job)
+                self.cancel_running(job, SHUTDOWN_USER)
             await asyncio.wait(pending, timeout=sum(self.config.job.cancel_grace_seconds) + 10)
 
     def close(self) -> None:
-        """pploy stops: remove the containment it set up (what is empty of it), free the
-        workdir. Ends the database still refuses are lost: the next start finds those jobs
-        ``running`` and marks them interrupted."""
-        if self._retrier is not None:
-            self._retrier.cancel()
-        if self._unsaved:
-            log.event("job.record_lost", level="error", jobs=sorted(self._unsaved))
-        self.containment.close()
+        """pploy stops: stop following (runners go on), remove the containment it set up when
+        no job runs, free the workdir."""
+        for job in self.running.values():
+            if job.task is not None:
+                job.task.cancel()
+        if self._guard is not None:
+            self._guard.cancel()
+        if not self.running:
+            self.containment.close()
         self.workdir_lock.release()
-
-    def _prune_logs(self, project: str) -> None:
-        ids = self.store.job_ids_beyond(project, self.config.job.keep_logs)
-        if self.shared_logs is not None:
-            self.shared_logs.prune(ids)
-        for job_id in ids:
-            path = self.projects.log_dir(project) / f"{job_id}.log"
-            for old in (path, times_path(path)):
-                try:
-                    old.unlink()
-                except FileNotFoundError:
-                    pass

@@ -48,6 +48,10 @@ class Diverged(Exception):
     """The stored log holds bytes this file does not (another writer got there first)."""
 
 
+class Fenced(Exception):
+    """The job's lease moved on (it was declared lost): this shipper may store nothing more."""
+
+
 class LogShipper:
     """Ships one job's log file into the database, byte-identical, whatever the database does.
 
@@ -60,13 +64,18 @@ class LogShipper:
 
     If the stored log holds bytes beyond what this shipper confirmed that differ from the
     file (another instance closed the log while this one was cut off), shipping stops:
-    the stored log is never garbled by two writers (``diverged``).
+    the stored log is never garbled by two writers (``diverged``). With ``epoch`` (the job
+    runner's lease, jobs/runner.py) every chunk lands only while the lease is still that
+    epoch's: once another instance has declared the job lost, shipping stops (``Fenced``).
     """
 
-    def __init__(self, store: PgStore, job_id: int, path: Path) -> None:
+    def __init__(
+        self, store: PgStore, job_id: int, path: Path, *, epoch: int | None = None
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.path = path
+        self.epoch = epoch  # the runner's lease: every chunk carries it (None: no lease)
         self.shipped = 0  # bytes the database holds, as far as this shipper knows
         self.diverged = False
         self.done = threading.Event()  # set when shipping ended (all shipped, stopped, failed)
@@ -138,10 +147,15 @@ class LogShipper:
                     data = os.pread(fh.fileno(), limit, self.shipped) if limit > 0 else b""
                     if not data:
                         break
-                    if self.store.append_log(self.job_id, self.shipped, data):
+                    if self.store.append_log(self.job_id, self.shipped, data, epoch=self.epoch):
                         self.shipped += len(data)
-                    else:  # something landed there first: a late chunk of ours, or a note
-                        self._sync()
+                        continue
+                    # Refused: something landed there first (a late chunk of ours, a note),
+                    # or the lease is no longer this epoch's (nothing moved: Fenced).
+                    before = self.shipped
+                    self._sync()
+                    if self.shipped == before and self.epoch is not None:
+                        raise Fenced(f"job {self.job_id}'s lease is no longer epoch {self.epoch}")
         except StoreUnavailable:
             self._known = False
             raise
@@ -185,7 +199,7 @@ class LogShipper:
                 if self.complete:
                     return
                 self._wake.wait()
-        except Diverged as exc:
+        except (Diverged, Fenced) as exc:
             log.event("job.log_ship_stopped", level="error", job=self.job_id, error=str(exc))
         except OSError as exc:  # the file is gone (the job's logs were pruned)
             log.event("job.log_ship_stopped", level="error", job=self.job_id, error=str(exc))

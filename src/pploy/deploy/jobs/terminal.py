@@ -21,6 +21,24 @@ from collections.abc import Callable, Sequence
 READ_BATCH = 256 * 1024
 
 
+# Signals a job's process gets back at their default action before ``exec``: an ignored
+# signal stays ignored across exec, and pploy (or its runner, or a shell that started pploy in
+# the background) may ignore them — then cancel's SIGINT, or a SIGTERM, would do nothing.
+DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP)
+
+
+def _child_setup(then: Callable[[], None] | None) -> Callable[[], None]:
+    """The child's step before ``exec``: default signal actions, then ``then``'s."""
+
+    def preexec() -> None:
+        for sig in DEFAULT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        if then is not None:
+            then()
+
+    return preexec
+
+
 def _discard(data: bytes) -> None:
     """Output sink until :meth:`PtyProcess.spawn` sets the caller's."""
 
@@ -50,7 +68,8 @@ class PtyProcess:
         """Spawn ``argv``; ``on_output`` is called with each chunk read from the pty.
 
         ``preexec`` runs in the child before ``exec`` (see containment: it moves the child
-        into the job's cgroup before the script can start anything)."""
+        into the job's cgroup before the script can start anything), after the child's
+        DEFAULT_SIGNALS are set back to their default action."""
         master_fd, slave_fd = os.openpty()
         try:
             fcntl.ioctl(slave_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
@@ -66,7 +85,7 @@ class PtyProcess:
                 stdout=slave_fd,
                 stderr=slave_fd,
                 start_new_session=True,
-                preexec_fn=preexec,
+                preexec_fn=_child_setup(preexec),
             )
         except BaseException:
             os.close(master_fd)

@@ -16,7 +16,7 @@ connect timeout, TCP keepalives, ``tcp_user_timeout`` and a ``statement_timeout`
 statement by the server. docs/scaling.md, "Database access", says why this shape.
 
 Besides the SQLite store's tables it holds what instances share: log chunks (``log_chunks``,
-keyed by job and byte offset, announced on the ``pploy_log`` channel), job heartbeats, and
+keyed by job and byte offset, announced on the ``pploy_log`` channel), jobs' leases, and
 notices of added or removed projects (``pploy_projects``).
 
 Schema changes are numbered SQL scripts in :data:`MIGRATIONS`, applied in order on start under
@@ -54,14 +54,12 @@ from pploy.deploy.domain.records import (
     Repository,
     StoreUnavailable,
 )
-from pploy.deploy.storage.sqlite import audit_filter
+from pploy.deploy.storage.sqlite import audit_filter, job_assignments
 
 LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end landed
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
 CANCEL_CHANNEL = "pploy_cancel"  # payload: "<job id> <user>" — the lock holder cancelled it
 MIGRATION_LOCK = 0x70706C6F79  # pg_advisory_xact_lock key: "pploy"
-# The message of a job another instance declared interrupted (its instance went silent).
-SILENT_MESSAGE = "the pploy instance running it stopped answering"
 
 MIGRATIONS: list[str] = [
     # 1: what the SQLite store holds, plus job heartbeats and log chunks.
@@ -168,12 +166,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN freeze_override JSONB;
     CREATE UNIQUE INDEX jobs_one_awaiting ON jobs (project) WHERE status = 'awaiting_approval';
     """,
+    # 4: jobs' leases, held by their runners (jobs/runner.py), judged by the database's clock.
+    """
+    ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;
+    UPDATE jobs SET lease_until = pploy_now() + 60 WHERE status = 'running';
+    """,
 ]
 
 # Errors that mean the server, not the statement, failed: 503, try again later.
 UNAVAILABLE = (psycopg.OperationalError, pgerrors.DiskFull, pgerrors.AdminShutdown)
 
-# Heartbeats and their checks use the database's clock (pploy_now(), seconds since the epoch):
+# Leases and their checks use the database's clock (pploy_now(), seconds since the epoch):
 # one clock for every instance, whatever their own say.
 
 # -- how long anything may take (docs/scaling.md, "Database access") ---------------------
@@ -270,7 +274,7 @@ T = TypeVar("T")
 
 
 class PgStore:
-    """Locks, repositories, jobs, heartbeats and log chunks in PostgreSQL."""
+    """Locks, repositories, jobs, their leases and log chunks in PostgreSQL."""
 
     shared = True
 
@@ -565,18 +569,19 @@ class PgStore:
         started_at: float | None = None,
         token: str | None = None,
         instance: str | None = None,
+        lease_seconds: float = 60.0,
     ) -> JobRecord:
         current = self.current_repository(project)
         try:
             row = self.execute(
                 'INSERT INTO jobs (project, kind, env, ref, sha, "user", started_at, status, '
-                "repository, url, token, instance, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, pploy_now()) "
-                "RETURNING *",
+                "repository, url, token, instance, heartbeat_at, lease_until) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, pploy_now(), "
+                "pploy_now() + %s) RETURNING *",
                 (
                     project, kind, env, ref, sha, user, started_at or time.time(),
                     current.id if current else None, current.url if current else None, token,
-                    instance,
+                    instance, lease_seconds,
                 ),
             ).fetchone()  # fmt: skip
         except pgerrors.UniqueViolation as exc:
@@ -585,16 +590,9 @@ class PgStore:
         return JobRecord(**row)
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        allowed = {
-            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
-            "log_bytes",
-        }  # fmt: skip
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        assignments = job_assignments(fields, "%s")
         if not fields:
             return
-        assignments = ", ".join(f"{key} = %s" for key in fields)
         # An end is recorded once: not over an ``interrupted`` another instance declared.
         running = " AND status = 'running'" if "status" in fields else ""
         self.execute(
@@ -743,72 +741,86 @@ class PgStore:
     def token_used(self, token_id: int, when: float) -> None:
         self.execute("UPDATE tokens SET last_used_at = %s WHERE id = %s", (when, token_id))
 
-    def heartbeat(self, instance: str, job_ids: list[int]) -> list[int]:
-        """Say ``instance`` still runs ``job_ids``; returns those still ``running`` in the
-        database (a job missing from the answer was declared interrupted by another)."""
-        if not job_ids:
-            return []
-        rows = self.execute(
-            "UPDATE jobs SET heartbeat_at = pploy_now() WHERE id = ANY(%s) AND instance = %s "
-            "AND status = 'running' RETURNING id",
-            (job_ids, instance),
-        ).fetchall()
-        return [row["id"] for row in rows]
+    # -- leases (runner.py), judged by the database's clock (pploy_now()) ---------------
 
-    def silent_jobs(self, seconds: float) -> list[JobRecord]:
-        """Running jobs whose instance has not heartbeat them for ``seconds`` (by the
-        database's clock, the one clock every instance shares)."""
-        rows = self.execute(
-            "SELECT * FROM jobs WHERE status = 'running' AND heartbeat_at < pploy_now() - %s "
-            "ORDER BY id",
-            (seconds,),
-        ).fetchall()
-        return [JobRecord(**row) for row in rows]
-
-    def interrupt_if_silent(
-        self, job_id: int, seconds: float, log_bytes: int, message: str
-    ) -> bool:
-        """Mark the job ``interrupted`` if it is still running and still silent (its lock and
-        log stay); False when it was not (it beat, ended, or another instance got there)."""
+    def take_lease(self, job_id: int, seconds: float) -> int | None:
+        """As :meth:`pploy.deploy.storage.sqlite.Store.take_lease`."""
         row = self.execute(
-            "UPDATE jobs SET status = 'interrupted', ended_at = pploy_now(), message = %s, "
-            "log_bytes = %s WHERE id = %s AND status = 'running' "
-            "AND heartbeat_at < pploy_now() - %s RETURNING id",
-            (message, log_bytes, job_id, seconds),
+            "UPDATE jobs SET lease_epoch = 1, lease_until = pploy_now() + %s WHERE id = %s "
+            "AND status = 'running' AND lease_epoch = 0 AND lease_until > pploy_now() "
+            "RETURNING lease_epoch",
+            (seconds, job_id),
         ).fetchone()
-        if row:
+        return int(row["lease_epoch"]) if row else None
+
+    def renew_lease(self, job_id: int, epoch: int | None, seconds: float) -> bool:
+        """As :meth:`pploy.deploy.storage.sqlite.Store.renew_lease`."""
+        row = self.execute(
+            "UPDATE jobs SET lease_until = pploy_now() + %s WHERE id = %s AND status = "
+            "'running' AND lease_epoch = %s AND lease_until > pploy_now() RETURNING id",
+            (seconds, job_id, epoch),
+        ).fetchone()
+        return row is not None
+
+    def write_job(self, job_id: int, epoch: int | None, **fields: Any) -> bool:
+        """As :meth:`~pploy.deploy.storage.sqlite.Store.write_job` (others learn an end)."""
+        if not fields:
+            raise ValueError("nothing to write")
+        assignments = job_assignments(fields, "%s")
+        row = self.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = %s AND status = 'running' "  # noqa: S608
+            "AND lease_epoch = %s RETURNING id",
+            (*fields.values(), job_id, epoch),
+        ).fetchone()
+        if row is not None and "status" in fields:
             self.notify(LOG_CHANNEL, str(job_id))
         return row is not None
 
-    def swept_jobs(self, instance: str, limit: int = 100) -> list[int]:
-        """The newest jobs of ``instance`` that others declared interrupted while it was
-        silent: on its return, their leftover processes may still run."""
-        rows = self.execute(
-            "SELECT id FROM jobs WHERE instance = %s AND status = 'interrupted' "
-            "AND message = %s ORDER BY id DESC LIMIT %s",
-            (instance, SILENT_MESSAGE, limit),
-        ).fetchall()
-        return [row["id"] for row in rows]
+    def interrupt_job(
+        self, job_id: int, *, message: str, log_bytes: int, expired_only: bool = False
+    ) -> bool:
+        """As :meth:`~pploy.deploy.storage.sqlite.Store.interrupt_job`, by the database's clock."""
+        row = self.execute(
+            "UPDATE jobs SET status = 'interrupted', ended_at = pploy_now(), message = %s, "
+            "log_bytes = %s, lease_epoch = lease_epoch + 1 WHERE id = %s "
+            "AND status = 'running' AND (NOT %s OR lease_until < pploy_now()) RETURNING id",
+            (message, log_bytes, job_id, expired_only),
+        ).fetchone()
+        if row is not None:
+            self.notify(LOG_CHANNEL, str(job_id))
+        return row is not None
 
-    def append_log(self, job_id: int, start: int, data: bytes) -> bool:
+    def append_log(self, job_id: int, start: int, data: bytes, epoch: int | None = None) -> bool:
         """Store one chunk of a job's log at byte ``start`` and announce it, only when the
         stored log ends exactly there: the stored log is always one gap-free prefix, and a
         chunk sent twice (a retry, a statement that landed after its caller gave up) lands
-        once. False when it did not land (see sharedlog.LogShipper)."""
+        once. With ``epoch``, only while the job's lease is still that epoch's: a runner fenced
+        out (its job declared lost, the lease moved on) writes nothing. False when it did not
+        land (see sharedlog.LogShipper)."""
         row = self.execute(
             "WITH c AS (INSERT INTO log_chunks (job_id, start, data) "
             "SELECT %(job)s, %(start)s, %(data)s WHERE %(start)s = COALESCE((SELECT start + "
             "length(data) FROM log_chunks WHERE job_id = %(job)s ORDER BY start DESC LIMIT 1), 0) "
+            "AND (%(epoch)s::integer IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s "
+            "AND lease_epoch = %(epoch)s)) "
             "ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%(channel)s, %(id)s) FROM c",
             {
                 "job": job_id,
                 "start": start,
                 "data": data,
+                "epoch": epoch,
                 "channel": LOG_CHANNEL,
                 "id": str(job_id),
             },
         ).fetchone()
         return row is not None
+
+    def expired_jobs(self) -> list[JobRecord]:
+        """Running jobs whose lease has expired, by the database's clock."""
+        rows = self.execute(
+            "SELECT * FROM jobs WHERE status = 'running' AND lease_until < pploy_now() ORDER BY id"
+        ).fetchall()
+        return [JobRecord(**row) for row in rows]
 
     def log_end(self, job_id: int) -> int:
         """The byte offset where the job's stored log ends."""
@@ -974,13 +986,19 @@ class PgStore:
         assert row is not None  # INSERT ... RETURNING
         return JobRecord(**row)
 
-    def settle_job(self, job_id: int, expect: str, **fields: Any) -> bool:
+    def settle_job(
+        self, job_id: int, expect: str, *, lease_seconds: float | None = None, **fields: Any
+    ) -> bool:
+        """See Store.settle_job; the lease's expiry by the database's clock."""
         allowed = {"status", "approved_by", "started_at", "ended_at", "message", "instance",
                    "freeze_override", "heartbeat_at"}  # fmt: skip
         if set(fields) - allowed:
             raise ValueError(f"cannot settle job fields {sorted(set(fields) - allowed)}")
         values = [Jsonb(v) if isinstance(v, list | dict) else v for v in fields.values()]
         assignments = ", ".join(f"{key} = %s" for key in fields)
+        if lease_seconds is not None:  # a job turning running: a lease for its runner to take
+            assignments += ", lease_epoch = 0, lease_until = pploy_now() + %s"
+            values.append(lease_seconds)
         try:
             cur = self.execute(
                 f"UPDATE jobs SET {assignments} WHERE id = %s AND status = %s",  # noqa: S608

@@ -53,7 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     instance     TEXT,
     heartbeat_at REAL,
     approved_by  TEXT,
-    freeze_override TEXT
+    freeze_override TEXT,
+    lease_epoch  INTEGER NOT NULL DEFAULT 0,
+    lease_until  REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE TABLE IF NOT EXISTS repositories (
@@ -117,8 +119,24 @@ CREATE TABLE IF NOT EXISTS lock_queue (
 # PRAGMA user_version: 0 = the first schema (jobs without repository/url), 1 = with them,
 # 2 = API tokens (the tokens table, jobs.token), 3 = jobs.instance and heartbeat_at, and at
 # most one running job per project (an index), 4 = governance (the audit, freezes and
-# lock_queue tables, jobs.approved_by and freeze_override).
-SCHEMA_VERSION = 4
+# lock_queue tables, jobs.approved_by and freeze_override), 5 = jobs' leases (lease_epoch,
+# lease_until: the job runner's, see jobs/runner.py).
+SCHEMA_VERSION = 5
+
+# What of a job's record may change after it was created.
+UPDATABLE_JOB_FIELDS = frozenset({
+    "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message", "log_bytes",
+})  # fmt: skip
+
+
+def job_assignments(fields: dict[str, Any], mark: str) -> str:
+    """``a = ?, b = ?`` for an UPDATE of ``fields`` (``mark``: the engine's placeholder);
+    ValueError for a field that may not change."""
+    unknown = set(fields) - UPDATABLE_JOB_FIELDS
+    if unknown:
+        raise ValueError(f"cannot update job fields {sorted(unknown)}")
+    return ", ".join(f"{key} = {mark}" for key in fields)
+
 
 # SQLite result codes (the low byte of an extended code) that mean the storage, not the
 # statement, failed: a full disk, an I/O error, a file that cannot be opened, a lock held
@@ -182,6 +200,11 @@ class Store:
             if version < 4 and columns and "approved_by" not in columns:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN approved_by TEXT")
                 self.db.execute("ALTER TABLE jobs ADD COLUMN freeze_override TEXT")
+            if version < 5 and columns and "lease_epoch" not in columns:
+                self.db.execute(
+                    "ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0"
+                )
+                self.db.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
@@ -330,19 +353,21 @@ class Store:
         started_at: float | None = None,
         token: str | None = None,
         instance: str | None = None,
+        lease_seconds: float = 60.0,
     ) -> JobRecord:
-        """A new running job; JobAlreadyRunning when the project has one (the index says)."""
+        """A new running job; JobAlreadyRunning when the project has one (the index says).
+        Its lease (epoch 0, until its runner takes it) lasts ``lease_seconds``."""
         current = self.current_repository(project)
         started = started_at or time.time()
         try:
             cur = self.db.execute(
                 "INSERT INTO jobs (project, kind, env, ref, sha, user, started_at, status, "
-                "repository, url, token, instance, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                "repository, url, token, instance, heartbeat_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                 (
                     project, kind, env, ref, sha, user, started,
                     current.id if current else None, current.url if current else None,
-                    token, instance, started,
+                    token, instance, started, time.time() + lease_seconds,
                 ),
             )  # fmt: skip
         except sqlite3.IntegrityError as exc:
@@ -354,17 +379,71 @@ class Store:
         return job
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        allowed = {
-            "sha", "ended_at", "exit_code", "signal", "status", "cancelled_by", "message",
-            "log_bytes",
-        }  # fmt: skip
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"cannot update job fields {sorted(unknown)}")
+        assignments = job_assignments(fields, "?")
         if not fields:
             return
-        assignments = ", ".join(f"{key} = ?" for key in fields)
         self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
+
+    # -- leases (runner.py): one clock here, this machine's ----------------------------
+
+    def take_lease(self, job_id: int, seconds: float) -> int | None:
+        """The job's runner takes its lease (epoch 0 → 1); None when the job is no longer
+        running or its lease was taken or has expired."""
+        now = time.time()
+        row = self.db.execute(
+            "UPDATE jobs SET lease_epoch = 1, lease_until = ? WHERE id = ? AND status = "
+            "'running' AND lease_epoch = 0 AND lease_until > ? RETURNING lease_epoch",
+            (now + seconds, job_id, now),
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def renew_lease(self, job_id: int, epoch: int | None, seconds: float) -> bool:
+        """Push the lease ``seconds`` further; False when it is no longer ``epoch``'s (the
+        job was declared lost, or has ended) or has already expired."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'running' "
+            "AND lease_epoch = ? AND lease_until > ?",
+            (now + seconds, job_id, epoch, now),
+        )
+        return cur.rowcount > 0
+
+    def write_job(self, job_id: int, epoch: int | None, **fields: Any) -> bool:
+        """``update_job`` for the holder of the lease ``epoch`` of a running job: False (and
+        nothing written) when the lease is another's or the job has ended."""
+        if not fields:
+            raise ValueError("nothing to write")
+        assignments = job_assignments(fields, "?")
+        cur = self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'running' "  # noqa: S608
+            "AND lease_epoch = ?",
+            (*fields.values(), job_id, epoch),
+        )
+        return cur.rowcount > 0
+
+    def interrupt_job(
+        self, job_id: int, *, message: str, log_bytes: int, expired_only: bool = False
+    ) -> bool:
+        """Declare a running job ``interrupted`` (its lock and log stay) and move its lease to
+        a new epoch, so its runner's late writes are refused; with ``expired_only``, only
+        once its lease has expired. False when it was not (ended, renewed, or done by
+        another)."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE jobs SET status = 'interrupted', ended_at = ?, message = ?, log_bytes = ?, "
+            "lease_epoch = lease_epoch + 1 WHERE id = ? AND status = 'running' "
+            "AND (NOT ? OR lease_until < ?)",
+            (now, message, log_bytes, job_id, expired_only, now),
+        )
+        return cur.rowcount > 0
+
+    def expired_jobs(self) -> list[JobRecord]:
+        """Running jobs whose lease has expired."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE status = 'running' AND lease_until < ? ORDER BY id",
+            (time.time(),),
+        )
+        return [JobRecord(**dict(row)) for row in rows]
 
     def get_job(self, job_id: int) -> JobRecord | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -637,16 +716,22 @@ class Store:
         assert job is not None
         return job
 
-    def settle_job(self, job_id: int, expect: str, **fields: Any) -> bool:
+    def settle_job(
+        self, job_id: int, expect: str, *, lease_seconds: float | None = None, **fields: Any
+    ) -> bool:
         """Move a job from status ``expect`` (one statement: two approvers cannot both start
         it); False when it is no longer in ``expect``. JobAlreadyRunning when it would
-        become the project's second running job."""
+        become the project's second running job. ``lease_seconds``: the job turns running,
+        with a lease that long for its runner to take (see take_lease)."""
         allowed = {"status", "approved_by", "started_at", "ended_at", "message", "instance",
                    "freeze_override", "heartbeat_at"}  # fmt: skip
         if set(fields) - allowed:
             raise ValueError(f"cannot settle job fields {sorted(set(fields) - allowed)}")
         values = [json.dumps(v) if isinstance(v, list | dict) else v for v in fields.values()]
         assignments = ", ".join(f"{key} = ?" for key in fields)
+        if lease_seconds is not None:
+            assignments += ", lease_epoch = 0, lease_until = ?"
+            values.append(time.time() + lease_seconds)
         try:
             cur = self.db.execute(
                 f"UPDATE jobs SET {assignments} WHERE id = ? AND status = ?",  # noqa: S608
