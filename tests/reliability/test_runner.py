@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from tests.deploy.support import Fifo, make_remote
 from tests.deploy.test_server_process import Server, kill_runner, marked
-from tests.helpers import skip_or_fail
+from tests.helpers import free_port, skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -256,3 +257,56 @@ async def wait_job(http: aiohttp.ClientSession, server: Server, job: int) -> dic
         await asyncio.wait_for(resp.read(), 30)
     async with http.get(server.base + f"/api/jobs/{job}") as resp:
         return (await resp.json())["job"]
+
+
+def ignores(pid: int, sig: int) -> bool:
+    """True when process ``pid`` ignores ``sig`` (its SigIgn mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (sig - 1)))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+async def test_a_pploy_started_with_sigint_ignored_still_cancels_with_sigint(tmp_path, loop):
+    """Started in the background (``cmd &`` in a script: SIGINT ignored), pploy's runners and
+    their scripts would inherit the ignored SIGINT across exec, and cancel's first signal would
+    do nothing. The script gets SIGINT back at its default action: it dies of the SIGINT, long
+    before the SIGTERM a 30 s grace would send. On both event loops (uvloop's spawn resets
+    signals itself; asyncio's keeps what the parent ignores)."""
+    ledger, workdir = tmp_path / "ledger", tmp_path / "work"
+    script = (
+        f'#!/bin/sh\necho "START $PPLOY_JOB_ID" >> "{ledger}"\n'
+        f"grep SigIgn /proc/$$/status\necho line one\nexec sleep 600\n"
+    )
+    remote = make_remote(tmp_path, deploy_script=script)
+    config = tmp_path / "pploy.yml"
+    config.write_text("users: [alice, bob]\njob:\n  cancel_grace_seconds: [30, 30]\n")
+    port = free_port()
+    serve = (f"exec {sys.executable} -m pploy serve --config {config} --workdir {workdir} "
+             f"--port {port}")  # fmt: skip
+    env = os.environ | {"PPLOY_EVENT_LOOP": loop}
+    server = Server(argv=["sh", "-c", f"trap '' INT; {serve}"], port=port, env=env)
+    try:
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            job = await server.start_deploy(http, remote)
+            async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
+                seen = bytearray()
+                while b"line one\n" not in seen:
+                    seen += await asyncio.wait_for(resp.content.readany(), 20)
+                # The script's parent, its runner, does ignore SIGINT (a terminal's ^C is not
+                # the job's): what the script must not inherit.
+                runner = int((workdir / "run" / f"job-{job}.lock").read_text().split()[0])
+                assert ignores(runner, signal.SIGINT)
+                async with http.post(server.base + f"/api/jobs/{job}/cancel", json={}) as sent:
+                    assert sent.status == 202
+                cancelled = time.monotonic()
+                seen += await asyncio.wait_for(resp.read(), 20)
+            async with http.get(server.base + f"/api/jobs/{job}") as resp:
+                record = (await resp.json())["job"]
+        assert time.monotonic() - cancelled < 10  # not the SIGTERM 30 s later
+        assert (record["status"], record["signal"]) == ("cancelled", signal.SIGINT), record
+        script_ignores = int(seen.split(b"SigIgn:")[1].split()[0], 16)
+        assert not script_ignores & (1 << (signal.SIGINT - 1)), seen
+        assert not script_ignores & (1 << (signal.SIGTERM - 1)), seen
+        assert entries(ledger, "START")
+    finally:
+        server.stop(signal.SIGTERM)
