@@ -1,5 +1,5 @@
 """The database fails under a running pploy: a silent route (a blackholing relay), a refused or
-silent database at start, PostgreSQL restarted in the middle of a deploy.
+silent database at start, PostgreSQL restarted or stopped for 20 s in the middle of a deploy.
 
 Real PostgreSQL, real ``pploy serve`` processes from config files, real deploy scripts that
 keep their own ledger (tests/reliability/faults.py). What must hold: ``/ping`` and every log
@@ -385,3 +385,71 @@ async def test_a_viewer_on_an_instance_cut_off_from_the_database_gets_every_byte
         finally:
             a.stop()
             b.stop()
+
+
+OUTAGE_SECONDS = 20.0
+
+
+@pytest.mark.timeout(180)
+async def test_postgres_stopped_for_20_s_mid_deploy_does_not_kill_it(
+    tmp_path: Path,
+    private_pg_server: PostgresServer,  # noqa: F811
+) -> None:
+    """PostgreSQL stopped for 20 s in the middle of a deploy, default lease (60 s) and fence
+    (45 s): nobody can take over, so the runner kills nothing; the recorded end is the
+    ledger's, /ping answers within 2 s throughout, and the stored log ends byte-identical to
+    the runner's file (the shipper resumes from the stored end)."""
+    database = new_database(private_pg_server)
+    ledger = tmp_path / "ledger"
+    fifo = Fifo(tmp_path / "gate")
+    # 20 lines, wait for the test (the database is stopped then), 580 more over ~30 s: the
+    # script outlives the outage by several seconds.
+    script = ledger_script(ledger, ticks=600, interval=0.05, gate=fifo.path, gate_at=20)
+    remote = make_remote(tmp_path, deploy_script=script)
+    config = write_config(tmp_path / "pploy.yml", database)
+    a = PployProcess(
+        tmp_path / "a",
+        config,
+        env={**os.environ, LEDGER_VAR: str(ledger)},
+    )
+    try:
+        async with aiohttp.ClientSession(
+            cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout(total=20)
+        ) as http:
+            job = await a.start_deploy(http, remote)
+            with PingWatch(a.port) as watch:
+                while sum(len(e.ticks) for e in read_ledger(ledger).values()) < 20:
+                    await asyncio.sleep(0.05)
+                pg_halt(private_pg_server)
+                stopped = time.monotonic()
+                await fifo.release()
+                await asyncio.sleep(OUTAGE_SECONDS)  # the fault's length is the point here
+                pg_resume(private_pg_server)
+                outage = time.monotonic() - stopped
+                (entry,) = read_ledger(ledger).values()
+                assert entry.signal is None, (
+                    f"the deploy was killed ({entry.signal}) during the outage"
+                )
+                deadline = time.monotonic() + 90
+                while True:
+                    async with http.get(a.base + f"/api/jobs/{job}") as resp:
+                        if resp.status == 200:
+                            record = (await resp.json())["job"]
+                            if record["status"] != "running":
+                                break
+                    assert time.monotonic() < deadline, "the job never ended"
+                    await asyncio.sleep(0.2)
+            (entry,) = read_ledger(ledger).values()
+            assert entry.signal is None, f"the deploy was killed by {entry.signal}"
+            assert entry.exit_code == 0 and len(entry.ticks) == 600
+            assert (record["status"], record["exit_code"]) == ("succeeded", entry.exit_code), record
+            assert watch.worst() < 2, f"/ping took {watch.worst():.2f} s"
+        file = log_file(tmp_path / "a", job).read_bytes()
+        deadline = time.monotonic() + 20
+        while stored_log(database, job) != file:
+            assert time.monotonic() < deadline, "the stored log never caught up"
+            await asyncio.sleep(0.2)
+        print(f"outage {outage:.1f} s; deploy succeeded; /ping worst {watch.worst() * 1000:.0f} ms")
+    finally:
+        fifo.close()
+        a.stop()
