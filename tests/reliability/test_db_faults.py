@@ -453,3 +453,138 @@ async def test_postgres_stopped_for_20_s_mid_deploy_does_not_kill_it(
     finally:
         fifo.close()
         a.stop()
+
+
+def alive_with_tag(tag: str) -> list[int]:
+    """The live processes (not zombies) of the job tagged ``tag`` (``PPLOY_JOB_ID`` in their
+    environment, as pploy gives a job's processes): what runs for it, whatever pploy says."""
+    found = []
+    needle = f"PPLOY_JOB_ID={tag}\0".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle not in fh.read() + b"\0":
+                    continue
+            with open(f"/proc/{entry}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(240)
+async def test_an_instance_cut_off_from_the_database_longer_than_the_lease_runs_nothing_twice(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    """A's route to the database (its runner's too) is blackholed mid-deploy for longer than
+    the lease (8 s, fence 6 s, scaled from 60/45). A's runner fences itself: the script is
+    dead before B may declare the job lost, so B's new deploy never runs beside it (the
+    scripts' ledger and their live processes are the ground truth). The job is recorded
+    ``interrupted`` with no exit code on both instances, as the script died (no END, no
+    exit); A answers /ping within 2 s throughout; B's deploy succeeds as its script did; once
+    the route heals, A's late writes are refused (the stored log is a prefix of A's file and
+    B's closing line) and a deploy on A succeeds."""
+    ledger = tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ledger_script(ticks=250, interval=0.05))
+    settings = "  lease_seconds: 8\n  fence_seconds: 6\n"
+    env = {**os.environ, LEDGER_VAR: str(ledger)}
+    with TcpRelay.to_database(pg_database) as relay:
+        config_a = write_config(tmp_path / "a.yml", relay.url(pg_database))
+        config_b = write_config(tmp_path / "b.yml", pg_database)
+        for config in (config_a, config_b):
+            config.write_text(config.read_text() + settings)
+        a = PployProcess(tmp_path / "a", config_a, env=env)
+        b = PployProcess(tmp_path / "b", config_b, env=env)
+        try:
+            async with aiohttp.ClientSession(
+                cookies={"user": "alice"}, timeout=aiohttp.ClientTimeout(total=20)
+            ) as http:
+                await b.ready(http)
+                first = await a.start_deploy(http, remote)
+                deadline = time.monotonic() + 20
+                while True:  # B has its own clone of the project
+                    async with http.get(b.base + "/api/projects/testploy") as resp:
+                        if resp.status == 200:
+                            break
+                    assert time.monotonic() < deadline, "B never served the project"
+                    await asyncio.sleep(0.1)
+                with PingWatch(a.port) as watch:
+                    while not any(len(e.ticks) >= 20 for e in read_ledger(ledger).values()):
+                        await asyncio.sleep(0.05)
+                    (tag,) = read_ledger(ledger)  # the job's PPLOY_JOB_ID
+                    relay.blackhole()
+                    cut = time.monotonic()
+                    while True:  # B declares the job lost once its lease has expired
+                        async with http.get(b.base + f"/api/jobs/{first}") as resp:
+                            lost = (await resp.json())["job"]
+                        if lost["status"] != "running":
+                            break
+                        assert time.monotonic() - cut < 30, "B never declared the job lost"
+                        await asyncio.sleep(0.1)
+                    declared = time.monotonic() - cut
+                    assert alive_with_tag(tag) == [], "A's script outlived its lease"
+                    killed_after = read_ledger(ledger)[tag].ticks[-1]
+                    second = await deploy(http, b.base)
+                    await asyncio.sleep(max(0.0, 10 - (time.monotonic() - cut)))
+                    relay.forward()
+                    healed = time.monotonic() - cut
+                    on_b = await wait_ended(http, b.base, second, 60)
+                    on_a = await wait_ended(http, a.base, first, 30)
+                assert watch.worst() < 2, f"/ping on A took {watch.worst():.2f} s"
+                assert not watch.failures, watch.failures
+                ledger_now = read_ledger(ledger)
+                assert overlaps({tag: ledger_now[tag]} | {
+                    job: e for job, e in ledger_now.items() if job != tag
+                }, now=killed_after) == []  # fmt: skip
+                (other,) = [e for job, e in ledger_now.items() if job != tag]
+                assert other.start is not None and other.start > killed_after
+                dead = ledger_now[tag]
+                assert dead.exit_code is None and dead.end is None  # SIGKILLed: no END, no SIG
+                for seen in (lost, on_a):
+                    assert (seen["status"], seen["exit_code"]) == ("interrupted", None), seen
+                async with http.get(b.base + f"/api/jobs/{first}") as resp:
+                    assert (await resp.json())["job"]["status"] == "interrupted"
+                assert (on_b["status"], on_b["exit_code"]) == ("succeeded", other.exit_code)
+                assert other.exit_code == 0 and len(other.ticks) == 250
+                file = log_file(tmp_path / "a", first).read_bytes()
+                stored = stored_log(pg_database, first)
+                closing = stored.rindex(b"\x1b[1;36m[pploy] interrupted")
+                assert file.startswith(stored[:closing]), "the stored log is not A's file"
+                # A is whole again: a deploy there succeeds.
+                third = await deploy(http, a.base)
+                on_a = await wait_ended(http, a.base, third, 90)
+                assert (on_a["status"], on_a["exit_code"]) == ("succeeded", 0), on_a
+            print(
+                f"cut {healed:.1f} s: declared lost after {declared:.1f} s, /ping worst "
+                f"{watch.worst() * 1000:.0f} ms over {len(watch.latencies)} requests"
+            )
+        finally:
+            a.stop()
+            b.stop()
+
+
+async def deploy(http: aiohttp.ClientSession, base: str) -> int:
+    async with http.post(base + "/api/projects/testploy/deploy", json={"env": "staging"}) as resp:
+        assert resp.status in (200, 201, 202), await resp.text()
+        return int((await resp.json())["job"]["id"])
+
+
+async def wait_ended(http: aiohttp.ClientSession, base: str, job: int, timeout: float) -> dict:
+    """The job's record on the instance at ``base`` once it is no longer running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with http.get(base + f"/api/jobs/{job}") as resp:
+                if resp.status == 200:
+                    record = (await resp.json())["job"]
+                    if record["status"] != "running":
+                        return record
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, f"job {job} still running after {timeout} s"
+        await asyncio.sleep(0.2)
