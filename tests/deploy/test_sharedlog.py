@@ -201,3 +201,24 @@ def test_logs_left_short_by_a_stop_are_shipped_on_the_next_start(
     assert stored(store, record.id) == path.read_bytes()
     assert store.short_logs("here") == []
     store.close()
+
+
+def test_a_job_whose_runner_died_is_closed_with_its_unshipped_bytes(job: Job) -> None:
+    """The runner died with bytes not yet stored; its instance writes the closing note into
+    the file and closes the stored log from it: byte-identical, note included. Where another
+    instance closed the stored log first, only the note is added there."""
+    store, path = job.store, job.path
+    write(path, b"shipped\n")
+    assert store.append_log(job.id, 0, b"shipped\n", epoch=0)
+    note = b"\x1b[1;36m[pploy] interrupted: its runner died\x1b[0m\n"
+    write(path, b"never shipped\n" + note)
+    logs = SharedLogs(store, lambda record: {})
+    assert logs.close_log(job.id, path, note) == path.stat().st_size
+    assert stored(store, job.id) == path.read_bytes()
+    other = store.create_job(project="web", kind="deploy", user="alice")
+    theirs = b"their line\n"
+    assert store.append_log(other.id, 0, theirs)
+    mine = path.with_name("other.log")
+    mine.write_bytes(b"my line\n" + note)
+    assert logs.close_log(other.id, mine, note) == len(theirs + note)
+    assert stored(store, other.id) == theirs + note

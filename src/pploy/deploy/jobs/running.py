@@ -548,7 +548,7 @@ class Jobs:
             log.event("job.log_write_failed", level="error", job=record.id, error=exc.strerror)
         if self.shared_logs is not None:
             try:
-                size = self.shared_logs.append_note(record.id, line)
+                size = self.shared_logs.close_log(record.id, path, line)
             except StoreUnavailable:
                 pass
         fields: dict[str, Any] = {

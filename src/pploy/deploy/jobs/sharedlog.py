@@ -311,6 +311,21 @@ class SharedLogs:
             log.event("job.log_ship_unfinished", level="error", jobs=left)
         return not left
 
+    def close_log(self, job_id: int, path: Path, line: bytes) -> int:
+        """A job whose runner died is closed with ``line`` (already written at the end of its
+        file ``path``, on this instance): the file is shipped from the stored end, so the
+        stored log ends byte-identical to it, the runner's unshipped last bytes included.
+        When the stored log is not a prefix of the file (another instance closed it first),
+        ``line`` is added at its end instead. Returns the stored log's new end."""
+        if path.exists():
+            try:
+                return LogShipper(self.store, job_id, path).ship()
+            except Diverged:
+                pass
+            except OSError:  # unreadable now: the note alone
+                pass
+        return self.append_note(job_id, line)
+
     def append_note(self, job_id: int, line: bytes) -> int:
         """Add one of pploy's lines at the end of a stored log; returns the new end."""
         for _ in range(20):  # the log may grow between the two statements: go again
