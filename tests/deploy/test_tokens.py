@@ -198,7 +198,7 @@ def test_a_version_1_database_gains_tokens(tmp_path: Path) -> None:
     old.close()
     store = Store(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         job = store.get_job(1)
         assert job is not None and job.user == "alice" and job.token is None
         assert store.list_tokens("alice") == []
