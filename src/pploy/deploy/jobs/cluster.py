@@ -36,7 +36,7 @@ EXPIRED_MESSAGE = "its lease expired: its runner stopped renewing it"
 
 
 class Cluster:
-    """The listener and the lease-expiry sweep of one instance (started and stopped with the app)."""
+    """The listener and the lease-expiry sweep of one instance (started, stopped with the app)."""
 
     def __init__(self, store: PgStore, jobs: Jobs, projects: Projects, logs: SharedLogs) -> None:
         self.store = store
