@@ -50,6 +50,28 @@ def test_migrations_run_once_even_when_instances_start_together(pg_database: str
         store.close()
 
 
+def test_a_database_at_governance_s_migration_gets_the_leases(pg_database: str) -> None:  # noqa: F811
+    """A database migrated by a pploy before the runners (up to migration 3, governance):
+    migration 4 adds the leases; a job still running then gets one (60 s, by the database's
+    clock) that no runner will renew, so it expires and is swept like any lost job."""
+    PgStore(pg_database).close()
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN lease_epoch, DROP COLUMN lease_until")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        conn.execute(
+            'INSERT INTO jobs (project, kind, "user", started_at, status, approved_by) '
+            "VALUES ('app', 'deploy', 'bob', 1.0, 'running', '[\"carol\"]')"
+        )
+    store = PgStore(pg_database)
+    try:
+        (job,) = store.running_jobs()
+        assert job.approved_by == ["carol"] and job.lease_epoch == 0
+        assert job.lease_until is not None and 50 < job.lease_until - time.time() < 70
+        assert len(MIGRATIONS) == 4
+    finally:
+        store.close()
+
+
 @pytest.mark.slow
 def test_log_chunks_are_read_by_byte_offset(pg_database: str) -> None:  # noqa: F811
     store = PgStore(pg_database)
