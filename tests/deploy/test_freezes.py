@@ -22,6 +22,8 @@ def iso(delta: timedelta) -> str:
 
 def freezes_config() -> str:
     return f"""\
+auth:
+  names_are_self_chosen: true
 permissions:
   admins: [alice]
 freezes:

@@ -16,7 +16,10 @@ from tests.postgres import pg_database, pg_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-CONFIG = "auth:\n  names_are_self_chosen: true\npermissions:\n  admins: [alice]\napprovals:\n  - env: production\n    approvers: [bob]\n"
+CONFIG = (
+    "auth:\n  names_are_self_chosen: true\npermissions:\n  admins: [alice]\n"
+    "approvals:\n  - env: production\n    approvers: [bob]\n"
+)
 
 
 async def served_by(pploy: Served, name: str, timeout: float = 20) -> None:
