@@ -52,11 +52,11 @@ def event(name: str, level: str = "info", **fields: Any) -> None:
         _logger.log(lvl, format_event(level, name, fields))
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a line is written, not when set up (so a
     replaced stderr, as under a test runner, is never written to after it was closed)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

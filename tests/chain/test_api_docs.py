@@ -46,6 +46,7 @@ MARKED = {
     ("docs/deploying.md", "pploy doctor https://deploy.example.com/ --cooki"),
     ("docs/doctor.md", "pploy doctor https://deploy.example.com/ --cooki"),
     ("docs/migrating.md", "git clone https://github.com/edvakf/go-pploy && "),
+    ("docs/governance.md", 'curl -X POST -H "Authorization: Bearer $PPLOY_TO'),
 }
 
 

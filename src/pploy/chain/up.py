@@ -363,7 +363,7 @@ def run(
         print(f"pploy up: {exc}", file=sys.stderr)
         return 2
     try:
-        return eventloop.run(serve(directory, port, tls, log_level, prefix))
+        return int(eventloop.run(serve(directory, port, tls, log_level, prefix)))
     except PortTaken as exc:
         print(f"pploy up: {exc}", file=sys.stderr)
         return 1

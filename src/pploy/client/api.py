@@ -38,7 +38,7 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(raw)
         if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return body["error"]
+            return str(body["error"])
     except ValueError:
         pass
     if 300 <= exc.code < 400:

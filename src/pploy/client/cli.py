@@ -70,7 +70,7 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _lock_text(lock: dict | None) -> str:
+def _lock_text(lock: dict[str, Any] | None) -> str:
     if not lock:
         return "unlocked"
     return f"locked by {lock['user']} ({lock['seconds_left'] / 60:.1f} min left)"

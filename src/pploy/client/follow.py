@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pploy.client.api import Api, ApiError
 
@@ -37,7 +37,7 @@ class Follower:
         self.say = say
         self.reconnects = 0
 
-    def job(self) -> dict:
+    def job(self) -> dict[str, Any]:
         return self.api.call("GET", f"/api/jobs/{self.job_id}")["job"]  # type: ignore[no-any-return]
 
     def _read_once(self) -> None:
@@ -48,7 +48,7 @@ class Follower:
                 self.out.flush()
                 self.offset += len(chunk)  # only what was written: the resume point
 
-    def run(self) -> dict:
+    def run(self) -> dict[str, Any]:
         """Follow to the job's end; its final record. Connection failures are retried (from the
         byte reached) for ``give_up_after`` seconds of failing in a row."""
         failing_since: float | None = None

@@ -115,7 +115,7 @@ def add_go_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-help", action="help", help=argparse.SUPPRESS)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "serve",
         help="run the deploy manager (web UI, JSON API, log streams)",

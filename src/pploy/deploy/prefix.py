@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler as Next
 
 from pploy.deploy.domain.errors import BadRequest
 
@@ -47,7 +48,7 @@ def normalise(value: str, source: str) -> str:
 
 def base(request: web.Request) -> str:
     """The path under which the client reaches the app (``""`` at the root)."""
-    return request.get(BASE, "")
+    return str(request.get(BASE, ""))
 
 
 def url(request: web.Request, path: str) -> str:
@@ -83,7 +84,7 @@ def middleware(configured: str, trusted: Any) -> Any:
     ``trusted(request)`` says whether the peer's ``X-Forwarded-Prefix`` is believed."""
 
     @web.middleware
-    async def prefixed(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def prefixed(request: web.Request, handler: Next) -> web.StreamResponse:
         try:
             prefix = _forwarded(request, trusted(request)) + configured
         except BadRequest as exc:  # before the app's error pages, which need the base

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,7 @@ async def follow(
     *,
     final_status: dict[str, Any] | None = None,
     heartbeat: float | None = None,
-) -> AsyncIterator[FollowItem | None]:
+) -> AsyncGenerator[FollowItem | None, None]:
     """Yield the log from ``offset`` to its end, then the final status.
 
     ``buffer`` is the live job's buffer, or None for a finished job (``path`` and

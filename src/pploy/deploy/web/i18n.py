@@ -7,6 +7,8 @@ English strings are the keys; a missing translation falls back to English.
 # ruff: noqa: E501
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pploy.languages import LANGUAGES, negotiate
 
 __all__ = ["CATALOGUES", "JA", "LANGUAGES", "negotiate", "translator"]
@@ -195,7 +197,8 @@ JA: dict[str, str] = {
 CATALOGUES = {"ja": JA}
 
 
-def translator(language: str):  # noqa: ANN201 - returns a plain callable for Jinja
+def translator(language: str) -> Callable[[str], str]:
+    """The ``_`` of the templates for ``language`` (unknown text stays as written)."""
     catalogue = CATALOGUES.get(language, {})
 
     def translate(text: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.typedefs import Handler as Next
 
 from pploy import log
 from pploy.deploy import actions
@@ -106,7 +107,7 @@ def _require_action(request: web.Request, taken: list[str]) -> None:
     )
 
 
-async def _through_actions(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _through_actions(request: web.Request, handler: Next) -> web.StreamResponse:
     """Run an unsafe request's handler; one that succeeds (2xx, 3xx) must have entered an
     action (or be marked :func:`no_action`). A streamed answer already under way is logged."""
     with actions.taking() as taken:
@@ -127,7 +128,7 @@ async def _through_actions(request: web.Request, handler: Any) -> web.StreamResp
 
 
 @web.middleware
-async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+async def request_context(request: web.Request, handler: Next) -> web.StreamResponse:
     """Request id, access log line, errors rendered as JSON or HTML, and the CSRF cookie."""
     request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
     request[REQUEST_ID] = request_id
@@ -174,7 +175,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 @web.middleware
-async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
+async def authenticate(request: web.Request, handler: Next) -> web.StreamResponse:
     """Refuse hosts pploy does not serve, identify the user (public paths may stay
     anonymous), and refuse unsafe requests a browser sent from another site."""
     svc = services(request)

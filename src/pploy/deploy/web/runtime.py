@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler as Next
 
 import pploy
 from pploy import promtext
@@ -56,7 +57,7 @@ def counting(counters: Counters) -> Any:
     """Middleware: count every answer by route, method and status; streams while open."""
 
     @web.middleware
-    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def count(request: web.Request, handler: Next) -> web.StreamResponse:
         route = _route(request)
         stream = STREAM_ROUTES.get(route)
         if stream == "follow" and request.query.get("follow") not in ("1", "true", "yes"):

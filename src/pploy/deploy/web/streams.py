@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -37,7 +37,9 @@ def parse_offset(value: str | None) -> int:
     return int(value)
 
 
-def job_log(svc: Services, record: JobRecord, offset: int, heartbeat: float | None = None):
+def job_log(
+    svc: Services, record: JobRecord, offset: int, heartbeat: float | None = None
+) -> AsyncGenerator[FollowItem | None, None]:
     """Follow a job's log from ``offset`` whether it is running or finished."""
     path = svc.jobs.log_path(record)
     buffer = svc.jobs.live_buffer(record.id) or svc.jobs.remote_log(record)
