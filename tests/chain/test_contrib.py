@@ -112,6 +112,7 @@ SHIPPED_PLACEHOLDERS = {
 }
 
 
+@pytest.mark.slow  # a `pploy` process each
 @pytest.mark.parametrize("check", [True, False], ids=["check-config", "start"])
 @pytest.mark.parametrize("name", sorted(SHIPPED_PLACEHOLDERS))
 def test_shipped_configs_are_refused_until_every_placeholder_is_replaced(
@@ -134,6 +135,7 @@ def test_shipped_configs_are_refused_until_every_placeholder_is_replaced(
         assert "configuration OK" in result.stdout
 
 
+@pytest.mark.slow  # a `pploy` process each
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -151,6 +153,7 @@ def test_nginx_config_refuses_bad_options(args: list[str], message: str) -> None
     assert message in result.stderr and not result.stdout
 
 
+@pytest.mark.slow  # a `pploy` process
 def test_nginx_config_fills_in_the_options(tmp_path: Path) -> None:
     out = tmp_path / "site.conf"
     result = pploy(
@@ -173,6 +176,7 @@ def test_nginx_config_fills_in_the_options(tmp_path: Path) -> None:
     assert "proxy_read_timeout 2h;" in text
 
 
+@pytest.mark.slow  # a `pploy` process each
 @pytest.mark.parametrize(
     ("command", "words"),
     [

@@ -142,6 +142,7 @@ def test_gate_takes_typester_gates_conf_flag_in_gos_spellings(
         assert "unrecognized" not in err and "usage:" not in err
 
 
+@pytest.mark.slow  # `pploy serve` processes
 def test_a_go_webhook_template_fails_check_config_and_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,6 +181,7 @@ def test_a_go_webhook_template_fails_check_config_and_start(
     assert re.search(r"configuration OK", out)
 
 
+@pytest.mark.slow  # a `pploy serve` process
 async def test_go_lock_duration_is_the_gain_and_the_extension(tmp_path: Path) -> None:
     """`pploy serve -lock 2m` (go-pploy's spelling): a gained lock lasts 2 minutes and an
     extension adds 2 minutes, as go-pploy's one duration did."""

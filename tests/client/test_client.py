@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.support import Fifo, make_remote, start_pploy
 
 COLOUR_SCRIPT = (
@@ -93,6 +95,7 @@ class CuttingRelay:
             self.server.close()
 
 
+@pytest.mark.slow  # `pploy client` processes
 async def test_deploy_follows_the_log_raw_and_exits_with_the_jobs_result(tmp_path: Path) -> None:
     pploy = await start_pploy(tmp_path / "work")
     try:
@@ -141,6 +144,7 @@ async def test_a_failing_deploy_gives_a_non_zero_exit(tmp_path: Path) -> None:
         await pploy.close()
 
 
+@pytest.mark.slow  # `pploy client` through a relay
 async def test_a_dropped_connection_resumes_with_no_byte_lost_or_doubled(tmp_path: Path) -> None:
     pploy = await start_pploy(tmp_path / "work")
     relay = CuttingRelay(pploy.server.port, cut_after=2500)  # type: ignore[arg-type]
@@ -189,6 +193,7 @@ async def test_ctrl_c_cancels_the_job_when_asked(tmp_path: Path) -> None:
         await pploy.close()
 
 
+@pytest.mark.slow  # a `pploy client` process per usage error
 async def test_usage_errors_exit_2_not_a_failed_jobs_1(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PPLOY_")}
     for extra, message in (

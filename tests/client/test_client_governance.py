@@ -6,9 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.client.test_client import run_client
 from tests.deploy.govserver import Served
 from tests.deploy.support import make_remote
+
+pytestmark = pytest.mark.slow  # `pploy serve` and a dozen `pploy client` processes
 
 CONFIG = """\
 auth:

@@ -19,6 +19,8 @@ from tests.deploy.support import make_remote, push_commit
 from tests.deploy.test_notify import Receiver, receiver  # noqa: F401
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
+pytestmark = pytest.mark.slow  # `pploy serve` from a config file per test
+
 RULES = """\
 approvals:
   - project: "*"

@@ -15,6 +15,8 @@ from tests.deploy.govserver import Served
 from tests.deploy.support import Fifo, make_remote
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
+pytestmark = pytest.mark.slow  # `pploy serve` from a config file per test
+
 ADMINS = "auth:\n  names_are_self_chosen: true\npermissions:\n  admins: [alice]\n"
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from pploy.deploy.config import Config
@@ -37,6 +38,7 @@ def test_every_webhook_key_is_documented():
     assert [k for k in WebhookConfig.model_fields if f"`{k}`" not in text] == []
 
 
+@pytest.mark.slow  # a `pploy` process per subcommand
 def test_help_of_every_subcommand(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pploy", "--help"], capture_output=True, text=True, check=True
@@ -49,6 +51,7 @@ def test_help_of_every_subcommand(tmp_path):
         assert sub.returncode == 0 and "usage: pploy " + command in sub.stdout
 
 
+@pytest.mark.slow  # `pploy serve` processes
 def test_serve_check_config_names_the_bad_key(tmp_path):
     bad = tmp_path / "pploy.yml"
     bad.write_text("users: [alice]\nlock:\n  gain_minutes: -1\n  colour: red\n")
@@ -72,6 +75,7 @@ def test_serve_check_config_names_the_bad_key(tmp_path):
     assert result.returncode == 2 and "users" in result.stderr
 
 
+@pytest.mark.slow  # a `pploy serve` process
 def test_serve_reports_a_taken_port(tmp_path):
     import socket
 

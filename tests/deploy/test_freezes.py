@@ -51,6 +51,7 @@ async def deploy(served: Served, name: str, user: str, env: str, **extra: str): 
     return await served.api("POST", f"/api/projects/{name}/deploy", user, {"env": env, **extra})
 
 
+@pytest.mark.slow  # `pploy serve` from a config file
 async def test_a_configured_freeze_refuses_deploys_and_only_an_admin_overrides_it(
     served: Served, tmp_path: Path
 ):
@@ -98,6 +99,7 @@ async def test_a_configured_freeze_refuses_deploys_and_only_an_admin_overrides_i
     assert listed[0]["envs"] == ["production"] and listed[1]["envs"] == ["*"]
 
 
+@pytest.mark.slow  # `pploy serve` from a config file, restarted
 async def test_ad_hoc_freezes_are_for_admins_and_survive_a_restart(served: Served, tmp_path: Path):
     name = await served.add_project(make_remote(tmp_path))
     incident = {"name": "incident", "envs": ["staging"], "until": iso(timedelta(hours=2)),

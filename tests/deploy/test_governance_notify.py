@@ -8,9 +8,13 @@ import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.govserver import Served
 from tests.deploy.support import make_remote
 from tests.deploy.test_notify import Receiver, receiver  # noqa: F401
+
+pytestmark = pytest.mark.slow  # `pploy serve` from a config file
 
 KINDS = [
     "lock.queued", "lock.granted", "job.awaiting_approval", "job.approved", "freeze.started",

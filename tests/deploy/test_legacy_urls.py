@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.deploy.support import Pploy, make_remote, push_commit, start_pploy
 
@@ -385,6 +386,7 @@ async def test_go_pploys_ui_routes_and_files_also_under_a_prefix(tmp_path: Path)
         await pploy.close()
 
 
+@pytest.mark.slow  # `pploy serve` processes
 def test_goploy_ui_must_be_a_built_frontend(tmp_path: Path) -> None:
     """A ``goploy_ui`` that is not go-pploy's built assets/ (the source directory, a typo) is
     a configuration error naming the key and what is missing, through the real CLI."""

@@ -16,6 +16,8 @@ from tests.deploy.support import make_remote
 from tests.deploy.test_notify import Receiver, receiver  # noqa: F401
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
+pytestmark = pytest.mark.slow  # `pploy serve` from a config file per test, a lock running out
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def database(request: pytest.FixtureRequest) -> str | None:

@@ -74,6 +74,7 @@ def test_any_split_of_the_output_masks_the_same() -> None:
         assert masked([SECRET], pieces) == whole, pieces
 
 
+@pytest.mark.slow  # a `pploy serve` process
 def test_a_short_value_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "pploy.yml"
     path.write_text("job:\n  mask_env: [DEPLOY_TOKEN]\n")
@@ -111,6 +112,7 @@ echo "finished"
 """
 
 
+@pytest.mark.slow  # `pploy serve` from a config file
 @pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 async def test_a_secret_split_across_writes_never_leaves_pploy(
     tmp_path: Path,
@@ -188,6 +190,7 @@ async def test_a_secret_split_across_writes_never_leaves_pploy(
         await served.close()
 
 
+@pytest.mark.slow  # `pploy serve` from a config file
 async def test_the_websocket_stream_is_masked_too(tmp_path: Path):
     remote = make_remote(
         tmp_path, deploy_script='#!/bin/sh\nprintf "ws s3cr"\nprintf "3t-Value-42 end\\n"\n'

@@ -157,6 +157,7 @@ async def test_job_started_and_the_kind_filter(receiver: Receiver, tmp_path: Pat
         await pploy.close()
 
 
+@pytest.mark.slow  # waits for a lock to run out
 async def test_a_lock_that_runs_out_is_reported_expired(receiver: Receiver, tmp_path: Path):
     hook = {"url": receiver.url("/hook"), "events": ["lock.expired", "lock.released"]}
     # a lock lasts 0.6 s; an extend adds 0.6 s
@@ -202,6 +203,7 @@ async def test_without_public_url_pploy_warns_that_links_are_relative(
     assert "relative_links" not in caplog.text
 
 
+@pytest.mark.slow  # waits past a lock's end
 async def test_a_lock_kept_by_a_running_job_is_not_reported_expired(
     receiver: Receiver, tmp_path: Path
 ):

@@ -252,6 +252,7 @@ def test_a_symlink_swapped_in_after_the_check_is_not_followed(tmp_path, monkeypa
         repofiles.read_file(clone, "conf/readme.html", 1024)
 
 
+@pytest.mark.slow  # a `pploy serve` process
 async def test_a_fifo_left_by_a_deploy_does_not_stall_pploy(tmp_path):
     """A deploy script replaces deploy_envs with a FIFO. Reading it waits for data that never
     comes (the test holds its writing end and writes nothing); on the event loop that froze
@@ -313,6 +314,7 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.slow  # a `pploy serve` process, 8 MB of envs
 async def test_a_huge_deploy_envs_does_not_grow_pploys_memory(tmp_path):
     """Through a real ``pploy serve``: showing a project whose deploy_envs is 8 MB of lines,
     five times, leaves pploy's peak memory (VmHWM) where it was."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from pploy.identity import AssertionSigner, Identity
 from tests.deploy.support import make_remote, start_pploy
@@ -44,6 +45,7 @@ def gate_config(tmp_path: Path, signer: AssertionSigner, extra: str = "") -> Pat
     return config
 
 
+@pytest.mark.slow  # `pploy serve` from a config file
 async def test_a_non_admin_adds_nothing_through_the_old_create_urls(tmp_path: Path) -> None:
     """The High finding: bob, not an admin, posts a repository to go-pploy's ``/_create?url=``
     with his API token and to the Scala ``/_/create`` with his (gate) session: 403 naming the
@@ -100,6 +102,7 @@ def check_config(config: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # `pploy serve` processes
 def test_standalone_permissions_are_refused_unless_declared_advisory(tmp_path: Path) -> None:
     """In standalone mode anyone picks any name (alice, the admin, too): pploy refuses to start
     with ``permissions`` there, and ``--check-config`` says why and names the key that keeps
@@ -246,6 +249,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a `pploy serve` process
 def test_sigterm_right_after_the_pidfile_is_written_leaves_no_pidfile(tmp_path: Path) -> None:
     config = tmp_path / "pploy.yml"
     config.write_text("users: [alice]\n")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from bench.procs import wait_port
 from tests.deploy.support import Fifo, Pploy, make_remote, start_pploy
@@ -99,6 +100,7 @@ def serve(tmp_path: Path, workdir: str, *args: str, env: dict[str, str] | None =
     )  # fmt: skip
 
 
+@pytest.mark.slow  # three `pploy serve` processes
 async def test_pidfile_and_the_separate_metrics_listener(tmp_path: Path) -> None:
     pidfile = tmp_path / "run/pploy.pid"
     pidfile.parent.mkdir()

@@ -10,6 +10,7 @@ import signal
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.deploy.support import Fifo, make_remote, push_commit, start_pploy
@@ -94,6 +95,7 @@ async def test_lock_is_enforced_for_non_holders_on_every_route(tmp_path):
         await pploy.close()
 
 
+@pytest.mark.slow  # waits out the signal escalation
 async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
     pids = tmp_path / "pids"
     script = (
@@ -131,6 +133,7 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         await pploy.close()
 
 
+@pytest.mark.slow  # waits out the signal escalation
 async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_path):
     """Observed from the script's own traps: it records each signal it gets (with the time)
     and ignores it; only SIGKILL, last, ends it."""
@@ -532,6 +535,7 @@ async def test_proxy_mode_trusts_only_configured_proxies(tmp_path):
         await pploy.close()
 
 
+@pytest.mark.slow  # waits out the signal escalation
 async def test_signal_group_is_gone_after_cancel_even_if_leader_exits_first(tmp_path):
     # The leader exits on SIGINT at once but leaves a child that ignores INT and TERM.
     pids = tmp_path / "pids"

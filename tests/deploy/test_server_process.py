@@ -18,6 +18,8 @@ import pytest
 from tests.deploy.support import Fifo, make_remote
 from tests.helpers import free_port, skip_or_fail
 
+pytestmark = pytest.mark.slow  # `pploy serve` processes per test: kills, restarts, shutdown grace
+
 
 class Server:
     """``pploy serve`` as a subprocess: with a config and workdir, or ``argv`` exactly as given

@@ -183,6 +183,7 @@ def test_help_is_complete(capsys):
         assert word in out
 
 
+@pytest.mark.slow  # a `pploy gate` process
 def test_cli_runs_and_stops_cleanly(tmp_path):
     """The real command: starts, answers /ping, exits 0 on SIGTERM."""
     with socket.socket() as probe:

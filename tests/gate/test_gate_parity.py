@@ -88,6 +88,7 @@ async def test_host_entries_of_one_path_and_the_host_only_case(upstream: Upstrea
         await running.server.stop()
 
 
+@pytest.mark.slow  # a `pploy gate` process
 def test_check_config_warns_about_what_gate_users_would_not_expect(tmp_path: Path):
     config = dev_config(
         proxy=[
@@ -111,6 +112,7 @@ def test_check_config_warns_about_what_gate_users_would_not_expect(tmp_path: Pat
     assert "warning: proxy[1] (/grafana) is never used" in result.stderr
 
 
+@pytest.mark.slow  # `pploy gate` processes
 def test_conf_flag_and_config_yml_in_the_current_directory(tmp_path: Path):
     result = pploy_gate("--check-config", cwd=tmp_path)
     assert result.returncode == 2

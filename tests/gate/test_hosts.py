@@ -57,6 +57,7 @@ async def test_network_admission_only_for_known_host_names():
         await upstream.stop()
 
 
+@pytest.mark.slow  # a `pploy gate` process each
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiohttp"])
 async def test_a_host_that_is_not_host_and_port_is_refused(tmp_path, fast_path):
     """Issue 21: ``Host: <served-name>:1@evil.example`` passed the check (the text before the

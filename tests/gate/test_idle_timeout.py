@@ -115,6 +115,7 @@ async def test_silence_mid_stream_cuts_the_client_connection(stack):
     assert _idle_errors(gate) == 1
 
 
+@pytest.mark.slow  # seconds of a slow client
 async def test_a_slow_client_is_not_the_upstreams_silence(stack):
     """gate waiting for the client to read is no reason to cut the upstream."""
     gate, _ = stack

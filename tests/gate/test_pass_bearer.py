@@ -66,6 +66,7 @@ async def test_bearer_requests_pass_only_where_allowed_and_carry_no_identity() -
         await upstream.stop()
 
 
+@pytest.mark.slow  # a `pploy gate` process each
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiohttp"])
 async def test_a_bearer_token_opens_nothing_gate_serves_itself(tmp_path, fast_path):
     """Issue 21: with ``pass_bearer`` on ``/`` (contrib/config/gate.yml, ``pploy up``), any

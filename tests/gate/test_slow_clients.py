@@ -13,6 +13,8 @@ from tests.gate.conftest import client_session, dev_config, dev_login, gate_comm
 from tests.gate.upstream import Upstream
 from tests.gate.wire import Conn, read_reply
 
+pytestmark = pytest.mark.slow  # `pploy gate` processes, a byte at a time up to the head timeout
+
 TIMEOUT = 1.0  # the configured head_timeout ("1s" in the file)
 DRIP = 0.2  # a byte this often: far more often than the timeout
 

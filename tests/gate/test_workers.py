@@ -153,6 +153,7 @@ async def _metric(port: int, route_code: str) -> int:
     return total
 
 
+@pytest.mark.slow  # `pploy gate` worker processes
 async def test_workers_share_the_port_sessions_and_metrics(stack):
     workers = stack.workers()
     assert len(workers) == WORKERS and all(_alive(p) for p in workers)
@@ -197,6 +198,7 @@ async def test_workers_share_the_port_sessions_and_metrics(stack):
     assert seen == [expected] * 6, seen
 
 
+@pytest.mark.slow  # `pploy gate` worker processes
 async def test_a_dead_worker_is_replaced_and_sigterm_stops_all(stack):
     workers = stack.workers()
     os.kill(workers[0], signal.SIGKILL)
@@ -223,6 +225,7 @@ async def test_a_dead_worker_is_replaced_and_sigterm_stops_all(stack):
     assert stack.log.read_text().count("gate.stop") == WORKERS, tail(stack.log)
 
 
+@pytest.mark.slow  # `pploy gate` worker processes
 async def test_sighup_restarts_workers_in_turn_with_the_new_configuration(stack):
     workers = stack.workers()
     cookie = await _session_cookie(stack.url)
@@ -288,6 +291,7 @@ def test_worker_count_must_be_positive_and_needs_linux(tmp_path, capsys, monkeyp
     assert "more than one worker needs Linux" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # `pploy gate` worker processes
 async def test_many_kept_connections_each_get_their_own_answer_and_status(stack):
     """The fast path on uvloop, in worker processes, with upstream connections pooled and
     reused between clients the moment a response completes: every client gets the answer to

@@ -86,6 +86,7 @@ async def test_a_client_that_stalls_mid_request_is_dropped(gate, partial):
     await still_serving(gate)
 
 
+@pytest.mark.slow  # a stream longer than the header timeout
 async def test_the_header_timeout_does_not_cut_a_slow_stream(gate, upstream):
     """The timeout is for idle connections only: a stream silent for longer goes on."""
     upstream.reset()

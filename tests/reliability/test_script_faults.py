@@ -39,6 +39,7 @@ async def project_with(tmp_path, script: str, **settings):
     return pploy, name
 
 
+@pytest.mark.slow  # waits for the pty to be let go
 async def test_a_daemon_that_keeps_the_pty_open_does_not_hold_the_job(tmp_path):
     """The script starts a background process (still writing to the pty) and exits 0: the job
     ends as succeeded shortly after the script, every viewer gets the final status."""
@@ -77,6 +78,7 @@ async def test_a_daemon_that_keeps_the_pty_open_does_not_hold_the_job(tmp_path):
         await pploy.close()
 
 
+@pytest.mark.slow  # waits out the signal escalation
 async def test_a_script_that_ignores_sigint_and_sigterm_is_still_cancelled(tmp_path):
     pidfile = tmp_path / "pid"
     script = (
@@ -199,6 +201,7 @@ async def test_invalid_utf8_and_nul_bytes(tmp_path):
         await pploy.close()
 
 
+@pytest.mark.slow  # seconds of silence
 async def test_a_silent_script_gets_heartbeats_past_the_interval(tmp_path, monkeypatch):
     """A script that prints nothing for longer than the heartbeat: SSE viewers get `: ping`
     comments and WebSocket viewers pings, then the output and the status when it resumes."""
@@ -260,6 +263,7 @@ async def test_checkout_of_a_missing_ref_fails_clearly_and_changes_nothing(tmp_p
         await pploy.close()
 
 
+@pytest.mark.slow  # waits out webhook timeouts
 @pytest.mark.parametrize("failure", ["hang", "500"])
 async def test_a_failing_webhook_receiver_neither_fails_nor_delays_deploys(
     tmp_path, caplog, failure
