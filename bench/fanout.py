@@ -366,9 +366,7 @@ async def run(ctx) -> dict:  # type: ignore[no-untyped-def]
         },
         "direct": direct,
         "gate": via_gate,
-        "by_viewers": {
-            str(count): {"direct": d, "gate": g} for count, (d, g) in phases.items()
-        },
+        "by_viewers": {str(count): {"direct": d, "gate": g} for count, (d, g) in phases.items()},
         "gate_workers": len(workers),
         "late_joiners": late,
         "pploy_idle_rss_mib": round(idle / 1024, 1),

@@ -35,8 +35,14 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("identity assertion (cached token)", ("token_for", "identity.py")),
     (
         "gate's own dispatch: path parsing, Host guard, routing, guards, request id",
-        ("gate/routing.py", "gate/guards.py", "gate/app.py", "gate/forwarding.py",
-         "gate/proxy.py", "gate/core.py"),
+        (
+            "gate/routing.py",
+            "gate/guards.py",
+            "gate/app.py",
+            "gate/forwarding.py",
+            "gate/proxy.py",
+            "gate/core.py",
+        ),
     ),  # fmt: skip
     (
         "fast path: request heads (httptools), admission, one task per request",
@@ -46,14 +52,25 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("upstream keep-alive pool (aiohttp connector)", ("connector.py",)),
     (
         "upstream request and response parsing (aiohttp client)",
-        ("aiohttp/client.py", "client_reqrep.py", "client_proto.py", "client_middleware",
-         "aiohttp/streams.py"),
+        (
+            "aiohttp/client.py",
+            "client_reqrep.py",
+            "client_proto.py",
+            "client_middleware",
+            "aiohttp/streams.py",
+        ),
     ),  # fmt: skip
     ("response to the client (prepare, headers, body)", ("web_response.py", "http_writer.py")),
     (
         "request parsing and server protocol (aiohttp server)",
-        ("web_protocol.py", "http_parser.py", "web_request.py", "web_app.py",
-         "web_urldispatcher", "web_middlewares"),
+        (
+            "web_protocol.py",
+            "http_parser.py",
+            "web_request.py",
+            "web_app.py",
+            "web_urldispatcher",
+            "web_middlewares",
+        ),
     ),  # fmt: skip
 ]
 SEND = (

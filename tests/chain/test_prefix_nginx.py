@@ -184,8 +184,11 @@ def test_browser_requests_all_stay_under_the_prefix(setup: Setup) -> None:
             # the browser leaving, not a failed request.
             page.on(
                 "requestfailed",
-                lambda r: "ERR_ABORTED" in (r.failure or "") and "/events" in r.url
-                or failures.append(f"{r.url}: {r.failure}"),
+                lambda r: (
+                    "ERR_ABORTED" in (r.failure or "")
+                    and "/events" in r.url
+                    or failures.append(f"{r.url}: {r.failure}")
+                ),
             )
             page.on(
                 "response", lambda r: r.status >= 400 and failures.append(f"{r.url}: {r.status}")

@@ -21,7 +21,7 @@ WIDTHS = {"wide": (1280, 860), "narrow": (375, 760)}
 
 DEPLOY = script(
     printf("\x1b[1mBuilding webshop\x1b[0m\n::group::Install dependencies\n"),
-    "i=1; while [ $i -le 40 ]; do echo \"  fetched package-$i\"; i=$((i+1)); done",
+    'i=1; while [ $i -le 40 ]; do echo "  fetched package-$i"; i=$((i+1)); done',
     printf("::endgroup::\n\x1b[32m✓ tests passed\x1b[0m (128 tests)\n"),
     printf("\x1b[33mwarning:\x1b[0m image is 3 days old\n"),
     printf("release notes: https://example.com/releases/42\n"),

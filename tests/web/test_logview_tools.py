@@ -167,18 +167,22 @@ def test_wrap_lines_keeps_rows_apart_and_search_working(page: Any, live: LivePpl
     """Wrapped, a long line takes the rows it needs (no overlap, no sideways scrolling) and
     the virtualised panel still brings a far match into view."""
     deploy = script(
-        "awk 'BEGIN { for (i = 1; i <= 3000; i++) { s = \"\"; "
-        "for (j = 0; j < (i % 7) * 40; j++) s = s \"w\"; "
+        'awk \'BEGIN { for (i = 1; i <= 3000; i++) { s = ""; '
+        'for (j = 0; j < (i % 7) * 40; j++) s = s "w"; '
         'if (i == 2500) print "far line " s " target"; else print "line " i " " s } }\''
     )
     open_finished(page, live, deploy)
     log = page.locator("#log")
-    assert page.evaluate("(() => { const l = document.getElementById('log'); "
-                         "return l.scrollWidth > l.clientWidth; })()")
+    assert page.evaluate(
+        "(() => { const l = document.getElementById('log'); "
+        "return l.scrollWidth > l.clientWidth; })()"
+    )
     page.check("#log-wrap")
     assert "log-wrap" in log.get_attribute("class")
-    assert page.evaluate("(() => { const l = document.getElementById('log'); "
-                         "return l.scrollWidth <= l.clientWidth; })()")
+    assert page.evaluate(
+        "(() => { const l = document.getElementById('log'); "
+        "return l.scrollWidth <= l.clientWidth; })()"
+    )
     gaps = page.evaluate(
         """() => {
           const rows = Array.from(document.querySelectorAll('#log .log-line'));
@@ -204,5 +208,7 @@ def test_wrap_lines_keeps_rows_apart_and_search_working(page: Any, live: LivePpl
     box, r = log.bounding_box(), row.bounding_box()
     assert box["y"] <= r["y"] and r["y"] + r["height"] <= box["y"] + box["height"]
     page.uncheck("#log-wrap")
-    assert page.evaluate("(() => { const l = document.getElementById('log'); "
-                         "return l.scrollWidth > l.clientWidth; })()")
+    assert page.evaluate(
+        "(() => { const l = document.getElementById('log'); "
+        "return l.scrollWidth > l.clientWidth; })()"
+    )

@@ -74,7 +74,8 @@ def test_history_paging_filters_search_and_last_deployed(page: Any, live: LivePp
     page.click("#history-filters button[type=submit]")
     assert rows.count() == 2
     assert set(page.locator("#history tr.job-row .col-env").all_inner_texts()) == {
-        t for t in page.locator("#history tr.job-row .col-env").all_inner_texts()
+        t
+        for t in page.locator("#history tr.job-row .col-env").all_inner_texts()
         if t.startswith("production")
     }
     assert page.input_value("#history-filters select[name=status]") == "failed"  # kept

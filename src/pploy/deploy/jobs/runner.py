@@ -352,7 +352,8 @@ class Runner:
 
     def _child_env(self, extra: dict[str, str], hardened: bool) -> dict[str, str]:
         base = git.git_env() if hardened else dict(os.environ)
-        return base | self.spec["env"] | extra
+        env: dict[str, str] = self.spec["env"]
+        return base | env | extra
 
     async def _run_step(self, argv: Sequence[str], extra: dict[str, str], hardened: bool) -> int:
         self.stopping = None

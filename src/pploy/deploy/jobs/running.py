@@ -218,7 +218,7 @@ class Jobs:
         self, project: Project, env: str, user: str, token: str | None = None
     ) -> JobRecord:
         sha = await self.deploy_commit(project, env, user)
-        steps: list[tuple[list[str], dict, str]] = []
+        steps: list[tuple[list[str], dict[str, str], str]] = []
         wanted = self._checked_out_elsewhere(project.name, sha)
         if wanted:  # another instance's checkout: this clone follows it first
             sha = wanted
@@ -234,7 +234,7 @@ class Jobs:
         return record
 
     @staticmethod
-    def _follow_steps(sha: str) -> list[tuple[list[str], dict, str]]:
+    def _follow_steps(sha: str) -> list[tuple[list[str], dict[str, str], str]]:
         """Commands that bring this clone to ``sha`` (another instance checked it out)."""
         return [
             (argv, {}, "$ " + " ".join(argv))
@@ -319,7 +319,10 @@ class Jobs:
         return None
 
     def _launch(
-        self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
+        self,
+        record: JobRecord,
+        project: Project,
+        steps: list[tuple[list[str], dict[str, str], str]] | None,
     ) -> None:
         """Hand the job to a runner of its own (runner.py) and follow it."""
         if record.kind == "deploy":
@@ -346,7 +349,10 @@ class Jobs:
             self.on_start(record)
 
     def _spec(
-        self, record: JobRecord, project: Project, steps: list[tuple[list[str], dict, str]] | None
+        self,
+        record: JobRecord,
+        project: Project,
+        steps: list[tuple[list[str], dict[str, str], str]] | None,
     ) -> dict[str, Any]:
         """Everything the runner needs, so that it reads no configuration of its own."""
         job = self.config.job

@@ -247,7 +247,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
         version = int(row.fetchone()["v"])  # type: ignore[index]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.execute(script)  # type: ignore[arg-type]
+            conn.execute(script)
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
     return len(MIGRATIONS)
 
@@ -337,7 +337,7 @@ class PgStore:
         """Run one statement; a lost, silent or full server is StoreUnavailable (503)."""
 
         def statement(conn: psycopg.Connection[Any]) -> Result:
-            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = conn.execute(sql, params)
             rows = cur.fetchall() if cur.description is not None else []
             return Result(rows, cur.rowcount)
 
