@@ -112,13 +112,50 @@ def test_expired_leases_are_interrupted_once_and_renewed_ones_never(pg_database:
     assert not store.write_job(expired.id, 1, status="succeeded", exit_code=0)
     assert store.get_job(expired.id).status == "interrupted"
     assert not store.renew_lease(expired.id, 1, 1.0)  # it learns it no longer runs it
-    # Its log: a chunk of the stale epoch is refused even at the stored end; the current
-    # epoch's (or one without an epoch: a note) lands there, and only there.
-    assert not store.append_log(expired.id, 0, b"late output\n", epoch=1)
-    assert store.log_end(expired.id) == 0
+    # Its log: the current epoch's chunk lands at the stored end, and only there (the lost
+    # epoch's rule: test_a_lost_epoch_may_only_finish_the_stored_log_at_its_end).
     assert not store.append_log(expired.id, 5, b"a gap\n", epoch=2)
     assert store.append_log(expired.id, 0, b"note\n", epoch=2)
     assert store.append_log(renewed.id, 0, b"live\n", epoch=1)
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_lost_epoch_may_only_finish_the_stored_log_at_its_end(pg_database: str) -> None:  # noqa: F811
+    """A runner cut off from the database past its lease ships the rest of its file once it
+    is back: a chunk of the epoch that was lost lands only at the stored end of a job declared
+    interrupted, extending its log_bytes; never elsewhere, never while the job runs under a
+    newer epoch, never from an older epoch, never onto a job that ended otherwise, and its
+    end record is refused."""
+    store = PgStore(pg_database)
+    job = store.create_job(project="app", kind="deploy", user="alice", lease_seconds=0.5)
+    assert store.take_lease(job.id, 0.5) == 1
+    assert store.append_log(job.id, 0, b"one\n", epoch=1)
+    # While it runs under epoch 1, an older epoch's chunk is refused, even at the end.
+    assert not store.append_log(job.id, 4, b"older\n", epoch=0)
+    time.sleep(0.7)  # the lease expires by the database's clock: the job is declared lost
+    assert store.interrupt_job(job.id, message="lost", log_bytes=4, expired_only=True)
+    assert store.get_job(job.id).lease_epoch == 2
+    # The lost epoch (1): refused at a gap, at a stored offset, and from an older epoch.
+    assert not store.append_log(job.id, 9, b"gap\n", epoch=1)
+    assert not store.append_log(job.id, 0, b"two\n", epoch=1)
+    assert not store.append_log(job.id, 4, b"older than the lost\n", epoch=0)
+    assert store.read_log(job.id, 0, 100) == b"one\n"
+    # ...accepted exactly at the stored end: the log ends as the runner's file does.
+    assert store.append_log(job.id, 4, b"two\n", epoch=1)
+    assert store.append_log(job.id, 8, b"[pploy] stopped\n", epoch=1)
+    assert store.read_log(job.id, 0, 100) == b"one\ntwo\n[pploy] stopped\n"
+    record = store.get_job(job.id)
+    assert (record.status, record.log_bytes, record.message) == ("interrupted", 24, "lost")
+    # Log bytes only: its end record stays refused.
+    assert not store.write_job(job.id, 1, status="succeeded", exit_code=0)
+    assert store.get_job(job.id).status == "interrupted"
+    # A job that ended by its own runner's record takes no chunk from an earlier epoch.
+    done = store.create_job(project="web", kind="deploy", user="bob", lease_seconds=5.0)
+    assert store.take_lease(done.id, 5.0) == 1
+    assert store.write_job(done.id, 1, status="failed", exit_code=1, log_bytes=0)
+    assert not store.append_log(done.id, 0, b"late\n", epoch=0)
+    assert store.log_end(done.id) == 0
     store.close()
 
 

@@ -487,8 +487,9 @@ async def test_an_instance_cut_off_from_the_database_longer_than_the_lease_runs_
     scripts' ledger and their live processes are the ground truth). The job is recorded
     ``interrupted`` with no exit code on both instances, as the script died (no END, no
     exit); A answers /ping within 2 s throughout; B's deploy succeeds as its script did; once
-    the route heals, A's late writes are refused (the stored log is a prefix of A's file and
-    B's closing line) and a deploy on A succeeds."""
+    the route heals, A's late end record is refused but the rest of its log lands at the
+    stored end (the lost epoch's rule): the stored log, served by A and B alike, is
+    byte-identical to A's file, closing lines included; and a deploy on A succeeds."""
     ledger = tmp_path / "ledger"
     remote = make_remote(tmp_path, deploy_script=ledger_script(ticks=250, interval=0.05))
     settings = "  lease_seconds: 8\n  fence_seconds: 6\n"
@@ -551,10 +552,24 @@ async def test_an_instance_cut_off_from_the_database_longer_than_the_lease_runs_
                     assert (await resp.json())["job"]["status"] == "interrupted"
                 assert (on_b["status"], on_b["exit_code"]) == ("succeeded", other.exit_code)
                 assert other.exit_code == 0 and len(other.ticks) == 250
-                file = log_file(tmp_path / "a", first).read_bytes()
-                stored = stored_log(pg_database, first)
-                closing = stored.rindex(b"\x1b[1;36m[pploy] interrupted")
-                assert file.startswith(stored[:closing]), "the stored log is not A's file"
+                # The stored log: byte-identical to A's file, its runner's closing lines
+                # included (shipped after the fence, once the route healed), on both.
+                path = log_file(tmp_path / "a", first)
+                deadline = time.monotonic() + 30
+                while stored_log(pg_database, first) != path.read_bytes():
+                    assert time.monotonic() < deadline, "the stored log never became A's file"
+                    await asyncio.sleep(0.2)
+                file = path.read_bytes()
+                stopped = b"stopped: its lease could not be renewed in time (job.fence_seconds)"
+                assert b"[pploy] " + stopped in file
+                last = file.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+                assert b"[pploy] deploy interrupted" in last and stopped in last, last
+                for base in (a.base, b.base):
+                    async with http.get(base + f"/api/jobs/{first}/log") as resp:
+                        assert await resp.read() == file, base
+                    async with http.get(base + f"/api/jobs/{first}") as resp:
+                        shown = (await resp.json())["job"]
+                    assert shown["status"] == "interrupted" and "lease expired" in shown["message"]
                 # A is whole again: a deploy there succeeds.
                 third = await deploy(http, a.base)
                 on_a = await wait_ended(http, a.base, third, 90)

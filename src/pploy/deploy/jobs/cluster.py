@@ -7,7 +7,8 @@
 - Every SWEEP_SECONDS, declares ``interrupted`` the running jobs whose lease has expired by the
   database's clock (their runner died, or lost the database for longer than job.lease_seconds:
   it has stopped its job by then, at job.fence_seconds), keeping their locks and logs. The
-  lease moves to a new epoch, so a late runner writes nothing more for the job (runner.py).
+  lease moves to a new epoch, so a late runner writes nothing more for the job (runner.py)
+  but the rest of its log file, at the stored end (PgStore.append_log).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import psycopg
 from pploy import log
 from pploy.deploy.domain.projects import Projects
 from pploy.deploy.domain.records import StoreUnavailable
-from pploy.deploy.jobs.running import Jobs, _note
+from pploy.deploy.jobs.running import Jobs
 from pploy.deploy.jobs.sharedlog import SharedLogs
 from pploy.deploy.storage.postgres import (
     CANCEL_CHANNEL,
@@ -146,16 +147,18 @@ class Cluster:
 
     def sweep(self) -> list[int]:
         """Declare interrupted the running jobs whose lease has expired (their locks and logs
-        stay); the stored log gets a closing line."""
+        stay), with the reason in the record's message and ``log_bytes`` what is stored now.
+        Nothing is written into the stored log: its runner may be alive, cut off, with bytes
+        still to ship (its own closing line among them); those land later at the stored end
+        (PgStore.append_log's rule for the lost epoch), so the stored log ends byte-identical
+        to the runner's file."""
         done = []
         for record in self.store.expired_jobs():
+            end = self.store.log_end(record.id)
             if not self.store.interrupt_job(
-                record.id, message=EXPIRED_MESSAGE, log_bytes=record.log_bytes, expired_only=True
+                record.id, message=EXPIRED_MESSAGE, log_bytes=end, expired_only=True
             ):
                 continue  # renewed, ended, or declared by another instance meanwhile
-            line = _note(f"[pploy] interrupted: {EXPIRED_MESSAGE} (instance {record.instance})")
-            end = self.logs.append_note(record.id, line)
-            self.store.update_job(record.id, log_bytes=end)
             done.append(record.id)
             log.event("job.interrupted", level="warning", job=record.id,
                       project=record.project, instance=record.instance)  # fmt: skip

@@ -73,6 +73,9 @@ LOCK_KEEP_MARGIN = 120.0
 RETRY_SECONDS = 1.0
 # After the end: how long the runner waits for its followers to read the end frame.
 LINGER_SECONDS = 2.0
+# A fenced runner (its script already stopped) keeps shipping the rest of its log file — its
+# closing line included — for this long, so a database back by then holds it byte-identical.
+FENCED_SHIP_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
 # Who cancels the jobs of a pploy stopping with job.on_shutdown: cancel.
 SHUTDOWN_USER = "pploy (shutdown)"
@@ -115,7 +118,8 @@ def runner_alive(workdir: Path, job_id: int) -> bool:
 
 def read_fence(workdir: Path, job_id: int) -> float | None:
     """The wall-clock time by which the runner will have stopped its job unless it renews its
-    lease (None: no fence, e.g. SQLite, or not written yet)."""
+    lease (None: no fence, e.g. SQLite; not written yet; or the runner has fenced itself and
+    its job's tree is gone: it only ships the rest of its log)."""
     try:
         return float(job_file(workdir, job_id, "fence").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -467,6 +471,8 @@ class Runner:
 
     def _set_fence(self, when: float) -> None:
         self.fence_at = when
+        if self.fenced:  # its tree is gone (see _drop_fence): nothing for serve to guard
+            return
         path = job_file(self.workdir, self.job_id, "fence")
         try:
             temp = path.with_suffix(".fence-new")
@@ -474,6 +480,12 @@ class Runner:
             os.replace(temp, path)
         except OSError:
             pass
+
+    def _drop_fence(self) -> None:
+        """Fenced, with the job's tree gone: the fence file goes, so serve's guard (running.py
+        _guard_fences) leaves this runner alone while it ships the rest of its log."""
+        with contextlib.suppress(OSError):
+            job_file(self.workdir, self.job_id, "fence").unlink()
 
     async def _watch_fence(self) -> None:
         """Wake every 0.2 s to check the fence: the first thing done after a stop (SIGCONT)."""
@@ -558,6 +570,8 @@ class Runner:
             if self.process:
                 self.process.close()
             self.containment.finished(self.job_id)
+        if self.fenced:
+            self._drop_fence()
         fields: dict[str, Any] = {}
         if self.kind == "checkout" and status == "succeeded":
             fields["sha"] = await git.head_sha(self.cwd)
@@ -580,10 +594,22 @@ class Runner:
         }  # fmt: skip
         self.end = {"id": self.job_id, **fields}
         if self.shipper is not None:  # every byte stored before the end is: viewers elsewhere
+            # Fenced: the script is stopped; the rest of the file still ships (the job is
+            # declared lost elsewhere meanwhile: its lost epoch's chunks land at the end).
             self.shipper.finish(self.buffer.size)
+            give_up = float("inf")
             while not await asyncio.to_thread(self.shipper.wait, 0.2):
-                if self.shipper.done.is_set() or self.check_fence():
+                if self.shipper.done.is_set():
                     break
+                if self.check_fence():
+                    if give_up == float("inf"):  # fenced now or before: its note ships too
+                        self._drop_fence()
+                        self.shipper.finish(self.buffer.size)
+                        fields["log_bytes"] = self.buffer.size
+                        self.end = {"id": self.job_id, **fields}
+                        give_up = time.monotonic() + FENCED_SHIP_SECONDS
+                    elif time.monotonic() >= give_up:
+                        break
         saved = await self._save_end(fields)
         for task in tasks:
             task.cancel()

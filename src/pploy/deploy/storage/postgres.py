@@ -794,16 +794,24 @@ class PgStore:
         """Store one chunk of a job's log at byte ``start`` and announce it, only when the
         stored log ends exactly there: the stored log is always one gap-free prefix, and a
         chunk sent twice (a retry, a statement that landed after its caller gave up) lands
-        once. With ``epoch``, only while the job's lease is still that epoch's: a runner fenced
-        out (its job declared lost, the lease moved on) writes nothing. False when it did not
-        land (see sharedlog.LogShipper)."""
+        once. With ``epoch``, only while the job's lease is still that epoch's, or — the late
+        tail of a runner that was cut off — when the job has been declared ``interrupted`` and
+        the lease moved on from exactly that epoch (the lost one, never an older one): the
+        stored log then ends byte-identical to the runner's file. Log bytes only: the end
+        record is never a stale writer's (write_job). A chunk that lands on an ended job
+        extends its ``log_bytes``. False when it did not land (see sharedlog.LogShipper)."""
         row = self.execute(
             "WITH c AS (INSERT INTO log_chunks (job_id, start, data) "
             "SELECT %(job)s, %(start)s, %(data)s WHERE %(start)s = COALESCE((SELECT start + "
             "length(data) FROM log_chunks WHERE job_id = %(job)s ORDER BY start DESC LIMIT 1), 0) "
             "AND (%(epoch)s::integer IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s "
-            "AND lease_epoch = %(epoch)s)) "
-            "ON CONFLICT DO NOTHING RETURNING job_id) SELECT pg_notify(%(channel)s, %(id)s) FROM c",
+            "AND (lease_epoch = %(epoch)s OR (status = 'interrupted' "
+            "AND lease_epoch = %(epoch)s + 1)))) "
+            "ON CONFLICT DO NOTHING RETURNING job_id), "
+            "b AS (UPDATE jobs SET log_bytes = %(start)s + length(%(data)s) WHERE id = %(job)s "
+            "AND status <> 'running' AND log_bytes < %(start)s + length(%(data)s) "
+            "AND EXISTS (SELECT 1 FROM c)) "
+            "SELECT pg_notify(%(channel)s, %(id)s) FROM c",
             {
                 "job": job_id,
                 "start": start,
