@@ -186,7 +186,7 @@ async def test_a_paused_runner_is_fenced_before_its_lease_expires(
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_leases_fence_stale_writes(tmp_path: Path, engine: str, request) -> None:  # noqa: ANN001
     """A lease is taken once, renewed by its epoch only, declared lost only once expired; then
-    every write of the old epoch is refused."""
+    every write of the old epoch is refused but the rest of its log, at the stored end."""
     if engine == "sqlite":
         store: Store | PgStore = Store(tmp_path / "pploy.db")
     else:
@@ -211,9 +211,13 @@ def test_leases_fence_stale_writes(tmp_path: Path, engine: str, request) -> None
         assert record is not None
         assert (record.status, record.message, record.lease_epoch) == ("interrupted", "lost", 2)
         if isinstance(store, PgStore):
-            store.append_log(job.id, 0, b"old", epoch=1)  # a fenced-out runner's chunk
-            store.append_log(job.id, 0, b"new", epoch=2)
-            assert store.read_log(job.id, 0, 10) == b"new"
+            # The lost epoch's log bytes only finish the stored log, at its end (the rest
+            # of its runner's file): tests/deploy/test_store_pg.py::
+            # test_a_lost_epoch_may_only_finish_the_stored_log_at_its_end.
+            assert not store.append_log(job.id, 3, b"gap", epoch=1)
+            assert store.append_log(job.id, 0, b"old", epoch=1)  # a fenced-out runner's rest
+            assert not store.append_log(job.id, 0, b"new", epoch=2)  # never over it
+            assert store.read_log(job.id, 0, 10) == b"old"
     finally:
         store.close()
 

@@ -14,7 +14,9 @@
   (``job.fence_seconds`` after the last renewal began) has passed — checked before every write
   and on every wake-up, so time the process spent stopped counts — which is before the lease
   (``job.lease_seconds``) can expire and another instance may declare the job lost. Every write
-  for the job carries the lease's epoch; a stale one is refused by the database.
+  for the job carries the lease's epoch; a stale one is refused by the database, but for the
+  rest of the log file of the epoch that was lost, at the stored end: fenced, the runner keeps
+  shipping it (its closing lines included) for FENCED_SHIP_SECONDS.
 
 While it lives the runner holds ``run/job-<id>.lock`` (a ``flock``: the kernel drops it when
 the runner dies, however it dies), which is how serve tells a live runner from a dead one, and

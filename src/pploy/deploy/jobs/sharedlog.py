@@ -66,7 +66,8 @@ class LogShipper:
     file (another instance closed the log while this one was cut off), shipping stops:
     the stored log is never garbled by two writers (``diverged``). With ``epoch`` (the job
     runner's lease, jobs/runner.py) every chunk lands only while the lease is still that
-    epoch's: once another instance has declared the job lost, shipping stops (``Fenced``).
+    epoch's, or, once another instance has declared the job lost from that epoch, at the
+    stored end (the rest of the file); refused otherwise, shipping stops (``Fenced``).
     """
 
     def __init__(
