@@ -71,3 +71,19 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path) -> None:
     text = out_md.read_text()
     for title in ("Line latency", "Throughput", "Fan-out", "Proxy overhead", "WebSocket"):
         assert title in text
+
+
+def test_the_storage_benchmark_reports_pploy_s_store_beside_sqlite3(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m bench.storage --quick``: the baseline and pploy's read, as JSON; SQLAlchemy
+    measured or the reason it was not."""
+    from bench import storage
+
+    assert storage.main(["--quick"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["calls"] == 1000
+    assert result["sqlite3_us"] > 0 and result["pploy_store_us"] > 0
+    ratio = result["pploy_store_us"] / result["sqlite3_us"]
+    assert abs(result["pploy_store_ratio"] - ratio) < 0.05
+    assert isinstance(result["sqlalchemy"], dict | str)

@@ -14,9 +14,11 @@ import pytest
 
 from pploy.deploy.domain.errors import BadRequest, Conflict, Forbidden
 from pploy.deploy.domain.locks import Locks, describe_left
-from pploy.deploy.domain.records import JobAlreadyRunning, Lock, Storage
+from pploy.deploy.domain.records import JobAlreadyRunning, Lock, Storage, StoreError
+from pploy.deploy.storage import migrations
 from pploy.deploy.storage.postgres import PgStore
-from pploy.deploy.storage.sqlite import SCHEMA_VERSION, Store
+from pploy.deploy.storage.sql import SqlStore
+from pploy.deploy.storage.sqlite import Store
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 T0 = 1_800_000_000.0
@@ -295,8 +297,10 @@ def test_update_job_refuses_unknown_fields(store: Store) -> None:
 
 
 def test_kind_is_checked_by_the_database(store: Store) -> None:
-    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+    with pytest.raises(StoreError, match="refused") as raised:
         store.create_job(project="app", kind="rm -rf", user="alice")
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError | psycopg.IntegrityError)
+    assert raised.value.status == 500
 
 
 def test_listing_jobs(store: Store) -> None:
@@ -472,7 +476,7 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
             None,
         )
         assert store.get_lock("app").user == "alice"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert migrations.applied(store) == list(range(1, migrations.VERSION + 1))
         # Version 3 allows one running job per project: the older leftover is interrupted.
         assert [store.get_job(i).status for i in (2, 3)] == ["interrupted", "running"]
         repository = store.adopt_repository("app", "/srv/git/app.git")
@@ -505,12 +509,13 @@ def test_a_database_of_schema_4_gets_the_leases(tmp_path: Path) -> None:
         "INSERT INTO jobs (project, kind, user, started_at, status, approved_by) "
         "VALUES ('app', 'deploy', 'bob', 1.0, 'succeeded', '[\"carol\"]')"
     )
-    old.execute("PRAGMA user_version = 4")
+    old.execute("PRAGMA user_version = 4")  # how a pploy before the migration runner counted
+    old.execute("DROP TABLE pploy_migrations")
     old.commit()
     old.close()
     store = Store(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert migrations.applied(store) == list(range(1, migrations.VERSION + 1))
         job = store.get_job(1)
         assert (job.status, job.approved_by, job.lease_epoch) == ("succeeded", ["carol"], 0)
         running = store.create_job(project="web", kind="deploy", user="bob", lease_seconds=30)
@@ -641,3 +646,113 @@ def test_history_search_filters_pages_and_failed_attempts_on_either_engine(
     failed = store.last_failed_deploy("app")
     assert failed is not None and failed.id == ids[3]  # newer than the last success
     assert store.last_failed_deploy("other") is None  # running is not failed
+
+
+# -- one storage layer: the statements and the migrations are the same on both engines -----------
+
+
+def test_one_current_repository_per_name(store: Storage, db_path: Path) -> None:
+    store.add_repository("app", "/srv/git/app.git")
+    other = another(store, db_path)
+    try:
+        with pytest.raises(Conflict, match="already exists"):
+            other.add_repository("app", "/srv/git/other.git")
+    finally:
+        other.close()
+    store.remove_project("app", "alice")
+    assert store.add_repository("app", "/srv/git/other.git").url == "/srv/git/other.git"
+
+
+def schema(store: SqlStore) -> list[tuple[object, ...]]:
+    """Every table's columns (name, type, nullability, default) and every index, as the
+    database itself describes them."""
+    if isinstance(store, Store):
+        rows = store.execute(
+            'SELECT m.name AS t, p.name AS c, p.type, p."notnull", p.dflt_value '
+            "FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' "
+            "ORDER BY m.name, p.cid"
+        ).fetchall()
+        rows += store.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+        ).fetchall()
+    else:
+        rows = store.execute(
+            "SELECT table_name, column_name, data_type, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = current_schema() "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall()
+        rows += store.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            "ORDER BY indexname"
+        ).fetchall()
+    return [tuple(row.values()) for row in rows]
+
+
+def test_every_step_finds_its_work_done_on_a_database_from_before_the_runner(
+    store: SqlStore, db_path: Path
+) -> None:
+    """A database without ``pploy_migrations`` (written before the one migration runner, by
+    either engine's own numbering) gets every step again: each must find done what is done,
+    change no record and leave the schema as it was."""
+    store.add_repository("app", "/srv/git/app.git")
+    job = store.create_job(project="app", kind="deploy", user="alice", env="production")
+    store.update_job(job.id, status="succeeded", ended_at=T0)
+    running = store.create_job(project="app", kind="checkout", user="bob", lease_seconds=30)
+    store.add_token(user="alice", email=None, name="ci", digest="d1", expires_at=None)
+    store.add_freeze(name="f", envs=["production"], projects=[], starts_at=T0, until=9e9,
+                     reason="r", created_by="root")  # fmt: skip
+    store.add_audit(at=T0, user="alice", kind="lock.gained", project="app", env=None, job=None,
+                    detail={"x": 1})  # fmt: skip
+    before = (schema(store), store.list_jobs(), store.list_tokens("alice"))
+    store.execute("DROP TABLE pploy_migrations")
+    again = another(store, db_path)
+    try:
+        assert migrations.applied(again) == list(range(1, migrations.VERSION + 1))
+        assert (schema(again), again.list_jobs(), again.list_tokens("alice")) == before
+        assert again.get_job(running.id).lease_until == running.lease_until
+        assert [f.name for f in again.current_freezes(T0)] == ["f"]
+        assert again.list_audit(None, [], 10)[0].detail == {"x": 1}
+    finally:
+        again.close()
+
+
+def test_a_sqlite_file_with_two_current_repositories_of_a_name_keeps_the_newest(
+    db_path: Path,
+) -> None:
+    """Before the index of step 7 nothing in an SQLite file kept a name to one current
+    repository: the older is marked removed (by "pploy", when it was added), then the index
+    holds."""
+    Store(db_path).close()
+    old = sqlite3.connect(db_path)
+    old.execute("DROP INDEX repositories_current")
+    old.execute("DELETE FROM pploy_migrations WHERE version = 7")
+    for url in ("/git/one", "/git/two"):
+        old.execute(
+            "INSERT INTO repositories (project, url, added_at) VALUES ('app', ?, 5.0)", (url,)
+        )
+    old.commit()
+    old.close()
+    store = Store(db_path)
+    try:
+        assert store.current_repository("app").url == "/git/two"
+        first = store.get_repository(1)
+        assert (first.removed_at, first.removed_by) == (5.0, "pploy")
+        with pytest.raises(Conflict):
+            store.add_repository("app", "/git/three")
+    finally:
+        store.close()
+
+
+def test_placeholders_reach_postgresql_as_psycopg_s_and_casts_stay() -> None:
+    """The statements are written once, with SQLite's placeholders; PostgreSQL's are made from
+    them. A literal % survives, :: casts are not taken for names, and :name inside a word
+    (a time like 12:30 would be in a literal, never in a statement) is left."""
+    from pploy.deploy.storage.postgres import to_psycopg
+
+    assert to_psycopg("SELECT * FROM t WHERE a = ? AND b = ?") == (
+        "SELECT * FROM t WHERE a = %s AND b = %s"
+    )
+    assert to_psycopg("SELECT :job, (:epoch::integer IS NULL), :job") == (
+        "SELECT %(job)s, (%(epoch)s::integer IS NULL), %(job)s"
+    )
+    assert to_psycopg("SELECT '50%' LIKE ?") == "SELECT '50%%' LIKE %s"

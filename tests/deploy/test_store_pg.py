@@ -1,5 +1,6 @@
-"""What only the PostgreSQL store has: numbered migrations, log chunks by byte offset,
-leases judged by the database's clock — on a real server. And the setting."""
+"""What only the PostgreSQL store has: migrations under an advisory lock (and a database of
+the numbering before the one migration runner), log chunks by byte offset, leases judged by
+the database's clock — on a real server. And the setting."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pploy.configfile import ConfigError
 from pploy.deploy.config import load_config
 from pploy.deploy.domain.errors import Conflict
 from pploy.deploy.domain.records import StoreUnavailable
-from pploy.deploy.storage.postgres import MIGRATIONS, PgStore
+from pploy.deploy.storage import migrations
+from pploy.deploy.storage.postgres import PgStore
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 
@@ -43,33 +45,100 @@ def test_migrations_run_once_even_when_instances_start_together(pg_database: str
         thread.join()
     assert errors == []
     with psycopg.connect(pg_database) as conn:
-        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == list(range(1, len(MIGRATIONS) + 1))
+        rows = conn.execute("SELECT version FROM pploy_migrations ORDER BY version")
+        versions = [row[0] for row in rows]
+    assert versions == list(range(1, migrations.VERSION + 1))
     PgStore(pg_database).close()  # and again: nothing to do
     for store in stores:
         store.close()
 
 
 def test_a_database_at_governance_s_migration_gets_the_leases(pg_database: str) -> None:  # noqa: F811
-    """A database migrated by a pploy before the runners (up to migration 3, governance):
-    migration 4 adds the leases; a job still running then gets one (60 s, by the database's
-    clock) that no runner will renew, so it expires and is swept like any lost job."""
-    PgStore(pg_database).close()
+    """A database migrated by a pploy before the runners and before the one migration runner
+    (``schema_migrations`` up to 3, governance, as those pploys wrote it): every step runs,
+    finding done what was done; the leases are added and a job still running gets one (60 s,
+    by the database's clock) that no runner will renew, so it expires and is swept like any
+    lost job. The jobs, their approvals and the old bookkeeping stay."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute("ALTER TABLE jobs DROP COLUMN lease_epoch, DROP COLUMN lease_until")
-        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+        for number, script in enumerate(OLD_MIGRATIONS[:3], start=1):
+            conn.execute(script)
+            conn.execute("INSERT INTO schema_migrations VALUES (%s)", (number,))
         conn.execute(
-            'INSERT INTO jobs (project, kind, "user", started_at, status, approved_by) '
-            "VALUES ('app', 'deploy', 'bob', 1.0, 'running', '[\"carol\"]')"
+            "INSERT INTO repositories (project, url, added_at) VALUES ('app', '/git/app', 1)"
+        )
+        conn.execute(
+            'INSERT INTO jobs (project, kind, "user", started_at, status, approved_by, '
+            "repository) VALUES ('app', 'deploy', 'bob', 1.0, 'running', '[\"carol\"]', 1)"
         )
     store = PgStore(pg_database)
     try:
         (job,) = store.running_jobs()
-        assert job.approved_by == ["carol"] and job.lease_epoch == 0
+        assert job.approved_by == ["carol"] and job.lease_epoch == 0 and job.repository == 1
         assert job.lease_until is not None and 50 < job.lease_until - time.time() < 70
-        assert len(MIGRATIONS) == 4
+        assert migrations.applied(store) == list(range(1, migrations.VERSION + 1))
+        assert store.current_repository("app").url == "/git/app"
+        token = store.add_token(user="bob", email=None, name="ci", digest="d", expires_at=None)
+        assert store.token_by_hash("d") == token
+        with pytest.raises(Conflict):
+            store.add_repository("app", "/git/other")  # the old unique index still holds
     finally:
         store.close()
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (3,)
+
+
+# The first three migrations as pploy's PostgreSQL store applied them before the one migration
+# runner (a frozen copy: the schema such a database has, not code to keep in step).
+OLD_MIGRATIONS = [
+    """
+    CREATE TABLE repositories (id BIGSERIAL PRIMARY KEY, project TEXT NOT NULL,
+        url TEXT NOT NULL, added_at DOUBLE PRECISION NOT NULL, removed_at DOUBLE PRECISION,
+        removed_by TEXT);
+    CREATE INDEX repositories_project ON repositories (project, id);
+    CREATE UNIQUE INDEX repositories_current ON repositories (project) WHERE removed_at IS NULL;
+    CREATE TABLE locks (project TEXT PRIMARY KEY, "user" TEXT NOT NULL,
+        gained_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE jobs (id BIGSERIAL PRIMARY KEY, project TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('checkout', 'deploy')), env TEXT, ref TEXT, sha TEXT,
+        "user" TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION, exit_code INTEGER, signal INTEGER, status TEXT NOT NULL,
+        cancelled_by TEXT, message TEXT, log_bytes BIGINT NOT NULL DEFAULT 0,
+        repository BIGINT REFERENCES repositories (id), url TEXT, instance TEXT,
+        heartbeat_at DOUBLE PRECISION);
+    CREATE INDEX jobs_project ON jobs (project, id);
+    CREATE INDEX jobs_status ON jobs (status);
+    CREATE UNIQUE INDEX jobs_one_running ON jobs (project) WHERE status = 'running';
+    CREATE FUNCTION pploy_now() RETURNS DOUBLE PRECISION LANGUAGE sql VOLATILE
+        AS 'SELECT extract(epoch FROM clock_timestamp())::double precision';
+    CREATE TABLE log_chunks (job_id BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        start BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (job_id, start));
+    """,
+    """
+    CREATE TABLE tokens (id BIGSERIAL PRIMARY KEY, "user" TEXT NOT NULL, email TEXT,
+        name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION, last_used_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION);
+    CREATE INDEX tokens_user ON tokens ("user", id);
+    ALTER TABLE jobs ADD COLUMN token TEXT;
+    """,
+    """
+    CREATE TABLE audit (id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, "user" TEXT,
+        kind TEXT NOT NULL, project TEXT, env TEXT, job BIGINT,
+        detail JSONB NOT NULL DEFAULT '{}');
+    CREATE INDEX audit_at ON audit (at, id);
+    CREATE TABLE freezes (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, envs JSONB NOT NULL,
+        projects JSONB NOT NULL, starts_at DOUBLE PRECISION NOT NULL,
+        until DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL, created_by TEXT NOT NULL,
+        ended_at DOUBLE PRECISION, ended_by TEXT);
+    CREATE UNIQUE INDEX freezes_current ON freezes (name) WHERE ended_at IS NULL;
+    CREATE TABLE lock_queue (id BIGSERIAL PRIMARY KEY, project TEXT NOT NULL,
+        "user" TEXT NOT NULL, since DOUBLE PRECISION NOT NULL, UNIQUE (project, "user"));
+    ALTER TABLE jobs ADD COLUMN approved_by JSONB;
+    ALTER TABLE jobs ADD COLUMN freeze_override JSONB;
+    CREATE UNIQUE INDEX jobs_one_awaiting ON jobs (project) WHERE status = 'awaiting_approval';
+    """,
+]
 
 
 @pytest.mark.slow
@@ -156,17 +225,6 @@ def test_a_lost_epoch_may_only_finish_the_stored_log_at_its_end(pg_database: str
     assert store.write_job(done.id, 1, status="failed", exit_code=1, log_bytes=0)
     assert not store.append_log(done.id, 0, b"late\n", epoch=0)
     assert store.log_end(done.id) == 0
-    store.close()
-
-
-@pytest.mark.slow
-def test_one_current_repository_per_name(pg_database: str) -> None:  # noqa: F811
-    store = PgStore(pg_database)
-    store.add_repository("app", "/srv/git/app.git")
-    with pytest.raises(Conflict, match="already exists"):
-        PgStore(pg_database).add_repository("app", "/srv/git/other.git")
-    store.remove_project("app", "alice")
-    assert store.add_repository("app", "/srv/git/other.git").url == "/srv/git/other.git"
     store.close()
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from pploy.deploy.storage.sqlite import SCHEMA_VERSION, Store
+from pploy.deploy.storage import migrations
+from pploy.deploy.storage.sqlite import Store
 from tests.deploy.support import make_remote, start_pploy
 
 
@@ -198,7 +199,7 @@ def test_a_version_1_database_gains_tokens(tmp_path: Path) -> None:
     old.close()
     store = Store(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert migrations.applied(store) == list(range(1, migrations.VERSION + 1))
         job = store.get_job(1)
         assert job is not None and job.user == "alice" and job.token is None
         assert store.list_tokens("alice") == []

@@ -2,10 +2,11 @@
 raises for pploy to answer, and :class:`Storage`: what pploy asks of its database, whichever
 engine holds it.
 
-The domain (locks, tokens, projects) and the jobs are written against :class:`Storage`; the
-engines in ``deploy/storage/`` implement it (the same store test suite runs against
-both): :class:`~pploy.deploy.storage.sqlite.Store` on an embedded SQLite file (the default, one
-pploy per workdir) and :class:`~pploy.deploy.storage.postgres.PgStore` on PostgreSQL
+The domain (locks, tokens, projects) and the jobs are written against :class:`Storage`;
+``deploy/storage/`` implements it once (:mod:`pploy.deploy.storage.sql`: every statement,
+written for both engines), and the same store test suite runs against both engines:
+:class:`~pploy.deploy.storage.sqlite.Store` on an embedded SQLite file (the default, one pploy
+per workdir) and :class:`~pploy.deploy.storage.postgres.PgStore` on PostgreSQL
 (``database: postgresql://…``), which several pploy instances share. Both are synchronous:
 every call is one short statement, answered in well under a millisecond on a local file or a
 nearby server. Locks are taken and changed by single conditional statements (never
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pploy.deploy.domain.errors import Conflict, Unavailable
+from pploy.deploy.domain.errors import Conflict, PployError, Unavailable
 from pploy.deploy.domain.govrecords import AdHocFreeze, AuditEvent, QueuedUser, decode_json
 
 if TYPE_CHECKING:
@@ -32,6 +33,13 @@ FINAL_STATUSES = (
 
 class StoreUnavailable(Unavailable):
     """pploy's database cannot be written (or read) now; retrying later may work."""
+
+
+class StoreError(PployError):
+    """The database refused a statement for a reason that is neither a duplicate row nor its
+    being unavailable (a CHECK constraint, a bug): 500, logged with the driver's words."""
+
+    status = 500
 
 
 class JobAlreadyRunning(Conflict):

@@ -23,12 +23,8 @@ from pploy.deploy.domain.projects import Projects
 from pploy.deploy.domain.records import StoreUnavailable
 from pploy.deploy.jobs.running import Jobs
 from pploy.deploy.jobs.sharedlog import SharedLogs
-from pploy.deploy.storage.postgres import (
-    CANCEL_CHANNEL,
-    LOG_CHANNEL,
-    PROJECTS_CHANNEL,
-    PgStore,
-)
+from pploy.deploy.storage.postgres import PgStore
+from pploy.deploy.storage.sql import CANCEL_CHANNEL, LOG_CHANNEL, PROJECTS_CHANNEL
 
 SWEEP_SECONDS = 5.0
 RECONNECT_SECONDS = 1.0

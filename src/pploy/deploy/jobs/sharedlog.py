@@ -31,7 +31,8 @@ from typing import Any
 from pploy import log
 from pploy.deploy.domain.records import JobRecord, StoreUnavailable
 from pploy.deploy.jobs.following import READ_CHUNK, LogBuffer
-from pploy.deploy.storage.postgres import CANCEL_CHANNEL, PgStore
+from pploy.deploy.storage.postgres import PgStore
+from pploy.deploy.storage.sql import CANCEL_CHANNEL
 
 # How much of a remote log one refresh fetches at a time.
 FETCH_BYTES = 1 << 20

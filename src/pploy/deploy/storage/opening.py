@@ -1,8 +1,9 @@
 """How pploy's database is opened: the engine the config names.
 
 What pploy asks of a database, :class:`~pploy.deploy.domain.records.Storage`, is declared in the
-domain (re-exported here); :class:`~pploy.deploy.storage.sqlite.Store` (SQLite, the default) and
-:class:`~pploy.deploy.storage.postgres.PgStore` (PostgreSQL) implement it.
+domain (re-exported here); :class:`~pploy.deploy.storage.sql.SqlStore` implements it once, and
+its engines :class:`~pploy.deploy.storage.sqlite.Store` (SQLite, the default) and
+:class:`~pploy.deploy.storage.postgres.PgStore` (PostgreSQL) carry its statements.
 """
 
 from __future__ import annotations

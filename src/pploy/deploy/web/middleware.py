@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from pploy import log
 from pploy.deploy import actions
 from pploy.deploy.domain.errors import BadRequest, PployError, Unauthorized, Unavailable
 from pploy.deploy.domain.permissions import Caller
+from pploy.deploy.domain.records import StoreError, StoreUnavailable
 from pploy.deploy.domain.tokens import MAX_TOKEN_LENGTH
 from pploy.deploy.services import services
 from pploy.deploy.web import security
@@ -138,20 +138,13 @@ async def request_context(request: web.Request, handler: Next) -> web.StreamResp
         try:
             response = await handler(request)
         except PployError as exc:
-            if isinstance(exc.__cause__, sqlite3.Error):  # the store's StoreUnavailable
-                _log_store_error(request_id, request, exc.__cause__)
+            if isinstance(exc, StoreUnavailable | StoreError) and exc.__cause__ is not None:
+                _log_store_error(request_id, request, exc.__cause__)  # the driver's own words
             response = error_response(request, exc.status, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             response = error_response(request, exc.status, exc.reason)
-        except sqlite3.Error as exc:
-            # The store failed in a way it did not map itself: say so in the client's format
-            # rather than aiohttp's plain-text 500.
-            _log_store_error(request_id, request, exc)
-            response = error_response(
-                request, Unavailable.status, f"pploy's database is unavailable: {exc}"
-            )
         status = response.status
         if not response.prepared:
             response.headers.setdefault("X-Request-Id", request_id)
@@ -227,7 +220,7 @@ async def authenticate(request: web.Request, handler: Next) -> web.StreamRespons
     return await _through_actions(request, handler)
 
 
-def _log_store_error(request_id: str, request: web.Request, exc: sqlite3.Error) -> None:
+def _log_store_error(request_id: str, request: web.Request, exc: BaseException) -> None:
     log.event(
         "store.error", level="error", request_id=request_id, path=request.path,
         error=f"{type(exc).__name__}: {exc}",
