@@ -264,3 +264,41 @@ def test_bench_does_not_import_tests() -> None:
         if name.split(".")[0] == "tests"
     )
     assert wrong == []
+
+
+# -- one storage layer ---------------------------------------------------------------------------
+
+STORAGE = SRC / "pploy" / "deploy" / "storage"
+
+
+def storage_methods() -> set[str]:
+    """What the domain's Storage protocol asks of a database."""
+    tree = ast.parse((SRC / "pploy" / "deploy" / "domain" / "records.py").read_text())
+    (protocol,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Storage"]
+    return {n.name for n in protocol.body if isinstance(n, ast.FunctionDef)}
+
+
+def engine_overrides(source: str) -> set[str]:
+    """Storage methods a module's classes define themselves."""
+    asked = storage_methods()
+    return {
+        method.name
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef)
+        for method in node.body
+        if isinstance(method, ast.FunctionDef) and method.name in asked
+    }
+
+
+def test_the_engines_implement_no_storage_method_of_their_own() -> None:
+    """Every statement of Storage is written once, in storage/sql.py; an engine supplies the
+    dialect (and closes its connection), so a rule can never be one engine's only."""
+    assert len(storage_methods()) > 40
+    for engine in ("sqlite.py", "postgres.py"):
+        assert engine_overrides((STORAGE / engine).read_text()) == {"close"}, engine
+
+
+def test_an_engine_with_its_own_statement_is_caught() -> None:
+    faster = "class Faster(Store):\n    def get_lock(self, project, now=None):\n        return\n"
+    source = (STORAGE / "sqlite.py").read_text() + "\n\n" + faster
+    assert engine_overrides(source) == {"close", "get_lock"}

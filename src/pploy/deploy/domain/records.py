@@ -157,8 +157,8 @@ class ApiToken:
 class Storage(Protocol):
     """Locks, repositories and job records (see the module docstring)."""
 
-    #: True when other pploy instances may share this database (then logs, heartbeats and
-    #: project additions travel through it too: see store_pg.PgStore).
+    #: True when other pploy instances may share this database (then logs, leases and
+    #: project additions travel through it too: see storage/postgres.py).
     shared: bool
 
     def close(self) -> None: ...
@@ -181,19 +181,10 @@ class Storage(Protocol):
     def keep_lock_until(self, project: str, user: str, now: float, until: float) -> None: ...
 
     def create_job(
-        self,
-        *,
-        project: str,
-        kind: str,
-        user: str,
-        env: str | None = None,
-        ref: str | None = None,
-        sha: str | None = None,
-        started_at: float | None = None,
-        token: str | None = None,
-        instance: str | None = None,
-        lease_seconds: float = 60.0,
-    ) -> JobRecord: ...
+        self, *, project: str, kind: str, user: str, env: str | None = None,
+        ref: str | None = None, sha: str | None = None, started_at: float | None = None,
+        token: str | None = None, instance: str | None = None, lease_seconds: float = 60.0,
+    ) -> JobRecord: ...  # fmt: skip
     def update_job(self, job_id: int, **fields: object) -> None: ...
 
     # A running job's lease, held by its runner (jobs/runner.py): taken once, renewed; every
