@@ -22,7 +22,6 @@ import pytest_asyncio
 from pploy.gate.config import parse_config
 from pploy.gate.providers import make_provider
 from tests.gate.conftest import REPO, SESSION_KEY, client_session, gate_logout, start_gate
-from tests.gate.upstream import Upstream
 from tests.helpers import require_binary, skip_or_fail
 
 # slow: the OpenID provider on node
@@ -71,14 +70,6 @@ def provider() -> Iterator[str]:
         yield issuer
     finally:
         stop_provider(proc)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def oidc_config(issuer: str, proxy: list[dict], **top: object) -> dict:
