@@ -215,23 +215,35 @@ class Chain:
         )
 
 
+def try_release(fifo: Path, deadline: float) -> bool:
+    """One try at letting the deploy script past its `read _ < fifo`: False while the script
+    has not opened the fifo yet (and ``time.monotonic()`` has not passed ``deadline``)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+            raise
+        return False
+    try:
+        os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+    return True
+
+
 async def release(fifo: Path, timeout: float = 15) -> None:
     """Let the deploy script go on past its `read _ < fifo` (it must be waiting there or
     about to: the test has just seen the line it printed before)."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.005)  # the script has not opened the fifo yet
-            continue
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
-        return
+    while not try_release(fifo, deadline):
+        await asyncio.sleep(0.005)
+
+
+def release_sync(fifo: Path, timeout: float = 15) -> None:
+    """``release`` for a test off the event loop (Playwright's sync API)."""
+    deadline = time.monotonic() + timeout
+    while not try_release(fifo, deadline):
+        time.sleep(0.005)
 
 
 # -- a client at the nginx end ----------------------------------------------------------------

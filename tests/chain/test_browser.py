@@ -6,39 +6,18 @@ over WebSocket (`?transport=ws`). Screenshots go to artifacts/."""
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.chain.harness import Certs, Chain, Client, Nginx
+from tests.chain.harness import Certs, Chain, Client, Nginx, release_sync
 from tests.helpers import CHROMIUM_ARGS, require_binary
 
 pytestmark = pytest.mark.slow  # chromium through nginx
 
 BROWSER_USER = "carol"
 TIMEOUT_MS = 20_000
-
-
-def release_sync(fifo: Path, timeout: float = 15) -> None:
-    """Let the deploy script past `read _ < fifo` (see harness.release)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-            continue
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
-        return
 
 
 @pytest.fixture

@@ -33,21 +33,21 @@ def probe(report: dict[str, Any], endpoint: str, transport: str) -> dict[str, An
     )
 
 
+def doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    """``pploy doctor`` as its users run it: the real command, in a process of its own."""
+    command = [sys.executable, "-m", "pploy", "doctor", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def options(server: Nginx, certs: Certs, cookie: str, **kwargs: Any) -> Options:
     name, _, value = cookie.partition("=")
     return Options(url=server.url + "/", cookies={name: value}, cafile=str(certs.cafile), **kwargs)
 
 
 def test_good_chain_streams_everywhere_cli(nginx: Nginx, certs: Certs, session_cookie: str) -> None:
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "pploy", "doctor", nginx.url + "/", "--json",
-            "--cacert", str(certs.cafile), "--cookie", session_cookie,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )  # fmt: skip
+    result = doctor(
+        nginx.url + "/", "--json", "--cacert", str(certs.cafile), "--cookie", session_cookie
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True
@@ -61,14 +61,9 @@ def test_good_chain_streams_everywhere_cli(nginx: Nginx, certs: Certs, session_c
 
 
 def test_good_chain_text_report(nginx: Nginx, certs: Certs, session_cookie: str) -> None:
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "pploy", "doctor", nginx.url + "/", "--duration", "0.5",
-            "--cacert", str(certs.cafile), "--cookie", session_cookie,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = doctor(
+        nginx.url + "/", "--duration", "0.5", "--cacert", str(certs.cafile),
+        "--cookie", session_cookie,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -188,11 +183,7 @@ async def test_heartbeats_keep_streams_alive_through_a_short_read_timeout(
 
 def test_a_name_that_does_not_resolve_is_said_so_and_no_hop_is_blamed() -> None:
     # `.invalid` never resolves (RFC 6761): no DNS server needed to fail.
-    result = subprocess.run(
-        [sys.executable, "-m", "pploy", "doctor", "https://pploy-doctor.invalid/",
-         "--duration", "0.3"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = doctor("https://pploy-doctor.invalid/", "--duration", "0.3")
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     assert out.count("BROKEN      the name pploy-doctor.invalid does not resolve (DNS: ") == 6

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
+from tests.browser import async_chromium, checked_context
 from tests.deploy.support import Fifo, make_remote, start_pploy
-from tests.helpers import CHROMIUM_ARGS, require_binary, skip_or_fail
+from tests.helpers import require_binary, skip_or_fail
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]  # npm build, chromium
 
 SOURCE = Path(__file__).resolve().parents[1] / "data/go-pploy"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-TIMEOUT_MS = 15_000
 
 
 def build_frontend(out: Path) -> Path:
@@ -61,12 +61,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser():
-    require_binary("chromium")
-    expect.set_options(timeout=TIMEOUT_MS)
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    async with async_chromium() as b:
         yield b
-        await b.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -80,14 +76,9 @@ async def pploy(tmp_path: Path, assets: Path):
 async def context(browser, pploy):
     """A browser profile signed in the go-pploy way (its ``pploy_user`` cookie), whose pages
     fail the test on a JavaScript error."""
-    ctx = await browser.new_context(viewport={"width": 1280, "height": 1000})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    await ctx.add_cookies([{"name": "pploy_user", "value": "alice", "url": pploy.base}])
-    errors: list[str] = []
-    ctx.on("weberror", lambda err: errors.append(str(err.error)))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    async with checked_context(browser, viewport={"width": 1280, "height": 1000}) as ctx:
+        await ctx.add_cookies([{"name": "pploy_user", "value": "alice", "url": pploy.base}])
+        yield ctx
 
 
 def deploy_script(fifo: Fifo) -> str:

@@ -13,8 +13,9 @@ import base64
 import contextlib
 import http.client
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -51,6 +52,22 @@ async def deploy(client: Client, chain: Chain, env: str) -> AsyncIterator[tuple[
             await client.wait_job(job["id"])
 
 
+async def line_by_line(
+    stream: TextStream, fifo: Path, pump: Coroutine[Any, Any, None], first: int = 1
+) -> None:
+    """Run ``pump`` (it feeds ``stream``) and let the script go line by line: each line is seen
+    through the chain while the next cannot exist yet; then the stream must end."""
+    reader = asyncio.create_task(pump)
+    try:
+        for n in range(first, LINES + 1):
+            await stream.wait_for(f"line {n}\x1b[0m".encode())
+            assert f"line {n + 1}".encode() not in stream.data
+            await release(fifo)
+        await asyncio.wait_for(reader, 15)
+    finally:
+        reader.cancel()
+
+
 def assert_through_nginx(headers: aiohttp.typedefs.LooseHeaders) -> None:
     assert str(headers.get("Server", "")).startswith("nginx"), headers  # type: ignore[union-attr]
     # nginx consumed pploy's X-Accel-Buffering (it never passes it on).
@@ -77,15 +94,7 @@ async def test_chunked_log_arrives_line_by_line(client: Client, chain: Chain) ->
                 async for chunk in resp.content.iter_any():
                     stream.feed(chunk)
 
-            reader = asyncio.create_task(pump())
-            try:
-                for n in range(1, LINES + 1):
-                    await stream.wait_for(f"line {n}\x1b[0m".encode())
-                    assert f"line {n + 1}".encode() not in stream.data
-                    await release(fifo)
-                await asyncio.wait_for(reader, 15)
-            finally:
-                reader.cancel()
+            await line_by_line(stream, fifo, pump())
     assert b"deployed" in stream.data
     assert b"warning: on stderr" in stream.data
     assert (await client.wait_job(job_id))["status"] == "succeeded"
@@ -133,15 +142,7 @@ async def test_sse_log_arrives_line_by_line(client: Client, chain: Chain) -> Non
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             assert_through_nginx(resp.headers)
             sse = SSEReader(resp)
-            reader = asyncio.create_task(sse.run())
-            try:
-                for n in range(1, LINES + 1):
-                    await sse.stream.wait_for(f"line {n}\x1b[0m".encode())
-                    assert f"line {n + 1}" not in sse.text
-                    await release(fifo)
-                await asyncio.wait_for(reader, 15)
-            finally:
-                reader.cancel()
+            await line_by_line(sse.stream, fifo, sse.run())
     assert sse.status is not None and sse.status["status"] == "succeeded"
     assert sse.status["exit_code"] == 0
     assert "deployed" in sse.text
@@ -171,15 +172,9 @@ async def test_websocket_log_arrives_line_by_line_and_closes_normally(
                 else:
                     raise AssertionError(f"unexpected {msg.type}: {msg.data!r}")
 
-        reader = asyncio.create_task(pump())
         try:
-            for n in range(1, LINES + 1):
-                await stream.wait_for(f"line {n}\x1b[0m".encode())
-                assert f"line {n + 1}".encode() not in stream.data
-                await release(fifo)
-            await asyncio.wait_for(reader, 15)
+            await line_by_line(stream, fifo, pump())
         finally:
-            reader.cancel()
             await ws.close()
     assert b"deployed" in stream.data
     assert final is not None and final["status"] == "succeeded", final
@@ -204,14 +199,7 @@ async def test_sse_reconnect_with_last_event_id_loses_nothing(client: Client, ch
         ) as resp:
             assert_through_nginx(resp.headers)
             second = SSEReader(resp)
-            reader = asyncio.create_task(second.run())
-            try:
-                for n in range(2, LINES + 1):
-                    await second.stream.wait_for(f"line {n}\x1b[0m".encode())
-                    await release(fifo)
-                await asyncio.wait_for(reader, 15)
-            finally:
-                reader.cancel()
+            await line_by_line(second.stream, fifo, second.run(), first=2)
     assert second.status is not None and second.status["status"] == "succeeded"
     async with client.get(f"/api/jobs/{job_id}/log") as resp:
         whole = (await resp.read()).decode()

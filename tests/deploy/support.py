@@ -148,6 +148,19 @@ class Pploy:
         await self.server.close()
 
 
+async def read_until(
+    resp: aiohttp.ClientResponse, marker: bytes, seen: bytearray | None = None, timeout: float = 10
+) -> bytearray:
+    """Read a followed stream until ``marker`` has come (appending to ``seen``, if given);
+    returns what was read. A stream that ends first fails the test."""
+    seen = bytearray() if seen is None else seen
+    while marker not in seen:
+        chunk = await asyncio.wait_for(resp.content.readany(), timeout)
+        assert chunk, f"the stream ended before {marker!r}: {bytes(seen)!r}"
+        seen.extend(chunk)
+    return seen
+
+
 async def start_pploy(workdir: Path, **settings: Any) -> Pploy:
     overrides = {
         "workdir": str(workdir),

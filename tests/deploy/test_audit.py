@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.govserver import Served
-from tests.deploy.support import Fifo, make_remote
+from tests.deploy.support import Fifo, make_remote, read_until
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 pytestmark = pytest.mark.slow  # `pploy serve` from a config file per test
@@ -126,9 +126,7 @@ async def test_a_cancelled_job_names_who_cancelled_it(served: Served, tmp_path: 
     job = await served.ok("POST", f"/api/projects/{name}/deploy", "bob", {"env": "staging"})
     job_id = job["job"]["id"]
     async with served.client("bob").get(f"{served.base}/api/jobs/{job_id}/log?follow=1") as r:
-        seen = b""
-        while b"started" not in seen:
-            seen += await r.content.readany()
+        await read_until(r, b"started")
         await served.ok("POST", f"/api/jobs/{job_id}/cancel", "bob")
         await r.read()
     fifo.close()

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.deploy.support import Fifo, make_remote, push_commit, start_pploy
+from tests.deploy.support import Fifo, make_remote, push_commit, read_until, start_pploy
 
 
 async def test_lock_is_enforced_for_non_holders_on_every_route(tmp_path):
@@ -112,10 +112,8 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         name = await pploy.add_project(make_remote(tmp_path, deploy_script=script))
         await pploy.gain(name)
         job = await pploy.deploy(name)
-        seen = bytearray()
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
-            while b"ready" not in seen:
-                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            seen = await read_until(resp, b"ready")
             status, body = await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
             assert status == 202, body
             seen.extend(await asyncio.wait_for(resp.content.read(), 20))
@@ -151,9 +149,7 @@ async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_p
         await pploy.gain(name)
         job = await pploy.deploy(name)
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
-            seen = bytearray()
-            while b"ready" not in seen:
-                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            seen = await read_until(resp, b"ready")
             cancelled_at = time.time()
             status, body = await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
             assert status == 202, body
@@ -551,9 +547,7 @@ async def test_signal_group_is_gone_after_cancel_even_if_leader_exits_first(tmp_
         await pploy.gain(name)
         job = await pploy.deploy(name)
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
-            seen = bytearray()
-            while b"ready" not in seen:
-                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            await read_until(resp, b"ready")
             await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
             await asyncio.wait_for(resp.content.read(), 20)
         pid = int(pids.read_text())
@@ -663,9 +657,7 @@ async def test_pploys_lines_start_on_a_new_line_after_output_without_one(tmp_pat
         )
         job = await pploy.deploy(waiter)
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
-            seen = bytearray()
-            while b"partial" not in seen:
-                seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+            seen = await read_until(resp, b"partial")
             await pploy.api("POST", f"/api/jobs/{job}/cancel")
             seen.extend(await asyncio.wait_for(resp.content.read(), 20))
         assert b"partial\n\x1b[1;36m[pploy] cancelled by alice\x1b[0m\n" in seen

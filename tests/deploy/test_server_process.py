@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.deploy.support import Fifo, make_remote
+from tests.deploy.support import Fifo, make_remote, read_until
 from tests.helpers import free_port, skip_or_fail
 
 pytestmark = pytest.mark.slow  # `pploy serve` processes per test: kills, restarts, shutdown grace
@@ -128,9 +128,7 @@ async def test_sigkill_of_pploy_and_its_runner_then_restart_marks_job_interrupte
         try:
             job = await server.start_deploy(http, remote)
             async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as resp:
-                seen = bytearray()
-                while b"line one" not in seen:
-                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                await read_until(resp, b"line one")
                 server.stop(signal.SIGKILL)
                 kill_runner(workdir, job)
         finally:
@@ -222,9 +220,7 @@ async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flow
             async with http.get(server.base + "/") as resp:
                 token = re.search(r'name="csrf_token" value="([^"]+)"', await resp.text())[1]
             async with http.get(server.base + f"/api/jobs/{job}/log?follow=1") as stream:
-                seen = bytearray()
-                while b"working" not in seen:
-                    seen.extend(await asyncio.wait_for(stream.content.readany(), 10))
+                seen = await read_until(stream, b"working")
                 server.proc.send_signal(signal.SIGTERM)
                 signalled = time.monotonic()
                 deploy = server.base + "/api/projects/testploy/deploy"
@@ -255,8 +251,7 @@ async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flow
                 async with http.get(server.base + f"/api/jobs/{job}") as resp:
                     assert (await resp.json())["job"]["status"] == "running"  # reads still work
                 await fifo.release()  # the job goes on during the grace...
-                while b"during the grace" not in seen:
-                    seen.extend(await asyncio.wait_for(stream.content.readany(), 10))
+                await read_until(stream, b"during the grace", seen)
                 assert time.monotonic() - signalled < grace
                 seen.extend(await asyncio.wait_for(stream.content.read(), grace + 10))
             assert b"cancelled: pploy is shutting down" in seen and b"never" not in seen
@@ -498,9 +493,7 @@ async def test_a_second_server_on_a_workdir_is_refused_and_the_first_is_unharmed
         try:
             job = await first.start_deploy(http, remote)
             async with http.get(first.base + f"/api/jobs/{job}/log?follow=1") as resp:
-                seen = bytearray()
-                while b"first half" not in seen:
-                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                seen = await read_until(resp, b"first half")
                 second = Server(workdir, config)
                 try:
                     second.proc.wait(timeout=15)  # it exits by itself
@@ -575,9 +568,7 @@ async def test_a_daemon_a_succeeded_deploy_left_survives_the_next_jobs_cancel(
             ) as resp:
                 second = (await resp.json())["job"]["id"]
             async with http.get(server.base + f"/api/jobs/{second}/log?follow=1") as resp:
-                seen = bytearray()
-                while b"ready" not in seen:
-                    seen.extend(await asyncio.wait_for(resp.content.readany(), 10))
+                seen = await read_until(resp, b"ready")
                 await asyncio.sleep(0.6)
                 async with http.post(server.base + f"/api/jobs/{second}/cancel") as cancel:
                     assert cancel.status == 202

@@ -9,12 +9,14 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import pytest_asyncio
 
 from pploy.gate.config import parse_config
 from pploy.gate.server import GateServer
+from tests.gate.upstream import Upstream
 
 REPO = Path(__file__).resolve().parents[2]
 SESSION_KEY = "test-session-key-0123456789abcdef"
@@ -50,6 +52,30 @@ def _fill_port(value: Any, port: int) -> Any:
     if isinstance(value, list):
         return [_fill_port(v, port) for v in value]
     return value
+
+
+class _Server(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+@contextlib.asynccontextmanager
+async def serving(server: S) -> AsyncIterator[S]:
+    """A test upstream (``tests/gate/upstream.py``'s or a module's own) running while inside."""
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def upstream() -> AsyncIterator[Upstream]:
+    """The aiohttp upstream behind a module's proxy routes, one per module on the module's
+    loop; a module that wants another upstream defines its own ``upstream`` fixture."""
+    async with serving(Upstream()) as server:
+        yield server
 
 
 class RunningGate:

@@ -18,17 +18,8 @@ from tests.gate.conftest import (
     gate_logout,
     start_gate,
 )
-from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest_asyncio.fixture(

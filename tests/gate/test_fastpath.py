@@ -28,8 +28,15 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.gate.conftest import client_session, dev_config, dev_login, pploy_log, start_gate
-from tests.gate.upstream import Upstream
+from tests.gate.conftest import (
+    client_session,
+    dev_config,
+    dev_login,
+    pploy_log,
+    serving,
+    start_gate,
+)
+from tests.gate.upstream import RawUpstream
 from tests.gate.wire import (
     WAIT,
     Conn,
@@ -53,7 +60,7 @@ BIG_BODY = random.Random(20240601).randbytes(BIG_SIZE)
 # --- a raw upstream, for responses aiohttp's server will not write as they are -------------
 
 
-class RawUpstream:
+class CannedUpstream(RawUpstream):
     """Answers with canned bytes (keep-alive), or never (``/silent``); records request heads."""
 
     CHUNKED = (
@@ -63,24 +70,9 @@ class RawUpstream:
     )
 
     def __init__(self) -> None:
+        super().__init__()
         self.heads: list[bytes] = []
         self.connections = 0  # accepted so far
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.server = await asyncio.start_server(self.handle, sock=sock)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
@@ -143,19 +135,9 @@ class RawUpstream:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def raw_upstream():
-    server = RawUpstream()
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(CannedUpstream()) as server:
+        yield server
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -15,7 +15,14 @@ import pytest_asyncio
 import yaml
 
 from pploy.gate.config import ConfigError, parse_config, warnings
-from tests.gate.conftest import LOGOUT_TOKEN, client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import (
+    LOGOUT_TOKEN,
+    client_session,
+    dev_config,
+    dev_login,
+    serving,
+    start_gate,
+)
 from tests.gate.upstream import Upstream
 from tests.helpers import DATA
 
@@ -24,10 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest_asyncio.fixture
 async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
+    """One per test: these tests run on loops of their own, not the module's."""
+    async with serving(Upstream()) as server:
+        yield server
 
 
 def pploy_gate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ import pytest_asyncio
 
 from tests.gate.conftest import SESSION_KEY, client_session, start_gate
 from tests.gate.github_standin import USERS, GitHubStandIn
-from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -17,14 +16,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def github():
     server = GitHubStandIn("gh-client", "gh-secret")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream():
-    server = Upstream()
     await server.start()
     yield server
     await server.stop()

@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from pploy.gate.config import parse_config
+from pploy.gate.providers import make_provider
 from tests.gate.conftest import REPO, SESSION_KEY, client_session, gate_logout, start_gate
-from tests.gate.upstream import Upstream
 from tests.helpers import require_binary, skip_or_fail
 
 # slow: the OpenID provider on node
@@ -69,14 +70,6 @@ def provider() -> Iterator[str]:
         yield issuer
     finally:
         stop_provider(proc)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def oidc_config(issuer: str, proxy: list[dict], **top: object) -> dict:
@@ -402,6 +395,35 @@ async def test_session_key_rotation(gate, provider, upstream):
             await strict.server.stop()
     finally:
         await other.server.stop()
+
+
+async def test_google_signs_in_through_its_issuer_with_the_workspace_hint(provider, upstream):
+    """``service: google`` is OpenID Connect with Google's issuer unless one is given (here the
+    real provider on loopback stands in for it); one domain restriction becomes the ``hd``
+    hint of the authorization request, and the login is checked like any other."""
+    data = oidc_config(provider, [{"path": "/app", "dest": upstream.url}])
+    data["auth"]["info"]["service"] = "google"
+    data["restrictions"] = ["example.com"]
+    async with aiohttp.ClientSession() as http:
+        info = {**data["auth"]["info"], "redirect_url": "https://gate.example/oauth2callback"}
+        del info["issuer"]
+        default = make_provider(
+            parse_config({**data, "auth": {**data["auth"], "info": info}}), http
+        )
+        assert default.name == "google" and default.issuer == "https://accounts.google.com"
+    running = await start_gate(data)
+    try:
+        async with client_session() as client:
+            auth_url = await start_login(client, running.url, "/app/x")
+            assert auth_url.startswith(provider + "/auth?")
+            assert parse_qs(urlsplit(auth_url).query)["hd"] == ["example.com"]
+            resp = await full_login(client, running, "alice")
+            assert resp.status == 303
+            resp.release()
+            async with client.get(running.url + "/app/x") as r:
+                assert r.status == 200
+    finally:
+        await running.server.stop()
 
 
 async def test_discovery_failure_is_a_clear_502(upstream):

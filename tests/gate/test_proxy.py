@@ -15,19 +15,10 @@ import pytest_asyncio
 from yarl import URL
 
 from tests.gate.conftest import client_session, dev_config, dev_login, pploy_log, start_gate
-from tests.gate.upstream import Upstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ The upstream is a raw asyncio server writing canned bytes, as aiohttp's server n
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 import pytest_asyncio
 
-from tests.gate.conftest import client_session, dev_config, dev_login, start_gate
+from tests.gate.conftest import client_session, dev_config, dev_login, serving, start_gate
+from tests.gate.upstream import RawUpstream
 from tests.gate.wire import WAIT, Conn, Reply
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -26,27 +26,16 @@ def sized(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-class MisbehavingUpstream:
+class MisbehavingUpstream(RawUpstream):
     """Answers each request by its path; records (connection number, path) per request."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[tuple[int, str]] = []
         self.connections = 0
         self.late = asyncio.Event()  # /late: write the unasked bytes now
         self.late_closed = asyncio.Event()  # gate hung up on the poisoned connection
         self.late_answer = b""
-        self.server: asyncio.AbstractServer | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = await asyncio.start_server(self.handle, sock=sock)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -88,10 +77,8 @@ class MisbehavingUpstream:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def upstream():
-    server = MisbehavingUpstream()
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(MisbehavingUpstream()) as server:
+        yield server
 
 
 @pytest_asyncio.fixture(

@@ -13,6 +13,32 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 
+class RawUpstream:
+    """An upstream on a bare asyncio server, for bytes aiohttp's server would never write: a
+    subclass's ``handle`` answers each connection by hand."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.server = await asyncio.start_server(self.handle, sock=sock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
 class Upstream:
     def __init__(self) -> None:
         self.acks: asyncio.Queue[int] = asyncio.Queue()

@@ -15,27 +15,22 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
+from tests.browser import async_chromium, checked_context
 from tests.deploy.support import Fifo, make_remote, start_pploy
-from tests.helpers import CHROMIUM_ARGS, require_binary
 
 # slow: chromium
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 RED = "rgb(255, 123, 114)"  # --ansi-1 of the log panel's theme
-TIMEOUT_MS = 15_000
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser():
-    require_binary("chromium")
-    expect.set_options(timeout=TIMEOUT_MS)
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    async with async_chromium() as b:
         yield b
-        await b.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -48,13 +43,8 @@ async def pploy(tmp_path_factory):
 @pytest_asyncio.fixture(loop_scope="module")
 async def context(browser, pploy):
     """A fresh browser profile (no cookies) whose pages fail the test on a JavaScript error."""
-    ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    ctx.on("weberror", lambda err: errors.append(str(err.error)))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    async with checked_context(browser, viewport={"width": 1280, "height": 900}) as ctx:
+        yield ctx
 
 
 async def sign_in_by_cookie(context, pploy, user: str = "alice") -> None:

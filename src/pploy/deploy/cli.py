@@ -75,8 +75,11 @@ class _GoFlag(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
+        given = values if isinstance(values, str) else None
+        if self.understood(namespace, given):
+            return
         name = self.dest.removeprefix("go_")
-        value = values if isinstance(values, str) and name in _SAFE_TO_ECHO else None
+        value = given if name in _SAFE_TO_ECHO else None
         replacement = (
             GO_FLAGS_REPLACED[name]
             .replace("{value}", value or "N")
@@ -84,21 +87,21 @@ class _GoFlag(argparse.Action):
         )
         parser.exit(2, f"pploy serve: {option_string} is go-pploy's flag; use {replacement}\n")
 
+    def understood(self, namespace: argparse.Namespace, value: str | None) -> bool:
+        """Whether pploy can take this value as it is (then it is stored in ``namespace``)."""
+        return False
+
 
 class _GoLock(_GoFlag):
-    """go-pploy's ``-lock DURATION``: pploy's gain and extend minutes, both that long."""
+    """go-pploy's ``-lock DURATION``: pploy's gain and extend minutes, both that long; a value
+    that is not a duration is answered like any other go-pploy flag."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        minutes = go_minutes(values if isinstance(values, str) else None)
+    def understood(self, namespace: argparse.Namespace, value: str | None) -> bool:
+        minutes = go_minutes(value)
         if minutes == "N":  # not a duration: say what to write instead
-            super().__call__(parser, namespace, values, option_string)
+            return False
         namespace.go_lock_minutes = float(minutes)
+        return True
 
 
 def add_go_flags(parser: argparse.ArgumentParser) -> None:

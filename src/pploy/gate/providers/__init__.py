@@ -30,18 +30,8 @@ def make_provider(config: GateConfig, http: aiohttp.ClientSession) -> Provider:
             api_endpoint=info.api_endpoint,
             scopes=info.scopes or None,
         )
-    if info.service == "google":
-        return GoogleProvider(
-            http,
-            restrictions,
-            client_id=info.client_id,
-            client_secret=info.client_secret,
-            issuer=info.issuer,
-            scopes=info.scopes or None,
-            user_claim=info.user_claim,
-        )
-    assert info.issuer
-    return OIDCProvider(
+    oidc = GoogleProvider if info.service == "google" else OIDCProvider
+    return oidc(
         http,
         restrictions,
         issuer=info.issuer,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from pploy.gate.providers.oidc import OIDCProvider
 
 GOOGLE_ISSUER = "https://accounts.google.com"
@@ -11,27 +9,7 @@ GOOGLE_ISSUER = "https://accounts.google.com"
 
 class GoogleProvider(OIDCProvider):
     name = "google"
-
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        restrictions: list[str],
-        *,
-        client_id: str,
-        client_secret: str,
-        issuer: str | None = None,
-        scopes: list[str] | None = None,
-        user_claim: str | None = None,
-    ) -> None:
-        super().__init__(
-            http,
-            restrictions,
-            issuer=issuer or GOOGLE_ISSUER,
-            client_id=client_id,
-            client_secret=client_secret,
-            scopes=scopes,
-            user_claim=user_claim,
-        )
+    default_issuer = GOOGLE_ISSUER
 
     def extra_authorization_params(self) -> dict[str, str]:
         # A single domain restriction: let Google preselect that Workspace account. Only a

@@ -38,19 +38,23 @@ def _verified(value: Any) -> bool:
 class OIDCProvider(Provider):
     name = "oidc"
     default_scopes = ["openid", "email", "profile"]
+    default_issuer: str | None = None  # a provider with a fixed issuer names it here
 
     def __init__(
         self,
         http: aiohttp.ClientSession,
         restrictions: list[str],
         *,
-        issuer: str,
+        issuer: str | None,
         client_id: str,
         client_secret: str,
         scopes: list[str] | None = None,
         user_claim: str | None = None,
     ) -> None:
         super().__init__(http, restrictions)
+        issuer = issuer or self.default_issuer
+        if not issuer:
+            raise ValueError(f"{self.name}: an issuer is required")
         self.issuer = issuer
         self.client_id = client_id
         self.client_secret = client_secret
