@@ -85,6 +85,36 @@ def test_ad_hoc_freezes(store: Storage) -> None:  # noqa: F811
     assert store.current_freezes(T0 + 71) == []
 
 
+def test_a_configured_windows_announcements_are_claimed_once(
+    store: Storage,  # noqa: F811
+    db_path: Path,  # noqa: F811
+) -> None:
+    """Each (window, start, kind) is claimed by one caller only, another instance included;
+    an end only after its start; another start of the same name is another window."""
+    other = another(store, db_path)
+    try:
+        # Started and ended unannounced (pploy was down): its end is not claimed either.
+        assert not store.claim_announcement("past", T0 - 99, "freeze.ended", T0)
+        assert store.claim_announcement("year-end", T0, "freeze.started", T0)
+        assert not other.claim_announcement("year-end", T0, "freeze.started", T0 + 1)
+        assert not store.claim_announcement("year-end", T0, "freeze.started", T0 + 2)
+        assert other.claim_announcement("year-end", T0 + 365, "freeze.started", T0 + 365)
+        assert other.claim_announcement("year-end", T0, "freeze.ended", T0 + 9)
+        assert not store.claim_announcement("year-end", T0, "freeze.ended", T0 + 10)
+        assert not store.claim_announcement("past", T0 - 99, "freeze.ended", T0)
+    finally:
+        other.close()
+
+
+def test_keeping_a_lock_says_whether_it_lengthened_it(store: Storage) -> None:  # noqa: F811
+    store.gain_lock("app", "alice", T0, 600)
+    assert store.keep_lock_until("app", "alice", T0 + 1, T0 + 900)
+    assert not store.keep_lock_until("app", "alice", T0 + 1, T0 + 800)  # never shorter
+    assert not store.keep_lock_until("app", "bob", T0 + 1, T0 + 9999)  # not the holder
+    assert not store.keep_lock_until("app", "alice", T0 + 901, T0 + 9999)  # expired
+    assert store.get_lock("app", T0 + 2).expires_at == T0 + 900
+
+
 def test_the_audit_trail_filters_and_keeps_order(store: Storage) -> None:  # noqa: F811
     for i, kind in enumerate(["lock.gained", "job.started", "lock.released", "lockout.x"]):
         store.add_audit(at=T0 + i, user="alice", kind=kind, project="app", env=None,

@@ -59,7 +59,7 @@ async def request_approval(
 ) -> JobRecord:
     """A deploy that waits for approval: the rules every deploy passes checked now (the lock
     holder, a known environment, a deploy script, no job running), the commit checked out now
-    recorded, nothing run."""
+    recorded, nothing run; the requester's lock kept at least until the request expires."""
     head = await svc.jobs.deploy_commit(project, env, caller.user)
     sha = svc.jobs.shipped_commit(project.name, head)
     try:
@@ -71,6 +71,8 @@ async def request_approval(
         raise Conflict(
             f"a deploy of {project.name} already awaits approval; approve, reject or wait for it"
         ) from None
+    # While it waits, the requester's lock does not run out before the request does.
+    svc.locks.hold_until(project.name, caller.user, record.started_at + svc.config.approval_timeout)
     schedule_expiry(svc, record)
     found = approval_rule(svc, project.name, env)
     approvers = ", ".join(found[1].approvers) if found else ""
@@ -193,6 +195,15 @@ def cancel_expiry(svc: Services, job_id: int) -> None:
 
 
 def resume(svc: Services) -> None:
-    """At start: the deploys still waiting get their expiry timers back."""
+    """At start: the deploys still waiting get their expiry timers back; the configured freeze
+    windows get theirs (freeze.started / freeze.ended)."""
     for record in svc.store.awaiting_jobs():
         schedule_expiry(svc, record)
+    svc.freezes.watch()
+
+
+def stop(svc: Services) -> None:
+    """At the end: no timer of governance's fires any more."""
+    for job_id in list(svc.approval_timers):
+        cancel_expiry(svc, job_id)
+    svc.freezes.close()

@@ -10,6 +10,7 @@ frozen: a freeze stops what reaches an environment, not the preparation of a fix
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,13 +18,20 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
+from pploy import log
 from pploy.deploy.config import FREEZE_NAME, Config
-from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound
+from pploy.deploy.domain.errors import BadRequest, Conflict, NotFound, PployError
 from pploy.deploy.domain.govrecords import AdHocFreeze
 from pploy.deploy.domain.permissions import Caller, Permissions, Refused
 from pploy.deploy.domain.records import Storage
 
 MAX_REASON = 500
+# A boundary's timer is set at most this far ahead and set again when it fires early: a
+# wall clock that jumps (the timers run on the monotonic clock) delays an announcement by
+# at most this long.
+LONGEST_TIMER = 3600.0
+RETRY_SECONDS = 10.0  # the database could not be asked at a boundary: ask again then
+CONFIGURED_BY = "pploy"  # who started and ended a configured window, in its events
 
 
 def when(ts: float) -> str:
@@ -63,6 +71,10 @@ class Freeze:
             record.name, record.starts_at, record.until, record.envs, record.projects,
             record.reason, "adhoc", record.created_by,
         )  # fmt: skip
+
+
+def envs_text(envs: list[str]) -> str:
+    return "all environments" if envs == ["*"] else ", ".join(envs)
 
 
 def parse_until(value: object, now: float) -> float:
@@ -122,6 +134,7 @@ class Freezes:
         self.permissions = permissions
         self.emit = emit
         self.clock = clock
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def all(self) -> list[Freeze]:
         """The configured freezes (past, current and coming) and the ad-hoc ones in force."""
@@ -177,11 +190,7 @@ class Freezes:
         if record is None:
             raise Conflict(f"a freeze named {name!r} is already in force")
         freeze = Freeze.adhoc(record)
-        self.emit("freeze.started", {
-            "by": caller.user, "freeze": name, "envs": envs, "projects": projects,
-            "until": until, "reason": freeze.reason, "until_text": when(until),
-            "envs_text": "all environments" if envs == ["*"] else ", ".join(envs),
-        })  # fmt: skip
+        self._announce_start(freeze, caller.user)
         return freeze
 
     def end(self, caller: Caller, name: str) -> Freeze:
@@ -190,5 +199,62 @@ class Freezes:
         record = self.store.end_freeze(name, caller.user, self.clock())
         if record is None:
             raise NotFound(f"no ad-hoc freeze named {name!r} is in force")
-        self.emit("freeze.ended", {"by": caller.user, "freeze": name, "reason": record.reason})
-        return Freeze.adhoc(record)
+        freeze = Freeze.adhoc(record)
+        self._announce_end(freeze, caller.user)
+        return freeze
+
+    def _announce_start(self, freeze: Freeze, by: str) -> None:
+        self.emit("freeze.started", {
+            "by": by, "freeze": freeze.name, "envs": freeze.envs, "projects": freeze.projects,
+            "until": freeze.end, "reason": freeze.reason, "source": freeze.source,
+            "until_text": when(freeze.end), "envs_text": envs_text(freeze.envs),
+        })  # fmt: skip
+
+    def _announce_end(self, freeze: Freeze, by: str) -> None:
+        self.emit("freeze.ended", {
+            "by": by, "freeze": freeze.name, "reason": freeze.reason, "source": freeze.source,
+        })  # fmt: skip
+
+    # -- configured windows entering and leaving force -------------------------------------
+    # One timer per configured window, set for its next boundary (start, then end). At a
+    # boundary, each instance claims the announcement in the database (one row per window,
+    # start and kind): the one that claims it sends it, so it is sent once however many
+    # instances share the database and however often they restart. A window found in force
+    # at start is announced then, unless it was already; one that started and ended while no
+    # pploy ran is not announced at all (its end is claimed only after its start).
+
+    def watch(self) -> None:
+        """Set the timers of the configured windows (at start; announces those in force)."""
+        for freeze in self.configured:
+            self._boundary(freeze)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    def _boundary(self, freeze: Freeze) -> None:
+        """Announce what is due of ``freeze`` now, then set the timer for its next boundary."""
+        self._timers.pop(freeze.name, None)
+        now = self.clock()
+        try:
+            if freeze.start <= now < freeze.end:
+                if self.store.claim_announcement(freeze.name, freeze.start, "freeze.started", now):
+                    self._announce_start(freeze, CONFIGURED_BY)
+            elif now >= freeze.end:
+                if self.store.claim_announcement(freeze.name, freeze.start, "freeze.ended", now):
+                    self._announce_end(freeze, CONFIGURED_BY)
+                return  # over: nothing more to announce
+        except PployError as exc:  # the database is away: ask again soon
+            log.event(
+                "freeze.announce_failed", level="error", freeze=freeze.name, error=exc.message
+            )
+            self._set_timer(freeze, now + RETRY_SECONDS)
+            return
+        self._set_timer(freeze, freeze.start if now < freeze.start else freeze.end)
+
+    def _set_timer(self, freeze: Freeze, at: float) -> None:
+        delay = min(max(0.0, at - self.clock()), LONGEST_TIMER)
+        self._timers[freeze.name] = asyncio.get_running_loop().call_later(
+            delay, self._boundary, freeze
+        )

@@ -111,6 +111,18 @@ class Locks:
         """Make sure the holder's lock lasts at least until ``until`` (a job is running)."""
         self.store.keep_lock_until(project, user, self.clock(), until)
 
+    def hold_until(self, project: str, user: str, until: float) -> Lock | None:
+        """Make sure the holder's lock lasts at least until ``until`` (never shortened), and
+        say so (``lock.extended``) when that lengthened it: a deploy awaiting approval keeps
+        its requester's lock. The lock as it is now; None when ``user`` does not hold it."""
+        lengthened = self.store.keep_lock_until(project, user, self.clock(), until)
+        lock = self.store.get_lock(project, self.clock())
+        if lock is None or lock.user != user:
+            return None
+        if lengthened:
+            self._changed("lock.extended", lock)
+        return lock
+
     def queue(self, project: str, user: str) -> Lock:
         """Wait in line for the lock (FIFO; queueing again keeps the place); a free lock is
         simply gained. The holder cannot queue for their own lock (409)."""

@@ -148,6 +148,15 @@ STEPS: tuple[tuple[Operation, ...], ...] = (
         "CREATE UNIQUE INDEX IF NOT EXISTS repositories_current ON repositories (project) "
         "WHERE removed_at IS NULL",
     ),
+    # 8: reserved for branch `durable` (the lead puts its step here on merge).
+    (),
+    # 9: configured freeze windows announced (freeze.started / freeze.ended): one row per
+    # window and kind, claimed by the one instance that sends it (docs/governance.md).
+    (
+        "CREATE TABLE IF NOT EXISTS freeze_announcements (name TEXT NOT NULL, "
+        "starts_at {real} NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('freeze.started', "
+        "'freeze.ended')), at {real} NOT NULL, PRIMARY KEY (name, starts_at, kind))",
+    ),
 )
 
 VERSION = len(STEPS)

@@ -291,13 +291,15 @@ class SqlStore:
         )
         return cur.rowcount > 0
 
-    def keep_lock_until(self, project: str, user: str, now: float, until: float) -> None:
-        """Lengthen (never shorten) the holder's lock to ``until`` (a running deploy's)."""
-        self.execute(
+    def keep_lock_until(self, project: str, user: str, now: float, until: float) -> bool:
+        """Lengthen (never shorten) the holder's lock to ``until`` (a running deploy's, a
+        deploy's awaiting approval); True when it was lengthened."""
+        cur = self.execute(
             'UPDATE locks SET expires_at = ? WHERE project = ? AND "user" = ? '
             "AND expires_at > ? AND expires_at < ?",
             (until, project, user, now, until),
         )
+        return cur.rowcount > 0
 
     # -- jobs ----------------------------------------------------------------
 
@@ -618,6 +620,20 @@ class SqlStore:
             (now, user, name, now),
         ).fetchone()
         return AdHocFreeze.from_row(row) if row else None
+
+    def claim_announcement(self, name: str, starts_at: float, kind: str, at: float) -> bool:
+        """Claim sending ``kind`` (``freeze.started``/``freeze.ended``) for the configured
+        freeze window ``name`` starting at ``starts_at``: True for the first claim only, across
+        instances and restarts. An end is claimed only once the window's start was (a window
+        that started and ended unannounced stays unannounced)."""
+        cur = self.execute(
+            "INSERT INTO freeze_announcements (name, starts_at, kind, at) "
+            "SELECT :name, :starts_at, :kind, :at WHERE :kind = 'freeze.started' OR EXISTS "
+            "(SELECT 1 FROM freeze_announcements WHERE name = :name AND starts_at = :starts_at "
+            "AND kind = 'freeze.started') ON CONFLICT (name, starts_at, kind) DO NOTHING",
+            {"name": name, "starts_at": starts_at, "kind": kind, "at": at},
+        )
+        return cur.rowcount > 0
 
     def queue_for_lock(self, project: str, user: str, now: float) -> bool:
         """Put ``user`` at the end of the project's lock queue; False when already there (the

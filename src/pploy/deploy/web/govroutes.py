@@ -181,7 +181,11 @@ async def end_freeze_form(request: web.Request) -> web.Response:
 
 
 async def resume(app: web.Application) -> None:
-    governance.resume(app[SERVICES])  # deploys awaiting approval expire on time
+    governance.resume(app[SERVICES])  # approvals expire, configured freezes are announced
+
+
+async def stop(app: web.Application) -> None:
+    governance.stop(app[SERVICES])
 
 
 def add_routes(app: web.Application) -> None:
@@ -193,3 +197,4 @@ def add_routes(app: web.Application) -> None:
         svc, job.project, job.env
     )
     app.on_startup.append(resume)
+    app.on_cleanup.append(stop)
