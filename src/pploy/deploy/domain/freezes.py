@@ -135,6 +135,7 @@ class Freezes:
         self.emit = emit
         self.clock = clock
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._claimed: set[tuple[str, float, str]] = set()  # (name, start, kind) asked
 
     def all(self) -> list[Freeze]:
         """The configured freezes (past, current and coming) and the ad-hoc ones in force."""
@@ -239,10 +240,10 @@ class Freezes:
         now = self.clock()
         try:
             if freeze.start <= now < freeze.end:
-                if self.store.claim_announcement(freeze.name, freeze.start, "freeze.started", now):
+                if self._claim(freeze, "freeze.started", now):
                     self._announce_start(freeze, CONFIGURED_BY)
             elif now >= freeze.end:
-                if self.store.claim_announcement(freeze.name, freeze.start, "freeze.ended", now):
+                if self._claim(freeze, "freeze.ended", now):
                     self._announce_end(freeze, CONFIGURED_BY)
                 return  # over: nothing more to announce
         except PployError as exc:  # the database is away: ask again soon
@@ -252,6 +253,17 @@ class Freezes:
             self._set_timer(freeze, now + RETRY_SECONDS)
             return
         self._set_timer(freeze, freeze.start if now < freeze.start else freeze.end)
+
+    def _claim(self, freeze: Freeze, kind: str, now: float) -> bool:
+        """Claim the announcement once per process (a timer may fire a moment early and
+        find the window still in force: it is not claimed again)."""
+        key = (freeze.name, freeze.start, kind)
+        if key in self._claimed:
+            return False
+        claimed = self.store.claim_announcement(freeze.name, freeze.start, kind, now)
+        self._claimed.add(key)
+        log.event("freeze.boundary", freeze=freeze.name, kind=kind, claimed=claimed)
+        return claimed
 
     def _set_timer(self, freeze: Freeze, at: float) -> None:
         delay = min(max(0.0, at - self.clock()), LONGEST_TIMER)
