@@ -725,7 +725,7 @@ def test_a_sqlite_file_with_two_current_repositories_of_a_name_keeps_the_newest(
     Store(db_path).close()
     old = sqlite3.connect(db_path)
     old.execute("DROP INDEX repositories_current")
-    old.execute("DELETE FROM pploy_migrations WHERE version = 7")
+    old.execute("DELETE FROM pploy_migrations WHERE version >= 7")
     for url in ("/git/one", "/git/two"):
         old.execute(
             "INSERT INTO repositories (project, url, added_at) VALUES ('app', ?, 5.0)", (url,)
