@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ from typing import Any
 import pytest
 
 from tests.deploy.govserver import Served
-from tests.deploy.test_approvals import next_event
 from tests.deploy.test_notify import Receiver, receiver  # noqa: F401
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
@@ -25,17 +25,24 @@ pytestmark = pytest.mark.slow  # `pploy serve` from a config file
 # start the servers, so the start is announced by the running servers' timers.
 LEAD = 8.0
 LENGTH = 2.0
+OVERNIGHT = LENGTH + 4.0  # "overnight" ends this long after "soon" starts
 
 
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-def windows_config(receiver: Receiver) -> tuple[str, datetime]:  # noqa: F811
+def windows_config(receiver: Receiver, overnight: bool = False) -> tuple[str, datetime]:  # noqa: F811
     """Three windows: one starting soon for LENGTH seconds, one in force since an hour ago,
-    one that started and ended yesterday; a JSON and a Slack hook for the freeze kinds."""
+    one that started and ended yesterday (with ``overnight``, a fourth in force since an hour
+    ago ending OVERNIGHT seconds after "soon" starts); a JSON and a Slack hook for the freeze
+    kinds."""
     now = datetime.now().astimezone()
     soon = now + timedelta(seconds=LEAD)
+    extra = (
+        f"  - name: overnight\n    start: {iso(now - timedelta(hours=1))}\n"
+        f"    end: {iso(soon + timedelta(seconds=OVERNIGHT))}\n"
+    )
     config = f"""\
 freezes:
   - name: soon
@@ -50,7 +57,7 @@ freezes:
   - name: past
     start: {iso(now - timedelta(days=2))}
     end: {iso(now - timedelta(days=1))}
-webhooks:
+{extra if overnight else ""}webhooks:
   - url: {receiver.url("/json")}
     events: [freeze.started, freeze.ended]
   - url: {receiver.url("/slack")}
@@ -63,6 +70,16 @@ webhooks:
 async def freeze_events(served: Served) -> list[tuple[str, str | None, Any]]:
     events = (await served.ok("GET", "/api/audit?kind=freeze.*"))["events"]
     return [(e["kind"], e["user"], e["detail"]["freeze"]) for e in events]
+
+
+async def event_for(receiver: Receiver, kind: str, freeze: str, timeout: float) -> dict[str, Any]:  # noqa: F811
+    """The generic JSON hook's ``kind`` event of ``freeze`` (waits for it, without polling)."""
+    while True:
+        for body in receiver.bodies:
+            if body.get("event") == kind and body.get("freeze") == freeze:
+                return body
+        receiver.arrived.clear()
+        await asyncio.wait_for(receiver.arrived.wait(), timeout)
 
 
 async def until_received(receiver: Receiver, count: int, path: str, timeout: float) -> None:  # noqa: F811
@@ -81,17 +98,20 @@ async def test_a_configured_window_is_announced_when_it_starts_and_ends(
     tmp_path: Path,
     receiver: Receiver,  # noqa: F811
 ):
-    config, soon = windows_config(receiver)
+    # "overnight" is in force at start and ends while pploy is stopped.
+    config, soon = windows_config(receiver, overnight=True)
     served = Served(tmp_path, config)
     await served.start()
     try:
-        # At start: the window in force is announced; the past one is not; "soon" not yet.
+        # At start: the windows in force are announced; the past one is not; "soon" not yet.
         assert datetime.now().astimezone() < soon, "the server took too long to start"
-        assert await freeze_events(served) == [("freeze.started", "pploy", "ongoing")]
+        assert await freeze_events(served) == [
+            ("freeze.started", "pploy", "ongoing"), ("freeze.started", "pploy", "overnight"),
+        ]  # fmt: skip
+        started = await event_for(receiver, "freeze.started", "ongoing", 20)
+        assert started["by"] == "pploy" and started["envs_text"] == "all environments"
 
-        started = await next_event(receiver, "freeze.started")
-        assert started["freeze"] == "ongoing" and started["by"] == "pploy"
-        started = await next_event(receiver, "freeze.started", timeout=LEAD + 20)
+        started = await event_for(receiver, "freeze.started", "soon", LEAD + 20)
         assert datetime.now().astimezone() >= soon  # by the timer, at the window's start
         assert {k: started[k] for k in started if k not in ("until", "until_text")} == {
             "event": "freeze.started", "by": "pploy", "freeze": "soon", "envs": ["production"],
@@ -100,12 +120,12 @@ async def test_a_configured_window_is_announced_when_it_starts_and_ends(
         }  # fmt: skip
         assert started["until"] == pytest.approx((soon.timestamp() + LENGTH), abs=0.001)
         assert started["until_text"].startswith(soon.strftime("%Y-%m-%dT%H:%M"))
-        ended = await next_event(receiver, "freeze.ended", timeout=LENGTH + 20)
+        ended = await event_for(receiver, "freeze.ended", "soon", LENGTH + 20)
         assert ended == {
             "event": "freeze.ended", "by": "pploy", "freeze": "soon", "reason": "release day",
             "source": "config",
         }  # fmt: skip
-        await until_received(receiver, 3, "/slack", 20)
+        await until_received(receiver, 4, "/slack", 20)
         texts = [r["json"]["text"] for r in receiver.requests if r["path"] == "/slack"]
         assert "pploy ended the freeze soon" in texts, texts
         assert any(t.startswith("pploy froze production until ") and t.endswith(": release day")
@@ -116,17 +136,23 @@ async def test_a_configured_window_is_announced_when_it_starts_and_ends(
         }  # fmt: skip
         assert audit[-2]["detail"]["envs"] == ["production"]
 
-        # A restart announces nothing again: not the window in force, not the one that ended.
+        # "overnight" ends while pploy is stopped: its end is announced when pploy is back
+        # (its start was); then a restart announces nothing again.
+        assert ("overnight", "freeze.ended") not in [b[:2] for b in boundaries(served.stop())]
+        await asyncio.sleep(max(0.0, soon.timestamp() + OVERNIGHT + 0.2 - time.time()))
+        await served.start()
         await served.restart()
         assert await freeze_events(served) == [
             ("freeze.started", "pploy", "ongoing"),
+            ("freeze.started", "pploy", "overnight"),
             ("freeze.started", "pploy", "soon"),
             ("freeze.ended", "pploy", "soon"),
+            ("freeze.ended", "pploy", "overnight"),
         ]
         output = served.stop()
         assert sorted(boundaries(output)) == [
-            ("ongoing", "freeze.started", "False"), ("past", "freeze.ended", "False"),
-            ("soon", "freeze.ended", "False"),
+            ("ongoing", "freeze.started", "False"), ("overnight", "freeze.ended", "False"),
+            ("past", "freeze.ended", "False"), ("soon", "freeze.ended", "False"),
         ], output  # fmt: skip
     finally:
         await served.close()
