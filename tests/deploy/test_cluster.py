@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -239,11 +240,17 @@ async def test_a_job_running_on_b_is_shown_kept_and_cancelled_through_a(pair, tm
         assert status == 409 and f"job #{job} is running" in body["error"], body
         status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "bob", {})
         assert status == 403, body  # only the lock holder, wherever the job runs
-        status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "alice", {})
-        assert status == 202, body
+        seen = bytearray()
+        async with a.client().get(a.url(f"/api/jobs/{job}/log?follow=1")) as resp:
+            await read_until(resp.content, b"started", seen)  # the script runs on B, waiting
+            status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "alice", {})
+            assert status == 202, body
+            seen.extend(await asyncio.wait_for(resp.content.read(), 20))
         record = await a.wait_job(job)
         assert (record["status"], record["cancelled_by"]) == ("cancelled", "alice")
-        assert b"[pploy] cancelled by alice" in await a.log(job)
+        # The cancel met the script where it waited: its note follows the script's line.
+        assert re.search(rb"started\r?\n\x1b\[1;36m\[pploy\] cancelled by alice", seen), seen
+        assert b"never" not in seen and await a.log(job) == bytes(seen)
     finally:
         fifo.close()
 
