@@ -252,6 +252,7 @@ async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flow
                     assert (await resp.json())["job"]["status"] == "running"  # reads still work
                 await fifo.release()  # the job goes on during the grace...
                 await read_until(stream, b"during the grace", seen)
+                assert b"during the grace" in seen  # live, within the grace:
                 assert time.monotonic() - signalled < grace
                 seen.extend(await asyncio.wait_for(stream.content.read(), grace + 10))
             assert b"cancelled: pploy is shutting down" in seen and b"never" not in seen

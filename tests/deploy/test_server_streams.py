@@ -46,7 +46,8 @@ async def test_chunked_follow_gets_each_line_before_the_next(gated):
         assert resp.headers.get("Transfer-Encoding") == "chunked"
         for i in range(1, LINES + 1):
             await read_until(resp, f"line {i}".encode(), seen)
-            assert f"line {i + 1}".encode() not in seen  # it cannot exist yet
+            # Seen here, before the next exists (the script waits for the release below).
+            assert f"line {i}".encode() in seen and f"line {i + 1}".encode() not in seen
             await fifo.release()
         seen.extend(await resp.content.read())
     assert b"\x1b[32mline 1\x1b[0m\n" in seen  # colours and bytes kept exactly
@@ -232,6 +233,7 @@ async def test_pty_makes_stdio_line_buffered(tmp_path):
         seen = bytearray()
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
             await read_until(resp, b"first\n", seen)  # times out if buffered
+            assert b"first\n" in seen and b"second" not in seen  # seen before "second" exists
             await fifo.release()
             seen.extend(await resp.content.read())
         assert b"second\n" in seen
