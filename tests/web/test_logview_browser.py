@@ -83,7 +83,7 @@ def output(page: Any) -> list[str]:
 
 
 def released(fifo: Fifo, *steps: str) -> list[str]:
-    """Shell lines: open ``fifo``, then after each step wait for the test's release."""
+    """Shell lines: open ``fifo``, then wait for the test's release before each step."""
     out = [fifo.script_open()]
     for step in steps:
         out += [fifo.wait_cmd, step]
