@@ -24,6 +24,8 @@ from pploy.deploy.app import create_app
 from pploy.deploy.config import load_config
 from tests.deploy.support import Fifo, make_remote, read_until
 
+pytestmark = pytest.mark.slow  # waits out the head timeout, a byte at a time
+
 TIMEOUT = 1.0  # the lowered head timeout
 DRIP = 0.2  # a byte this often: far more often than the timeout
 
