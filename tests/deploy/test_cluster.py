@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -13,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.deploy.support import Fifo, Pploy, make_remote, push_commit, start_pploy
+from tests.deploy.support import Fifo, Pploy, make_remote, push_commit, read_until, start_pploy
 from tests.deploy.test_server_process import Server, alive, kill_runner
-from tests.deploy.test_server_streams import LINES, gated_script, read_until, sse_events
+from tests.deploy.test_server_streams import LINES, gated_script, sse_events
 from tests.postgres import pg_database, pg_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -99,7 +100,7 @@ async def test_one_job_per_project_across_both_and_a_deploy_on_b_works(pair, tmp
     job = await b.deploy(name)  # started on B
     seen = bytearray()
     async with a.client().get(a.url(f"/api/jobs/{job}/log?follow=1")) as resp:  # followed on A
-        await read_until(resp.content, b"started staging", seen)
+        await read_until(resp, b"started staging", seen)
         # While it runs on B, neither instance starts another job on the project.
         for pploy in (a, b):
             status, body = await pploy.api(
@@ -189,7 +190,7 @@ async def test_a_sigkilled_instance_s_job_runs_on_and_a_dead_runner_s_lease_expi
             job = await a.start_deploy(http, remote)
             async with http.get(a.base + f"/api/jobs/{job}/log?follow=1") as resp:
                 seen = bytearray()
-                await read_until(resp.content, b"line one", seen)
+                await read_until(resp, b"line one", seen)
                 a.stop(signal.SIGKILL)
         await asyncio.sleep(8)  # twice the lease: its runner renews it
         status, body = await b.api("GET", f"/api/jobs/{job}")
@@ -239,11 +240,17 @@ async def test_a_job_running_on_b_is_shown_kept_and_cancelled_through_a(pair, tm
         assert status == 409 and f"job #{job} is running" in body["error"], body
         status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "bob", {})
         assert status == 403, body  # only the lock holder, wherever the job runs
-        status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "alice", {})
-        assert status == 202, body
+        seen = bytearray()
+        async with a.client().get(a.url(f"/api/jobs/{job}/log?follow=1")) as resp:
+            await read_until(resp, b"started", seen)  # the script runs on B, waiting
+            status, body = await a.api("POST", f"/api/jobs/{job}/cancel", "alice", {})
+            assert status == 202, body
+            seen.extend(await asyncio.wait_for(resp.content.read(), 20))
         record = await a.wait_job(job)
         assert (record["status"], record["cancelled_by"]) == ("cancelled", "alice")
-        assert b"[pploy] cancelled by alice" in await a.log(job)
+        # The cancel met the script where it waited: its note follows the script's line.
+        assert re.search(rb"started\r?\n\x1b\[1;36m\[pploy\] cancelled by alice", seen), seen
+        assert b"never" not in seen and await a.log(job) == bytes(seen)
     finally:
         fifo.close()
 

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.deploy.support import Fifo, make_remote, push_commit, read_until, start_pploy
+from tests.deploy.test_server_process import alive
 
 
 async def test_lock_is_enforced_for_non_holders_on_every_route(tmp_path):
@@ -95,6 +96,27 @@ async def test_lock_is_enforced_for_non_holders_on_every_route(tmp_path):
         await pploy.close()
 
 
+def tree_script(ledger, up, body: str) -> str:
+    """Shell lines running ``body`` in the background, a shell that ignores INT and TERM: it
+    writes its pid to ``ledger`` once its traps are set and says so on the fifo ``up``, which
+    the script waits for (``body`` may go on as it likes, still ignoring both)."""
+    os.mkfifo(up)
+    return (
+        f"sh -c 'trap \"\" INT TERM; echo $$ >> {ledger}; echo up > {up}; {body}' &\n"
+        f"read _ < {up}\n"
+    )
+
+
+def pids_alive_at_cancel(ledger, count: int) -> list[int]:
+    """The pids the script wrote to ``ledger`` before its "ready" line, each checked alive:
+    the test only cancels once it has seen that line, so the cancel meets all of them."""
+    pids = [int(pid) for pid in ledger.read_text().split()] if ledger.exists() else []
+    assert len(pids) == count and all(map(alive, pids)), (
+        f"cancelling before the script is ready: {pids} of {count} processes up"
+    )
+    return pids
+
+
 @pytest.mark.slow  # waits out the signal escalation
 async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
     pids = tmp_path / "pids"
@@ -102,8 +124,8 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         "#!/bin/sh\n"
         "trap '' INT\n"  # ignores SIGINT: the escalation must go on to TERM/KILL
         f"sleep 300 & echo $! >> {pids}\n"
-        f"sh -c 'trap \"\" INT TERM; echo $$ >> {pids}; while :; do sleep 1; done' &\n"
-        f"echo $$ >> {pids}\n"
+        + tree_script(pids, tmp_path / "up", "while :; do sleep 1; done")
+        + f"echo $$ >> {pids}\n"
         "echo ready\n"
         "wait\n"
     )
@@ -114,6 +136,7 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         job = await pploy.deploy(name)
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
             seen = await read_until(resp, b"ready")
+            tree = pids_alive_at_cancel(pids, 3)
             status, body = await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
             assert status == 202, body
             seen.extend(await asyncio.wait_for(resp.content.read(), 20))
@@ -121,12 +144,7 @@ async def test_cancel_kills_the_whole_process_tree_and_records_who(tmp_path):
         assert record["status"] == "cancelled"
         assert record["cancelled_by"] == "alice"
         assert b"cancelled by alice" in seen
-        for pid in map(int, pids.read_text().split()):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            raise AssertionError(f"process {pid} survived the cancel")
+        assert [pid for pid in tree if alive(pid)] == [], "processes survived the cancel"
     finally:
         await pploy.close()
 
@@ -140,6 +158,7 @@ async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_p
         "#!/bin/sh\n"
         f"trap 'echo INT $(date +%s.%N) >> {seen_file}' INT\n"
         f"trap 'echo TERM $(date +%s.%N) >> {seen_file}' TERM\n"
+        f"echo READY $(date +%s.%N) >> {seen_file}\n"
         "echo ready\n"
         "while :; do sleep 0.05; done\n"
     )
@@ -150,6 +169,9 @@ async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_p
         job = await pploy.deploy(name)
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
             seen = await read_until(resp, b"ready")
+            # Its traps are set and no signal has come yet: only now does the cancel go.
+            ledger = seen_file.read_text().splitlines() if seen_file.exists() else []
+            assert [line.split()[0] for line in ledger] == ["READY"], "cancelling too early"
             cancelled_at = time.time()
             status, body = await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
             assert status == 202, body
@@ -158,8 +180,8 @@ async def test_cancel_sends_sigint_then_sigterm_then_sigkill_in_that_order(tmp_p
         assert record["status"] == "cancelled"
         assert record["signal"] == signal.SIGKILL and b"killed by SIGKILL" in seen
         received = [line.split() for line in seen_file.read_text().splitlines()]
-        assert [name for name, _ in received] == ["INT", "TERM"]
-        int_at, term_at = (float(at) for _, at in received)
+        assert [name for name, _ in received] == ["READY", "INT", "TERM"]
+        int_at, term_at = (float(at) for _, at in received[1:])
         assert int_at - cancelled_at < 1  # SIGINT at once
         assert term_at - int_at >= 0.9  # SIGTERM one grace period (1 s) later
     finally:
@@ -537,9 +559,8 @@ async def test_signal_group_is_gone_after_cancel_even_if_leader_exits_first(tmp_
     pids = tmp_path / "pids"
     script = (
         "#!/bin/sh\n"
-        f"sh -c 'trap \"\" INT TERM; echo $$ > {pids}; exec sleep 300' &\n"
-        f"while [ ! -s {pids} ]; do :; done\n"
-        "echo ready\nwait\n"
+        + tree_script(pids, tmp_path / "up", "exec sleep 300")
+        + f"echo $$ >> {pids}\necho ready\nwait\n"
     )
     pploy = await start_pploy(tmp_path / "work")
     try:
@@ -548,15 +569,13 @@ async def test_signal_group_is_gone_after_cancel_even_if_leader_exits_first(tmp_
         job = await pploy.deploy(name)
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
             await read_until(resp, b"ready")
+            child, leader = pids_alive_at_cancel(pids, 2)
             await pploy.api("POST", f"/api/jobs/{job}/cancel", "alice")
             await asyncio.wait_for(resp.content.read(), 20)
-        pid = int(pids.read_text())
-        try:
-            os.kill(pid, 0)
-            raise AssertionError("the child that ignored INT and TERM survived")
-        except ProcessLookupError:
-            pass
-        assert signal.SIGKILL  # escalation reached KILL
+        record = (await pploy.api("GET", f"/api/jobs/{job}"))[1]["job"]
+        assert record["signal"] == signal.SIGINT  # the leader ended on the first signal...
+        assert not alive(leader)
+        assert not alive(child), "the child that ignored INT and TERM survived"  # ...KILL came
     finally:
         await pploy.close()
 

@@ -252,6 +252,7 @@ async def test_during_the_shutdown_grace_pploy_answers_503_and_streams_keep_flow
                     assert (await resp.json())["job"]["status"] == "running"  # reads still work
                 await fifo.release()  # the job goes on during the grace...
                 await read_until(stream, b"during the grace", seen)
+                assert b"during the grace" in seen  # live, within the grace:
                 assert time.monotonic() - signalled < grace
                 seen.extend(await asyncio.wait_for(stream.content.read(), grace + 10))
             assert b"cancelled: pploy is shutting down" in seen and b"never" not in seen
@@ -351,19 +352,23 @@ def _argv0(pid: int) -> bytes:
         return b""
 
 
-async def escaped(marker: str, script_pid_file: Path) -> int:
-    """Wait for the job's hidden child; check it really left: no environment (so no job
-    tag), its own session."""
+async def hidden(marker: str) -> int:
+    """Wait for the one process ``env -i setsid sleep MARKER`` becomes: it carries the marker
+    from its first exec, so wait for the last one (sleep), after setsid() and the cleared
+    environment have taken effect."""
     for _ in range(200):
-        # `env -i setsid sleep MARKER` carries the marker from its first exec: wait for the
-        # last one (sleep), after setsid() and the cleared environment have taken effect.
         pids = [pid for pid in marked(marker) if _argv0(pid) == b"sleep"]
-        if pids and script_pid_file.exists() and script_pid_file.read_text().strip():
-            break
+        if pids:
+            (pid,) = pids
+            return pid
         await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the hidden child never started")
-    (pid,) = pids
+    raise AssertionError("the hidden child never started")
+
+
+async def escaped(marker: str, script_pid_file: Path) -> int:
+    """Wait for the job's hidden child (the script wrote its own pid before starting it);
+    check it really left: no environment (so no job tag), its own session."""
+    pid = await hidden(marker)
     assert Path(f"/proc/{pid}/environ").read_bytes() == b""
     assert os.getsid(pid) != os.getsid(int(script_pid_file.read_text()))
     return pid
@@ -561,15 +566,13 @@ async def test_a_daemon_a_succeeded_deploy_left_survives_the_next_jobs_cancel(
             first = await server.start_deploy(http, remote)
             async with http.get(server.base + f"/api/jobs/{first}/log?follow=1") as resp:
                 assert b"deploy succeeded" in await asyncio.wait_for(resp.read(), 20)
-            await asyncio.sleep(0.6)  # the subreaper has adopted and looked at the daemon
-            (daemon,) = marked(marker)
+            daemon = await hidden(marker)
             async with http.post(
                 server.base + "/api/projects/testploy/deploy", json={"env": "production"}
             ) as resp:
                 second = (await resp.json())["job"]["id"]
             async with http.get(server.base + f"/api/jobs/{second}/log?follow=1") as resp:
-                seen = await read_until(resp, b"ready")
-                await asyncio.sleep(0.6)
+                seen = await read_until(resp, b"ready")  # (a cancel looks for the processes)
                 async with http.post(server.base + f"/api/jobs/{second}/cancel") as cancel:
                     assert cancel.status == 202
                 seen.extend(await asyncio.wait_for(resp.content.read(), 20))

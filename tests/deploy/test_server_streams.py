@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.deploy.support import Fifo, make_remote, start_pploy
+from tests.deploy.support import Fifo, make_remote, read_until, start_pploy
 
 LINES = 3
 
@@ -37,17 +37,6 @@ async def gated(tmp_path):
     await pploy.close()
 
 
-async def read_until(stream_reader, needle: bytes, buffer: bytearray, timeout: float = 10) -> None:
-    async def loop() -> None:
-        while needle not in buffer:
-            chunk = await stream_reader.readany()
-            if not chunk:
-                raise AssertionError(f"stream ended before {needle!r}: {bytes(buffer)!r}")
-            buffer.extend(chunk)
-
-    await asyncio.wait_for(loop(), timeout)
-
-
 async def test_chunked_follow_gets_each_line_before_the_next(gated):
     pploy, name, fifo = gated
     job = await pploy.deploy(name)
@@ -56,8 +45,9 @@ async def test_chunked_follow_gets_each_line_before_the_next(gated):
         assert resp.headers["X-Accel-Buffering"] == "no"
         assert resp.headers.get("Transfer-Encoding") == "chunked"
         for i in range(1, LINES + 1):
-            await read_until(resp.content, f"line {i}".encode(), seen)
-            assert f"line {i + 1}".encode() not in seen  # it cannot exist yet
+            await read_until(resp, f"line {i}".encode(), seen)
+            # Seen here, before the next exists (the script waits for the release below).
+            assert f"line {i}".encode() in seen and f"line {i + 1}".encode() not in seen
             await fifo.release()
         seen.extend(await resp.content.read())
     assert b"\x1b[32mline 1\x1b[0m\n" in seen  # colours and bytes kept exactly
@@ -242,7 +232,8 @@ async def test_pty_makes_stdio_line_buffered(tmp_path):
         job = await pploy.deploy(name)
         seen = bytearray()
         async with pploy.client().get(pploy.url(f"/api/jobs/{job}/log?follow=1")) as resp:
-            await read_until(resp.content, b"first\n", seen)  # times out if buffered
+            await read_until(resp, b"first\n", seen)  # times out if buffered
+            assert b"first\n" in seen and b"second" not in seen  # seen before "second" exists
             await fifo.release()
             seen.extend(await resp.content.read())
         assert b"second\n" in seen

@@ -15,6 +15,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +27,7 @@ from bench import postgres
 from bench.procs import stop_process
 from pploy.deploy.storage.postgres import PgStore
 from pploy.deploy.storage.sqlite import Store
-from tests.deploy.support import make_remote, start_pploy
+from tests.deploy.support import Pploy, make_remote, start_pploy
 from tests.deploy.test_cluster import served
 from tests.deploy.test_server_process import Server, alive, runner_pid
 from tests.helpers import skip_or_fail
@@ -87,50 +90,71 @@ def config_file(tmp_path: Path, database: str) -> Path:
     return path
 
 
+@dataclass
+class Running:
+    """Instance A (a ``pploy serve`` process) running a ticking deploy, job ``first``, whose
+    START is in the ledger; instance B (a pploy in this process) sees the project too."""
+
+    ledger: Path
+    a: Server
+    b: Pploy
+    http: aiohttp.ClientSession  # alice's
+    first: int
+
+
+@asynccontextmanager
+async def deploy_running_on_a(tmp_path: Path, database: str, ticks: int) -> AsyncIterator[Running]:
+    """Two instances on ``database`` and a deploy of ``ticks`` × 0.2 s started on A; both
+    instances are stopped at the end."""
+    ledger = tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=ticking_script(ledger, ticks))
+    a = Server(tmp_path / "a", config_file(tmp_path, database))
+    b = await start_pploy(tmp_path / "b", database=database, **LEASE)
+    try:
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            first = await a.start_deploy(http, remote)
+            await served(b, "testploy")
+            await until(lambda: entries(ledger, "START"), what="the first START")
+            yield Running(ledger, a, b, http, first)
+    finally:
+        a.stop()
+        await b.close()
+
+
 async def test_pausing_or_killing_the_instance_that_runs_a_deploy_never_runs_two(
     tmp_path: Path,
     pg_database: str,  # noqa: F811
 ) -> None:
-    ledger = tmp_path / "ledger"
-    remote = make_remote(tmp_path, deploy_script=ticking_script(ledger, ticks=130))  # ~26 s
-    a = Server(tmp_path / "a", config_file(tmp_path, pg_database))
-    b = await start_pploy(tmp_path / "b", database=pg_database, **LEASE)
-    try:
-        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
-            # 1. A paused (SIGSTOP) for twice the lease while its deploy runs.
-            first = await a.start_deploy(http, remote)
-            await served(b, "testploy")
-            await until(lambda: entries(ledger, "START"), what="the first START")
-            a.proc.send_signal(signal.SIGSTOP)
-            paused = time.monotonic()
-            try:
-                await refused_meanwhile(b, "testploy", lambda: time.monotonic() - paused > 16)
-            finally:
-                a.proc.send_signal(signal.SIGCONT)
-            await until(lambda: entries(ledger, "END"), 30, "the first END")
-            record = await b.wait_job(first)
-            assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
-            # 2. A killed (SIGKILL) while its second deploy runs: the runner carries on.
-            async with http.post(
-                a.base + "/api/projects/testploy/deploy", json={"env": "staging"}
-            ) as resp:
-                assert resp.status == 202, await resp.text()
-                second = (await resp.json())["job"]["id"]
-            await until(lambda: len(entries(ledger, "START")) == 2, what="the second START")
-            a.stop(signal.SIGKILL)
-            await refused_meanwhile(b, "testploy", lambda: len(entries(ledger, "END")) == 2)
-            record = await b.wait_job(second)
-            assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
-            assert b"tick 129" in await b.log(second)
+    async with deploy_running_on_a(tmp_path, pg_database, ticks=130) as run:  # ~26 s
+        a, b, ledger = run.a, run.b, run.ledger
+        # 1. A paused (SIGSTOP) for twice the lease while its deploy runs.
+        a.proc.send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        try:
+            await refused_meanwhile(b, "testploy", lambda: time.monotonic() - paused > 16)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        await until(lambda: entries(ledger, "END"), 30, "the first END")
+        record = await b.wait_job(run.first)
+        assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
+        # 2. A killed (SIGKILL) while its second deploy runs: the runner carries on.
+        async with run.http.post(
+            a.base + "/api/projects/testploy/deploy", json={"env": "staging"}
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            second = (await resp.json())["job"]["id"]
+        await until(lambda: len(entries(ledger, "START")) == 2, what="the second START")
+        a.stop(signal.SIGKILL)
+        await refused_meanwhile(b, "testploy", lambda: len(entries(ledger, "END")) == 2)
+        record = await b.wait_job(second)
+        assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
+        assert b"tick 129" in await b.log(second)
         # 3. After the fault, a new deploy succeeds.
         third = await b.deploy("testploy")
         record = await b.wait_job(third, timeout=60)
         assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
         assert entries(ledger, "OVERLAP") == []
         assert len(entries(ledger, "START")) == len(entries(ledger, "END")) == 3
-    finally:
-        a.stop()
-        await b.close()
 
 
 async def test_a_paused_runner_is_fenced_before_its_lease_expires(
@@ -140,47 +164,37 @@ async def test_a_paused_runner_is_fenced_before_its_lease_expires(
     """The runner itself stopped (SIGSTOP) for longer than the lease: its job's tree is
     SIGKILLed before the lease can expire (pploy serve's guard of the fence), the job is
     recorded interrupted, and only then can another instance start a deploy."""
-    ledger = tmp_path / "ledger"
-    remote = make_remote(tmp_path, deploy_script=ticking_script(ledger, ticks=150))  # ~30 s
-    a = Server(tmp_path / "a", config_file(tmp_path, pg_database))
-    b = await start_pploy(tmp_path / "b", database=pg_database, **LEASE)
-    try:
-        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
-            first = await a.start_deploy(http, remote)
-            await served(b, "testploy")
-            await until(lambda: entries(ledger, "START"), what="the START")
-            runner = runner_pid(tmp_path / "a", first)
-            script = script_pid(ledger, first)
-            os.kill(runner, signal.SIGSTOP)
-            stopped = time.monotonic()
-            try:
-                while True:  # B may start a deploy only once the script is gone
-                    status, body = await b.api(
-                        "POST", "/api/projects/testploy/deploy", json={"env": "staging"}
-                    )
-                    if status == 202:
-                        second = body["job"]["id"]
-                        break
-                    assert status == 409, body
-                    assert time.monotonic() - stopped < 30, "never freed"
-                    await asyncio.sleep(0.2)
-                assert not alive(script), "a second deploy started beside the first"
-            finally:
-                if alive(runner):
-                    os.kill(runner, signal.SIGCONT)
-            assert time.monotonic() - stopped > 3  # not before the fence
-            async with http.get(a.base + f"/api/jobs/{first}") as resp:
-                record = (await resp.json())["job"]
-            assert record["status"] == "interrupted", record
-            assert entries(ledger, "END") == []  # the script never finished: as recorded
-            # The stored log is closed with pploy's note on both instances.
-            assert b"interrupted" in await b.log(first)
-            record = await b.wait_job(second, timeout=60)
-            assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
+    async with deploy_running_on_a(tmp_path, pg_database, ticks=150) as run:  # ~30 s
+        a, b, ledger, first = run.a, run.b, run.ledger, run.first
+        runner = runner_pid(tmp_path / "a", first)
+        script = script_pid(ledger, first)
+        os.kill(runner, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            while True:  # B may start a deploy only once the script is gone
+                status, body = await b.api(
+                    "POST", "/api/projects/testploy/deploy", json={"env": "staging"}
+                )
+                if status == 202:
+                    second = body["job"]["id"]
+                    break
+                assert status == 409, body
+                assert time.monotonic() - stopped < 30, "never freed"
+                await asyncio.sleep(0.2)
+            assert not alive(script), "a second deploy started beside the first"
+        finally:
+            if alive(runner):
+                os.kill(runner, signal.SIGCONT)
+        assert time.monotonic() - stopped > 3  # not before the fence
+        async with run.http.get(a.base + f"/api/jobs/{first}") as resp:
+            record = (await resp.json())["job"]
+        assert record["status"] == "interrupted", record
+        assert entries(ledger, "END") == []  # the script never finished: as recorded
+        # The stored log is closed with pploy's note on both instances.
+        assert b"interrupted" in await b.log(first)
+        record = await b.wait_job(second, timeout=60)
+        assert (record["status"], record["exit_code"]) == ("succeeded", 0), record
         assert entries(ledger, "OVERLAP") == []
-    finally:
-        a.stop()
-        await b.close()
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])

@@ -36,8 +36,10 @@ def script(*steps: str) -> str:
 
 
 def pieces(*parts: bytes | str, gap: float = 0.15) -> list[str]:
-    """Print each part as its own write, ``gap`` seconds apart, so pploy streams them as
-    separate chunks (a split UTF-8 character or escape sequence reaches the browser split)."""
+    """Print each part as its own write, ``gap`` seconds apart: output that arrives over
+    time. Nothing makes a viewer receive them apart (one that opens late gets them in one
+    piece): a test that needs each part to arrive alone gates them on a fifo
+    (``test_logview_browser.apart``)."""
     steps: list[str] = []
     for part in parts:
         if steps:

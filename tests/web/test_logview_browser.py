@@ -2,14 +2,15 @@
 
 One pploy per module (:class:`tests.web.live.LivePploy`) serves the real job pages and the real
 SSE and WebSocket streams; each test deploys a project of its own whose deploy script prints
-what the test needs. Scripts print in separate writes a moment apart to split UTF-8 characters
-and escape sequences across chunks, and block on a fifo where the test must see output before
-more exists. :class:`tests.web.live.Tap` relays a connection when a test must cut it or see
-which offset the viewer resumed from.
+what the test needs. Scripts block on a fifo where the test must see output before more exists:
+a test that splits UTF-8 characters and escape sequences across chunks releases each part only
+once the viewer has received the one before (:func:`apart`). :class:`tests.web.live.Tap`
+relays a connection when a test must cut it or see which offset the viewer resumed from.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 import time
 from collections.abc import Iterator
@@ -82,11 +83,32 @@ def output(page: Any) -> list[str]:
 
 
 def released(fifo: Fifo, *steps: str) -> list[str]:
-    """Shell lines: open ``fifo``, then after each step wait for the test's release."""
+    """Shell lines: open ``fifo``, then wait for the test's release before each step."""
     out = [fifo.script_open()]
     for step in steps:
         out += [fifo.wait_cmd, step]
     return out
+
+
+def apart(
+    page: Any, live: LivePploy, job: int, fifo: Fifo, parts: list[bytes], transport: str
+) -> None:
+    """Let ``job``'s script of ``released(fifo, *map(printf, parts))`` print its parts one by
+    one, each once the viewer has received every byte before it: each part reaches the browser
+    as a chunk of its own. (The viewer's offset counts the bytes received over a WebSocket; over
+    SSE it is the last event id, which stops short of a split character pploy holds back.)"""
+    offset = "document.getElementById('log').pployLog.offset"
+    page.wait_for_function(f"{offset} > 0")  # pploy's command line; the script waits
+    start = page.evaluate(offset)
+    assert start == len(live.run(live.pploy.log(job)))
+    sent = b""
+    for n, part in enumerate(parts, 1):
+        live.release(fifo)
+        sent += part
+        whole = codecs.getincrementaldecoder("utf-8")().decode(sent).encode()
+        expected = start + (len(whole) if transport == "sse" else len(sent))
+        # (after the last part the script ends: pploy's closing line follows at once)
+        page.wait_for_function(f"{offset} {'===' if n < len(parts) else '>='} {expected}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,23 +168,21 @@ def test_sgr_colours_and_attributes_render_as_styled_spans(page, live):
     assert page.evaluate(last + ".textContent") == " after"
 
 
-def test_carriage_return_progress_collapses_to_last_frame(page, live):
+def test_carriage_return_progress_collapses_to_last_frame(page, live, fifo):
     frames = "".join(f"\rDownloading {p:3d}%" for p in range(0, 101, 5))
-    job = live.start_job(
-        script(
-            *pieces(
-                "start\r\n",
-                frames[: len(frames) // 2],
-                frames[len(frames) // 2 :] + "\r\n",
-                "long line that gets\rshort\x1b[K\r\n",  # erase-to-end clears the tail
-                "abcdef\rXY\r\n",  # without an erase, a terminal keeps the tail
-                "line\r",
-                "\nsplit crlf\r\n",  # \r and \n in different chunks are still one line end
-                "a\r\n\r\nb\r\n",  # a real empty line stays
-            )
-        )
-    )
+    parts = [
+        "start\r\n",
+        frames[: len(frames) // 2],
+        frames[len(frames) // 2 :] + "\r\n",
+        "long line that gets\rshort\x1b[K\r\n",  # erase-to-end clears the tail
+        "abcdef\rXY\r\n",  # without an erase, a terminal keeps the tail
+        "line\r",
+        "\nsplit crlf\r\n",  # \r and \n in different chunks are still one line end
+        "a\r\n\r\nb\r\n",  # a real empty line stays
+    ]
+    job = live.start_job(script(*released(fifo, *map(printf, parts))))
     open_job(page, live, job)
+    apart(page, live, job, fifo, [part.encode() for part in parts], "sse")
     wait_ended(page)
     assert output(page) == [
         "start",
@@ -179,12 +199,13 @@ def test_carriage_return_progress_collapses_to_last_frame(page, live):
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
-def test_chunks_splitting_utf8_and_escape_sequences(page, live, transport):
-    # Written apart: inside "é" (c3 a9), inside "€" (e2 82 ac), and inside ESC[32m. pploy's SSE
+def test_chunks_splitting_utf8_and_escape_sequences(page, live, fifo, transport):
+    # Received apart: inside "é" (c3 a9), inside "€" (e2 82 ac), and inside ESC[32m. pploy's SSE
     # holds a split character back (ids are byte offsets); its WebSocket sends the bytes as read.
     parts = [b"caf\xc3", b"\xa9 \xe2\x82", b"\xac \x1b[3", b"2mgreen\x1b", b"[0m done\r\n"]
-    job = live.start_job(script(*pieces(*parts, gap=0.3)))
+    job = live.start_job(script(*released(fifo, *map(printf, parts))))
     open_job(page, live, job, transport)
+    apart(page, live, job, fifo, parts, transport)
     wait_ended(page)
     assert output(page) == ["café € green done"]
     assert page.inner_text("#log .ansi-fg-2") == "green"

@@ -22,6 +22,10 @@ CLOSE_TIMEOUT = 10.0
 # With job.on_shutdown: leave, the jobs go on and so would their log streams: those are cut
 # after this (their viewers resume by offset from the next pploy).
 LEAVE_CLOSE_TIMEOUT = 2.0
+# How long a client connection may go without a complete request head, from its opening or
+# its previous response (slowloris; idle keep-alive): web.run_app's default, which AppRunner
+# leaves at 3,630 s. A request being answered (a followed log) is never cut by it.
+HEAD_TIMEOUT = 75.0
 
 
 async def drain(app: web.Application) -> None:
@@ -32,16 +36,20 @@ async def drain(app: web.Application) -> None:
 
 
 async def serve(
-    app: web.Application, sock: socket.socket, metrics_sock: socket.socket | None = None
+    app: web.Application,
+    sock: socket.socket,
+    metrics_sock: socket.socket | None = None,
+    head_timeout: float = HEAD_TIMEOUT,
 ) -> None:
     """Serve ``app`` on ``sock`` (and ``/metrics`` alone on ``metrics_sock``) until the first
-    SIGTERM or SIGINT, then drain and stop."""
+    SIGTERM or SIGINT, then drain and stop. ``head_timeout``: see HEAD_TIMEOUT."""
     leave = app[SERVICES].config.job.on_shutdown == "leave"
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=LEAVE_CLOSE_TIMEOUT if leave else CLOSE_TIMEOUT,
+        keepalive_timeout=head_timeout,
     )
     await runner.setup()
     metrics_runner = None
@@ -51,7 +59,7 @@ async def serve(
             from pploy.deploy.web import runtime
 
             metrics = runtime.metrics_app(app[SERVICES], app[runtime.COUNTERS])
-            metrics_runner = web.AppRunner(metrics, access_log=None)
+            metrics_runner = web.AppRunner(metrics, access_log=None, keepalive_timeout=head_timeout)
             await metrics_runner.setup()
             await web.SockSite(metrics_runner, metrics_sock).start()
         stop = asyncio.Event()
