@@ -4,7 +4,9 @@ A job is started by a request but never runs inside it, nor inside ``pploy serve
 creates its record, hands it to a runner, and follows the runner's output over a unix socket
 into a memory tail (follow.MirrorLog) that its viewers read; closing the tab, restarting or
 killing serve neither stops nor orphans a deploy. On start, serve follows again the runners of
-its workdir. One job per project at a time (the database's index says so).
+its workdir. One job per project at a time (the database's index says so). Each job's end is
+announced (``job.finished``) once, by whoever claims it first (:meth:`Jobs.announce`): also a
+job that ended while no serve followed it.
 """
 
 from __future__ import annotations
@@ -570,7 +572,10 @@ class Jobs:
     async def _announce_ended(self) -> None:
         while True:
             await asyncio.sleep(ANNOUNCE_SECONDS)
-            self.announce_ended()
+            try:
+                self.announce_ended()
+            except Exception as exc:  # a refused statement: logged, looked at again later
+                log.event("job.announce_failed", level="error", error=str(exc))
 
     def _interrupt(self, record: JobRecord, reason: str) -> JobRecord:
         """Close the log of a job nobody runs any more with a note, and record it
