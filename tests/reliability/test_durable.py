@@ -27,6 +27,7 @@ from pploy.deploy.jobs.runner import runner_alive
 from pploy.deploy.jobs.running import ANNOUNCE_SECONDS
 from tests.deploy.support import Fifo, make_remote
 from tests.deploy.test_notify_events import Receiver, receiver  # noqa: F401
+from tests.deploy.test_server_process import kill_runner
 from tests.postgres import pg_database, pg_server  # noqa: F401
 from tests.reliability.faults import PployProcess, ledger_script, read_ledger
 from tests.reliability.test_runner import until
@@ -34,15 +35,17 @@ from tests.reliability.test_runner import until
 pytestmark = pytest.mark.slow
 
 
-def write_config(path: Path, hook: str, database: str | None = None) -> Path:
-    """``pploy serve``'s config: users alice and bob, short cancel graces, a webhook for
-    job.finished (JSON) at ``hook``, default settings otherwise (jobs outlive serve)."""
+def write_config(path: Path, hook: str, database: str | None = None, **job: object) -> Path:
+    """``pploy serve``'s config: users alice and bob, short cancel graces (and ``job``
+    settings), a webhook for job.finished (JSON) at ``hook``, default settings otherwise
+    (jobs outlive serve)."""
     lines = ["users: [alice, bob]"]
     if database:
         lines.append(f"database: {database}")
     lines += [
         "job:",
         "  cancel_grace_seconds: [1, 1]",
+        *(f"  {key}: {value}" for key, value in job.items()),
         "webhooks:",
         f"  - url: {hook}",
         "    events: [job.finished]",
@@ -135,6 +138,46 @@ async def test_on_postgresql_the_end_of_a_job_whose_instance_is_down_is_announce
         out_a, out_b = a.stop(signal.SIGTERM), b.stop(signal.SIGTERM)
         assert len(finished(receiver)) == 1, finished(receiver)
         assert "event=job.announced" in out_b and "event=job.announced" not in out_a
+    finally:
+        fifo.close()
+        a.stop()
+        b.stop()
+
+
+async def test_a_job_declared_lost_by_the_lease_sweep_is_announced_once(
+    tmp_path: Path,
+    receiver: Receiver,  # noqa: F811
+    pg_database: str,  # noqa: F811
+) -> None:
+    """Two instances: A and then the runner of its deploy SIGKILLed (nothing records the end);
+    B's lease sweep declares the job interrupted once the lease (8 s) has expired, and B
+    announces it; A, restarted, sends nothing more: one job.finished, ``interrupted``."""
+    fifo, ledger = Fifo(tmp_path / "go"), tmp_path / "ledger"
+    remote = make_remote(tmp_path, deploy_script=gated_script(ledger, fifo))
+    config = write_config(
+        tmp_path / "pploy.yml", receiver.url("/hook"), pg_database,
+        lease_seconds=8, fence_seconds=3,
+    )  # fmt: skip
+    a = PployProcess(tmp_path / "a", config)
+    b = PployProcess(tmp_path / "b", config)
+    try:
+        async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
+            job = await a.start_deploy(http, remote)
+            await b.ready(http)
+            await until(lambda: read_ledger(ledger), what="the START")
+            a.stop(signal.SIGKILL)
+            kill_runner(tmp_path / "a", job)
+            await receiver.wait_for(1, timeout=40)
+            (body,) = finished(receiver)
+            assert (body["id"], body["status"]) == (job, "interrupted"), body
+            assert "lease expired" in body["message"]
+            a = PployProcess(tmp_path / "a", config)
+            await a.ready(http)
+            await asyncio.sleep(ANNOUNCE_SECONDS * 1.5)
+        out_a, out_b = a.stop(signal.SIGTERM), b.stop(signal.SIGTERM)
+        assert len(finished(receiver)) == 1, finished(receiver)
+        assert "event=job.announced" in out_b and "event=job.announced" not in out_a
+        assert not script_state(ledger).ended  # SIGKILLed with its runner: no END, no SIG
     finally:
         fifo.close()
         a.stop()
