@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -489,10 +490,11 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
         store.close()
     Store(path).close()  # opening a migrated database again changes nothing
     again = sqlite3.connect(path)
-    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-9:]
+    columns = [r[1] for r in again.execute("PRAGMA table_info(jobs)")][-12:]
     assert columns == [
         "repository", "url", "token", "instance", "heartbeat_at", "approved_by",
-        "freeze_override", "lease_epoch", "lease_until",
+        "freeze_override", "lease_epoch", "lease_until", "announced_at", "cancel_requested_by",
+        "cancel_requested_at",
     ]  # fmt: skip
     again.close()
 
@@ -567,6 +569,64 @@ def test_one_running_job_per_project_across_connections(store: Storage, db_path:
         assert other.create_job(project="app", kind="checkout", user="bob").running
     finally:
         other.close()
+
+
+def test_a_finished_job_is_announced_once_whoever_claims_it(store: Storage, db_path: Path):
+    """The end of a job that ran is claimed for job.finished by one conditional UPDATE: of
+    twelve connections claiming at once, one gets the record; nothing running, awaiting
+    approval or rejected is ever claimed; another instance's end only after the grace."""
+    job = store.create_job(
+        project="app", kind="deploy", user="alice", instance="a", lease_seconds=30
+    )
+    assert store.announce_job(job.id) is None  # running: nothing to announce yet
+    assert store.unannounced_jobs("a", 0) == []
+    waiting = store.request_job(project="web", kind="deploy", user="bob", env="production",
+                                sha=None, token=None, freeze_override=None)  # fmt: skip
+    assert store.settle_job(waiting.id, "awaiting_approval", status="rejected", ended_at=T0)
+    store.update_job(job.id, status="failed", exit_code=3, ended_at=time.time())
+    assert [j.id for j in store.unannounced_jobs("a", 60)] == [job.id]  # its own instance's
+    assert store.unannounced_jobs("b", 60) == []  # another's: not yet (it follows it)
+    assert [j.id for j in store.unannounced_jobs("b", 0)] == [job.id]
+    stores = [another(store, db_path) for _ in range(12)]
+    barrier = threading.Barrier(len(stores))
+
+    def claim(s: Storage):  # noqa: ANN202
+        barrier.wait()
+        return s.announce_job(job.id)
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            claims = list(pool.map(claim, stores))
+    finally:
+        for s in stores:
+            s.close()
+    (won,) = [c for c in claims if c is not None]
+    assert (won.id, won.status, won.exit_code) == (job.id, "failed", 3)
+    assert won.announced_at is not None
+    assert store.announce_job(job.id) is None
+    assert store.announce_job(waiting.id) is None  # rejected: its own event, never this
+    assert store.unannounced_jobs("a", 0) == []
+
+
+def test_a_cancel_is_recorded_in_the_row_first_asker_kept(store: Storage) -> None:
+    """A cancel recorded by any instance, for the job's runner to find: who asked first (and
+    when) stays; nothing is recorded for, or found on, a job that has ended."""
+    job = store.create_job(project="app", kind="deploy", user="alice", lease_seconds=30)
+    assert store.cancel_request(job.id) is None
+    before = time.time()
+    assert store.request_cancel(job.id, "alice")
+    assert not store.request_cancel(job.id, "bob")  # the first stays
+    assert store.cancel_request(job.id) == "alice"
+    record = store.get_job(job.id)
+    assert record.cancel_requested_by == "alice"
+    assert before - 1 <= record.cancel_requested_at <= time.time() + 1
+    store.update_job(job.id, status="cancelled", cancelled_by="alice", ended_at=time.time())
+    assert store.cancel_request(job.id) is None
+    other = store.create_job(project="app", kind="deploy", user="alice", lease_seconds=30)
+    store.update_job(other.id, status="succeeded", ended_at=time.time())
+    assert not store.request_cancel(other.id, "alice")
+    assert store.get_job(other.id).cancel_requested_by is None
+    assert store.cancel_request(999) is None
 
 
 def test_lock_changes_need_the_holder_in_the_statement_itself(store: Storage) -> None:
@@ -697,6 +757,7 @@ def test_every_step_finds_its_work_done_on_a_database_from_before_the_runner(
     store.add_repository("app", "/srv/git/app.git")
     job = store.create_job(project="app", kind="deploy", user="alice", env="production")
     store.update_job(job.id, status="succeeded", ended_at=T0)
+    store.announce_job(job.id)  # as it is by the time step 8 exists (it marks ended jobs)
     running = store.create_job(project="app", kind="checkout", user="bob", lease_seconds=30)
     store.add_token(user="alice", email=None, name="ci", digest="d1", expires_at=None)
     store.add_freeze(name="f", envs=["production"], projects=[], starts_at=T0, until=9e9,
@@ -716,6 +777,52 @@ def test_every_step_finds_its_work_done_on_a_database_from_before_the_runner(
         again.close()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_a_database_at_step_7_gains_step_8_and_announces_nothing_old(
+    engine: str, db_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 8 (durable ends and cancels) on a database written by the steps before it: every
+    job that had ended counts as announced (an upgrade sends no flood of job.finished); a job
+    still running is announced once it ends; cancels can be recorded."""
+
+    def open_store() -> SqlStore:
+        if engine == "sqlite":
+            return Store(db_path)
+        return PgStore(request.getfixturevalue("pg_database"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "STEPS", migrations.STEPS[:7])
+        old = open_store()
+    url = getattr(old, "url", None)
+    try:
+        assert migrations.applied(old) == list(range(1, 8))
+        ended = []
+        for status in ("succeeded", "failed", "interrupted"):
+            job = old.execute(
+                'INSERT INTO jobs (project, kind, "user", started_at, ended_at, status) '
+                "VALUES ('app', 'deploy', 'alice', 1.0, 2.0, ?) RETURNING id",
+                (status,),
+            ).fetchone()
+            ended.append(job["id"])
+        running = old.create_job(project="app", kind="deploy", user="bob", lease_seconds=30)
+    finally:
+        old.close()
+    store = Store(db_path) if engine == "sqlite" else PgStore(url)
+    try:
+        assert migrations.applied(store)[:8] == list(range(1, 9))
+        assert [store.get_job(i).announced_at for i in ended] == [2.0, 2.0, 2.0]
+        assert store.unannounced_jobs(None, 0) == []
+        assert [store.announce_job(i) for i in ended] == [None, None, None]
+        assert store.request_cancel(running.id, "bob")
+        assert store.cancel_request(running.id) == "bob"
+        store.update_job(running.id, status="cancelled", ended_at=time.time(), cancelled_by="bob")
+        assert [j.id for j in store.unannounced_jobs(None, 0)] == [running.id]
+        assert store.announce_job(running.id).status == "cancelled"
+        assert store.announce_job(running.id) is None
+    finally:
+        store.close()
+
+
 def test_a_sqlite_file_with_two_current_repositories_of_a_name_keeps_the_newest(
     db_path: Path,
 ) -> None:
@@ -725,7 +832,7 @@ def test_a_sqlite_file_with_two_current_repositories_of_a_name_keeps_the_newest(
     Store(db_path).close()
     old = sqlite3.connect(db_path)
     old.execute("DROP INDEX repositories_current")
-    old.execute("DELETE FROM pploy_migrations WHERE version >= 7")
+    old.execute("DELETE FROM pploy_migrations WHERE version >= 7")  # 7 and what came after
     for url in ("/git/one", "/git/two"):
         old.execute(
             "INSERT INTO repositories (project, url, added_at) VALUES ('app', ?, 5.0)", (url,)

@@ -3,7 +3,8 @@
 - Listens (one extra connection, ``LISTEN``) on ``pploy_log``, to bring its followers of other
   instances' jobs up (sharedlog.SharedLogs); on ``pploy_projects``, to clone projects added
   elsewhere and drop those removed elsewhere; on ``pploy_cancel``, to cancel a job it runs
-  that the lock holder cancelled through another instance.
+  that the lock holder cancelled through another instance (the fast path: the cancel is
+  also recorded in the job's row, which the job's runner reads itself).
 - Every SWEEP_SECONDS, declares ``interrupted`` the running jobs whose lease has expired by the
   database's clock (their runner died, or lost the database for longer than job.lease_seconds:
   it has stopped its job by then, at job.fence_seconds), keeping their locks and logs. The

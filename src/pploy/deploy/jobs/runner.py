@@ -23,7 +23,9 @@ the runner dies, however it dies), which is how serve tells a live runner from a
 listens on ``run/job-<id>.sock``, where serve follows the log: it sends the byte offset it has
 and gets the log from there, then each chunk as it is written, then the job's end. A follower
 that lags more than :data:`MAX_BACKLOG` bytes is dropped (it reconnects from its offset), so a
-stopped or slow serve never slows the job. Serve sends cancels on the same socket.
+stopped or slow serve never slows the job. Serve sends cancels on the same socket; a cancel
+recorded in the job's row (by whichever instance got it) the runner finds itself, every
+CANCEL_POLL_SECONDS, so it lands while its own serve is down or stopped.
 
 Frames are ``<type:1><length:4, big-endian><payload>``: from serve ``O`` (offset, ASCII) and
 ``C`` (cancel, JSON ``{"user": …}``); from the runner ``D`` (log bytes) and ``E`` (the job's end,
@@ -73,6 +75,9 @@ MAX_BACKLOG = 8 << 20
 LOCK_KEEP_MARGIN = 120.0
 # How often a write the database refused (a full disk, an outage) is tried again.
 RETRY_SECONDS = 1.0
+# How often the runner looks in the job's row for a cancel (recorded by whichever instance
+# the lock holder asked: it lands while this runner's own pploy is down or stopped).
+CANCEL_POLL_SECONDS = 1.0
 # After the end: how long the runner waits for its followers to read the end frame.
 LINGER_SECONDS = 2.0
 # A fenced runner (its script already stopped) keeps shipping the rest of its log file — its
@@ -450,6 +455,20 @@ class Runner:
                 continue
             await asyncio.sleep(LOCK_KEEP_MARGIN / 4)
 
+    async def _watch_cancel(self) -> None:
+        """Every CANCEL_POLL_SECONDS, look for a cancel recorded in the job's row (the
+        durable path; serve's socket is the fast one) and cancel for whoever asked."""
+        assert self.store is not None
+        while self.end is None and not self._stopped():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                user = await self.call(self.store.cancel_request, self.job_id)
+            except StoreUnavailable:
+                continue
+            if user and self.end is None and not self._stopped():
+                log.event("runner.cancel_found", job=self.job_id, user=user)
+                self.cancel(user)
+
     async def _keep_lease(self) -> None:
         """Renew the lease every lease/6 seconds (every RETRY_SECONDS after a failure); each
         success moves the fence deadline to fence_seconds after the renewal *began*."""
@@ -529,7 +548,11 @@ class Runner:
     async def _run_job(self) -> bool:
         """Run the job to its end; True when the end was recorded."""
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._keep_lock()), loop.create_task(self._keep_lease())]
+        tasks = [
+            loop.create_task(self._keep_lock()),
+            loop.create_task(self._keep_lease()),
+            loop.create_task(self._watch_cancel()),
+        ]
         if self.shared:
             tasks.append(loop.create_task(self._watch_fence()))
         if self.shared:  # the one shipper (sharedlog.LogShipper), fenced by the lease's epoch

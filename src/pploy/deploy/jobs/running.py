@@ -4,7 +4,9 @@ A job is started by a request but never runs inside it, nor inside ``pploy serve
 creates its record, hands it to a runner, and follows the runner's output over a unix socket
 into a memory tail (follow.MirrorLog) that its viewers read; closing the tab, restarting or
 killing serve neither stops nor orphans a deploy. On start, serve follows again the runners of
-its workdir. One job per project at a time (the database's index says so).
+its workdir. One job per project at a time (the database's index says so). Each job's end is
+announced (``job.finished``) once, by whoever claims it first (:meth:`Jobs.announce`): also a
+job that ended while no serve followed it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ END_FIELDS = (
 # The fence guard: how often serve looks, and how late past its fence a runner must be.
 GUARD_INTERVAL = 0.5
 GUARD_SLACK = 1.0
+# How often pploy looks for ends nobody announced (job.finished): jobs that ended while no
+# pploy followed them; and how long ago another instance's job must have ended (that
+# instance, following it, usually announces it first).
+ANNOUNCE_SECONDS = 2.0
+ANNOUNCE_GRACE_SECONDS = 5.0
 
 _note = note  # one of pploy's own lines (runner.note), for cluster.py
 
@@ -103,6 +110,7 @@ class Jobs:
         self._unsaved_epochs: dict[int, int | None] = {}
         self.accepting = True
         self._guard: asyncio.Task[None] | None = None  # _guard_fences, with a shared database
+        self._announcer: asyncio.Task[None] | None = None  # _announce_ended, every few seconds
         # Job ids repeat across workdirs; the tag that marks a job's processes must not.
         self._tag_prefix = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:12]
         # This pploy among those sharing a database: the same after a restart (its workdir),
@@ -485,8 +493,7 @@ class Jobs:
             "job.end", job=record.id, project=record.project, status=final.status,
             exit_code=final.exit_code, signal=final.signal, seconds=round(final.duration, 3),
         )  # fmt: skip
-        if self.on_finish:
-            self.on_finish(final)
+        self.announce(record.id)
 
     def _catch_up(self, job: RunningJob) -> None:
         """Feed the mirror what the log file holds beyond it (the runner is gone: what it
@@ -508,8 +515,7 @@ class Jobs:
             self._catch_up(job)
             job.buffer.finish(self.final_status(current))
             self.running.pop(record.id, None)
-            if self.on_finish:
-                self.on_finish(current)
+            self.announce(record.id)
             return
         await asyncio.to_thread(self._end_leftovers, record.id)
         self._end_lost(job, "its runner died")
@@ -532,8 +538,44 @@ class Jobs:
         self._catch_up(job)  # what the runner wrote last, and the note
         job.buffer.finish(self.final_status(record))
         self.running.pop(job.record.id, None)
+        self.announce(record.id)
+
+    # -- announcing ends ---------------------------------------------------------
+
+    def announce(self, job_id: int) -> bool:
+        """Send the job's end (``on_finish``: job.finished) if this pploy is the first to
+        claim it (storage: ``announce_job``); a database that cannot answer now leaves it to
+        :meth:`announce_ended`. True when sent here."""
+        try:
+            record = self.store.announce_job(job_id)
+        except StoreUnavailable:
+            return False
+        if record is None:  # sent by another, or its end is not recorded yet
+            return False
+        log.event("job.announced", job=job_id, status=record.status)
         if self.on_finish:
             self.on_finish(record)
+        return True
+
+    def announce_ended(self) -> list[int]:
+        """Announce the ends nobody announced: jobs that ended while no pploy followed them
+        (this one was down, their instance is gone), or whose end landed late (a full disk).
+        Another instance's job only ANNOUNCE_GRACE_SECONDS after its end (that instance,
+        following it, comes first). Returns the ids sent here."""
+        grace = ANNOUNCE_GRACE_SECONDS if self.store.shared else 0.0
+        try:
+            found = self.store.unannounced_jobs(self.instance, grace)
+        except StoreUnavailable:
+            return []
+        return [record.id for record in found if self.announce(record.id)]
+
+    async def _announce_ended(self) -> None:
+        while True:
+            await asyncio.sleep(ANNOUNCE_SECONDS)
+            try:
+                self.announce_ended()
+            except Exception as exc:  # a refused statement: logged, looked at again later
+                log.event("job.announce_failed", level="error", error=str(exc))
 
     def _interrupt(self, record: JobRecord, reason: str) -> JobRecord:
         """Close the log of a job nobody runs any more with a note, and record it
@@ -579,13 +621,20 @@ class Jobs:
         record = self.get(job_id)
         job = self.running.get(job_id)
         if job is None and record.running and self.shared_logs is not None:
-            # Run by another instance: it cancels it when told (cluster.Cluster listens).
+            # Run by another instance: recorded in the job's row, which its runner reads
+            # itself (so the cancel lands while that instance is down), and that instance is
+            # told at once (cluster.Cluster listens).
             self.locks.require_holder(record.project, user)
+            self.store.request_cancel(job_id, user)
             self.shared_logs.request_cancel(job_id, user)
             return record
         if job is None:
             raise Conflict(f"job #{job_id} is not running (it is {record.status})")
         self.locks.require_holder(record.project, user)
+        try:  # the fallback; the runner's socket is the fast path
+            self.store.request_cancel(job_id, user)
+        except StoreUnavailable as exc:
+            log.event("job.cancel_record_failed", level="warning", job=job_id, error=exc.message)
         self.cancel_running(job, user)
         return record
 
@@ -624,6 +673,8 @@ class Jobs:
             interrupted.append(record.id)
         for job_id in self._stray_runs(set(self.running)):
             self._end_leftovers(job_id)
+        self.announce_ended()  # what ended while this pploy was away (interrupted above too)
+        self._announcer = loop.create_task(self._announce_ended())
         if self.store.shared:
             self._guard = loop.create_task(self._guard_fences())
         return interrupted
@@ -696,8 +747,9 @@ class Jobs:
         for job in self.running.values():
             if job.task is not None:
                 job.task.cancel()
-        if self._guard is not None:
-            self._guard.cancel()
+        for task in (self._guard, self._announcer):
+            if task is not None:
+                task.cancel()
         if not self.running:
             self.containment.close()
         self.workdir_lock.release()

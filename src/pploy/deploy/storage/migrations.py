@@ -148,8 +148,19 @@ STEPS: tuple[tuple[Operation, ...], ...] = (
         "CREATE UNIQUE INDEX IF NOT EXISTS repositories_current ON repositories (project) "
         "WHERE removed_at IS NULL",
     ),
-    # 8: reserved for branch `durable` (the lead puts its step here on merge).
-    (),
+    # 8: durable ends and cancels. ``announced_at``: the job.finished of a job that ran was
+    # sent (claimed by one conditional UPDATE: whichever instance wins sends it); every job
+    # ended before this step counts as announced, so an upgrade sends nothing old.
+    # ``cancel_requested_by``/``_at``: a cancel recorded in the row by whichever instance got
+    # it, which the job's runner looks for itself (jobs/runner.py).
+    (
+        AddColumn("jobs", "announced_at", "{real}"),
+        AddColumn("jobs", "cancel_requested_by", "TEXT"),
+        AddColumn("jobs", "cancel_requested_at", "{real}"),
+        "UPDATE jobs SET announced_at = COALESCE(ended_at, pploy_now()) "
+        "WHERE announced_at IS NULL AND status NOT IN ('running', 'awaiting_approval')",
+        "CREATE INDEX IF NOT EXISTS jobs_unannounced ON jobs (id) WHERE announced_at IS NULL",
+    ),
     # 9: configured freeze windows announced (freeze.started / freeze.ended): one row per
     # window and kind, claimed by the one instance that sends it (docs/governance.md).
     (

@@ -41,6 +41,10 @@ LOG_CHANNEL = "pploy_log"  # payload: "<job id>" — a chunk or the job's end la
 PROJECTS_CHANNEL = "pploy_projects"  # payload: the project name added or removed
 CANCEL_CHANNEL = "pploy_cancel"  # payload: "<job id> <user>" — the lock holder cancelled it
 
+# The ends of a job that ran, announced by job.finished (a rejected or expired request for
+# approval has its own events), as spliced into the statements below.
+RAN_ENDS = "('succeeded', 'failed', 'cancelled', 'interrupted', 'timed_out')"
+
 Params = Sequence[Any] | Mapping[str, Any]
 T = TypeVar("T")
 
@@ -415,6 +419,55 @@ class SqlStore:
                 "ORDER BY id"
             )
         )
+
+    # A job's end is announced (job.finished) exactly once: whoever claims it first — the
+    # instance following its runner, or, when nobody did (pploy down, the instance gone),
+    # the next to look — sends it.
+
+    def announce_job(self, job_id: int) -> JobRecord | None:
+        """Claim the announcement of a job's recorded end: its record, to the first caller
+        only; None when it is running, was announced, or is no job that ran."""
+        return _job(
+            self.execute(
+                "UPDATE jobs SET announced_at = pploy_now() WHERE id = ? "  # noqa: S608
+                f"AND announced_at IS NULL AND status IN {RAN_ENDS} RETURNING *",
+                (job_id,),
+            )
+        )
+
+    def unannounced_jobs(self, instance: str | None, grace: float) -> list[JobRecord]:
+        """Jobs whose end is recorded but not announced: ``instance``'s, and anyone's that
+        ended ``grace`` seconds ago or more (by the database's clock), oldest first. A read
+        only: each is then claimed with :meth:`announce_job`."""
+        return _jobs(
+            self.execute(
+                "SELECT * FROM jobs WHERE announced_at IS NULL "  # noqa: S608
+                f"AND status IN {RAN_ENDS} AND (instance = ? "
+                "OR COALESCE(ended_at, 0) <= pploy_now() - ?) ORDER BY id",
+                (instance or "", grace),
+            )
+        )
+
+    # A cancel is recorded in the job's row by whichever instance the lock holder asked; the
+    # job's runner looks for it itself, so it lands while the runner's own pploy is down.
+
+    def request_cancel(self, job_id: int, user: str) -> bool:
+        """Record that ``user`` asked to cancel a running job (who asked first stays); False
+        when the job is not running or a cancel is recorded already."""
+        cur = self.execute(
+            "UPDATE jobs SET cancel_requested_by = ?, cancel_requested_at = pploy_now() "
+            "WHERE id = ? AND status = 'running' AND cancel_requested_by IS NULL",
+            (user, job_id),
+        )
+        return cur.rowcount > 0
+
+    def cancel_request(self, job_id: int) -> str | None:
+        """Who asked to cancel the running job ``job_id`` (None: nobody, or it has ended)."""
+        row = self.execute(
+            "SELECT cancel_requested_by FROM jobs WHERE id = ? AND status = 'running'",
+            (job_id,),
+        ).fetchone()
+        return row["cancel_requested_by"] if row else None
 
     def get_job(self, job_id: int) -> JobRecord | None:
         return _job(self.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)))
