@@ -107,6 +107,38 @@ async def test_a_job_that_ends_while_pploy_is_down_is_announced_once_after_the_r
         server.stop(signal.SIGTERM)
 
 
+async def kill_a_mid_deploy(
+    http: aiohttp.ClientSession, a: PployProcess, b: PployProcess, remote: Path, ledger: Path
+) -> int:
+    """A deploy started on A, B up, the script running (its START in the ledger), then A
+    SIGKILLed: the job's id."""
+    job = await a.start_deploy(http, remote)
+    await b.ready(http)
+    await until(lambda: read_ledger(ledger), what="the START")
+    a.stop(signal.SIGKILL)
+    return job
+
+
+async def only_b_announced(
+    tmp_path: Path,
+    config: Path,
+    http: aiohttp.ClientSession,
+    b: PployProcess,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """A restarted (its start looks for ends nobody announced, then its loop) sends nothing
+    more: one job.finished in all, announced by B."""
+    a = PployProcess(tmp_path / "a", config)
+    try:
+        await a.ready(http)
+        await asyncio.sleep(ANNOUNCE_SECONDS * 1.5)  # nothing more may come: a round of each
+    finally:
+        out_a = a.stop(signal.SIGTERM)
+    out_b = b.stop(signal.SIGTERM)
+    assert len(finished(receiver)) == 1, finished(receiver)
+    assert "event=job.announced" in out_b and "event=job.announced" not in out_a
+
+
 async def test_on_postgresql_the_end_of_a_job_whose_instance_is_down_is_announced_once(
     tmp_path: Path,
     receiver: Receiver,  # noqa: F811
@@ -122,22 +154,14 @@ async def test_on_postgresql_the_end_of_a_job_whose_instance_is_down_is_announce
     b = PployProcess(tmp_path / "b", config)
     try:
         async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
-            job = await a.start_deploy(http, remote)
-            await b.ready(http)
-            await until(lambda: read_ledger(ledger), what="the START")
-            a.stop(signal.SIGKILL)
+            job = await kill_a_mid_deploy(http, a, b, remote, ledger)
             await fifo.release()
             await until(lambda: script_state(ledger).ended, what="the END")
             await until(lambda: not runner_alive(tmp_path / "a", job), what="the runner's exit")
             await receiver.wait_for(1, timeout=20)
             (body,) = finished(receiver)
             assert (body["id"], body["status"], body["exit_code"]) == (job, "succeeded", 0), body
-            a = PployProcess(tmp_path / "a", config)
-            await a.ready(http)  # its start looked for ends nobody announced
-            await asyncio.sleep(ANNOUNCE_SECONDS * 1.5)
-        out_a, out_b = a.stop(signal.SIGTERM), b.stop(signal.SIGTERM)
-        assert len(finished(receiver)) == 1, finished(receiver)
-        assert "event=job.announced" in out_b and "event=job.announced" not in out_a
+            await only_b_announced(tmp_path, config, http, b, receiver)
     finally:
         fifo.close()
         a.stop()
@@ -162,21 +186,13 @@ async def test_a_job_declared_lost_by_the_lease_sweep_is_announced_once(
     b = PployProcess(tmp_path / "b", config)
     try:
         async with aiohttp.ClientSession(cookies={"user": "alice"}) as http:
-            job = await a.start_deploy(http, remote)
-            await b.ready(http)
-            await until(lambda: read_ledger(ledger), what="the START")
-            a.stop(signal.SIGKILL)
+            job = await kill_a_mid_deploy(http, a, b, remote, ledger)
             kill_runner(tmp_path / "a", job)
             await receiver.wait_for(1, timeout=40)
             (body,) = finished(receiver)
             assert (body["id"], body["status"]) == (job, "interrupted"), body
             assert "lease expired" in body["message"]
-            a = PployProcess(tmp_path / "a", config)
-            await a.ready(http)
-            await asyncio.sleep(ANNOUNCE_SECONDS * 1.5)
-        out_a, out_b = a.stop(signal.SIGTERM), b.stop(signal.SIGTERM)
-        assert len(finished(receiver)) == 1, finished(receiver)
-        assert "event=job.announced" in out_b and "event=job.announced" not in out_a
+            await only_b_announced(tmp_path, config, http, b, receiver)
         assert not script_state(ledger).ended  # SIGKILLed with its runner: no END, no SIG
     finally:
         fifo.close()
