@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # `pploy serve` from a config file
 
 # Seconds from writing the config to the window's start: more than a loaded machine takes to
 # start the servers, so the start is announced by the running servers' timers.
-LEAD = 8.0
+LEAD = 12.0
 LENGTH = 2.0
 OVERNIGHT = LENGTH + 4.0  # "overnight" ends this long after "soon" starts
 
